@@ -1,0 +1,3 @@
+"""runbook: executable runbooks for on-call engineers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,59 @@
+"""The ``runbook`` command line.
+
+Each subcommand is one small module in ``runbook/commands/`` exposing
+``register(subparsers)`` (which must stay cheap to import: no heavy imports at
+module level) and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from runbook import __version__
+
+# Order here is the order in `runbook --help`.
+COMMANDS = ("run", "list", "show", "graph", "validate", "schema", "audit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runbook",
+        description="Run runbooks: diagnose, mitigate, verify — with dry-run, confirmation before writes, and an audit log.",
+        epilog="Start with `runbook list`, then `runbook run NAME --dry-run`.",
+    )
+    parser.add_argument("--version", action="version", version=f"runbook {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for unexpected errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    import importlib
+
+    for name in COMMANDS:
+        importlib.import_module(f"runbook.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from runbook.errors import RunbookError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RunbookError as exc:
+        if args.debug:
+            raise
+        print(f"runbook: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("runbook: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if args.debug:
+            raise
+        print(f"runbook: internal error: {type(exc).__name__}: {exc} (run again with --debug for details)", file=sys.stderr)
+        return 1

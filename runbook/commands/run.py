@@ -1,0 +1,103 @@
+"""runbook run NAME — run a runbook live, or --dry-run to print the plan."""
+
+from __future__ import annotations
+
+from runbook.commands.common import add_inventory, add_path, parse_pairs
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run a runbook (use --dry-run first)", description=__doc__)
+    p.add_argument("name", help="runbook name or file")
+    p.add_argument("--dry-run", "-n", action="store_true", help="contact nothing: print every step as it would be sent")
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a parameter (repeatable)")
+    p.add_argument("--yes", "-y", action="store_true", help="approve write steps without asking (automation)")
+    p.add_argument("--answer", "-a", action="append", metavar="STEP=VALUE",
+                   help="answer an ask or manual step without a terminal (repeatable)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output of --dry-run")
+    add_inventory(p)
+    add_path(p)
+    p.set_defaults(func=run)
+
+
+def _git_commit(path: str) -> str | None:
+    import subprocess
+    from pathlib import Path
+
+    d = Path(path).resolve().parent
+    if not any((q / ".git").exists() for q in (d, *d.parents)):
+        return None
+    try:
+        r = subprocess.run(["git", "-C", str(d), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def run(args) -> int:
+    import json
+    import signal
+    import sys
+
+    from runbook import audit, spec, ui
+    from runbook.engine import Engine, Options, display_params, resolve_params
+    from runbook.errors import RunbookError
+    from runbook.inventory import resolve_inventory
+    from runbook.secrets import Redactor
+
+    rb = spec.find(args.name, spec.search_path(args.path))
+    inventory = resolve_inventory(args.inventory, args.env)
+    params = resolve_params(rb, parse_pairs(args.param, "-p"))
+    redactor = Redactor()
+    if inventory is not None:
+        for v in inventory.secret_values():
+            redactor.add(v)
+    for k, v in params.items():
+        if rb.params[k].secret and v is not None:
+            redactor.add(v)
+    shown = display_params(rb, params)
+
+    log = audit.AuditLog()
+    run_id = audit.new_run_id()
+    journal = audit.RunJournal(log, run_id, redactor)
+    who = audit.who()
+    try:
+        journal.run_started(runbook=rb.name, path=rb.path, sha256=rb.sha256, git_commit=_git_commit(rb.path),
+                            params=shown, dry_run=args.dry_run, who=who, host=audit.hostname(), argv=redactor.data(sys.argv[1:]),
+                            inventory=getattr(inventory, "path", None))
+    except OSError as exc:
+        raise RunbookError(f"cannot write the audit log in {log.path.parent}: {exc.strerror}; set RUNBOOK_AUDIT_DIR to a writable directory") from None
+
+    interactive = ui.is_interactive()
+    options = Options(dry_run=args.dry_run, yes=args.yes, interactive=interactive,
+                      answers=parse_pairs(args.answer, "--answer"), who=who)
+    if args.dry_run:
+        engine = Engine(rb, params, inventory=inventory, options=options, run_id=run_id, redactor=redactor)
+        try:
+            entries = engine.plan()
+        except RunbookError as exc:
+            journal.run_finished(status="failed", exit_code=1)
+            raise RunbookError(redactor.text(str(exc))) from None
+        journal.event("plan", steps=[e.step.id for e in entries])
+        journal.run_finished(status="planned", exit_code=0)
+        if args.format == "json":
+            doc = {"runbook": rb.name, "title": rb.title, "path": rb.path, "run_id": run_id, "dry_run": True,
+                   "params": shown, "inventory": getattr(inventory, "path", None),
+                   "steps": [e.as_dict(redactor) for e in entries]}
+            print(json.dumps(redactor.data(doc), indent=2, default=str))
+        else:
+            ui.print_plan(rb, entries, shown, redactor, inventory)
+        return 0
+
+    console_ui = ui.ConsoleUI(redactor)
+    engine = Engine(rb, params, inventory=inventory, ui=console_ui, journal=journal, options=options,
+                    run_id=run_id, redactor=redactor)
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _term)
+    try:
+        console_ui.run_started(rb, run_id, shown)
+        return engine.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,119 @@
+"""runbook validate [PATH ...] — check runbook files and folders (for CI).
+
+Exit 0 when every file is valid (warnings allowed), 1 when any has an error,
+2 on a usage error.  One problem per line: path:line:col: severity: message.
+"""
+
+from __future__ import annotations
+
+from runbook.commands.common import add_inventory
+
+
+def register(sub) -> None:
+    p = sub.add_parser("validate", help="check runbooks: schema, graph, templates, safety rules", description=__doc__)
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: $RUNBOOK_PATH or ./playbooks)")
+    p.add_argument("--format", choices=("text", "json", "github", "sarif"), default="text")
+    p.add_argument("--config", metavar="FILE", help="rule settings (default: .runbook.yaml found upwards)")
+    p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    add_inventory(p)
+    p.set_defaults(func=run)
+
+
+def check_files(files, inventory=None, config=None):
+    """(file, problems) for each file; a file's problems are sorted by place."""
+    from runbook import spec
+    from runbook.validate import validate_runbook
+
+    out = []
+    for f in files:
+        rb, problems = spec.load_runbook(f)
+        if rb is not None:
+            problems = problems + validate_runbook(rb, inventory, config).problems
+        out.append((str(f), sorted(problems, key=lambda p: (p.line, p.col))))
+    return out
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from runbook import spec
+    from runbook.errors import UsageError
+    from runbook.validate import RULES, load_config
+
+    paths = [Path(p) for p in args.paths] or spec.search_path(None)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    files = spec.runbook_files(paths)
+    if not files:
+        raise UsageError(f"no runbook files (*.yaml, *.yml) in {', '.join(map(str, paths))}")
+    config, config_problems = load_config(args.config)
+    inventory = None
+    problems_extra = list(config_problems)
+    if args.inventory or args.env:
+        from runbook.inventory import check_inventory, resolve_inventory
+
+        if args.inventory:
+            inventory, inv_problems = check_inventory(args.inventory)
+            problems_extra += inv_problems
+        else:
+            inventory = resolve_inventory(None, args.env)
+    results = check_files(files, inventory, config)
+    if problems_extra:
+        results.insert(0, (problems_extra[0].path, problems_extra))
+    all_problems = [p for _, ps in results for p in ps]
+    if args.strict:
+        from dataclasses import replace
+
+        all_problems = [replace(p, severity="error") for p in all_problems]
+    errors = sum(1 for p in all_problems if p.severity == "error")
+    warnings = len(all_problems) - errors
+    bad_files = len({p.path for p in all_problems if p.severity == "error"})
+
+    if args.format == "json":
+        print(json.dumps({
+            "valid": errors == 0, "files": len(files), "errors": errors, "warnings": warnings,
+            "problems": [p.__dict__ for p in all_problems],
+        }, indent=2))
+    elif args.format == "github":
+        for p in all_problems:
+            level = "error" if p.severity == "error" else "warning"
+            msg = p.message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+            title = f"runbook {p.rule}" if p.rule in RULES else "runbook"
+            print(f"::{level} file={p.path},line={p.line},col={p.col},title={title}::{msg}")
+    elif args.format == "sarif":
+        print(json.dumps(_sarif(all_problems), indent=2))
+    else:
+        for p in all_problems:
+            print(p.format())
+        summary = f"{len(files)} file{'s' if len(files) != 1 else ''} checked: "
+        summary += "all valid" if errors == 0 else f"{errors} error{'s' if errors != 1 else ''} in {bad_files} file{'s' if bad_files != 1 else ''}"
+        if warnings:
+            summary += f", {warnings} warning{'s' if warnings != 1 else ''}"
+        import sys
+
+        print(summary, file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _sarif(problems) -> dict:
+    from runbook import __version__
+    from runbook.validate import RULES
+
+    rules = [{"id": "schema", "name": "schema", "shortDescription": {"text": "the runbook format: YAML, keys, types, graph, templates"}}]
+    rules += [{"id": rid, "name": name, "shortDescription": {"text": text},
+               "defaultConfiguration": {"level": "error" if sev == "error" else "warning"}}
+              for rid, (name, sev, text) in RULES.items()]
+    results = [{
+        "ruleId": p.rule if p.rule in RULES else "schema",
+        "level": "error" if p.severity == "error" else "warning",
+        "message": {"text": p.message},
+        "locations": [{"physicalLocation": {"artifactLocation": {"uri": p.path}, "region": {"startLine": p.line, "startColumn": p.col}}}],
+    } for p in problems]
+    return {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{"tool": {"driver": {"name": "runbook", "version": __version__, "informationUri": "https://pypi.org/project/runbook-executor/", "rules": rules}},
+                  "results": results}],
+    }

@@ -1,0 +1,397 @@
+"""Walks a runbook's step graph: the dry-run planner and the live engine.
+
+The engine never prints and never reads the terminal: it calls a UI object
+(:mod:`runbook.ui`) and writes the audit journal (:mod:`runbook.audit`).
+
+Live: read steps run; before a write step the operator confirms (or
+``--yes``); without a terminal and without ``--yes`` the run stops before the
+first write step (exit 3).  Every step's intent is durable in the audit log
+before it runs, and its result after.
+
+Dry-run: contacts nothing; renders every reachable step exactly as it would
+be sent (values only known at run time show as ``<steps.x.stdout>``) and walks
+every branch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from runbook import expr
+from runbook.errors import RunbookError
+from runbook.schema import suggest
+from runbook.secrets import MASK, Redactor, Secret
+from runbook.spec import Runbook, Step
+from runbook.steps import Action, StepResult
+
+# Exit codes (also documented in README.md)
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 3
+EXIT_INTERRUPTED = 130
+MAX_STEP_RUNS = 100_000  # a last guard against runaway graphs
+
+
+class ParamError(RunbookError):
+    pass
+
+
+def resolve_params(rb: Runbook, given: dict[str, str]) -> dict[str, Any]:
+    """Command-line ``-p name=value`` strings → typed values (secrets wrapped)."""
+    values: dict[str, Any] = {}
+    for name, text in given.items():
+        if name not in rb.params:
+            hint = suggest(name, rb.params) or (f" (parameters: {', '.join(rb.params)})" if rb.params else " (it takes no parameters)")
+            raise ParamError(f"runbook '{rb.name}' has no parameter '{name}'{hint}")
+        p = rb.params[name]
+        try:
+            value = p.coerce(text)
+        except ValueError as exc:
+            raise ParamError(f"parameter '{name}': {exc if not p.secret else 'invalid value'}") from None
+        why = p.check(value)
+        if why:
+            raise ParamError(f"parameter '{name}': {MASK if p.secret else repr(value)} {why}")
+        values[name] = value
+    for name, p in rb.params.items():
+        if name in values:
+            continue
+        if p.has_default:
+            values[name] = p.default
+        elif p.required:
+            raise ParamError(f"missing required parameter '{name}': pass -p {name}=VALUE" + (f" ({p.description})" if p.description else ""))
+        else:
+            values[name] = None
+    for name, p in rb.params.items():
+        if p.secret and values[name] is not None:
+            values[name] = Secret(str(values[name]), name)
+    return values
+
+
+def display_params(rb: Runbook, values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (MASK if rb.params[k].secret and v is not None else v) for k, v in values.items()}
+
+
+class Renderer:
+    """Renders a step's templates against the run's context."""
+
+    def __init__(self, context: dict):
+        self.context = context
+
+    def text(self, source: str) -> str:
+        return expr.render(source, self.context)
+
+    def shell(self, source: str) -> tuple[str, dict[str, str]]:
+        return expr.render_shell(source, self.context)
+
+    def data(self, value):
+        return expr.render_data(value, self.context)
+
+
+@dataclass
+class Options:
+    dry_run: bool = False
+    yes: bool = False
+    interactive: bool = False
+    answers: dict[str, str] = field(default_factory=dict)
+    who: str = ""
+
+
+@dataclass
+class StepContext:
+    """What a step kind's ``run`` sees."""
+
+    run_id: str
+    context: dict
+    interactive: bool
+    ui: Any
+    answers: dict[str, str]
+    inventory: Any
+    redactor: Redactor
+    timeout: float | None = None
+    connections: dict = field(default_factory=dict)  # kinds keep reusable connections here
+
+    def answer(self, step_id: str) -> str | None:
+        return self.answers.get(step_id)
+
+
+@dataclass
+class PlanEntry:
+    step: Step
+    action: Action | None
+    successors: list[tuple[str, str]]
+    error: str | None = None
+
+    def as_dict(self, redactor: Redactor) -> dict:
+        s = self.step
+        d = {
+            "id": s.id, "stage": s.stage, "kind": s.kind, "effect": s.effect, "title": s.title,
+            "targets": self.action.targets if self.action else [],
+            "action": self.action.summary if self.action else None,
+            "detail": self.action.detail if self.action else {},
+            "next": [{"when": label, "step": t} for label, t in self.successors],
+        }
+        for key in ("timeout", "retries", "until", "max_visits"):
+            v = getattr(s, key)
+            if v:
+                d[key] = v
+        if s.until:
+            d["every"] = s.every
+        if self.error:
+            d["error"] = self.error
+        return redactor.data(d)
+
+
+class Engine:
+    def __init__(self, rb: Runbook, params: dict[str, Any], *, inventory=None, ui=None, journal=None,
+                 options: Options | None = None, run_id: str = "dry-run", redactor: Redactor | None = None):
+        self.rb = rb
+        self.params = params
+        self.inventory = inventory
+        self.ui = ui
+        self.journal = journal
+        self.options = options or Options()
+        self.run_id = run_id
+        self.redactor = redactor or Redactor()
+        for v in params.values():
+            if isinstance(v, Secret):
+                self.redactor.add(v)
+        self.steps_ctx: dict[str, Any] = {}
+        self.context = {
+            "params": params,
+            "steps": self.steps_ctx,
+            "inventory": inventory.template_context() if inventory is not None else {},
+            "env": {k: os.environ.get(k, "") for k in rb.env_allow},
+            "run": {"id": run_id, "dry_run": self.options.dry_run, "runbook": rb.name},
+        }
+        self.step_ctx = StepContext(run_id, self.context, self.options.interactive, ui, self.options.answers,
+                                    inventory, self.redactor)
+
+    # --- dry-run ------------------------------------------------------------
+
+    def plan(self) -> list[PlanEntry]:
+        """Render every reachable step; raise RunbookError on the first
+        thing that would fail at run time for static reasons."""
+        from runbook.validate import successors, _graph, _reach
+
+        for s in self.rb.steps:
+            self.steps_ctx[s.id] = expr.Unknown(f"steps.{s.id}")
+        reach = _reach(_graph(self.rb), self.rb.steps[0].id)
+        entries = []
+        r = Renderer(self.context)
+        for s in self.rb.steps:
+            if s.id not in reach:
+                continue
+            try:
+                act = s.module.action(s, r)
+            except RunbookError as exc:
+                raise RunbookError(self.redactor.text(f"{self.rb.path}:{s.pos[0]}:{s.pos[1]}: step '{s.id}': {exc}")) from None
+            entries.append(PlanEntry(s, act, successors(self.rb, s)))
+        return entries
+
+    # --- live ---------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run live; returns the exit code. The journal is finished in every case."""
+        status, code, message = "failed", EXIT_FAILED, ""
+        try:
+            status, code, message = self._walk()
+        except KeyboardInterrupt:
+            status, code, message = "interrupted", EXIT_INTERRUPTED, "interrupted: the run was stopped (Ctrl-C or SIGTERM)"
+            if self.journal:
+                self.journal.event("interrupted", step=self._current)
+        except RunbookError as exc:
+            status, code, message = "failed", EXIT_FAILED, self.redactor.text(str(exc))
+            if self.journal:
+                self.journal.event("error", step=self._current, error=message)
+        finally:
+            self._close_connections()
+        if self.journal:
+            self.journal.run_finished(status=status, exit_code=code)
+        if self.ui:
+            self.ui.run_finished(status, code, message)
+        return code
+
+    _current: str | None = None
+
+    def _walk(self) -> tuple[str, int, str]:
+        visits: dict[str, int] = {}
+        total = 0
+        step: Step | None = self.rb.steps[0]
+        last: StepResult | None = None
+        while step is not None:
+            self._current = step.id
+            total += 1
+            visits[step.id] = visits.get(step.id, 0) + 1
+            if total > MAX_STEP_RUNS:
+                raise RunbookError(f"the run executed {MAX_STEP_RUNS} steps; stopping (a loop without a bound?)")
+            if step.max_visits is not None and visits[step.id] > step.max_visits:
+                result = StepResult("failed", error=f"step '{step.id}' already ran {step.max_visits} times (max_visits)")
+                self._record_skip(step, result)
+            else:
+                result = self._execute(step)
+            last = result
+            if result.status == "refused":
+                return "refused", EXIT_REFUSED, result.error or f"step '{step.id}' was not approved"
+            if result.end:
+                end_status = step.body["status"]
+                return end_status, EXIT_OK if end_status == "resolved" else EXIT_FAILED, result.data.get("message", "")
+            step, stop = self._next(step, result)
+            if stop:
+                return "failed", EXIT_FAILED, stop
+        return "completed", EXIT_OK, ""
+
+    def _next(self, step: Step, result: StepResult) -> tuple[Step | None, str | None]:
+        following = self.rb.following(step)
+        if result.ok:
+            if result.goto:
+                return self.rb.by_id[result.goto], None
+            if step.kind == "choose":
+                return following, None
+            return (self.rb.by_id[step.next] if step.next else following), None
+        target = step.on_failure
+        if target == "continue":
+            return (self.rb.by_id[step.next] if step.next else following), None
+        if target and target != "abort":
+            return self.rb.by_id[target], None
+        return None, self.redactor.text(f"step '{step.id}' {result.status}: {result.error or 'failed'}")
+
+    def _record_skip(self, step: Step, result: StepResult) -> None:
+        if self.journal:
+            self.journal.step_result(step=step.id, status=result.status, exit_code=None, duration=0.0, error=result.error)
+        if self.ui:
+            self.ui.step_finished(step, result)
+
+    def _execute(self, step: Step) -> StepResult:
+        r = Renderer(self.context)
+        try:
+            act = step.module.action(step, r)
+        except RunbookError as exc:
+            result = StepResult("failed", error=f"cannot render the step: {exc}")
+            self._record_skip(step, result)
+            self.steps_ctx[step.id] = result.as_context()
+            return result
+        shown = self.redactor.text(act.summary)
+        if self.ui:
+            self.ui.step_started(step, act)
+        if step.effect == "write":
+            approved, by, how = self._approve(step, act)
+            if self.journal:
+                self.journal.decision(step=step.id, approved=approved, by=by, how=how)
+            if not approved:
+                if how == "no-terminal":
+                    msg = (f"step '{step.id}' changes things ({shown}) and needs approval: run it in a terminal, "
+                           f"or pass --yes to approve write steps; nothing was changed")
+                else:
+                    msg = f"the operator declined step '{step.id}'; stopped before it ran"
+                return StepResult("refused", error=msg)
+        if self.journal:
+            self.journal.step_intent(step=step.id, kind=step.kind, stage=step.stage, effect=step.effect,
+                                     targets=act.targets, rendered=act.summary)
+        started = time.monotonic()
+        result = self._attempts(step, act)
+        result.duration = time.monotonic() - started
+        if result.ok and step.outputs:
+            self._outputs(step, result)
+        self.steps_ctx[step.id] = result.as_context()
+        if self.journal:
+            self.journal.step_result(step=step.id, status=result.status, exit_code=result.exit_code,
+                                     duration=round(result.duration, 6), output=result.stdout + result.stderr,
+                                     error=result.error, outputs=result.outputs or None, attempt=result.attempts)
+        if self.ui:
+            self.ui.step_finished(step, result)
+        return result
+
+    def _approve(self, step: Step, act: Action) -> tuple[bool, str, str]:
+        who = self.options.who
+        if self.options.yes:
+            return True, who, "--yes"
+        if not self.options.interactive:
+            return False, who, "no-terminal"
+        return bool(self.ui.confirm(step, act)), who, "prompt"
+
+    def _attempts(self, step: Step, act: Action) -> StepResult:
+        """Retries and until-polling around the kind's run."""
+        deadline = time.monotonic() + step.timeout if step.timeout else None
+        attempt = 0
+        while True:
+            attempt += 1
+            self.step_ctx.timeout = max(0.0, deadline - time.monotonic()) if deadline else None
+            result = step.module.run(step, act, self.step_ctx)
+            result.attempts = attempt
+            if step.until is not None and result.status in ("ok", "failed"):
+                if result.ok:
+                    if step.outputs:
+                        self._outputs(step, result)
+                    if result.ok and expr.evaluate(step.until, {**self.context, **result.as_context()}):
+                        return result
+                remaining = deadline - time.monotonic() if deadline else None
+                if remaining is not None and remaining <= step.every:
+                    if remaining > 0:
+                        time.sleep(remaining)
+                    result.status = "timeout"
+                    result.error = f"condition '{step.until}' not met after {step.timeout:g}s ({attempt} checks)"
+                    return result
+                if self.ui:
+                    self.ui.polling(step, result, attempt)
+                time.sleep(step.every)
+                continue
+            if result.ok or result.status in ("refused",) or attempt > step.retries:
+                return result
+            if deadline and deadline - time.monotonic() <= step.retry_delay:
+                return result
+            if self.ui:
+                self.ui.retrying(step, result, attempt, step.retry_delay)
+            if self.journal:
+                self.journal.event("retry", step=step.id, attempt=attempt, status=result.status, error=result.error)
+            time.sleep(step.retry_delay)
+
+    def _outputs(self, step: Step, result: StepResult) -> None:
+        for name, spec in step.outputs.items():
+            text = result.stderr if spec.get("from") == "stderr" else result.stdout
+            try:
+                if "regex" in spec:
+                    m = re.search(spec["regex"], text, re.MULTILINE)
+                    if not m:
+                        raise ValueError(f"pattern {spec['regex']!r} did not match")
+                    value: Any = m.group(1) if m.groups() else m.group(0)
+                elif "json" in spec:
+                    value = json.loads(text)
+                    for part in [p for p in spec["json"].split(".") if p]:
+                        value = value[int(part)] if isinstance(value, list) else value[part]
+                else:
+                    value = text.strip()
+                value = _convert(value, spec.get("type"))
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                result.status = "failed"
+                result.error = f"output '{name}': {exc}"
+                return
+            result.outputs[name] = value
+
+    def _close_connections(self) -> None:
+        for conn in self.step_ctx.connections.values():
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing must never mask the run's outcome
+                pass
+
+
+def _convert(value: Any, type_: str | None) -> Any:
+    if type_ is None or type_ == "json":
+        return value
+    if type_ == "integer":
+        return int(str(value).strip())
+    if type_ == "number":
+        return float(str(value).strip())
+    if type_ == "boolean":
+        low = str(value).strip().lower()
+        if low in ("true", "yes", "1"):
+            return True
+        if low in ("false", "no", "0", ""):
+            return False
+        raise ValueError(f"{value!r} is not a boolean")
+    return str(value)

@@ -1,0 +1,368 @@
+"""The runbook document model, its schema, and the loader.
+
+A runbook file is YAML: metadata, typed parameters and steps grouped in the
+stages diagnose → mitigate → verify.  :func:`load_runbook` returns a
+:class:`Runbook` or problems with file:line:col; static checks of the graph,
+templates and safety rules live in :mod:`runbook.validate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runbook import schema as S
+from runbook import steps as kinds
+from runbook.errors import Problem, RunbookError
+from runbook.yamlload import Map, load
+
+STAGES = ("diagnose", "mitigate", "verify")
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+PARAM_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool}
+SEVERITIES = ("SEV1", "SEV2", "SEV3", "SEV4", "SEV5")
+SPECIAL_TARGETS = ("continue", "abort")  # on_failure values that are not step ids
+
+PARAM = S.Obj(
+    {
+        "type": S.Str(enum=tuple(PARAM_TYPES), doc="string (default), integer, number or boolean"),
+        "description": S.Str(),
+        "required": S.Bool(doc="the run refuses to start without it"),
+        "default": S.AnyValue(doc="used when the parameter is not given"),
+        "pattern": S.Str(doc="regular expression a string value must match"),
+        "enum": S.List(S.AnyValue(), min_items=1, doc="the allowed values"),
+        "secret": S.Bool(doc="masked everywhere; passed to commands by environment, never in argument lists"),
+    },
+    doc="A typed parameter, given with -p name=value",
+)
+
+OUTPUT = S.Obj(
+    {
+        "from": S.Str(enum=("stdout", "stderr"), doc="which stream to read (default stdout)"),
+        "regex": S.Str(doc="take the first group (or the whole match) of this regular expression"),
+        "json": S.Str(doc="parse the stream as JSON and take this dotted path ('' for the whole document)"),
+        "type": S.Str(enum=("string", "integer", "number", "boolean", "json"), doc="convert the value"),
+    },
+    exclusive=(("regex", "json"),),
+    doc="An output taken from the step's result",
+)
+
+COMMON_FIELDS: dict[str, S.Node] = {
+    "id": S.Str(pattern=ID_PATTERN, hint="lower-case letters, digits, - and _", doc="unique step id"),
+    "title": S.Str(doc="one line shown to the operator"),
+    "description": S.Str(),
+    "readonly": S.Bool(doc="the step changes nothing (its effect is read); enforced by kinds that can"),
+    "timeout": S.Duration(doc="stop the step after this long"),
+    "retries": S.Int(minimum=0, maximum=100, doc="try again this many times when the step fails"),
+    "retry_delay": S.Duration(doc="wait between retries (default 5s)"),
+    "until": S.Str(doc="poll the step until this condition holds (needs timeout)"),
+    "every": S.Duration(doc="poll interval for until (default 10s)"),
+    "outputs": S.MapOf(OUTPUT, key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", key_hint="letters, digits and _"),
+    "next": S.Str(doc="the step to go to after this one succeeds (default: the following step)"),
+    "on_failure": S.Str(doc="the step to go to when this one fails, or 'continue' / 'abort' (default)"),
+    "max_visits": S.Int(minimum=1, maximum=10000, doc="how often the step may run in one run: the bound of a loop"),
+}
+
+
+def _step_node() -> S.Obj:
+    fields = dict(COMMON_FIELDS)
+    for name in kinds.KINDS:
+        fields[name] = kinds.get(name).SCHEMA
+    return S.Obj(fields, required=("id",), extra_check=_one_kind, doc="A step: common keys and exactly one kind key")
+
+
+def _one_kind(value: Map, pos, where, rep) -> bool:
+    found = [k for k in value if k in kinds.KINDS]
+    if not found:
+        rep.error(pos, f"{where}: step has no kind: give one of {', '.join(kinds.KINDS)}")
+        return False
+    if len(found) > 1:
+        rep.error(value.kpos(found[1]), f"{where}: step has two kinds ('{found[0]}' and '{found[1]}'); split it into two steps")
+        return False
+    return True
+
+
+_STEP: S.Obj | None = None
+_DOC: S.Obj | None = None
+
+
+def document_schema() -> S.Obj:
+    global _STEP, _DOC
+    if _DOC is None:
+        _STEP = _step_node()
+        steps = S.List(_STEP)
+        _DOC = S.Obj(
+            {
+                "name": S.Str(pattern=NAME_PATTERN, hint="lower-case letters, digits and -", doc="what `runbook run NAME` takes"),
+                "title": S.Str(doc="one line: what this runbook answers"),
+                "description": S.Str(),
+                "severity": S.Str(enum=SEVERITIES),
+                "alerts": S.List(S.Str(), doc="the alerts this runbook answers"),
+                "owner": S.Str(),
+                "tags": S.List(S.Str()),
+                "links": S.List(S.Str(), doc="dashboards, docs"),
+                "env": S.List(S.Str(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"), doc="environment variables templates may read as env.NAME"),
+                "params": S.MapOf(PARAM, key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", key_hint="letters, digits and _"),
+                "stages": S.Obj({s: steps for s in STAGES}, required=(), doc="steps by stage, in order"),
+            },
+            required=("name", "title", "stages"),
+            doc="A runbook: diagnose → mitigate → verify",
+        )
+    return _DOC
+
+
+def json_schema() -> dict:
+    d = document_schema().json()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "https://github.com/runbook-executor/runbook/schema.json", "title": "runbook", **d}
+
+
+@dataclass
+class Param:
+    name: str
+    type: str = "string"
+    description: str = ""
+    required: bool = False
+    default: Any = None
+    has_default: bool = False
+    pattern: str | None = None
+    enum: list | None = None
+    secret: bool = False
+    pos: tuple[int, int] = (1, 1)
+
+    def check(self, value: Any) -> str | None:
+        """None when the value is valid, else why not."""
+        py = PARAM_TYPES[self.type]
+        if py is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif py is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, py)
+        if not ok:
+            return f"expected {self.type}, got {value!r}"
+        if self.enum is not None and value not in self.enum:
+            return f"must be one of {', '.join(map(str, self.enum))}"
+        if self.pattern and isinstance(value, str) and not re.search(self.pattern, value):
+            return f"does not match {self.pattern}"
+        return None
+
+    def coerce(self, text: str) -> Any:
+        """Turn a command-line string into a value of the parameter's type."""
+        if self.type == "integer":
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"expected an integer, got {text!r}") from None
+        if self.type == "number":
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError(f"expected a number, got {text!r}") from None
+        if self.type == "boolean":
+            low = text.lower()
+            if low in ("true", "yes", "1", "on"):
+                return True
+            if low in ("false", "no", "0", "off"):
+                return False
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text
+
+
+@dataclass
+class Step:
+    id: str
+    stage: str
+    kind: str
+    body: dict
+    raw: Map
+    index: int
+    title: str = ""
+    description: str = ""
+    readonly: bool | None = None
+    timeout: float | None = None
+    retries: int = 0
+    retry_delay: float = 5.0
+    until: str | None = None
+    every: float = 10.0
+    outputs: dict = field(default_factory=dict)
+    next: str | None = None
+    on_failure: str | None = None
+    max_visits: int | None = None
+
+    @property
+    def pos(self) -> tuple[int, int]:
+        return self.raw.pos
+
+    def key_pos(self, key: str) -> tuple[int, int]:
+        return self.raw.vpos(key)
+
+    @property
+    def module(self):
+        return kinds.get(self.kind)
+
+    @property
+    def effect(self) -> str:
+        mod = self.module
+        if mod.FIXED_EFFECT:
+            return mod.FIXED_EFFECT
+        readonly = mod.DEFAULT_READONLY if self.readonly is None else self.readonly
+        return "read" if readonly else "write"
+
+    @property
+    def label(self) -> str:
+        return self.title or self.id
+
+
+@dataclass
+class Runbook:
+    name: str
+    title: str
+    path: str
+    sha256: str
+    data: Map
+    description: str = ""
+    severity: str | None = None
+    alerts: list[str] = field(default_factory=list)
+    owner: str | None = None
+    env_allow: list[str] = field(default_factory=list)
+    params: dict[str, Param] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.by_id = {s.id: s for s in self.steps}
+
+    def stage(self, name: str) -> list[Step]:
+        return [s for s in self.steps if s.stage == name]
+
+    def following(self, step: Step) -> Step | None:
+        """The step after this one in document order (the default `next`)."""
+        i = step.index + 1
+        return self.steps[i] if i < len(self.steps) else None
+
+
+def _build(data: Map, path: str, sha: str) -> Runbook:
+    params = {}
+    for name, p in (data.get("params") or {}).items():
+        params[name] = Param(
+            name=name, type=p.get("type", "string"), description=p.get("description", ""),
+            required=bool(p.get("required", False)), default=p.get("default"), has_default="default" in p,
+            pattern=p.get("pattern"), enum=list(p["enum"]) if "enum" in p else None, secret=bool(p.get("secret", False)),
+            pos=data["params"].kpos(name),
+        )
+    steps: list[Step] = []
+    stages = data.get("stages") or {}
+    for stage in STAGES:
+        for raw in stages.get(stage) or []:
+            kind = next(k for k in raw if k in kinds.KINDS)
+            mod = kinds.get(kind)
+            retries = raw.get("retries", 0)
+            steps.append(Step(
+                id=raw["id"], stage=stage, kind=kind, body=mod.normalize(raw[kind]), raw=raw, index=len(steps),
+                title=raw.get("title", ""), description=raw.get("description", ""), readonly=raw.get("readonly"),
+                timeout=S.parse_duration(raw["timeout"]) if "timeout" in raw else None,
+                retries=retries, retry_delay=S.parse_duration(raw.get("retry_delay", 5)),
+                until=raw.get("until"), every=S.parse_duration(raw.get("every", 10)),
+                outputs=dict(raw.get("outputs") or {}), next=raw.get("next"), on_failure=raw.get("on_failure"),
+                max_visits=raw.get("max_visits"),
+            ))
+    return Runbook(
+        name=data["name"], title=data["title"], path=path, sha256=sha, data=data,
+        description=data.get("description", ""), severity=data.get("severity"), alerts=list(data.get("alerts") or []),
+        owner=data.get("owner"), env_allow=list(data.get("env") or []), params=params, steps=steps,
+    )
+
+
+def load_text(text: str, path: str) -> tuple[Runbook | None, list[Problem]]:
+    data, problems = load(text, path)
+    if problems and data is None:
+        return None, problems
+    rep = S.Report(path)
+    rep.problems.extend(problems)
+    if data is None:
+        rep.error((1, 1), "the file is empty: a runbook needs name, title and stages")
+        return None, rep.problems
+    if not isinstance(data, Map):
+        rep.error((1, 1), "a runbook must be a mapping with name, title and stages")
+        return None, rep.problems
+    document_schema().check(data, data.pos, "", rep)
+    if any(p.severity == "error" for p in rep.problems):
+        return None, rep.problems
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return _build(data, path, sha), rep.problems
+
+
+def load_runbook(path: str | os.PathLike) -> tuple[Runbook | None, list[Problem]]:
+    p = str(path)
+    try:
+        with open(p, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise RunbookError(f"{p}: cannot read file: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, [Problem(p, 1, 1, f"file is not UTF-8 text (bad byte at offset {exc.start})", rule="yaml")]
+    return load_text(text, p)
+
+
+# --- finding runbooks ------------------------------------------------------
+
+
+def search_path(explicit: str | None = None) -> list[Path]:
+    """--path DIR, else $RUNBOOK_PATH (os.pathsep-separated), else ./playbooks."""
+    if explicit:
+        return [Path(explicit)]
+    env = os.environ.get("RUNBOOK_PATH")
+    if env:
+        return [Path(p) for p in env.split(os.pathsep) if p]
+    return [Path("playbooks")]
+
+
+def runbook_files(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml") and q.is_file()))
+        elif p.is_file():
+            out.append(p)
+    return out
+
+
+def find(name: str, search: list[Path]) -> Runbook:
+    """A runbook by file path or by name; a clean error when it is missing or broken."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") or os.sep in name:
+        if not p.is_file():
+            raise RunbookError(f"no runbook file {name}")
+        return _load_or_raise(p)
+    candidates = runbook_files(search)
+    for f in candidates:
+        if f.stem == name:
+            return _load_or_raise(f)
+    names = []
+    for f in candidates:  # the name inside the file may differ from the file name
+        rb, _ = load_runbook(f)
+        if rb is not None:
+            if rb.name == name:
+                return _load_or_raise(f)
+            names.append(rb.name)
+    where = ", ".join(str(s) for s in search)
+    known = S.suggest(name, names) or (f" (known: {', '.join(sorted(names)[:10])})" if names else "")
+    raise RunbookError(f"no runbook named '{name}' in {where}{known}")
+
+
+def _load_or_raise(path: Path) -> Runbook:
+    from runbook.validate import validate_runbook
+
+    rb, problems = load_runbook(path)
+    problems = problems + (validate_runbook(rb).problems if rb is not None else [])
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        first = errors[0].format()
+        more = f" (and {len(errors) - 1} more; run `runbook validate {path}`)" if len(errors) > 1 else ""
+        raise RunbookError(first + more)
+    return rb

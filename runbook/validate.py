@@ -1,0 +1,369 @@
+"""Static checks of a loaded runbook: graph, references, templates, safety.
+
+Structural problems (YAML, unknown keys, types) come from the loader in
+:mod:`runbook.spec`; this module checks what needs the whole document:
+
+* graph: duplicate ids, ``next``/``goto``/``on_failure`` naming no step,
+  unreachable steps, loops with no bound;
+* templates and conditions: syntax, unknown names, undefined parameters,
+  a step's output read where that step cannot have run before;
+* parameters: defaults that break their own type, pattern or enum;
+* inventory targets (with an inventory);
+* safety rules (ids RB1xx), whose severity a project tunes in ``.runbook.yaml``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runbook import expr
+from runbook.errors import Problem
+from runbook.schema import suggest
+from runbook.spec import SPECIAL_TARGETS, Runbook, Step
+
+# id -> (name, default severity, what it means)
+RULES: dict[str, tuple[str, str, str]] = {
+    "RB101": ("write-in-diagnose", "error", "the diagnose stage only looks: a write step belongs in mitigate"),
+    "RB102": ("mitigate-without-verify", "error", "a mitigate stage needs a verify stage after it"),
+    "RB103": ("write-without-timeout", "warning", "a write step should have a timeout"),
+    "RB104": ("unbounded-fanout", "error", "a step that fans out over many targets needs a bound"),
+    "RB105": ("secret-printed", "error", "a secret parameter is rendered where it would be printed"),
+    "RB106": ("self-quoted-template", "warning", "a template inside quotes in a shell command is quoted twice"),
+}
+SEVERITIES = ("error", "warning", "off")
+CONFIG_FILES = (".runbook.yaml", ".runbook.yml")
+
+
+@dataclass
+class Config:
+    """Project settings for the validator, from ``.runbook.yaml``::
+
+        rules:
+          RB103: error        # or the rule's name: write-without-timeout: error
+          RB106: off
+    """
+
+    severities: dict[str, str] = field(default_factory=dict)
+    path: str | None = None
+
+    def severity(self, rule: str) -> str:
+        return self.severities.get(rule, RULES[rule][1])
+
+
+def load_config(explicit: str | None = None, start: Path | None = None) -> tuple[Config, list[Problem]]:
+    from runbook.yamlload import Map, load_file
+
+    if explicit:
+        path = Path(explicit)
+    else:
+        path = None
+        d = (start or Path.cwd()).resolve()
+        for cand in [d, *d.parents]:
+            for name in CONFIG_FILES:
+                if (cand / name).is_file():
+                    path = cand / name
+                    break
+            if path or (cand / ".git").exists():
+                break
+        if path is None:
+            return Config(), []
+    data, problems = load_file(path)
+    cfg = Config(path=str(path))
+    if problems or data is None:
+        return cfg, problems
+    by_name = {v[0]: k for k, v in RULES.items()}
+    if not isinstance(data, Map) or set(data) - {"rules"}:
+        bad = [k for k in (data if isinstance(data, dict) else {}) if k != "rules"]
+        pos = data.kpos(bad[0]) if bad and isinstance(data, Map) else (1, 1)
+        return cfg, [Problem(str(path), pos[0], pos[1], f"config: expected only the key 'rules'{suggest(bad[0], ['rules']) if bad else ''}")]
+    rules = data.get("rules") or {}
+    if not isinstance(rules, Map):
+        return cfg, [Problem(str(path), *data.vpos("rules"), "config: rules must be a mapping of rule id to error, warning or off")]
+    for key, sev in rules.items():
+        rid = key if key in RULES else by_name.get(key)
+        if rid is None:
+            problems.append(Problem(str(path), *rules.kpos(key), f"config: unknown rule '{key}'{suggest(key, [*RULES, *by_name])}"))
+        elif sev is False or sev not in SEVERITIES:
+            sev_text = "off" if sev is False else sev
+            if sev_text == "off":
+                cfg.severities[rid] = "off"
+            else:
+                problems.append(Problem(str(path), *rules.vpos(key), f"config: severity of {key} must be error, warning or off"))
+        else:
+            cfg.severities[rid] = sev
+    return cfg, problems
+
+
+@dataclass
+class Result:
+    problems: list[Problem] = field(default_factory=list)
+    reachable: set[str] = field(default_factory=set)
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity == "error" for p in self.problems)
+
+
+# --- graph -----------------------------------------------------------------
+
+
+def successors(rb: Runbook, step: Step) -> list[tuple[str, str]]:
+    """(label, step id) of every step that may run after ``step``."""
+    out: list[tuple[str, str]] = []
+    if step.kind == "end":
+        return out
+    branches = step.module.edges(step.body)
+    out.extend(branches)
+    following = rb.following(step)
+    if step.kind == "choose":
+        if not step.body.get("default") and following:
+            out.append(("otherwise", following.id))
+        return out
+    if step.next:
+        out.append(("next", step.next))
+    elif following:
+        out.append(("next", following.id))
+    if step.on_failure == "continue":
+        if following and not step.next:
+            pass  # same as next
+        elif following:
+            out.append(("on failure", following.id))
+    elif step.on_failure and step.on_failure not in SPECIAL_TARGETS:
+        out.append(("on failure", step.on_failure))
+    return out
+
+
+def _graph(rb: Runbook) -> dict[str, list[str]]:
+    return {s.id: [t for _, t in successors(rb, s) if t in rb.by_id] for s in rb.steps}
+
+
+def _reach(graph: dict[str, list[str]], start: str) -> set[str]:
+    seen = {start}
+    todo = [start]
+    while todo:
+        for n in graph.get(todo.pop(), ()):
+            if n not in seen:
+                seen.add(n)
+                todo.append(n)
+    return seen
+
+
+def _sccs(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components (iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(graph[root]))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            node, it = work[-1]
+            for nxt in it:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = counter
+                    counter += 1
+                    stack.append(nxt)
+                    on.add(nxt)
+                    work.append((nxt, iter(graph[nxt])))
+                    break
+                if nxt in on:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    comp = []
+                    while True:
+                        w = stack.pop()
+                        on.discard(w)
+                        comp.append(w)
+                        if w == node:
+                            break
+                    out.append(comp)
+    return out
+
+
+def _bounded(step: Step) -> bool:
+    return step.max_visits is not None or (step.until is not None and step.timeout is not None)
+
+
+# --- the checks ------------------------------------------------------------
+
+
+def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None = None) -> Result:
+    config = config or Config()
+    res = Result()
+    path = rb.path
+
+    def problem(pos, msg, rule="schema", severity="error"):
+        if rule in RULES:
+            severity = config.severity(rule)
+            if severity == "off":
+                return
+        res.problems.append(Problem(path, pos[0], pos[1], msg, severity, rule))
+
+    # ids
+    seen: dict[str, Step] = {}
+    for s in rb.steps:
+        if s.id in seen:
+            problem(s.raw.vpos("id"), f"duplicate step id '{s.id}' (first at line {seen[s.id].pos[0]})")
+        else:
+            seen[s.id] = s
+    if not rb.steps:
+        problem(rb.data.vpos("stages"), "the runbook has no steps")
+        return res
+
+    # references to steps
+    ids = list(rb.by_id)
+    for s in rb.steps:
+        refs = [("next", s.next), ("on_failure", s.on_failure)]
+        refs += [(f"choose → {t}", t) for _, t in s.module.edges(s.body)]
+        for key, target in refs:
+            if target is None or (key == "on_failure" and target in SPECIAL_TARGETS):
+                continue
+            if target not in rb.by_id:
+                pos = s.raw.vpos(key) if key in s.raw else s.raw.vpos(s.kind)
+                extra = " or 'continue' / 'abort'" if key == "on_failure" else ""
+                problem(pos, f"step '{s.id}': {key.split(' ')[0]} names step '{target}', which does not exist{suggest(target, ids) or extra}")
+        if s.until is not None and s.timeout is None:
+            problem(s.raw.kpos("until"), f"step '{s.id}': until needs a timeout, or it may poll forever")
+
+    graph = _graph(rb)
+    res.reachable = reach = _reach(graph, rb.steps[0].id)
+    for s in rb.steps:
+        if s.id not in reach:
+            problem(s.pos, f"step '{s.id}' can never be reached (no step leads to it; give a previous step next/goto/on_failure, or remove it)")
+
+    # loops
+    for comp in _sccs(graph):
+        is_cycle = len(comp) > 1 or comp[0] in graph[comp[0]]
+        if is_cycle and not any(_bounded(rb.by_id[i]) for i in comp):
+            order = [s.id for s in rb.steps if s.id in comp]
+            first = rb.by_id[order[0]]
+            problem(first.pos, f"loop with no bound: {' → '.join(order)} → {order[0]}; give a step in it max_visits, or an until with a timeout")
+
+    # ancestors, for "can this step's output exist here?"
+    ancestors: dict[str, set[str]] | None = None
+
+    def can_run_before(src: str, dst: str) -> bool:
+        nonlocal ancestors
+        if ancestors is None:
+            ancestors = {i: set() for i in graph}
+            for i in graph:
+                for j in _reach(graph, i):
+                    if j != i or i in graph[i]:
+                        ancestors[j].add(i)
+        return src in ancestors.get(dst, ())
+
+    # parameters
+    for p in rb.params.values():
+        if p.has_default and p.default is not None:
+            why = p.check(p.default)
+            if why:
+                problem(rb.data["params"].vpos(p.name) if False else _param_default_pos(rb, p.name), f"parameter '{p.name}': default {p.default!r} {why}")
+        if p.pattern:
+            try:
+                re.compile(p.pattern)
+            except re.error as exc:
+                problem(_param_key_pos(rb, p.name, "pattern"), f"parameter '{p.name}': invalid pattern: {exc}")
+        if p.required and p.has_default:
+            problem(_param_key_pos(rb, p.name, "required"), f"parameter '{p.name}' is required and has a default; drop one of them", severity="warning")
+
+    secret_params = {n for n, p in rb.params.items() if p.secret}
+    for s in rb.steps:
+        for o, spec in s.outputs.items():
+            if "regex" in spec:
+                try:
+                    re.compile(spec["regex"])
+                except re.error as exc:
+                    problem(s.raw["outputs"].vpos(o), f"step '{s.id}': output '{o}': invalid regex: {exc}")
+        for field_name, source, mode in _templates(s):
+            _check_template(rb, s, field_name, source, mode, problem, can_run_before, secret_params)
+        if s.kind == "shell" and re.search(r"""(['"])\s*\{\{[^}]*\}\}\s*\1""", s.body["command"]):
+            problem(s.raw.vpos("shell"), f"step '{s.id}': a template is inside quotes; values are shell-quoted automatically, so remove the quotes around {{{{ … }}}}", rule="RB106")
+        mod = s.module
+        fanout = getattr(mod, "fanout", None)
+        if fanout and fanout(s.body) is False:
+            problem(s.raw.vpos(s.kind), f"step '{s.id}' fans out over an inventory group with no bound: set forks or a limit", rule="RB104")
+        if inventory is not None and hasattr(mod, "inventory_targets"):
+            for kind, name, key in mod.inventory_targets(s.body):
+                if expr.is_template(name):
+                    continue
+                if name not in inventory.names(kind) and not (kind == "host" and name in inventory.names("group")):
+                    problem(s.raw.vpos(s.kind), f"step '{s.id}': {kind} '{name}' is not in {inventory.path}{suggest(name, inventory.names(kind))}")
+
+    # safety rules
+    for s in rb.steps:
+        if s.stage == "diagnose" and s.effect == "write":
+            problem(s.pos, f"step '{s.id}' writes in the diagnose stage; mark it readonly: true if it only looks, or move it to mitigate", rule="RB101")
+        if s.effect == "write" and s.timeout is None and s.kind not in ("manual",):
+            problem(s.pos, f"step '{s.id}' writes and has no timeout; add timeout: 5m (or what fits)", rule="RB103")
+    if rb.stage("mitigate") and not rb.stage("verify"):
+        problem(rb.data["stages"].kpos("mitigate"), "the mitigate stage has no verify stage after it: add verify steps that prove the system is healthy again", rule="RB102")
+    return res
+
+
+def _param_default_pos(rb: Runbook, name: str):
+    return _param_key_pos(rb, name, "default")
+
+
+def _param_key_pos(rb: Runbook, name: str, key: str):
+    entry = rb.data["params"][name]
+    return entry.vpos(key)
+
+
+def _templates(s: Step):
+    for item in s.module.templates(s.body):
+        yield item
+    for key, mode in (("title", "text"), ("description", "text")):
+        if key in s.raw and isinstance(s.raw[key], str):
+            yield key, s.raw[key], mode
+    if s.until:
+        yield "until", s.until, "until"
+
+
+def _check_template(rb, s, field_name, source, mode, problem, can_run_before, secret_params):
+    is_expr = mode in ("expr", "until")
+    if not is_expr and not expr.is_template(source):
+        return
+    pos = s.raw.vpos("until") if mode == "until" else s.raw.vpos(s.kind if field_name not in ("title", "description") else field_name)
+    refs, err = expr.references(source, is_expression=is_expr)
+    where = f"step '{s.id}' {field_name}"
+    if err:
+        problem(pos, f"{where}: template syntax error: {err}")
+        return
+    allowed_roots = set(expr.ROOTS)
+    if mode == "until":
+        # an until condition also sees the step's own result: stdout, exit_code, outputs, …
+        from runbook.steps import BASE_RESULT_FIELDS
+
+        allowed_roots |= set(BASE_RESULT_FIELDS) | set(s.module.RESULT_FIELDS) | set(s.outputs)
+    for ref in refs:
+        if ref.root not in allowed_roots:
+            problem(pos, f"{where}: unknown name '{ref.root}'{suggest(ref.root, allowed_roots) or ' (use params.…, steps.…, inventory.…, env.… or run.…)'}")
+        elif ref.root == "params" and ref.key is not None:
+            if ref.key not in rb.params:
+                problem(pos, f"{where}: parameter '{ref.key}' is not defined{suggest(ref.key, rb.params) or ' (declare it under params:)'}")
+            elif ref.key in secret_params and mode == "text":
+                problem(pos, f"{where}: secret parameter '{ref.key}' would be printed here", rule="RB105")
+        elif ref.root == "steps" and ref.key is not None:
+            if ref.key not in rb.by_id:
+                problem(pos, f"{where}: no step '{ref.key}'{suggest(ref.key, rb.by_id)}")
+            elif ref.key == s.id and mode == "until":
+                continue
+            elif not can_run_before(ref.key, s.id):
+                problem(pos, f"{where}: reads steps.{ref.key}, but step '{ref.key}' cannot have run before '{s.id}'")
+        elif ref.root == "env" and ref.key is not None and ref.key not in rb.env_allow:
+            problem(pos, f"{where}: environment variable '{ref.key}' is not allowed; list it under env: at the top of the runbook")

@@ -1,0 +1,158 @@
+"""YAML loading that remembers where every value came from.
+
+``load(text, path)`` returns plain Python data built from :class:`Map` and
+:class:`Seq` (``dict`` and ``list`` subclasses) that carry 1-based line and
+column numbers, so that every later check can say ``file:line:col``.
+A syntax error becomes a :class:`YamlError` naming the file, line and column,
+with a hint on how to fix the most common mistakes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+try:  # libyaml is several times faster; fall back to the pure-Python parser.
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+from runbook.errors import Problem, RunbookError
+
+
+class Map(dict):
+    """A YAML mapping. ``pos`` is where it starts; ``key_pos[k]`` and
+    ``value_pos[k]`` where each key and its value start."""
+
+    __slots__ = ("pos", "key_pos", "value_pos")
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.pos = (1, 1)
+        self.key_pos: dict[Any, tuple[int, int]] = {}
+        self.value_pos: dict[Any, tuple[int, int]] = {}
+
+    def kpos(self, key) -> tuple[int, int]:
+        return self.key_pos.get(key, self.pos)
+
+    def vpos(self, key) -> tuple[int, int]:
+        return self.value_pos.get(key, self.kpos(key))
+
+
+class Seq(list):
+    """A YAML sequence. ``item_pos[i]`` is where item ``i`` starts."""
+
+    __slots__ = ("pos", "item_pos")
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.pos = (1, 1)
+        self.item_pos: list[tuple[int, int]] = []
+
+    def ipos(self, i: int) -> tuple[int, int]:
+        return self.item_pos[i] if i < len(self.item_pos) else self.pos
+
+
+class YamlError(RunbookError):
+    def __init__(self, problem: Problem):
+        super().__init__(problem.format())
+        self.problem = problem
+
+
+def _pos(node) -> tuple[int, int]:
+    m = node.start_mark
+    return (m.line + 1, m.column + 1)
+
+
+_constructor = yaml.constructor.SafeConstructor()
+
+
+def _build(node, path: str, problems: list[Problem]):
+    if isinstance(node, yaml.MappingNode):
+        out = Map()
+        out.pos = _pos(node)
+        _constructor.flatten_mapping(node)
+        for knode, vnode in node.value:
+            key = _build(knode, path, problems)
+            if isinstance(key, (Map, Seq)):
+                line, col = _pos(knode)
+                msg = ("a value that starts with '{{' must be quoted, e.g. \"{{ params.x }}\""
+                       if isinstance(key, Map) else "a mapping key must be a plain value")
+                problems.append(Problem(path, line, col, f"YAML error: {msg}", rule="yaml"))
+                continue
+            if key in out:
+                line, col = _pos(knode)
+                first = out.key_pos[key]
+                problems.append(Problem(path, line, col, f"duplicate key '{key}' (first defined at line {first[0]})", rule="yaml"))
+            out[key] = _build(vnode, path, problems)
+            out.key_pos[key] = _pos(knode)
+            out.value_pos[key] = _pos(vnode)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        out = Seq()
+        out.pos = _pos(node)
+        for item in node.value:
+            out.append(_build(item, path, problems))
+            out.item_pos.append(_pos(item))
+        return out
+    return _constructor.construct_object(node, deep=True)
+
+
+def _hint(exc: yaml.MarkedYAMLError, text: str) -> str:
+    problem = (exc.problem or "").strip()
+    ctx = (exc.context or "").strip()
+    mark = exc.problem_mark
+    line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+    if "{{" in line and ("mapping" in problem or "mapping" in ctx or "unhashable" in problem or "flow" in ctx):
+        return "a value that starts with '{{' must be quoted, e.g. \"{{ params.x }}\""
+    if "\t" in line[: (mark.column + 1 if mark else 0)] or "tab" in problem:
+        return "YAML does not allow tabs for indentation; use spaces"
+    if "mapping values are not allowed" in problem:
+        return "check the indentation, or quote a value that contains ': '"
+    if "expected <block end>" in problem or "could not find expected ':'" in problem:
+        return "check the indentation of this line against the lines above it"
+    if "found character" in problem and "'@'" in problem or "'`'" in problem:
+        return "quote a value that starts with @ or `"
+    if "found unexpected end of stream" in problem or "while scanning a quoted scalar" in ctx:
+        return "a quoted string is not closed"
+    return "fix the YAML syntax at this position"
+
+
+def load(text: str, path: str = "<string>") -> tuple[Any, list[Problem]]:
+    """Parse one YAML document. Returns ``(data, problems)``; a syntax error
+    is returned as a single problem with ``data`` set to ``None``."""
+    problems: list[Problem] = []
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = (exc.problem or exc.context or "invalid YAML").strip()
+        return None, [Problem(path, line, col, f"YAML syntax error: {what} ({_hint(exc, text)})", rule="yaml")]
+    except yaml.YAMLError as exc:  # e.g. reader errors on bad characters
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return None, [Problem(path, line, col, f"YAML error: {str(getattr(exc, 'reason', '') or exc).splitlines()[0]}", rule="yaml")]
+    if node is None:
+        return None, problems
+    try:
+        return _build(node, path, problems), problems
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return None, [Problem(path, line, col, f"YAML error: {(exc.problem or 'cannot read value').strip()}", rule="yaml")]
+    except RecursionError:
+        return None, [Problem(path, 1, 1, "YAML error: document nested too deeply", rule="yaml")]
+
+
+def load_file(path) -> tuple[Any, list[Problem]]:
+    p = str(path)
+    try:
+        with open(p, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        return None, [Problem(p, 1, 1, f"file is not UTF-8 text ({exc.reason} at byte {exc.start})", rule="yaml")]
+    except OSError as exc:
+        raise RunbookError(f"{p}: cannot read file: {exc.strerror}") from None
+    return load(text, p)
