@@ -230,10 +230,11 @@ class Engine:
             if total > MAX_STEP_RUNS:
                 raise RunbookError(f"the run executed {MAX_STEP_RUNS} steps; stopping (a loop without a bound?)")
             if step.max_visits is not None and visits[step.id] > step.max_visits:
-                result = StepResult("failed", error=f"step '{step.id}' already ran {step.max_visits} times (max_visits)")
+                # the loop's bound: stop here rather than follow on_failure round the loop again
+                result = StepResult("failed", error=f"step '{step.id}' already ran {step.max_visits} times (max_visits); stopping the loop")
                 self._record_skip(step, result)
-            else:
-                result = self._execute(step)
+                return "failed", EXIT_FAILED, result.error
+            result = self._execute(step)
             last = result
             if result.status == "refused":
                 return "refused", EXIT_REFUSED, result.error or f"step '{step.id}' was not approved"
@@ -323,6 +324,8 @@ class Engine:
             self.step_ctx.timeout = max(0.0, deadline - time.monotonic()) if deadline else None
             result = step.module.run(step, act, self.step_ctx)
             result.attempts = attempt
+            if result.status == "timeout" and step.timeout:
+                result.error = f"timed out after {step.timeout:g}s; the step was stopped"
             if step.until is not None and result.status in ("ok", "failed"):
                 if result.ok:
                     if step.outputs:

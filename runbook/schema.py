@@ -51,6 +51,10 @@ class Report:
         self.problems.append(Problem(self.path, pos[0], pos[1], message, severity, rule))
 
 
+def _w(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "nothing (null)"
@@ -80,7 +84,7 @@ class Node:
         raise NotImplementedError
 
     def _wrong(self, value, pos, where, rep) -> bool:
-        rep.error(pos, f"{where}: expected {self.expect}, got {_type_name(value)}")
+        rep.error(pos, f"{_w(where)}expected {self.expect}, got {_type_name(value)}")
         return False
 
     def _j(self, d: dict) -> dict:
@@ -104,10 +108,10 @@ class Str(Node):
                 return True
             return self._wrong(value, pos, where, rep)
         if self.enum and value not in self.enum:
-            rep.error(pos, f"{where}: '{value}' is not one of {', '.join(map(str, self.enum))}{suggest(value, self.enum)}")
+            rep.error(pos, f"{_w(where)}'{value}' is not one of {', '.join(map(str, self.enum))}{suggest(value, self.enum)}")
             return False
         if self.pattern and not re.search(self.pattern, value):
-            rep.error(pos, f"{where}: '{value}' does not match {self.pattern}{' (' + self.hint + ')' if self.hint else ''}")
+            rep.error(pos, f"{_w(where)}'{value}' does not match {self.pattern}{' (' + self.hint + ')' if self.hint else ''}")
             return False
         return True
 
@@ -131,7 +135,7 @@ class Int(Node):
         if isinstance(value, bool) or not isinstance(value, int):
             return self._wrong(value, pos, where, rep)
         if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
-            rep.error(pos, f"{where}: {value} is out of range ({self.minimum}..{self.maximum if self.maximum is not None else ''})")
+            rep.error(pos, f"{_w(where)}{value} is out of range ({self.minimum}..{self.maximum if self.maximum is not None else ''})")
             return False
         return True
 
@@ -163,7 +167,7 @@ class Duration(Node):
 
     def check(self, value, pos, where, rep):
         if parse_duration(value) is None:
-            rep.error(pos, f"{where}: expected a duration such as 30s, 5m or 1h, got {value!r}")
+            rep.error(pos, f"{_w(where)}expected a duration such as 30s, 5m or 1h, got {value!r}")
             return False
         return True
 
@@ -193,7 +197,7 @@ class List(Node):
         if not isinstance(value, list):
             return self._wrong(value, pos, where, rep)
         if len(value) < self.min_items:
-            rep.error(pos, f"{where}: needs at least {self.min_items} item{'s' if self.min_items > 1 else ''}")
+            rep.error(pos, f"{_w(where)}needs at least {self.min_items} item{'s' if self.min_items > 1 else ''}")
             return False
         ok = True
         for i, item in enumerate(value):
@@ -224,7 +228,7 @@ class MapOf(Node):
             kpos = value.kpos(k) if isinstance(value, Map) else pos
             vpos = value.vpos(k) if isinstance(value, Map) else pos
             if self.key_pattern and not (isinstance(k, str) and re.match(self.key_pattern, k)):
-                rep.error(kpos, f"{where}: invalid name '{k}'{' (' + self.key_hint + ')' if self.key_hint else ''}")
+                rep.error(kpos, f"{_w(where)}invalid name '{k}'{' (' + self.key_hint + ')' if self.key_hint else ''}")
                 ok = False
                 continue
             ok &= self.value.check(v, vpos, f"{where}.{k}", rep)
@@ -253,20 +257,20 @@ class Obj(Node):
         for k, v in value.items():
             kpos = value.kpos(k) if isinstance(value, Map) else pos
             if k not in self.fields:
-                rep.error(kpos, f"{where}: unknown key '{k}'{suggest(k, self.fields)}")
+                rep.error(kpos, f"{_w(where)}unknown key '{k}'{suggest(k, self.fields)}")
                 ok = False
                 continue
             vpos = value.vpos(k) if isinstance(value, Map) else pos
             ok &= self.fields[k].check(v, vpos, f"{where}.{k}" if where else str(k), rep)
         for k in self.required:
             if k not in value:
-                rep.error(pos, f"{where + ': ' if where else ''}missing required key '{k}'")
+                rep.error(pos, f"{_w(where)}missing required key '{k}'")
                 ok = False
         for group in self.exclusive:
             given = [k for k in group if k in value]
             if len(given) > 1:
                 rep.error(value.kpos(given[1]) if isinstance(value, Map) else pos,
-                          f"{where}: '{given[0]}' and '{given[1]}' cannot be used together")
+                          f"{_w(where)}'{given[0]}' and '{given[1]}' cannot be used together")
                 ok = False
         if ok and self.extra_check:
             ok = self.extra_check(value, pos, where, rep)
@@ -295,7 +299,7 @@ class OneOf(Node):
         for types, node in self.alts:
             if isinstance(value, types) and not (isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))):
                 return node.check(value, pos, where, rep)
-        rep.error(pos, f"{where}: expected {self.expect_text or ' or '.join(n.expect for _, n in self.alts)}, got {_type_name(value)}")
+        rep.error(pos, f"{_w(where)}expected {self.expect_text or ' or '.join(n.expect for _, n in self.alts)}, got {_type_name(value)}")
         return False
 
     def json(self):

@@ -143,7 +143,7 @@ class Param:
         else:
             ok = isinstance(value, py)
         if not ok:
-            return f"expected {self.type}, got {value!r}"
+            return f"is not {'an' if self.type == 'integer' else 'a'} {self.type}"
         if self.enum is not None and value not in self.enum:
             return f"must be one of {', '.join(map(str, self.enum))}"
         if self.pattern and isinstance(value, str) and not re.search(self.pattern, value):

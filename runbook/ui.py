@@ -75,7 +75,7 @@ def print_plan(rb, entries, params_shown: dict, redactor, inventory=None) -> Non
             if s.kind == "shell":
                 c.print(f"     $ {esc(text)}", soft_wrap=True)
             elif s.kind != "choose":
-                c.print(f"     {esc(text)}", soft_wrap=True)
+                c.print("     " + esc(text.strip()).replace("\n", "\n     "), soft_wrap=True)
         extras = []
         if s.timeout:
             extras.append(f"timeout {s.timeout:g}s")
@@ -154,7 +154,9 @@ class ConsoleUI:
     def step_finished(self, step, result) -> None:
         style = STATUS_STYLE.get(result.status, "white")
         mark = "✓" if result.ok else "✗"
-        extra = f"  {self._r(result.error)}" if result.error and not result.ok else ""
+        extra = f"  {self._r(result.error)}" if result.error and result.status not in ("ok", "refused") else ""
+        if result.goto:
+            extra += f"  → {esc(result.goto)}"
         self.c.print(f"  [{style}]{mark} {result.status}[/] [dim]{result.duration:.2f}s[/]{extra}")
         text = result.stdout if result.ok else (result.stdout + result.stderr)
         if text.strip() and step.kind == "shell":

@@ -235,7 +235,7 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
                 continue
             if target not in rb.by_id:
                 pos = s.raw.vpos(key) if key in s.raw else s.raw.vpos(s.kind)
-                extra = " or 'continue' / 'abort'" if key == "on_failure" else ""
+                extra = " (give a step id, or 'continue' or 'abort')" if key == "on_failure" else ""
                 problem(pos, f"step '{s.id}': {key.split(' ')[0]} names step '{target}', which does not exist{suggest(target, ids) or extra}")
         if s.until is not None and s.timeout is None:
             problem(s.raw.kpos("until"), f"step '{s.id}': until needs a timeout, or it may poll forever")

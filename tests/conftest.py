@@ -1,0 +1,56 @@
+"""Shared fixtures: a private audit directory for every test, and helpers to
+write runbooks and run the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def audit_dir(tmp_path, monkeypatch):
+    d = tmp_path / "audit"
+    monkeypatch.setenv("RUNBOOK_AUDIT_DIR", str(d))
+    monkeypatch.delenv("RUNBOOK_PATH", raising=False)
+    monkeypatch.delenv("RUNBOOK_INVENTORY", raising=False)
+    monkeypatch.delenv("RUNBOOK_ENV", raising=False)
+    return d
+
+
+@pytest.fixture
+def write(tmp_path):
+    """write("name.yaml", text) -> Path, dedenting the text."""
+
+    def _write(name: str, text: str) -> Path:
+        p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(textwrap.dedent(text).lstrip("\n"))
+        return p
+
+    return _write
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """cli(*args, cwd=..., input=..., env=...) -> CompletedProcess of `python -m runbook`."""
+
+    def _cli(*args, cwd=None, input=None, env=None, timeout=60):
+        e = os.environ.copy()
+        e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+        e.setdefault("COLUMNS", "200")
+        if env:
+            e.update(env)
+        return subprocess.run(
+            [sys.executable, "-m", "runbook", *map(str, args)],
+            cwd=cwd or tmp_path, input=input, env=e, capture_output=True, text=True, timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+    return _cli

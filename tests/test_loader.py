@@ -1,0 +1,150 @@
+"""The loader turns any input into a runbook or clean file:line:col errors."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runbook.spec import load_text
+from runbook.validate import validate_runbook
+
+GOOD = """\
+name: demo
+title: Demo
+stages:
+  diagnose:
+    - id: look
+      shell: uptime
+      readonly: true
+"""
+
+
+def msgs(text):
+    rb, problems = load_text(text, "rb.yaml")
+    return rb, [p.format() for p in problems]
+
+
+def test_valid_document_loads():
+    rb, problems = msgs(GOOD)
+    assert problems == []
+    assert rb.name == "demo" and [s.id for s in rb.steps] == ["look"]
+    assert rb.steps[0].effect == "read"
+
+
+def test_yaml_syntax_error_names_line_column_and_fix():
+    _, problems = msgs("name: demo\ntitle: [unclosed\nstages: {}\n")
+    assert len(problems) == 1
+    assert problems[0].startswith("rb.yaml:3:")
+    assert "YAML syntax error" in problems[0]
+
+
+def test_unquoted_template_gets_a_hint():
+    _, problems = msgs(GOOD + "    - id: x\n      shell: {{ params.a }}\n")
+    assert any("must be quoted" in p and p.startswith("rb.yaml:9:") for p in problems), problems
+
+
+def test_tab_indentation_hint():
+    _, problems = msgs("name: demo\ntitle: d\nstages:\n\tdiagnose: []\n")
+    assert "rb.yaml:4:1:" in problems[0] and "tabs" in problems[0]
+
+
+def test_unknown_key_suggests_the_right_one():
+    _, problems = msgs(GOOD.replace("readonly: true", "readonyl: true"))
+    assert problems == ["rb.yaml:7:7: error: stages.diagnose[0]: unknown key 'readonyl' (did you mean 'readonly'?)"]
+
+
+def test_unknown_top_level_key_and_missing_required():
+    _, problems = msgs("name: demo\ntitel: x\nstages: {}\n")
+    assert "rb.yaml:2:1: error: unknown key 'titel' (did you mean 'title'?)" in problems
+    assert any("missing required key 'title'" in p for p in problems)
+
+
+def test_wrong_types():
+    _, problems = msgs(GOOD.replace("readonly: true", "readonly: maybe\n      retries: lots"))
+    assert any("rb.yaml:7:17" in p and "expected true or false" in p for p in problems)
+    assert any("rb.yaml:8:16" in p and "expected an integer" in p for p in problems)
+
+
+def test_bad_duration():
+    _, problems = msgs(GOOD.replace("readonly: true", "readonly: true\n      timeout: soon"))
+    assert any("expected a duration" in p and "rb.yaml:8:16" in p for p in problems)
+
+
+def test_unknown_step_kind():
+    _, problems = msgs(GOOD.replace("shell: uptime", "shel: uptime"))
+    assert problems == ["rb.yaml:6:7: error: stages.diagnose[0]: unknown key 'shel' (did you mean 'shell'?)"]
+    _, problems = msgs(GOOD.replace("shell: uptime", "telepathy: uptime"))
+    assert "unknown key 'telepathy'" in problems[0]
+
+
+def test_step_with_two_kinds():
+    _, problems = msgs(GOOD.replace("shell: uptime", "shell: uptime\n      wait: 5s"))
+    assert any("two kinds" in p for p in problems)
+
+
+def test_duplicate_yaml_key():
+    _, problems = msgs(GOOD.replace("readonly: true", "readonly: true\n      readonly: false"))
+    assert any("duplicate key 'readonly'" in p and "rb.yaml:8:7" in p for p in problems)
+
+
+def test_not_a_mapping_and_empty():
+    assert msgs("- a\n- b\n")[1] == ["rb.yaml:1:1: error: a runbook must be a mapping with name, title and stages"]
+    assert "empty" in msgs("")[1][0]
+
+
+def test_unsafe_yaml_tags_are_refused():
+    _, problems = msgs("name: !!python/object/apply:os.system [echo hi]\n")
+    assert problems and "rb.yaml:1:" in problems[0]
+
+
+# --- generated documents: any input ends in a runbook or clean errors -------
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=12),
+                    st.sampled_from(["{{ params.x }}", "30s", "abort", "continue", "look", "x"]))
+keys = st.sampled_from(["name", "title", "stages", "params", "diagnose", "mitigate", "verify", "id", "shell",
+                        "readonly", "next", "on_failure", "choose", "when", "goto", "default", "until", "timeout",
+                        "retries", "outputs", "regex", "type", "secret", "wait", "end", "ask", "manual", "max_visits"])
+docs = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=6)),
+                    max_leaves=30)
+
+
+def _dump(value, indent=0) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(docs)
+def test_generated_structures_never_crash(doc):
+    rb, problems = load_text(_dump(doc), "gen.yaml")
+    if rb is not None:
+        problems = problems + validate_runbook(rb).problems
+    for p in problems:
+        assert p.path == "gen.yaml" and p.line >= 1 and p.col >= 1 and p.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("abc:-[]{}'\"\n #&*!|>%@`\t")) | st.characters(), max_size=80))
+def test_generated_text_never_crashes(text):
+    rb, problems = load_text(text, "gen.yaml")
+    assert rb is not None or problems or text.strip() == "" or True
+    for p in problems:
+        assert p.format().startswith("gen.yaml:")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.fixed_dictionaries({
+    "id": st.sampled_from(["a", "b", "c", "d"]),
+    "shell": st.sampled_from(["true", "echo {{ params.x }}", "echo {{ steps.a.stdout }}", "echo {{ nope }}"]),
+}, optional={"next": st.sampled_from(["a", "b", "c", "zz"]), "on_failure": st.sampled_from(["a", "continue", "zz"]),
+             "readonly": st.booleans(), "max_visits": st.integers(1, 3)}), min_size=1, max_size=6))
+def test_generated_graphs_validate_cleanly(steps):
+    import yaml
+
+    doc = {"name": "g", "title": "G", "params": {"x": {"default": "v"}}, "stages": {"diagnose": steps}}
+    rb, problems = load_text(yaml.safe_dump(doc), "g.yaml")
+    assert rb is not None, problems
+    res = validate_runbook(rb)
+    for p in res.problems:
+        assert p.line >= 1 and p.message
