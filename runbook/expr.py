@@ -179,8 +179,9 @@ def evaluate(source: str, ctx: dict) -> Any:
 
 
 class Reference(tuple):
-    """``(root, key)``: e.g. ``("params", "service")``; key is None when the
-    root is used whole."""
+    """``(root, key, …)``: e.g. ``("params", "service")`` or
+    ``("inventory", "hosts", "api-1", "address")``; key is None when the root
+    is used whole."""
 
     @property
     def root(self) -> str:
@@ -189,6 +190,11 @@ class Reference(tuple):
     @property
     def key(self) -> str | None:
         return self[1]
+
+    @property
+    def path(self) -> tuple:
+        """The statically known keys after the root, e.g. ("hosts", "api-1", "address")."""
+        return tuple(k for k in self[1:] if k is not None)
 
 
 def references(source: str, is_expression: bool = False) -> tuple[list[Reference], str | None]:
@@ -208,17 +214,29 @@ def references(source: str, is_expression: bool = False) -> tuple[list[Reference
     free = meta.find_undeclared_variables(ast)
     refs: list[Reference] = []
     seen_roots: set[str] = set()
+    inner_nodes = set()
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        inner = node.node
-        if isinstance(inner, nodes.Name) and inner.name in free:
-            if isinstance(node, nodes.Getattr):
-                key = node.attr
-            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-                key = node.arg.value
+        if isinstance(node.node, (nodes.Getattr, nodes.Getitem)):
+            inner_nodes.add(id(node.node))
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        if id(node) in inner_nodes:
+            continue  # only the outermost node of a chain: a.b.c is one reference
+        chain: list[str | None] = []
+        cur = node
+        while isinstance(cur, (nodes.Getattr, nodes.Getitem)):
+            if isinstance(cur, nodes.Getattr):
+                chain.append(cur.attr)
+            elif isinstance(cur.arg, nodes.Const) and isinstance(cur.arg.value, (str, int)):
+                chain.append(cur.arg.value)
             else:
-                key = None
-            refs.append(Reference((inner.name, key)))
-            seen_roots.add(inner.name)
+                chain.append(None)
+            cur = cur.node
+        if isinstance(cur, nodes.Name) and cur.name in free:
+            chain.reverse()
+            if None in chain:  # a computed key: the static part ends before it
+                chain = chain[: chain.index(None)]
+            refs.append(Reference((cur.name, *chain) if chain else (cur.name, None)))
+            seen_roots.add(cur.name)
     for name in free:
         if name not in seen_roots:
             refs.append(Reference((name, None)))

@@ -291,7 +291,7 @@ def load_text(text: str, path: str) -> tuple[Runbook | None, list[Problem]]:
     document_schema().check(data, data.pos, "", rep)
     if any(p.severity == "error" for p in rep.problems):
         return None, rep.problems
-    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return _build(data, path, sha), rep.problems
 
 

@@ -297,6 +297,9 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
         fanout = getattr(mod, "fanout", None)
         if fanout and fanout(s.body) is False:
             problem(s.raw.vpos(s.kind), f"step '{s.id}' fans out over an inventory group with no bound: set forks or a limit", rule="RB104")
+        if inventory is not None:
+            for field_name, source, mode in _templates(s):
+                _check_inventory_refs(s, source, mode, inventory, problem)
         if inventory is not None and hasattr(mod, "inventory_targets"):
             for kind, name, key in mod.inventory_targets(s.body):
                 if expr.is_template(name):
@@ -313,6 +316,27 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
     if rb.stage("mitigate") and not rb.stage("verify"):
         problem(rb.data["stages"].kpos("mitigate"), "the mitigate stage has no verify stage after it: add verify steps that prove the system is healthy again", rule="RB102")
     return res
+
+
+# template section under `inventory.` -> Inventory kind
+INVENTORY_SECTIONS = {"hosts": "host", "groups": "group", "clusters": "cluster", "databases": "database",
+                      "prometheus": "prometheus", "http": "http", "notify": "notify"}
+
+
+def _check_inventory_refs(s: Step, source: str, mode: str, inventory, problem) -> None:
+    """`inventory.databases.main…` must name an entry the inventory has."""
+    if mode not in ("expr", "until") and not expr.is_template(source):
+        return
+    refs, err = expr.references(source, is_expression=mode in ("expr", "until"))
+    for ref in refs:
+        path = ref.path
+        if ref.root != "inventory" or len(path) < 2 or path[0] not in INVENTORY_SECTIONS:
+            continue
+        kind, name = INVENTORY_SECTIONS[path[0]], str(path[1])
+        known = inventory.names(kind)
+        if name not in known:
+            pos = s.raw.vpos("until") if mode == "until" else s.raw.vpos(s.kind)
+            problem(pos, f"step '{s.id}': {kind} '{name}' is not in the inventory {inventory.path}{suggest(name, known)}")
 
 
 def _param_default_pos(rb: Runbook, name: str):

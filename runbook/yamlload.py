@@ -130,6 +130,8 @@ def load(text: str, path: str = "<string>") -> tuple[Any, list[Problem]]:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = (exc.problem or exc.context or "invalid YAML").strip()
         return None, [Problem(path, line, col, f"YAML syntax error: {what} ({_hint(exc, text)})", rule="yaml")]
+    except UnicodeError as exc:  # lone surrogates and the like: not text a file can hold
+        return None, [Problem(path, 1, 1, f"YAML error: the text is not valid Unicode ({exc.reason})", rule="yaml")]
     except yaml.YAMLError as exc:  # e.g. reader errors on bad characters
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)

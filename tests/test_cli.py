@@ -17,7 +17,8 @@ HEAVY = ("kubernetes", "fabric", "paramiko", "psycopg", "psycopg2")
 def test_help_both_ways(cli):
     r = cli("--help")
     assert r.returncode == 0 and "runbook" in r.stdout and "validate" in r.stdout
-    r2 = subprocess.run(["runbook", "--help"], capture_output=True, text=True) if _installed() else r
+    r2 = subprocess.run(["runbook", "--help"], capture_output=True, text=True,
+                        env=dict(os.environ, COLUMNS="200")) if _installed() else r
     assert r2.returncode == 0 and r2.stdout == r.stdout
 
 

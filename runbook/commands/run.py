@@ -60,12 +60,9 @@ def run(args) -> int:
     run_id = audit.new_run_id()
     journal = audit.RunJournal(log, run_id, redactor)
     who = audit.who()
-    try:
-        journal.run_started(runbook=rb.name, path=rb.path, sha256=rb.sha256, git_commit=_git_commit(rb.path),
-                            params=shown, dry_run=args.dry_run, who=who, host=audit.hostname(), argv=redactor.data(sys.argv[1:]),
-                            inventory=getattr(inventory, "path", None))
-    except OSError as exc:
-        raise RunbookError(f"cannot write the audit log in {log.path.parent}: {exc.strerror}; set RUNBOOK_AUDIT_DIR to a writable directory") from None
+    journal.run_started(runbook=rb.name, path=rb.path, sha256=rb.sha256, git_commit=_git_commit(rb.path),
+                        params=shown, dry_run=args.dry_run, who=who, host=audit.hostname(), argv=sys.argv[1:],
+                        inventory=str(inventory.path) if inventory is not None else None)
 
     interactive = ui.is_interactive()
     options = Options(dry_run=args.dry_run, yes=args.yes, interactive=interactive,

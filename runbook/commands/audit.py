@@ -1,0 +1,195 @@
+"""``runbook audit``: list runs, show one run, verify the log's hash chain."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+_SHOWN_LINES = 10  # of a step's output excerpt, in `audit show`
+_STATUS_STYLE = {"succeeded": "green", "ok": "green", "failed": "red", "in doubt": "yellow", "in progress": "yellow"}
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "audit",
+        help="list, show and verify recorded runs",
+        description="Inspect the audit log: every run, every step's intent, approval and result, chained by hash.",
+    )
+    parser.set_defaults(func=run)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dir", metavar="DIR", help="audit log directory (default: $RUNBOOK_AUDIT_DIR or ~/.local/state/runbook)"
+    )
+    fmt = argparse.ArgumentParser(add_help=False)
+    fmt.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    actions = parser.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+
+    p = actions.add_parser("list", parents=[common, fmt], help="recorded runs, newest first")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="show at most N runs (default: 20; 0 for all)")
+    p.set_defaults(audit_func=_list)
+
+    p = actions.add_parser("show", parents=[common, fmt], help="the records of one run")
+    p.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
+    p.set_defaults(audit_func=_show)
+
+    p = actions.add_parser("verify", parents=[common], help="check that no record was modified, removed or reordered")
+    p.add_argument("file", nargs="?", metavar="FILE", help="the log to check (default: the audit log)")
+    p.set_defaults(audit_func=_verify)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.audit_func(args)
+
+
+def _log_path(args: argparse.Namespace) -> Path:
+    from pathlib import Path
+
+    from runbook import audit
+
+    return (Path(args.dir) if args.dir else audit.default_dir()) / audit.LOG_NAME
+
+
+def _print_json(data: Any) -> None:
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _time(ts: Any) -> str:
+    """``2026-11-26T12:15:00.123456Z`` as ``2026-11-26 12:15``."""
+    return str(ts or "")[:16].replace("T", " ")
+
+
+def _clock(ts: Any) -> str:
+    """``2026-11-26T12:15:00.123456Z`` as ``12:15:00.123``."""
+    return str(ts or "")[11:23]
+
+
+def _list(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from runbook import audit
+    from runbook.ui import out
+
+    path = _log_path(args)
+    runs = audit.list_runs(path)[::-1]
+    if args.limit > 0:
+        runs = runs[: args.limit]
+    if args.format == "json":
+        _print_json(runs)
+        return 0
+    if not runs:
+        out().print(Text(f"no runs recorded in {path}"))
+        return 0
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("run id", no_wrap=True, min_width=23)
+    table.add_column("started (UTC)", no_wrap=True)
+    table.add_column("runbook", overflow="fold")
+    table.add_column("who", overflow="fold")
+    table.add_column("mode", no_wrap=True)
+    table.add_column("status", overflow="fold")
+    for r in runs:
+        status = r["status"] + (f" ({r['exit_code']})" if r["exit_code"] is not None else "")
+        table.add_row(
+            Text(r["run"]),
+            _time(r["started"]),
+            Text(str(r["runbook"] or "?")),
+            Text(str(r["who"] or "?")),
+            "dry-run" if r["dry_run"] else "live",
+            Text(status, style=_STATUS_STYLE.get(r["status"], "")),
+        )
+    out().print(table)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from runbook import audit
+    from runbook.ui import out
+
+    records = audit.run_records(_log_path(args), args.run_id)
+    if args.format == "json":
+        _print_json(records)
+        return 0
+    summary = audit.summarize(records)
+    mode = "dry-run" if summary["dry_run"] else "live"
+    out().print(
+        Text(
+            f"run {summary['run']}: {summary['runbook'] or '?'} ({mode}) by {summary['who'] or '?'} "
+            f"on {summary['host'] or '?'}, {summary['status']}"
+            + (f": {', '.join(summary['in_doubt'])} may or may not have run" if summary["in_doubt"] else "")
+        )
+    )
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("type", no_wrap=True)
+    table.add_column("step", overflow="fold")
+    table.add_column("status", overflow="fold")
+    table.add_column("details", overflow="fold")
+    for r in records:
+        status = r.get("status", "")
+        if r.get("type") == "decision":
+            status = "approved" if r.get("approved") else "declined"
+        table.add_row(
+            _clock(r.get("ts")),
+            Text(str(r.get("type", ""))),
+            Text(str(r.get("step", ""))),
+            Text(str(status), style=_STATUS_STYLE.get(str(status), "")),
+            Text(_details(r)),
+        )
+    out().print(table)
+    return 0
+
+
+def _details(r: dict[str, Any]) -> str:
+    """The interesting fields of one record, in a line or a few."""
+    kind = r.get("type")
+    if kind == "run_started":
+        params = ", ".join(f"{k}={v}" for k, v in (r.get("params") or {}).items())
+        source = f"{r.get('path')} sha256 {str(r.get('sha256'))[:12]}"
+        if r.get("git_commit"):
+            source += f" git {str(r['git_commit'])[:12]}"
+        return source + (f"\nparams: {params}" if params else "")
+    if kind == "step_intent":
+        rendered = r.get("rendered")
+        text = rendered if isinstance(rendered, str) else " ".join(f"{k}={v}" for k, v in (rendered or {}).items())
+        attempt = f", attempt {r['attempt']}" if r.get("attempt", 1) != 1 else ""
+        return f"{r.get('effect')} {r.get('kind')} on {', '.join(r.get('targets') or []) or '-'}{attempt}\n{text}"
+    if kind == "decision":
+        return f"by {r.get('by')} ({r.get('how')})"
+    if kind == "step_result":
+        duration = float(r.get("duration") or 0)
+        lines = [f"exit {r.get('exit_code')}, {duration:.2f}s, {r.get('output_bytes')} bytes of output"]
+        if r.get("error"):
+            lines.append(f"error: {r['error']}")
+        output = str(r.get("output_excerpt") or "").rstrip("\n").splitlines()
+        if len(output) > _SHOWN_LINES:
+            lines.append(f"[... {len(output) - _SHOWN_LINES} earlier lines of the excerpt: see --format json ...]")
+        lines.extend(output[-_SHOWN_LINES:])
+        return "\n".join(lines)
+    if kind == "run_finished":
+        return f"exit {r.get('exit_code')}"
+    skip = {"type", "run", "ts", "prev", "hash", "v", "step", "status"}
+    return ", ".join(f"{k}={v}" for k, v in r.items() if k not in skip)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from runbook import audit
+    from runbook.ui import out
+
+    path = args.file or _log_path(args)
+    result = audit.verify(path)
+    if result.ok:
+        out().print(result.message, markup=False)
+        return 0
+    out().print(f"{path}:{result.line}: error: {result.problem}", markup=False, soft_wrap=True)
+    return 1

@@ -1,0 +1,810 @@
+"""Inventory: the hosts, groups, clusters, databases and endpoints that
+runbooks target, one YAML file per environment (``inventory/NAME.yaml``).
+
+``load_inventory(path)`` validates a file strictly and raises
+:class:`InventoryError` listing every problem at ``file:line:col``;
+``check_inventory(path)`` returns the problems (warnings included) instead.
+``resolve_inventory(...)`` picks the file from the command line flags and the
+environment.
+
+Secrets are never read at load time: a value written ``{env: NAME}`` or
+``{file: PATH}`` becomes a :class:`SecretRef` that is resolved when a step
+needs it, so that a dry-run works without production credentials.  A secret
+written in plain text is accepted with a warning and wrapped as a
+:class:`~runbook.secrets.Secret` so that it is still redacted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from runbook.errors import Problem, RunbookError
+from runbook.secrets import MASK, Secret
+from runbook.yamlload import Map, Seq, load_file
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_URL_CREDENTIALS = re.compile(r"://[^/@\s:]+:[^/@\s]+@|\bpassword\s*=", re.IGNORECASE)
+_SECRET_KEYS = frozenset({"password", "token", "secret", "webhook", "api_key", "apikey", "authorization"})
+_SOURCES = ("env", "file")
+
+
+class InventoryError(RunbookError):
+    """An inventory file with errors; the message lists them one per line."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("\n".join(p.format() for p in problems))
+        self.problems = problems
+
+
+class SecretRef:
+    """A secret read on demand from an environment variable (``source="env"``)
+    or a file (``source="file"``, contents stripped).
+
+    ``where`` is ``file:line:col: dotted.key`` and starts every error message.
+    ``str()`` is ``***``: the value is only reachable through :meth:`resolve`.
+    """
+
+    __slots__ = ("source", "ref", "where", "name", "base_dir", "_value")
+
+    def __init__(self, source: str, ref: str, where: str, name: str = "secret", base_dir: Path | None = None):
+        if source not in _SOURCES:
+            raise ValueError(f"unknown secret source {source!r}")
+        self.source = source
+        self.ref = ref
+        self.where = where
+        self.name = name
+        self.base_dir = base_dir  # relative file paths are relative to the inventory file
+        self._value: Secret | None = None
+
+    @property
+    def resolved(self) -> bool:
+        return self._value is not None
+
+    def resolve(self) -> Secret:
+        """Read the secret (once); raise :class:`RunbookError` when it is missing."""
+        if self._value is None:
+            self._value = Secret(self._read(), name=self.name)
+        return self._value
+
+    def _read(self) -> str:
+        if self.source == "env":
+            value = os.environ.get(self.ref)
+            if value is None:
+                raise RunbookError(f"{self.where}: environment variable {self.ref} is not set")
+            if not value:
+                raise RunbookError(f"{self.where}: environment variable {self.ref} is empty")
+            return value
+        path = Path(self.ref).expanduser()
+        if not path.is_absolute() and self.base_dir is not None:
+            path = self.base_dir / path
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise RunbookError(f"{self.where}: cannot read secret file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise RunbookError(f"{self.where}: secret file {path} is not UTF-8 text") from None
+        if not value:
+            raise RunbookError(f"{self.where}: secret file {path} is empty")
+        return value
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.source}={self.ref!r})"
+
+
+#: A string setting that may come from a secret source.
+Text = str | SecretRef
+
+
+def reveal(value: Text | None) -> str | None:
+    """The actual string behind a setting, resolving a :class:`SecretRef`."""
+    return value.resolve() if isinstance(value, SecretRef) else value
+
+
+@dataclass
+class Host:
+    """A machine reached over SSH. ``address`` defaults to the name;
+    ``port``, ``user`` and ``jump_host`` include the ``ssh:`` defaults; ``groups`` lists every group the host
+    belongs to (directly or through child groups), parents before children."""
+
+    name: str
+    address: Text
+    port: int = 22
+    user: Text | None = None
+    groups: list[str] = field(default_factory=list)
+    vars: dict[str, Any] = field(default_factory=dict)
+    jump_host: str | None = None
+
+
+@dataclass
+class Group:
+    """A named set of hosts; ``hosts`` is fully expanded, ordered, without duplicates."""
+
+    name: str
+    hosts: list[str] = field(default_factory=list)
+    vars: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SshDefaults:
+    """The ``ssh:`` section: connection settings shared by all hosts."""
+
+    user: Text | None = None
+    port: int = 22
+    known_hosts: Text | None = None
+    identity_file: Text | None = None
+    host_key_policy: str = "strict"  # "strict" | "accept-new"; never "accept anything"
+    forks: int = 10
+    connect_timeout: float = 10
+    jump_host: str | None = None
+
+
+@dataclass
+class Cluster:
+    """A Kubernetes cluster: a kubeconfig context, or the cluster we run in."""
+
+    name: str
+    kubeconfig: Text | None = None
+    context: Text | None = None
+    namespace: Text | None = None
+    in_cluster: bool = False
+
+
+@dataclass
+class Database:
+    """A PostgreSQL database: host/port/dbname/user, a ``dsn`` or a libpq ``service``."""
+
+    name: str
+    host: Text | None = None
+    port: int | None = None
+    dbname: Text | None = None
+    user: Text | None = None
+    password: Text | None = None
+    sslmode: str | None = None
+    readonly_role: Text | None = None
+    connect_timeout: float | None = None
+    dsn: Text | None = None
+    service: Text | None = None
+
+
+@dataclass
+class Prometheus:
+    name: str
+    url: Text
+    headers: dict[str, Text] = field(default_factory=dict)
+    verify_tls: bool = True
+    timeout: float | None = None
+
+
+@dataclass
+class HttpEndpoint:
+    name: str
+    url: Text
+    headers: dict[str, Text] = field(default_factory=dict)
+    verify_tls: bool = True
+    timeout: float | None = None
+
+
+@dataclass
+class Notifier:
+    name: str
+    webhook: Text
+    channel: str | None = None
+
+
+# Value kinds of the schema: "text" (a string or a secret source), "name" (a
+# literal string), "port", "count" (int >= 1), "seconds" (number > 0), "bool",
+# "names" (list of literal strings), "vars" (free-form data), "headers"
+# (mapping of strings to text); a tuple lists the allowed literal values.
+Kind = str | tuple
+
+_HOST: dict[str, Kind] = {"address": "text", "port": "port", "user": "text", "groups": "names", "vars": "vars", "jump_host": "name"}
+_GROUP: dict[str, Kind] = {"hosts": "names", "children": "names", "vars": "vars"}
+_SSH: dict[str, Kind] = {
+    "user": "text", "port": "port", "known_hosts": "text", "identity_file": "text",
+    "host_key_policy": ("strict", "accept-new"), "forks": "count", "connect_timeout": "seconds", "jump_host": "name",
+}
+_ENDPOINT: dict[str, Kind] = {"url": "text", "headers": "headers", "verify_tls": "bool", "timeout": "seconds"}
+_SCHEMAS: dict[str, dict[str, Kind]] = {
+    "clusters": {"kubeconfig": "text", "context": "text", "namespace": "text", "in_cluster": "bool"},
+    "databases": {
+        "host": "text", "port": "port", "dbname": "text", "user": "text", "password": "text",
+        "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+        "readonly_role": "text", "connect_timeout": "seconds", "dsn": "text", "service": "text",
+    },
+    "prometheus": _ENDPOINT,
+    "http": _ENDPOINT,
+    "notify": {"webhook": "text", "channel": "name"},
+}
+_ENTRY_TYPES: dict[str, type] = {
+    "clusters": Cluster, "databases": Database, "prometheus": Prometheus, "http": HttpEndpoint, "notify": Notifier,
+}
+_REQUIRED = {"prometheus": ("url",), "http": ("url",), "notify": ("webhook",)}
+# When the first key is set, none of the others may be.
+_EXCLUSIVE = {"clusters": ("in_cluster", ("kubeconfig", "context")), "databases": ("dsn", ("host", "port", "dbname", "service"))}
+_SECTIONS = ("env", "vars", "hosts", "groups", "ssh", *_SCHEMAS)
+
+# lookup() kinds: kind -> (Inventory attribute, singular label, plural label)
+_KINDS = {
+    "host": ("hosts", "host", "hosts"),
+    "group": ("groups", "group", "groups"),
+    "cluster": ("clusters", "cluster", "clusters"),
+    "database": ("databases", "database", "databases"),
+    "prometheus": ("prometheus", "prometheus server", "prometheus servers"),
+    "http": ("http", "http endpoint", "http endpoints"),
+    "notify": ("notify", "notifier", "notifiers"),
+}
+
+
+@dataclass(repr=False)
+class Inventory:
+    """One environment's targets. Entries are keyed by name in file order."""
+
+    path: Path
+    env: str
+    vars: dict[str, Any] = field(default_factory=dict)
+    ssh: SshDefaults = field(default_factory=SshDefaults)
+    hosts: dict[str, Host] = field(default_factory=dict)
+    groups: dict[str, Group] = field(default_factory=dict)
+    clusters: dict[str, Cluster] = field(default_factory=dict)
+    databases: dict[str, Database] = field(default_factory=dict)
+    prometheus: dict[str, Prometheus] = field(default_factory=dict)
+    http: dict[str, HttpEndpoint] = field(default_factory=dict)
+    notify: dict[str, Notifier] = field(default_factory=dict)
+    #: Every secret of the file: literal ones and (resolved or not) references.
+    secret_sources: list[Secret | SecretRef] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"Inventory({str(self.path)!r}, env={self.env!r})"
+
+    def names(self, kind: str) -> list[str]:
+        """The names of one kind of entry ("host", "group", "database", ...)."""
+        return list(self._entries(kind))
+
+    def lookup(self, kind: str, name: str) -> Any:
+        """The entry ``name`` of ``kind``; a clear :class:`RunbookError` when unknown."""
+        entries = self._entries(kind)
+        if name in entries:
+            return entries[name]
+        _, label, plural = _KINDS[kind]
+        if not entries:
+            raise RunbookError(f"unknown {label} '{name}': no {plural} are defined in {self.path}")
+        raise RunbookError(
+            f"unknown {label} '{name}' in {self.path}{_suggest(name, entries, f'known {plural}: {_listing(entries)}')}"
+        )
+
+    def resolve_hosts(self, target: str | Iterable[str]) -> list[Host]:
+        """Expand host and group names into hosts, in order, without duplicates."""
+        found: dict[str, Host] = {}
+        for name in [target] if isinstance(target, str) else target:
+            if name in self.hosts:
+                found.setdefault(name, self.hosts[name])
+            elif name in self.groups:
+                for host in self.groups[name].hosts:
+                    found.setdefault(host, self.hosts[host])
+            else:
+                raise RunbookError(
+                    f"unknown host or group '{name}' in {self.path}"
+                    + _suggest(name, [*self.groups, *self.hosts], f"known groups: {_listing(self.groups)}; hosts: {_listing(self.hosts)}")
+                )
+        return list(found.values())
+
+    def host_vars(self, host: Host | str) -> dict[str, Any]:
+        """Variables seen by one host: global < groups (parents first) < host."""
+        if isinstance(host, str):
+            host = self.lookup("host", host)
+        merged = dict(self.vars)
+        for group in host.groups:
+            merged.update(self.groups[group].vars)
+        merged.update(host.vars)
+        return merged
+
+    def template_context(self) -> dict[str, Any]:
+        """JSON-like data for templates (``inventory.databases.main.dbname``);
+        every secret appears as ``***``."""
+        context: dict[str, Any] = {"env": self.env, "path": str(self.path), "vars": _masked(self.vars), "ssh": _masked(self.ssh)}
+        for attr, _, _ in _KINDS.values():
+            context[attr] = {name: _masked(entry) for name, entry in getattr(self, attr).items()}
+        return context
+
+    def secret_values(self) -> list[str]:
+        """The secrets known so far (literal ones and resolved references), for the Redactor."""
+        values: list[str] = []
+        for source in self.secret_sources:
+            if isinstance(source, SecretRef):
+                if source.resolved:
+                    values.append(source.resolve())
+            else:
+                values.append(source)
+        return values
+
+    def _entries(self, kind: str) -> dict[str, Any]:
+        if kind not in _KINDS:
+            raise ValueError(f"unknown inventory kind {kind!r} (expected one of {', '.join(_KINDS)})")
+        return getattr(self, _KINDS[kind][0])
+
+
+def check_inventory(path: str | Path) -> tuple[Inventory | None, list[Problem]]:
+    """Load and validate an inventory file. Returns the inventory (``None``
+    when there is any error) and every problem found, warnings included."""
+    path = Path(path)
+    if not path.is_file():
+        return None, [Problem(str(path), 1, 1, "inventory file not found")]
+    data, problems = load_file(path)
+    loader = _Loader(path)
+    inventory = loader.build(data) if data is not None or not problems else None
+    problems = sorted([*problems, *loader.problems], key=lambda p: (p.line, p.col))
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    return inventory, problems
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    """Load an inventory file; raise :class:`InventoryError` listing its errors."""
+    inventory, problems = check_inventory(path)
+    if inventory is None:
+        raise InventoryError([p for p in problems if p.severity == "error"])
+    return inventory
+
+
+def resolve_inventory(inventory: str | None, env: str | None, base_dir: Path = Path()) -> Inventory | None:
+    """The inventory a command uses: ``--inventory FILE``, else ``--env NAME``
+    (``base_dir/inventory/NAME.yaml``), else ``$RUNBOOK_INVENTORY``, else
+    ``$RUNBOOK_ENV``, else ``base_dir/inventory/local.yaml`` if it exists."""
+    if inventory:
+        return _load_path(inventory, "--inventory")
+    if env:
+        return _load_env(env, base_dir, "--env")
+    if from_env := os.environ.get("RUNBOOK_INVENTORY"):
+        return _load_path(from_env, "$RUNBOOK_INVENTORY")
+    if from_env := os.environ.get("RUNBOOK_ENV"):
+        return _load_env(from_env, base_dir, "$RUNBOOK_ENV")
+    local = base_dir / "inventory" / "local.yaml"
+    return load_inventory(local) if local.is_file() else None
+
+
+def _load_path(path: str, origin: str) -> Inventory:
+    if not Path(path).is_file():
+        raise RunbookError(f"inventory file not found: {path} (from {origin})")
+    return load_inventory(path)
+
+
+def _load_env(env: str, base_dir: Path, origin: str) -> Inventory:
+    directory = base_dir / "inventory"
+    path = directory / f"{env}.yaml"
+    if _NAME.match(env) and path.is_file():
+        return load_inventory(path)
+    available = sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+    if not available:
+        raise RunbookError(f"unknown environment '{env}' (from {origin}): there are no environments, {directory}/*.yaml does not exist")
+    raise RunbookError(
+        f"unknown environment '{env}' (from {origin}): {path} does not exist"
+        + _suggest(env, available, f"available environments: {', '.join(available)}")
+    )
+
+
+def _suggest(word: object, choices: Iterable[str], known: str = "") -> str:
+    """`` (did you mean 'x'?)`` when ``word`` is close to one of ``choices``,
+    followed by ``known`` (a list of the valid names) inside the parentheses."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    parts = [f"did you mean '{close[0]}'?"] if close else []
+    parts += [known] if known else []
+    return f" ({' '.join(parts)})" if parts else ""
+
+
+def _listing(names: Iterable[str], cap: int = 10) -> str:
+    names = list(names)
+    if not names:
+        return "none"
+    more = f", ... ({len(names) - cap} more)" if len(names) > cap else ""
+    return ", ".join(names[:cap]) + more
+
+
+def _masked(value: Any) -> Any:
+    """JSON-like copy of ``value`` with every secret replaced by ``***``."""
+    if isinstance(value, (Secret, SecretRef)):
+        return MASK
+    if is_dataclass(value):
+        return {f.name: _masked(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
+def _describe(value: Any, show: bool = True) -> str:
+    """A value for an error message; ``show=False`` names only its type
+    (for settings that may hold a secret)."""
+    if isinstance(value, Map):
+        return "a mapping"
+    if isinstance(value, Seq):
+        return "a list"
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if show and isinstance(value, (str, int, float)):
+        return repr(value)
+    return {str: "a string", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _plain_secret(key: str, value: str) -> bool:
+    """Whether a literal string is a secret, judging by its key or content."""
+    k = key.lower().replace("-", "_")
+    return k in _SECRET_KEYS or "password" in k or "token" in k or bool(_URL_CREDENTIALS.search(value))
+
+
+def _join(where: str, key: object) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+_INVALID = object()  # marks a value already reported as a problem
+
+
+@dataclass
+class _Raw:
+    """One entry as written: the position of its name, its mapping and its checked fields."""
+
+    pos: tuple[int, int]
+    entry: Map
+    fields: dict[str, Any]
+
+
+class _Loader:
+    """Turns the YAML data of one inventory file into an :class:`Inventory`,
+    collecting every problem on the way."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = str(path)
+        self.problems: list[Problem] = []
+        self.secrets: list[Secret | SecretRef] = []
+
+    def error(self, pos: tuple[int, int], message: str) -> None:
+        self.problems.append(Problem(self.file, pos[0], pos[1], message))
+
+    def warn(self, pos: tuple[int, int], message: str, rule: str) -> None:
+        self.problems.append(Problem(self.file, pos[0], pos[1], message, "warning", rule))
+
+    def invalid(self, pos: tuple[int, int], message: str) -> object:
+        self.error(pos, message)
+        return _INVALID
+
+    # -- the whole file ---------------------------------------------------
+
+    def build(self, data: Any) -> Inventory | None:
+        if data is None:
+            data = Map()
+        if not isinstance(data, Map):
+            self.error(getattr(data, "pos", (1, 1)),
+                       f"an inventory must be a mapping with sections such as hosts, groups and databases, got {_describe(data)}")
+            return None
+        self.unknown_keys(data, _SECTIONS, "")
+        top = {key: self.value(kind, data[key], data.vpos(key), key, key)
+               for key, kind in (("env", "name"), ("vars", "vars")) if data.get(key) is not None}
+        ssh_block = self.block(data, "ssh")
+        ssh_fields = self.fields(ssh_block, _SSH, "ssh")
+        hosts = self.entries(data, "hosts", _HOST, allow_empty=True)
+        groups = self.entries(data, "groups", _GROUP, allow_empty=True)
+        sections = {section: self.entries(data, section, _SCHEMAS[section]) for section in _SCHEMAS}
+        for section, entries in sections.items():
+            self.check_entries(section, entries)
+        members, host_groups = self.group_members(hosts, groups)
+        jumps = self.jump_hosts(hosts, ssh_block, ssh_fields.get("jump_host"))
+        if any(p.severity == "error" for p in self.problems):
+            return None
+
+        ssh = SshDefaults(**ssh_fields)
+        return Inventory(
+            path=self.path,
+            env=top.get("env", self.path.stem),
+            vars=top.get("vars", {}),
+            ssh=ssh,
+            hosts={
+                name: Host(
+                    name=name,
+                    address=raw.fields.get("address", name),
+                    port=raw.fields.get("port", ssh.port),
+                    user=raw.fields.get("user", ssh.user),
+                    groups=host_groups[name],
+                    vars=raw.fields.get("vars", {}),
+                    jump_host=jumps[name],
+                )
+                for name, raw in hosts.items()
+            },
+            groups={
+                name: Group(name=name, hosts=names, vars=groups[name].fields.get("vars", {}) if name in groups else {})
+                for name, names in members.items()
+            },
+            **{
+                section: {name: _ENTRY_TYPES[section](name=name, **raw.fields) for name, raw in entries.items()}
+                for section, entries in sections.items()
+            },
+            secret_sources=self.secrets,
+        )
+
+    def block(self, data: Map, section: str) -> Map:
+        """A top-level mapping section (empty when absent or invalid)."""
+        value = data.get(section)
+        if isinstance(value, Map):
+            return value
+        if value is not None:
+            self.error(data.vpos(section), f"{section}: must be a mapping, got {_describe(value, show=False)}")
+        return Map()
+
+    def entries(self, data: Map, section: str, schema: dict[str, Kind], allow_empty: bool = False) -> dict[str, _Raw]:
+        """The named entries of a section; ``allow_empty`` accepts ``name:`` with no value."""
+        block = self.block(data, section)
+        out: dict[str, _Raw] = {}
+        for name, entry in block.items():
+            where = f"{section}.{name}"
+            if not isinstance(name, str) or not _NAME.match(name):
+                self.error(block.kpos(name), f"{section}: invalid name '{name}' (use letters, digits, '.', '_' and '-')")
+                continue
+            if entry is None and allow_empty:
+                entry = Map()
+                entry.pos = block.vpos(name)
+            if not isinstance(entry, Map):
+                self.error(block.vpos(name),
+                           f"{where}: must be a mapping with keys such as {', '.join(schema)}, got {_describe(entry, show=False)}")
+                continue
+            out[name] = _Raw(block.kpos(name), entry, self.fields(entry, schema, where))
+            for key in _REQUIRED.get(section, ()):
+                if entry.get(key) is None:
+                    self.error(entry.pos, f"{where}: missing required key '{key}'")
+        return out
+
+    def check_entries(self, section: str, entries: dict[str, _Raw]) -> None:
+        """Settings that exclude each other within one entry."""
+        if section not in _EXCLUSIVE:
+            return
+        key, others = _EXCLUSIVE[section]
+        for name, raw in entries.items():
+            if raw.fields.get(key):
+                for other in others:
+                    if other in raw.fields:
+                        self.error(raw.entry.kpos(other), f"{section}.{name}: '{other}' cannot be combined with '{key}'")
+
+    # -- references between entries ----------------------------------------
+
+    def group_members(self, hosts: dict[str, _Raw], groups: dict[str, _Raw]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Check group references and expand groups. Returns the members of
+        every group (declared ones first, then the ones only named by hosts)
+        and the groups of every host (parents before children, then file order)."""
+        named_by: dict[str, list[str]] = {}
+        for host, raw in hosts.items():
+            for i, group in enumerate(raw.fields.get("groups", [])):
+                pos = raw.entry["groups"].ipos(i)
+                if group in hosts:
+                    self.error(pos, f"hosts.{host}.groups: '{group}' is a host, not a group")
+                    continue
+                if group not in groups and (hint := _suggest(group, groups)):
+                    self.warn(pos, f"hosts.{host}.groups: group '{group}' is not declared under groups{hint}", "inventory")
+                named_by.setdefault(group, []).append(host)
+
+        direct: dict[str, list[str]] = {}
+        children: dict[str, list[tuple[str, tuple[int, int]]]] = {}
+        for group, raw in groups.items():
+            if group in hosts:
+                self.error(raw.pos, f"groups.{group}: '{group}' is both a host and a group; rename one")
+            direct[group] = [host for host, _ in self.references(raw, "hosts", hosts, f"groups.{group}.hosts", "host", groups)]
+        for group in named_by:
+            direct.setdefault(group, [])
+        for group in direct:
+            direct[group] += named_by.get(group, [])
+            children[group] = (
+                list(self.references(groups[group], "children", direct, f"groups.{group}.children", "group", hosts))
+                if group in groups else []
+            )
+
+        members: dict[str, list[str]] = {}
+
+        def expand(group: str, stack: list[str]) -> list[str]:
+            if group not in members:
+                stack.append(group)
+                found = dict.fromkeys(direct[group])
+                for child, pos in children[group]:
+                    if child in stack:
+                        cycle = " -> ".join([*stack[stack.index(child):], child])
+                        self.error(pos, f"groups.{group}.children: group cycle {cycle}")
+                    else:
+                        found.update(dict.fromkeys(expand(child, stack)))
+                stack.pop()
+                members[group] = list(found)
+            return members[group]
+
+        parents: dict[str, list[str]] = {group: [] for group in direct}
+        for group in direct:
+            expand(group, [])
+            for child, _ in children[group]:
+                parents[child].append(group)
+
+        depth: dict[str, int] = {}
+
+        def level(group: str) -> int:
+            if group not in depth:
+                depth[group] = 0  # stops the recursion on a cycle (already reported)
+                depth[group] = 1 + max((level(p) for p in parents[group]), default=-1)
+            return depth[group]
+
+        host_groups: dict[str, list[str]] = {host: [] for host in hosts}
+        for group in sorted(direct, key=level):
+            for host in members[group]:
+                host_groups[host].append(group)
+        return {group: members[group] for group in direct}, host_groups
+
+    def references(self, raw: _Raw, key: str, known: Iterable[str], where: str, what: str,
+                   others: Iterable[str]) -> Iterable[tuple[str, tuple[int, int]]]:
+        """The names listed under ``raw.entry[key]`` that are ``known`` (names
+        of ``what``, "host" or "group"), with their positions; reports the
+        others. ``others`` holds the names of the other kind, for a hint."""
+        other, other_key = ("group", "children") if what == "host" else ("host", "hosts")
+        for i, name in enumerate(raw.fields.get(key, [])):
+            pos = raw.entry[key].ipos(i)
+            if name in known:
+                yield name, pos
+            elif name in others:
+                self.error(pos, f"{where}: '{name}' is a {other}, not a {what}; list it under {other_key}")
+            else:
+                self.error(pos, f"{where}: unknown {what} '{name}'{_suggest(name, known)}")
+
+    def jump_hosts(self, hosts: dict[str, _Raw], ssh: Map, default: str | None) -> dict[str, str | None]:
+        """The jump host of every host: its own ``jump_host`` (``null`` for a
+        direct connection), else ``ssh.jump_host`` unless it is that host."""
+        if default is not None and default not in hosts:
+            self.error(ssh.vpos("jump_host"), f"ssh.jump_host: unknown host '{default}'{_suggest(default, hosts)}")
+            default = None
+        jumps: dict[str, str | None] = {}
+        for host, raw in hosts.items():
+            jump = default if default != host else None
+            if "jump_host" in raw.entry:
+                jump = raw.fields.get("jump_host")
+                if jump is not None and jump not in hosts:
+                    self.error(raw.entry.vpos("jump_host"), f"hosts.{host}.jump_host: unknown host '{jump}'{_suggest(jump, hosts)}")
+                    jump = None
+            jumps[host] = jump
+
+        reported: set[frozenset[str]] = set()
+        for host in hosts:
+            chain = [host]
+            while (jump := jumps[chain[-1]]) is not None:
+                if jump in chain:
+                    cycle = chain[chain.index(jump):]
+                    if frozenset(cycle) not in reported:
+                        reported.add(frozenset(cycle))
+                        first = hosts[cycle[0]].entry
+                        pos = first.vpos("jump_host") if "jump_host" in first else ssh.vpos("jump_host")
+                        self.error(pos, f"hosts.{cycle[0]}.jump_host: jump host cycle {' -> '.join([*cycle, jump])}")
+                    break
+                chain.append(jump)
+        return jumps
+
+    # -- single values --------------------------------------------------------
+
+    def unknown_keys(self, m: Map, allowed: Iterable[str], where: str) -> None:
+        allowed = list(allowed)
+        for key in m:
+            if key not in allowed:
+                hint = _suggest(key, allowed) or f" (expected one of: {', '.join(allowed)})"
+                what = f"{where}: unknown key" if where else "unknown top-level key"
+                self.error(m.kpos(key), f"{what} '{key}'{hint}")
+
+    def fields(self, entry: Map, schema: dict[str, Kind], where: str) -> dict[str, Any]:
+        """The valid, non-null settings of one entry; reports the others."""
+        self.unknown_keys(entry, schema, where)
+        out: dict[str, Any] = {}
+        for key, kind in schema.items():
+            if entry.get(key) is not None:
+                value = self.value(kind, entry[key], entry.vpos(key), _join(where, key), key)
+                if value is not _INVALID:
+                    out[key] = value
+        return out
+
+    def value(self, kind: Kind, value: Any, pos: tuple[int, int], where: str, key: str) -> Any:
+        """One checked setting, or ``_INVALID`` after reporting it."""
+        if isinstance(kind, tuple):
+            if isinstance(value, str) and value in kind:
+                return value
+            return self.invalid(pos, f"{where}: must be one of {', '.join(kind)}, got {_describe(value)}")
+        match kind:
+            case "text":
+                return self.text(value, pos, where, key)
+            case "name":
+                if isinstance(value, str) and value:
+                    return value
+                return self.invalid(pos, f"{where}: must be a name, got {_describe(value)}")
+            case "port":
+                if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+                    return value
+                return self.invalid(pos, f"{where}: must be a port number from 1 to 65535, got {_describe(value)}")
+            case "count":
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+                    return value
+                return self.invalid(pos, f"{where}: must be a whole number of at least 1, got {_describe(value)}")
+            case "seconds":
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                    return value
+                return self.invalid(pos, f"{where}: must be a number of seconds greater than 0, got {_describe(value)}")
+            case "bool":
+                if isinstance(value, bool):
+                    return value
+                return self.invalid(pos, f"{where}: must be true or false, got {_describe(value)}")
+            case "names":
+                if isinstance(value, Seq) and all(isinstance(v, str) for v in value):
+                    return list(value)
+                return self.invalid(pos, f"{where}: must be a list of names, e.g. [a, b]")
+            case "vars" | "headers":
+                if not isinstance(value, Map):
+                    return self.invalid(pos, f"{where}: must be a mapping, got {_describe(value, show=False)}")
+                return self.mapping(value, where, text_only=kind == "headers")
+        raise AssertionError(f"unknown schema kind {kind!r}")
+
+    def mapping(self, m: Map, where: str, text_only: bool = False) -> dict[str, Any]:
+        """A mapping of free-form data (``vars``) or of text (``headers``)."""
+        out: dict[str, Any] = {}
+        for key, item in m.items():
+            if not isinstance(key, str):
+                self.error(m.kpos(key), f"{where}: keys must be strings, got {_describe(key)}")
+                continue
+            pos, item_where = m.vpos(key), _join(where, key)
+            value = self.text(item, pos, item_where, key) if text_only else self.data(item, pos, item_where, key)
+            if value is not _INVALID:
+                out[key] = value
+        return out
+
+    def data(self, value: Any, pos: tuple[int, int], where: str, key: str) -> Any:
+        """Free-form data; a mapping whose only key is env or file is a secret source."""
+        if isinstance(value, Map):
+            if len(value) == 1 and next(iter(value)) in _SOURCES:
+                return self.secret_ref(value, where)
+            return self.mapping(value, where)
+        if isinstance(value, Seq):
+            return [self.data(v, value.ipos(i), f"{where}[{i}]", key) for i, v in enumerate(value)]
+        if isinstance(value, str):
+            return self.literal(value, pos, where, key)
+        return value
+
+    def text(self, value: Any, pos: tuple[int, int], where: str, key: str) -> Any:
+        """A string, or a secret source ``{env: NAME}`` / ``{file: PATH}``."""
+        if isinstance(value, str):
+            return self.literal(value, pos, where, key)
+        if isinstance(value, Map):
+            return self.secret_ref(value, where)
+        quote = "; quote it" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+        return self.invalid(pos, f"{where}: must be a string or a secret source ({{env: NAME}} or {{file: PATH}}),"
+                                 f" got {_describe(value, show=False)}{quote}")
+
+    def literal(self, value: str, pos: tuple[int, int], where: str, key: str) -> str:
+        """A literal string; a secret written in plain text is wrapped as a Secret, with a warning."""
+        if not value or not _plain_secret(key, value):
+            return value
+        secret = Secret(value, name=where)
+        self.secrets.append(secret)
+        self.warn(pos, f"{where}: holds a secret in plain text; use {{env: NAME}} or {{file: PATH}} instead", "secret")
+        return secret
+
+    def secret_ref(self, m: Map, where: str) -> Any:
+        if len(m) != 1:
+            return self.invalid(m.pos, f"{where}: a secret source has exactly one key, env or file")
+        (source, ref), = m.items()
+        if source not in _SOURCES:
+            hint = _suggest(source, _SOURCES) or " (use env or file)"
+            return self.invalid(m.kpos(source), f"{where}: unknown secret source '{source}'{hint}")
+        if source == "env" and not (isinstance(ref, str) and _ENV_VAR.match(ref)):
+            return self.invalid(m.vpos(source),
+                                f"{where}: env must name an environment variable (letters, digits and _), got {_describe(ref)}")
+        if source == "file" and not (isinstance(ref, str) and ref):
+            return self.invalid(m.vpos(source), f"{where}: file must be a path, got {_describe(ref)}")
+        line, col = m.pos
+        secret = SecretRef(source, ref, f"{self.file}:{line}:{col}: {where}", name=where, base_dir=self.path.parent)
+        self.secrets.append(secret)
+        return secret
