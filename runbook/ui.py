@@ -11,12 +11,21 @@ import sys
 from functools import lru_cache
 
 
+def _width() -> int | None:
+    """Rich wraps piped output at 80 columns; logs and pipes read better wider."""
+    import os
+
+    if os.environ.get("COLUMNS") or sys.stdout.isatty():
+        return None
+    return 160
+
+
 @lru_cache(maxsize=None)
 def out():
     """The rich Console for standard output."""
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    return Console(highlight=False, soft_wrap=False, width=_width())
 
 
 @lru_cache(maxsize=None)

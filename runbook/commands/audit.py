@@ -90,10 +90,10 @@ def _list(args: argparse.Namespace) -> int:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     table.add_column("run id", no_wrap=True, min_width=23)
     table.add_column("started (UTC)", no_wrap=True)
-    table.add_column("runbook", overflow="fold")
+    table.add_column("runbook", no_wrap=True)
     table.add_column("who", overflow="fold")
     table.add_column("mode", no_wrap=True)
-    table.add_column("status", overflow="fold")
+    table.add_column("status", no_wrap=True)
     for r in runs:
         status = r["status"] + (f" ({r['exit_code']})" if r["exit_code"] is not None else "")
         table.add_row(

@@ -35,8 +35,10 @@ def run(args) -> int:
         from rich.table import Table
 
         t = Table(box=None, header_style="bold", pad_edge=False)
-        for col in ("NAME", "SEVERITY", "TITLE", "ALERTS"):
-            t.add_column(col)
+        t.add_column("NAME", no_wrap=True)
+        t.add_column("SEVERITY", no_wrap=True)
+        t.add_column("TITLE", ratio=2)
+        t.add_column("ALERTS", ratio=1)
         for r in rows:
             t.add_row(ui.esc(r["name"]), ui.esc(r["severity"] or "-"), ui.esc(r["title"]), ui.esc(", ".join(r["alerts"]) or "-"))
         ui.out().print(t)

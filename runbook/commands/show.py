@@ -43,8 +43,10 @@ def run(args) -> int:
             continue
         c.print(f"\n[bold]{stage.capitalize()}[/]")
         t = Table(box=None, header_style="bold", pad_edge=False)
-        for col in ("ID", "KIND", "EFFECT", "WHAT", "THEN"):
-            t.add_column(col, overflow="fold")
+        for col in ("ID", "KIND", "EFFECT"):
+            t.add_column(col, no_wrap=True)
+        t.add_column("WHAT", ratio=1)
+        t.add_column("THEN", ratio=1, overflow="fold")
         from runbook.validate import successors
 
         for s in steps:
