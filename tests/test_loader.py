@@ -128,7 +128,7 @@ def test_generated_structures_never_crash(doc):
 @given(st.text(alphabet=st.sampled_from(list("abc:-[]{}'\"\n #&*!|>%@`\t")) | st.characters(), max_size=80))
 def test_generated_text_never_crashes(text):
     rb, problems = load_text(text, "gen.yaml")
-    assert rb is not None or problems or text.strip() == "" or True
+    assert rb is not None or problems  # a runbook, or at least one clean error
     for p in problems:
         assert p.format().startswith("gen.yaml:")
 
