@@ -1,0 +1,57 @@
+"""Helpers shared by the benchmark scripts (stdlib only)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for `python -m runbook` children: the checkout first on sys.path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("PYTHONPROFILEIMPORTTIME", None)
+    env.setdefault("NO_COLOR", "1")
+    env.setdefault("COLUMNS", "120")
+    env.update(extra)
+    return env
+
+
+def runbook_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "runbook", *args]
+
+
+def time_cmd(cmd: list[str], *, cwd: Path | str = REPO, env: dict | None = None, check: int | None = 0) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall time (s) of one run of ``cmd``, process start included."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dt = time.perf_counter() - t0
+    if check is not None and proc.returncode != check:
+        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
+        raise SystemExit(f"bench: {' '.join(cmd)} exited {proc.returncode} (expected {check})")
+    return dt, proc
+
+
+def median(xs) -> float:
+    return statistics.median(xs)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def machine() -> str:
+    return f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def verdict(name: str, ok: bool, detail: str) -> None:
+    print(f"TARGET {name}: {'MET' if ok else 'MISSED'} ({detail})")
