@@ -458,8 +458,12 @@ class RunJournal:
         error: str | None = None,
         outputs: dict[str, Any] | None = None,
         attempt: int = 1,
+        attempts: int | None = None,
     ) -> dict[str, Any]:
-        """Keeps a digest, the size and the tail of the output, never all of it."""
+        """Keeps a digest, the size and the tail of the output, never all of it.
+
+        ``attempt`` pairs the result with its ``step_intent``; ``attempts`` is
+        how often the step ran behind that one intent (retries, until polls)."""
         # Redact before cutting, so a secret across the cut cannot leak in part.
         text = self.redactor.text(output)
         data = text.encode("utf-8", "backslashreplace")
@@ -476,6 +480,7 @@ class RunJournal:
                 "error": error,
                 "outputs": outputs,
                 "attempt": attempt,
+                **({"attempts": attempts} if attempts is not None else {}),
             },
         )
 

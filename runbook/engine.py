@@ -63,7 +63,8 @@ def resolve_params(rb: Runbook, given: dict[str, str]) -> dict[str, Any]:
         if p.has_default:
             values[name] = p.default
         elif p.required:
-            raise ParamError(f"missing required parameter '{name}': pass -p {name}=VALUE" + (f" ({p.description})" if p.description else ""))
+            how = f"set RUNBOOK_PARAM_{name.upper()}=VALUE" if p.secret else f"pass -p {name}=VALUE"
+            raise ParamError(f"missing required parameter '{name}': {how}" + (f" ({p.description})" if p.description else ""))
         else:
             values[name] = None
     for name, p in rb.params.items():
@@ -79,14 +80,18 @@ def display_params(rb: Runbook, values: dict[str, Any]) -> dict[str, Any]:
 class Renderer:
     """Renders a step's templates against the run's context."""
 
-    def __init__(self, context: dict):
+    def __init__(self, context: dict, redactor: Redactor | None = None):
         self.context = context
+        self.redactor = redactor
 
     def text(self, source: str) -> str:
         return expr.render(source, self.context)
 
-    def shell(self, source: str) -> tuple[str, dict[str, str]]:
-        return expr.render_shell(source, self.context)
+    def value(self, source: str):
+        return expr.render_value(source, self.context)
+
+    def shell(self, source: str) -> tuple[str, dict[str, Any]]:
+        return expr.render_shell(source, self.context, self.redactor.values() if self.redactor else ())
 
     def data(self, value):
         return expr.render_data(value, self.context)
@@ -156,7 +161,7 @@ class Engine:
         self.journal = journal
         self.options = options or Options()
         self.run_id = run_id
-        self.redactor = redactor or Redactor()
+        self.redactor = redactor if redactor is not None else Redactor()
         for v in params.values():
             if isinstance(v, Secret):
                 self.redactor.add(v)
@@ -182,7 +187,7 @@ class Engine:
             self.steps_ctx[s.id] = expr.Unknown(f"steps.{s.id}")
         reach = _reach(_graph(self.rb), self.rb.steps[0].id)
         entries = []
-        r = Renderer(self.context)
+        r = Renderer(self.context, self.redactor)
         for s in self.rb.steps:
             if s.id not in reach:
                 continue
@@ -206,6 +211,11 @@ class Engine:
                 self.journal.event("interrupted", step=self._current)
         except RunbookError as exc:
             status, code, message = "failed", EXIT_FAILED, self.redactor.text(str(exc))
+            if self.journal:
+                self.journal.event("error", step=self._current, error=message)
+        except Exception as exc:  # noqa: BLE001 - a bug must still close the journal
+            status, code = "failed", EXIT_FAILED
+            message = self.redactor.text(f"internal error in step '{self._current}': {type(exc).__name__}: {exc}")
             if self.journal:
                 self.journal.event("error", step=self._current, error=message)
         finally:
@@ -268,7 +278,7 @@ class Engine:
             self.ui.step_finished(step, result)
 
     def _execute(self, step: Step) -> StepResult:
-        r = Renderer(self.context)
+        r = Renderer(self.context, self.redactor)
         try:
             act = step.module.action(step, r)
         except RunbookError as exc:
@@ -294,7 +304,12 @@ class Engine:
             self.journal.step_intent(step=step.id, kind=step.kind, stage=step.stage, effect=step.effect,
                                      targets=act.targets, rendered=act.summary)
         started = time.monotonic()
-        result = self._attempts(step, act)
+        try:
+            self._resolve_secrets(act)
+        except RunbookError as exc:
+            result = StepResult("failed", error=self.redactor.text(str(exc)))
+        else:
+            result = self._attempts(step, act)
         result.duration = time.monotonic() - started
         if result.ok and step.outputs:
             self._outputs(step, result)
@@ -302,7 +317,7 @@ class Engine:
         if self.journal:
             self.journal.step_result(step=step.id, status=result.status, exit_code=result.exit_code,
                                      duration=round(result.duration, 6), output=result.stdout + result.stderr,
-                                     error=result.error, outputs=result.outputs or None, attempt=result.attempts)
+                                     error=result.error, outputs=result.outputs or None, attempts=result.attempts)
         if self.ui:
             self.ui.step_finished(step, result)
         return result
@@ -315,24 +330,54 @@ class Engine:
             return False, who, "no-terminal"
         return bool(self.ui.confirm(step, act)), who, "prompt"
 
+    def _resolve_secrets(self, act: Action) -> None:
+        """Read lazy secrets (inventory {env:…}/{file:…}) only now that the step runs."""
+        from runbook.secrets import LazySecret
+
+        for k, v in list(act.env.items()):
+            if isinstance(v, LazySecret):
+                v = v.resolve()
+            if isinstance(v, Secret):
+                self.redactor.add(v)
+            act.env[k] = "" if v is None else str(v)
+
+    def _run_once(self, step: Step, act: Action) -> StepResult:
+        try:
+            return step.module.run(step, act, self.step_ctx)
+        except RunbookError as exc:  # e.g. a condition of a choose step that cannot be evaluated
+            return StepResult("failed", error=self.redactor.text(str(exc)))
+
+    def _until_holds(self, step: Step, result: StepResult) -> bool | None:
+        """True/False; None when the condition cannot be evaluated (the step fails)."""
+        if step.outputs and result.ok:
+            self._outputs(step, result)
+        scope = {**self.context, **result.as_context(), **result.outputs}
+        try:
+            return bool(expr.evaluate(step.until, scope))
+        except RunbookError as exc:
+            result.status, result.error = "failed", self.redactor.text(str(exc))
+            return None
+
     def _attempts(self, step: Step, act: Action) -> StepResult:
         """Retries and until-polling around the kind's run."""
-        deadline = time.monotonic() + step.timeout if step.timeout else None
+        deadline = time.monotonic() + step.timeout if step.timeout is not None else None
         attempt = 0
         while True:
             attempt += 1
-            self.step_ctx.timeout = max(0.0, deadline - time.monotonic()) if deadline else None
-            result = step.module.run(step, act, self.step_ctx)
+            self.step_ctx.timeout = max(0.0, deadline - time.monotonic()) if deadline is not None else None
+            result = self._run_once(step, act)
             result.attempts = attempt
-            if result.status == "timeout" and step.timeout:
+            if result.status == "timeout" and step.timeout is not None and step.until is None:
                 result.error = f"timed out after {step.timeout:g}s; the step was stopped"
-            if step.until is not None and result.status in ("ok", "failed"):
-                if result.ok:
-                    if step.outputs:
-                        self._outputs(step, result)
-                    if result.ok and expr.evaluate(step.until, {**self.context, **result.as_context()}):
-                        return result
-                remaining = deadline - time.monotonic() if deadline else None
+            if step.until is not None and result.status in ("ok", "failed", "timeout"):
+                # the condition decides, whatever the command's exit code
+                holds = self._until_holds(step, result)
+                if holds is None:
+                    return result
+                if holds:
+                    result.status, result.error = "ok", None
+                    return result
+                remaining = deadline - time.monotonic() if deadline is not None else None
                 if remaining is not None and remaining <= step.every:
                     if remaining > 0:
                         time.sleep(remaining)
@@ -345,7 +390,7 @@ class Engine:
                 continue
             if result.ok or result.status in ("refused",) or attempt > step.retries:
                 return result
-            if deadline and deadline - time.monotonic() <= step.retry_delay:
+            if deadline is not None and deadline - time.monotonic() <= step.retry_delay:
                 return result
             if self.ui:
                 self.ui.retrying(step, result, attempt, step.retry_delay)

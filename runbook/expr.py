@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any, Iterable
 
 from runbook.errors import RunbookError
-from runbook.secrets import Secret
+from runbook.secrets import MASK, LazySecret, Secret
 
 ROOTS = ("params", "steps", "inventory", "env", "run")
 
@@ -67,15 +67,53 @@ class Unknown:
     def __len__(self) -> int:
         return 0
 
+    def _op(self, other, sym: str) -> "Unknown":
+        return Unknown(f"{self.path} {sym} {other}")
+
+    def _rop(self, other, sym: str) -> "Unknown":
+        return Unknown(f"{other} {sym} {self.path}")
+
+    # arithmetic and comparisons on a run-time value are run-time values too
+    __add__ = lambda self, o: self._op(o, "+")  # noqa: E731
+    __radd__ = lambda self, o: self._rop(o, "+")  # noqa: E731
+    __sub__ = lambda self, o: self._op(o, "-")  # noqa: E731
+    __rsub__ = lambda self, o: self._rop(o, "-")  # noqa: E731
+    __mul__ = lambda self, o: self._op(o, "*")  # noqa: E731
+    __rmul__ = lambda self, o: self._rop(o, "*")  # noqa: E731
+    __truediv__ = lambda self, o: self._op(o, "/")  # noqa: E731
+    __rtruediv__ = lambda self, o: self._rop(o, "/")  # noqa: E731
+    __floordiv__ = lambda self, o: self._op(o, "//")  # noqa: E731
+    __mod__ = lambda self, o: self._op(o, "%")  # noqa: E731
+    __lt__ = lambda self, o: self._op(o, "<")  # noqa: E731
+    __le__ = lambda self, o: self._op(o, "<=")  # noqa: E731
+    __gt__ = lambda self, o: self._op(o, ">")  # noqa: E731
+    __ge__ = lambda self, o: self._op(o, ">=")  # noqa: E731
+    __neg__ = lambda self: Unknown(f"-{self.path}")  # noqa: E731
+
+    def __bool__(self) -> bool:  # a dry-run walks every branch; `if` takes the first
+        return True
+
+
+def _keep_unknown(filter_func):
+    def wrapped(value, *args, **kwargs):
+        return value if isinstance(value, Unknown) else filter_func(value, *args, **kwargs)
+
+    return wrapped
+
 
 def _shell_finalize(value: Any) -> str:
     if isinstance(value, Unknown):
         return str(value)
-    if isinstance(value, Secret):
-        var = "RUNBOOK_SECRET_" + re.sub(r"[^A-Z0-9]+", "_", value.name.upper()).strip("_")
+    if isinstance(value, (Secret, LazySecret)):
+        # Never in the command line: a reference to an environment variable
+        # that carries it (a LazySecret is read when the step runs).
+        base = "RUNBOOK_SECRET_" + re.sub(r"[^A-Z0-9]+", "_", value.name.upper()).strip("_")
+        var, n = base, 2
         env = _secret_env.get()
         if env is not None:
-            env[var] = str(value)
+            while var in env and env[var] is not value and not (isinstance(value, Secret) and env[var] == value):
+                var, n = f"{base}_{n}", n + 1
+            env[var] = value
         return f'"${{{var}}}"'
     if value is None:
         value = ""
@@ -85,6 +123,12 @@ def _shell_finalize(value: Any) -> str:
 
 
 def _text_finalize(value: Any) -> Any:
+    if isinstance(value, Secret):  # text is for people: secrets never show
+        return MASK
+    return "" if value is None else value
+
+
+def _raw_finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
@@ -97,9 +141,10 @@ def _env(mode: str):
         undefined=StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
-        finalize=_shell_finalize if mode == "shell" else _text_finalize,
+        finalize={"shell": _shell_finalize, "text": _text_finalize, "raw": _raw_finalize}[mode],
     )
-    env.filters["tojson_compact"] = lambda v: __import__("json").dumps(v, separators=(",", ":"), default=str)
+    for name in ("int", "float", "round", "abs", "string", "lower", "upper", "trim"):
+        env.filters[name] = _keep_unknown(env.filters[name])
     return env
 
 
@@ -128,7 +173,8 @@ def _explain(exc: Exception) -> str:
 
 
 def render(source: str, ctx: dict, mode: str = "text") -> str:
-    """Render a template. ``mode`` is ``"text"`` or ``"shell"``.
+    """Render a template. ``mode`` is ``"text"`` (for people: secrets show as
+    ``***``), ``"raw"`` (for processes) or ``"shell"``.
 
     For shell mode use :func:`render_shell`, which also returns the secret
     environment the command needs.
@@ -143,15 +189,40 @@ def render(source: str, ctx: dict, mode: str = "text") -> str:
         raise ExprError(f"template {source!r}: {_explain(exc)}") from None
 
 
-def render_shell(source: str, ctx: dict) -> tuple[str, dict[str, str]]:
+def render_shell(source: str, ctx: dict, secrets: Iterable[str] = ()) -> tuple[str, dict[str, Any]]:
     """Render a shell command; return it with the environment variables that
-    carry the secrets it references."""
-    env: dict[str, str] = {}
+    carry the secrets it references (values are Secret or LazySecret).
+
+    Refuses a template inside quotes, backticks or a here-document (where
+    shell quoting does not protect), and a command in which a secret value
+    would appear (e.g. ``{{ params.token | upper }}``)."""
+    for problem in shell_quoting_problems(source):
+        raise ExprError(problem)
+    env: dict[str, Any] = {}
     token = _secret_env.set(env)
     try:
-        return render(source, ctx, "shell"), env
+        command = render(source, ctx, "shell")
     finally:
         _secret_env.reset(token)
+    low = command.lower()
+    for secret in secrets:
+        if secret and secret.lower() in low:
+            raise ExprError("a secret would appear in the command line: use {{ params.NAME }} alone "
+                            "(it is passed as an environment variable), not inside a filter or an expression")
+    return command, env
+
+
+_WHOLE = re.compile(r"^\s*\{\{(.*)\}\}\s*$", re.DOTALL)
+
+
+def render_value(source: str, ctx: dict) -> Any:
+    """Render a value that goes to a process, not to a person (an
+    environment variable): ``{{ expr }}`` alone keeps its object, so a
+    secret stays a Secret/LazySecret for the engine to resolve and mask."""
+    m = _WHOLE.match(source) if isinstance(source, str) else None
+    if m and "}}" not in m.group(1) and "{{" not in m.group(1):
+        return evaluate(m.group(1), ctx)
+    return render(source, ctx, "raw")
 
 
 def render_data(value: Any, ctx: dict) -> Any:
@@ -197,21 +268,28 @@ class Reference(tuple):
         return tuple(k for k in self[1:] if k is not None)
 
 
-def references(source: str, is_expression: bool = False) -> tuple[list[Reference], str | None]:
-    """The names a template or condition reads, and a syntax error message
-    (or None).  Only roots that are not assigned inside the template count."""
-    from jinja2 import meta, nodes
+@lru_cache(maxsize=8192)
+def _parse(source: str, is_expression: bool):
     from jinja2.exceptions import TemplateSyntaxError
 
-    env = _env("text")
     try:
-        if is_expression:
-            ast = env.parse("{{ (" + source + ") }}")
-        else:
-            ast = env.parse(source)
+        return _env("text").parse("{{ (" + source + ") }}" if is_expression else source), None
     except TemplateSyntaxError as exc:
-        return [], f"{exc.message}"
-    free = meta.find_undeclared_variables(ast)
+        return None, exc.message
+
+
+@lru_cache(maxsize=8192)
+def references(source: str, is_expression: bool = False) -> tuple[tuple[Reference, ...], str | None]:
+    """The names a template or condition reads, and a syntax error message
+    (or None).  Only roots that are not assigned inside the template count."""
+    from jinja2 import nodes
+
+    ast, error = _parse(source, is_expression)
+    if error is not None:
+        return (), error
+    names = list(ast.find_all(nodes.Name))
+    assigned = {n.name for n in names if n.ctx in ("store", "param")}
+    free = {n.name for n in names if n.ctx == "load"} - assigned
     refs: list[Reference] = []
     seen_roots: set[str] = set()
     inner_nodes = set()
@@ -237,10 +315,113 @@ def references(source: str, is_expression: bool = False) -> tuple[list[Reference
                 chain = chain[: chain.index(None)]
             refs.append(Reference((cur.name, *chain) if chain else (cur.name, None)))
             seen_roots.add(cur.name)
-    for name in free:
+    for name in sorted(free):
         if name not in seen_roots:
             refs.append(Reference((name, None)))
-    return refs, None
+    return tuple(refs), None
+
+
+@lru_cache(maxsize=4096)
+def secret_misuse(source: str, secret_names: frozenset) -> tuple[str, ...]:
+    """Secret parameters that a shell template uses other than as a whole
+    ``{{ params.NAME }}`` (inside a filter, a concatenation, a statement…)."""
+    from jinja2 import nodes
+
+    ast, error = _parse(source, False)
+    if error is not None or not secret_names:
+        return ()
+
+    def is_secret(node) -> str | None:
+        if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and node.node.name == "params":
+            return node.attr if node.attr in secret_names else None
+        if isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name) and node.node.name == "params" \
+                and isinstance(node.arg, nodes.Const):
+            return node.arg.value if node.arg.value in secret_names else None
+        return None
+
+    bare = {id(child) for out in ast.find_all(nodes.Output) for child in out.nodes if is_secret(child)}
+    bad = [is_secret(n) for n in ast.find_all((nodes.Getattr, nodes.Getitem)) if is_secret(n) and id(n) not in bare]
+    return tuple(dict.fromkeys(bad))
+
+
+_TEMPLATE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+_QUOTE_NAMES = {"'": "single quotes", '"': "double quotes", "`": "backticks", "<<": "a here-document"}
+
+
+@lru_cache(maxsize=4096)
+def shell_quoting_problems(source: str) -> tuple[str, ...]:
+    """Templates placed where automatic shell quoting does not protect:
+    inside '…', "…", `…` or a here-document.  (Inside "…" a quoted value's
+    quotes are literal, so $(…) in the value would run.)"""
+    if "{{" not in source:
+        return ()
+    problems: list[str] = []
+    stack: list[str] = []  # "'", '"', "`", "(" for $( … )
+    heredoc: str | None = None  # delimiter of a pending or open here-document
+    in_heredoc = False
+    pos = 0
+    for m in _TEMPLATE.finditer(source + ""):
+        text = source[pos:m.start()]
+        stack, heredoc, in_heredoc = _scan(text, stack, heredoc, in_heredoc)
+        if m.group().startswith("{{"):
+            where = "<<" if in_heredoc else (stack[-1] if stack and stack[-1] != "(" else None)
+            if where:
+                problems.append(f"{m.group()} is inside {_QUOTE_NAMES[where]}, where shell quoting does not protect it; "
+                                f"values are quoted automatically, so write the template outside quotes")
+        pos = m.end()
+    return tuple(problems)
+
+
+def _scan(text: str, stack: list[str], heredoc: str | None, in_heredoc: bool):
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        top = stack[-1] if stack else None
+        if in_heredoc:
+            if c == "\n":
+                line_end = text.find("\n", i + 1)
+                line = text[i + 1: line_end if line_end != -1 else n]
+                if line.strip() == heredoc and line_end != -1:
+                    in_heredoc, heredoc = False, None
+            i += 1
+            continue
+        if top == "'":
+            if c == "'":
+                stack.pop()
+        elif top == "`":
+            if c == "\\":
+                i += 1
+            elif c == "`":
+                stack.pop()
+        elif top == '"':
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                stack.pop()
+            elif c == "`":
+                stack.append("`")
+            elif text.startswith("$(", i):
+                stack.append("(")
+                i += 1
+        else:  # unquoted, or inside $( … )
+            if c == "\\":
+                i += 1
+            elif c in "'\"`":
+                stack.append(c)
+            elif text.startswith("$(", i):
+                stack.append("(")
+                i += 1
+            elif c == ")" and top == "(":
+                stack.pop()
+            elif text.startswith("<<", i) and not text.startswith("<<<", i):
+                m = re.match(r"<<-?\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)", text[i:])
+                if m:
+                    heredoc = m.group(1)
+                    i += m.end() - 1
+            elif c == "\n" and heredoc:
+                in_heredoc = True
+        i += 1
+    return stack, heredoc, in_heredoc
 
 
 def iter_strings(value: Any, path: str = "") -> Iterable[tuple[str, str]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from runbook.errors import Problem, RunbookError
-from runbook.secrets import MASK, Secret
+from runbook.secrets import MASK, LazySecret, Secret
 from runbook.yamlload import Map, Seq, load_file
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
@@ -42,7 +42,7 @@ class InventoryError(RunbookError):
         self.problems = problems
 
 
-class SecretRef:
+class SecretRef(LazySecret):
     """A secret read on demand from an environment variable (``source="env"``)
     or a file (``source="file"``, contents stripped).
 
@@ -308,11 +308,13 @@ class Inventory:
         return merged
 
     def template_context(self) -> dict[str, Any]:
-        """JSON-like data for templates (``inventory.databases.main.dbname``);
-        every secret appears as ``***``."""
-        context: dict[str, Any] = {"env": self.env, "path": str(self.path), "vars": _masked(self.vars), "ssh": _masked(self.ssh)}
+        """JSON-like data for templates (``inventory.databases.main.dbname``).
+
+        Secrets stay secret objects: printed they are ``***``; in a shell
+        command they become an environment variable read when the step runs."""
+        context: dict[str, Any] = {"env": self.env, "path": str(self.path), "vars": _plain(self.vars), "ssh": _plain(self.ssh)}
         for attr, _, _ in _KINDS.values():
-            context[attr] = {name: _masked(entry) for name, entry in getattr(self, attr).items()}
+            context[attr] = {name: _plain(entry) for name, entry in getattr(self, attr).items()}
         return context
 
     def secret_values(self) -> list[str]:
@@ -408,16 +410,16 @@ def _listing(names: Iterable[str], cap: int = 10) -> str:
     return ", ".join(names[:cap]) + more
 
 
-def _masked(value: Any) -> Any:
-    """JSON-like copy of ``value`` with every secret replaced by ``***``."""
+def _plain(value: Any) -> Any:
+    """JSON-like copy of ``value``; secrets are kept as Secret/SecretRef objects."""
     if isinstance(value, (Secret, SecretRef)):
-        return MASK
+        return value
     if is_dataclass(value):
-        return {f.name: _masked(getattr(value, f.name)) for f in fields(value)}
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
-        return {k: _masked(v) for k, v in value.items()}
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_masked(v) for v in value]
+        return [_plain(v) for v in value]
     return value
 
 

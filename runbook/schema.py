@@ -103,9 +103,6 @@ class Str(Node):
 
     def check(self, value, pos, where, rep):
         if not isinstance(value, str):
-            # Numbers are fine where a string is wanted (e.g. a version "1.2" typed as 1.2)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and not self.enum and not self.pattern:
-                return True
             return self._wrong(value, pos, where, rep)
         if self.enum and value not in self.enum:
             rep.error(pos, f"{_w(where)}'{value}' is not one of {', '.join(map(str, self.enum))}{suggest(value, self.enum)}")
@@ -163,11 +160,16 @@ class Bool(Node):
 @dataclass
 class Duration(Node):
     doc: str = ""
+    positive: bool = False  # zero is not allowed (a timeout of 0 would mean none)
     expect = "a duration such as 30s, 5m or 1h"
 
     def check(self, value, pos, where, rep):
-        if parse_duration(value) is None:
+        seconds = parse_duration(value)
+        if seconds is None:
             rep.error(pos, f"{_w(where)}expected a duration such as 30s, 5m or 1h, got {value!r}")
+            return False
+        if self.positive and seconds <= 0:
+            rep.error(pos, f"{_w(where)}must be more than 0")
             return False
         return True
 

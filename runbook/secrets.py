@@ -32,11 +32,27 @@ class Secret(str):
         return f"Secret({self.name!r})"
 
 
+class LazySecret:
+    """A secret that is read only when it is used (e.g. an inventory password
+    from ``{env: PG_PASSWORD}``).  Subclasses provide ``name`` and
+    ``resolve() -> Secret``; ``str()`` is always the mask."""
+
+    name: str = "secret"
+
+    def resolve(self) -> "Secret":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return MASK
+
+
 class Redactor:
-    """Replaces every known secret value by ``***``."""
+    """Replaces every known secret value by ``***`` (ignoring case, so that
+    an upper-cased copy of a secret is masked too)."""
 
     def __init__(self, secrets: Iterable[str] = ()):
         self._secrets: list[str] = []
+        self._pattern = None
         for s in secrets:
             self.add(s)
 
@@ -46,6 +62,10 @@ class Redactor:
             self._secrets.append(value)
             # Longest first, so that a secret containing another is masked whole.
             self._secrets.sort(key=len, reverse=True)
+            self._pattern = None
+
+    def values(self) -> list[str]:
+        return list(self._secrets)
 
     def __bool__(self) -> bool:
         return bool(self._secrets)
@@ -53,10 +73,11 @@ class Redactor:
     def text(self, s: str) -> str:
         if not self._secrets or not s:
             return s
-        for secret in self._secrets:
-            if secret in s:
-                s = s.replace(secret, MASK)
-        return s
+        if self._pattern is None:
+            import re
+
+            self._pattern = re.compile("|".join(re.escape(x) for x in self._secrets), re.IGNORECASE)
+        return self._pattern.sub(MASK, s)
 
     def data(self, value: Any) -> Any:
         """Redact strings anywhere inside JSON-like data."""

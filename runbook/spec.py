@@ -56,11 +56,11 @@ COMMON_FIELDS: dict[str, S.Node] = {
     "title": S.Str(doc="one line shown to the operator"),
     "description": S.Str(),
     "readonly": S.Bool(doc="the step changes nothing (its effect is read); enforced by kinds that can"),
-    "timeout": S.Duration(doc="stop the step after this long"),
+    "timeout": S.Duration(positive=True, doc="stop the step after this long"),
     "retries": S.Int(minimum=0, maximum=100, doc="try again this many times when the step fails"),
     "retry_delay": S.Duration(doc="wait between retries (default 5s)"),
     "until": S.Str(doc="poll the step until this condition holds (needs timeout)"),
-    "every": S.Duration(doc="poll interval for until (default 10s)"),
+    "every": S.Duration(positive=True, doc="poll interval for until (default 10s)"),
     "outputs": S.MapOf(OUTPUT, key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", key_hint="letters, digits and _"),
     "next": S.Str(doc="the step to go to after this one succeeds (default: the following step)"),
     "on_failure": S.Str(doc="the step to go to when this one fails, or 'continue' / 'abort' (default)"),
@@ -356,10 +356,12 @@ def find(name: str, search: list[Path]) -> Runbook:
 
 
 def _load_or_raise(path: Path) -> Runbook:
-    from runbook.validate import validate_runbook
+    from runbook.validate import load_config, validate_runbook
 
     rb, problems = load_runbook(path)
-    problems = problems + (validate_runbook(rb).problems if rb is not None else [])
+    if rb is not None:
+        config, config_problems = load_config()
+        problems = problems + config_problems + validate_runbook(rb, config=config).problems
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         first = errors[0].format()

@@ -140,19 +140,29 @@ class ConsoleUI:
 
         body = f"{self._r(action.summary)}\n\n[dim]targets:[/] {self._r(', '.join(action.targets) or '-')}"
         self.c.print(Panel(body, title=f"write step [bold]{esc(step.id)}[/] ({step.kind})", border_style="magenta"))
-        return Confirm.ask("Run it?", default=False, console=self.c)
+        try:
+            return Confirm.ask("Run it?", default=False, console=self.c)
+        except EOFError:  # Ctrl-D: no is the safe answer
+            return False
 
     def manual(self, step, action) -> bool:
         from rich.panel import Panel
         from rich.prompt import Confirm
 
         self.c.print(Panel(self._r(action.summary), title=f"manual step [bold]{esc(step.id)}[/]", border_style="cyan"))
-        return Confirm.ask(self._r(action.detail.get("confirm", "Done?")), default=False, console=self.c)
+        try:
+            return Confirm.ask(self._r(action.detail.get("confirm", "Done?")), default=False, console=self.c)
+        except EOFError:
+            return False
 
-    def ask(self, step, prompt: str, choices, default) -> str:
+    def ask(self, step, prompt: str, choices, default) -> str | None:
+        """The answer, or None when the operator closed the input (Ctrl-D)."""
         from rich.prompt import Prompt
 
-        return Prompt.ask(self._r(prompt), choices=list(choices) if choices else None, default=default, console=self.c)
+        try:
+            return Prompt.ask(self._r(prompt), choices=list(choices) if choices else None, default=default, console=self.c)
+        except EOFError:
+            return None
 
     def polling(self, step, result, attempt: int) -> None:
         self.c.print(f"  [dim]… not yet ({attempt} checks); next check in {step.every:g}s[/]")

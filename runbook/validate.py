@@ -31,7 +31,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     "RB103": ("write-without-timeout", "warning", "a write step should have a timeout"),
     "RB104": ("unbounded-fanout", "error", "a step that fans out over many targets needs a bound"),
     "RB105": ("secret-printed", "error", "a secret parameter is rendered where it would be printed"),
-    "RB106": ("self-quoted-template", "warning", "a template inside quotes in a shell command is quoted twice"),
+    "RB106": ("template-in-quotes", "error", "a template inside quotes or a here-document in a shell command is not protected by quoting"),
 }
 SEVERITIES = ("error", "warning", "off")
 CONFIG_FILES = (".runbook.yaml", ".runbook.yml")
@@ -121,17 +121,12 @@ def successors(rb: Runbook, step: Step) -> list[tuple[str, str]]:
     if step.kind == "choose":
         if not step.body.get("default") and following:
             out.append(("otherwise", following.id))
-        return out
-    if step.next:
+    elif step.next:
         out.append(("next", step.next))
     elif following:
         out.append(("next", following.id))
-    if step.on_failure == "continue":
-        if following and not step.next:
-            pass  # same as next
-        elif following:
-            out.append(("on failure", following.id))
-    elif step.on_failure and step.on_failure not in SPECIAL_TARGETS:
+    # on_failure: continue goes where success goes; abort ends the run
+    if step.on_failure and step.on_failure not in SPECIAL_TARGETS:
         out.append(("on failure", step.on_failure))
     return out
 
@@ -196,7 +191,9 @@ def _sccs(graph: dict[str, list[str]]) -> list[list[str]]:
 
 
 def _bounded(step: Step) -> bool:
-    return step.max_visits is not None or (step.until is not None and step.timeout is not None)
+    # A step's own polling is bounded by until + timeout; a loop through the
+    # graph only by a step that may run a limited number of times.
+    return step.max_visits is not None
 
 
 # --- the checks ------------------------------------------------------------
@@ -240,6 +237,8 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
         if s.until is not None and s.timeout is None:
             problem(s.raw.kpos("until"), f"step '{s.id}': until needs a timeout, or it may poll forever")
 
+    if len(seen) != len(rb.steps):
+        return res  # the graph checks would only repeat the confusion of duplicate ids
     graph = _graph(rb)
     res.reachable = reach = _reach(graph, rb.steps[0].id)
     for s in rb.steps:
@@ -252,7 +251,7 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
         if is_cycle and not any(_bounded(rb.by_id[i]) for i in comp):
             order = [s.id for s in rb.steps if s.id in comp]
             first = rb.by_id[order[0]]
-            problem(first.pos, f"loop with no bound: {' → '.join(order)} → {order[0]}; give a step in it max_visits, or an until with a timeout")
+            problem(first.pos, f"loop with no bound: {' → '.join(order)} → {order[0]}; give a step in it max_visits (how often it may run)")
 
     # ancestors, for "can this step's output exist here?"
     ancestors: dict[str, set[str]] | None = None
@@ -291,8 +290,14 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
                     problem(s.raw["outputs"].vpos(o), f"step '{s.id}': output '{o}': invalid regex: {exc}")
         for field_name, source, mode in _templates(s):
             _check_template(rb, s, field_name, source, mode, problem, can_run_before, secret_params)
-        if s.kind == "shell" and re.search(r"""(['"])\s*\{\{[^}]*\}\}\s*\1""", s.body["command"]):
-            problem(s.raw.vpos("shell"), f"step '{s.id}': a template is inside quotes; values are shell-quoted automatically, so remove the quotes around {{{{ … }}}}", rule="RB106")
+        for field_name, source, mode in _templates(s):
+            if mode != "shell":
+                continue
+            for why in expr.shell_quoting_problems(source):
+                problem(_template_pos(s, field_name, mode), f"step '{s.id}' {field_name}: {why}", rule="RB106")
+            for name in expr.secret_misuse(source, frozenset(secret_params)):
+                problem(_template_pos(s, field_name, mode), f"step '{s.id}' {field_name}: secret parameter '{name}' is used inside an expression or filter, "
+                        f"which would put it in the command line; use {{{{ params.{name} }}}} alone (it is passed as an environment variable)", rule="RB105")
         mod = s.module
         fanout = getattr(mod, "fanout", None)
         if fanout and fanout(s.body) is False:
@@ -335,8 +340,44 @@ def _check_inventory_refs(s: Step, source: str, mode: str, inventory, problem) -
         kind, name = INVENTORY_SECTIONS[path[0]], str(path[1])
         known = inventory.names(kind)
         if name not in known:
-            pos = s.raw.vpos("until") if mode == "until" else s.raw.vpos(s.kind)
-            problem(pos, f"step '{s.id}': {kind} '{name}' is not in the inventory {inventory.path}{suggest(name, known)}")
+            problem(_template_pos(s, "", mode), f"step '{s.id}': {kind} '{name}' is not in the inventory {inventory.path}{suggest(name, known)}")
+
+
+def _result_fields(step: Step) -> tuple[str, ...]:
+    from runbook.steps import BASE_RESULT_FIELDS
+
+    return BASE_RESULT_FIELDS + tuple(step.module.RESULT_FIELDS)
+
+
+def _check_result_path(target: Step, path: tuple, pos, where: str, problem) -> None:
+    """``steps.ID.<field>`` must be a field of that step's result, and
+    ``steps.ID.outputs.<name>`` an output it declares."""
+    if not path or not isinstance(path[0], str):
+        return
+    fields = _result_fields(target)
+    if path[0] not in fields:
+        problem(pos, f"{where}: step '{target.id}' has no result field '{path[0]}'{suggest(path[0], fields) or ' (fields: ' + ', '.join(fields) + ')'}")
+    elif path[0] == "outputs" and len(path) > 1 and isinstance(path[1], str):
+        declared = list(target.outputs) + (["answer"] if target.kind == "ask" else [])
+        if path[1] not in declared:
+            hint = suggest(path[1], declared) or (f" (it declares: {', '.join(declared)})" if declared else " (declare it under outputs:)")
+            problem(pos, f"{where}: step '{target.id}' has no output '{path[1]}'{hint}")
+
+
+def _template_pos(s: Step, field_name: str, mode: str):
+    """Where a template sits: its own key where the step has one, else the kind's value."""
+    if mode == "until":
+        return s.raw.vpos("until")
+    if field_name in ("title", "description"):
+        return s.raw.vpos(field_name)
+    value = s.raw.get(s.kind)
+    m = re.match(r"^\[(\d+)\]\.(\w+)$", field_name)  # choose branches: [i].when
+    if m and isinstance(value, list) and int(m.group(1)) < len(value):
+        item = value[int(m.group(1))]
+        return item.vpos(m.group(2)) if hasattr(item, "vpos") else value.ipos(int(m.group(1)))
+    if hasattr(value, "vpos") and field_name.split(".")[0] in value:
+        return value.vpos(field_name.split(".")[0])
+    return s.raw.vpos(s.kind)
 
 
 def _param_default_pos(rb: Runbook, name: str):
@@ -362,7 +403,7 @@ def _check_template(rb, s, field_name, source, mode, problem, can_run_before, se
     is_expr = mode in ("expr", "until")
     if not is_expr and not expr.is_template(source):
         return
-    pos = s.raw.vpos("until") if mode == "until" else s.raw.vpos(s.kind if field_name not in ("title", "description") else field_name)
+    pos = _template_pos(s, field_name, mode)
     refs, err = expr.references(source, is_expression=is_expr)
     where = f"step '{s.id}' {field_name}"
     if err:
@@ -371,9 +412,7 @@ def _check_template(rb, s, field_name, source, mode, problem, can_run_before, se
     allowed_roots = set(expr.ROOTS)
     if mode == "until":
         # an until condition also sees the step's own result: stdout, exit_code, outputs, …
-        from runbook.steps import BASE_RESULT_FIELDS
-
-        allowed_roots |= set(BASE_RESULT_FIELDS) | set(s.module.RESULT_FIELDS) | set(s.outputs)
+        allowed_roots |= set(_result_fields(s)) | set(s.outputs)
     for ref in refs:
         if ref.root not in allowed_roots:
             problem(pos, f"{where}: unknown name '{ref.root}'{suggest(ref.root, allowed_roots) or ' (use params.…, steps.…, inventory.…, env.… or run.…)'}")
@@ -385,9 +424,9 @@ def _check_template(rb, s, field_name, source, mode, problem, can_run_before, se
         elif ref.root == "steps" and ref.key is not None:
             if ref.key not in rb.by_id:
                 problem(pos, f"{where}: no step '{ref.key}'{suggest(ref.key, rb.by_id)}")
-            elif ref.key == s.id and mode == "until":
                 continue
-            elif not can_run_before(ref.key, s.id):
+            if not (ref.key == s.id and mode == "until") and not can_run_before(ref.key, s.id):
                 problem(pos, f"{where}: reads steps.{ref.key}, but step '{ref.key}' cannot have run before '{s.id}'")
+            _check_result_path(rb.by_id[ref.key], ref.path[1:], pos, where, problem)
         elif ref.root == "env" and ref.key is not None and ref.key not in rb.env_allow:
             problem(pos, f"{where}: environment variable '{ref.key}' is not allowed; list it under env: at the top of the runbook")

@@ -68,13 +68,23 @@ def _pos(node) -> tuple[int, int]:
 _constructor = yaml.constructor.SafeConstructor()
 
 
-def _build(node, path: str, problems: list[Problem]):
+MAX_NODES = 200_000  # aliases can make a small file expand enormously ("billion laughs")
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _build(node, path: str, problems: list[Problem], budget: list[int]):
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooBig
     if isinstance(node, yaml.MappingNode):
         out = Map()
         out.pos = _pos(node)
         _constructor.flatten_mapping(node)
         for knode, vnode in node.value:
-            key = _build(knode, path, problems)
+            key = _build(knode, path, problems, budget)
             if isinstance(key, (Map, Seq)):
                 line, col = _pos(knode)
                 msg = ("a value that starts with '{{' must be quoted, e.g. \"{{ params.x }}\""
@@ -85,7 +95,7 @@ def _build(node, path: str, problems: list[Problem]):
                 line, col = _pos(knode)
                 first = out.key_pos[key]
                 problems.append(Problem(path, line, col, f"duplicate key '{key}' (first defined at line {first[0]})", rule="yaml"))
-            out[key] = _build(vnode, path, problems)
+            out[key] = _build(vnode, path, problems, budget)
             out.key_pos[key] = _pos(knode)
             out.value_pos[key] = _pos(vnode)
         return out
@@ -93,7 +103,7 @@ def _build(node, path: str, problems: list[Problem]):
         out = Seq()
         out.pos = _pos(node)
         for item in node.value:
-            out.append(_build(item, path, problems))
+            out.append(_build(item, path, problems, budget))
             out.item_pos.append(_pos(item))
         return out
     return _constructor.construct_object(node, deep=True)
@@ -139,7 +149,9 @@ def load(text: str, path: str = "<string>") -> tuple[Any, list[Problem]]:
     if node is None:
         return None, problems
     try:
-        return _build(node, path, problems), problems
+        return _build(node, path, problems, [MAX_NODES]), problems
+    except _TooBig:
+        return None, [Problem(path, 1, 1, f"YAML error: the document expands to more than {MAX_NODES} values (aliases nested too deep?)", rule="yaml")]
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)

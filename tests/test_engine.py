@@ -236,7 +236,7 @@ def test_secrets_are_masked_and_never_in_argument_lists(write, cli, tmp_path, au
       shell: "tr '\\\\0' ' ' < /proc/$$/cmdline > {tmp_path / 'argv'}; printf %s {{{{ params.token }}}} > {seen}; echo token={{{{ params.token }}}}"
       readonly: true
     - id: fail
-      shell: "echo hunter2-xyz >&2; exit 1"
+      shell: "echo {{{{ params.token }}}} >&2; exit 1"
       readonly: true
 """, head="params:\n  token: {secret: true}\n")
     r = cli("run", p, "-p", "token=hunter2-xyz")
@@ -376,3 +376,70 @@ def test_audit_records_of_a_run(write, cli, audit_dir):
     last = [x for x in records(audit_dir) if x["run"] == records(audit_dir)[-1]["run"]]
     assert last[0]["dry_run"] is True and last[-1]["type"] == "run_finished"
     assert audit.verify(audit_dir / "audit.jsonl").ok
+
+
+def test_a_condition_that_cannot_be_evaluated_fails_the_step_and_follows_on_failure(write, cli):
+    p = rb(write, """
+  diagnose:
+    - id: probe
+      shell: "echo abc"
+      readonly: true
+      outputs:
+        v: {regex: '(\\w+)'}
+    - id: decide
+      choose:
+        - when: "steps.probe.outputs.v > 3"
+          goto: high
+      on_failure: handled
+    - id: high
+      end: high
+    - id: handled
+      end: {status: escalated, message: "condition failed, handled"}
+""")
+    r = cli("run", p)
+    assert r.returncode == 1 and "condition failed, handled" in r.stdout
+
+
+def test_until_sees_outputs_and_decides_even_on_a_failing_command(write, cli, tmp_path):
+    counter = tmp_path / "n"
+    p = rb(write, f"""
+  verify:
+    - id: poll
+      shell: "n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}; echo $((n+1))"
+      readonly: true
+      outputs:
+        n: {{regex: '(\\d+)', type: integer}}
+      until: "n >= 2"
+      every: 0.05s
+      timeout: 10s
+    - id: down
+      shell: "exit 3"
+      readonly: true
+      until: "exit_code == 3"
+      every: 0.05s
+      timeout: 5s
+""")
+    r = cli("run", p)
+    assert r.returncode == 0, r.stdout
+    assert counter.read_text().strip() == "2"
+
+
+def test_dry_run_renders_arithmetic_on_run_time_values(write, cli):
+    p = rb(write, """
+  diagnose:
+    - id: probe
+      shell: "echo 3"
+      readonly: true
+      outputs:
+        n: {regex: '(\\d+)', type: integer}
+  mitigate:
+    - id: scale
+      shell: "kubectl scale deployment/api --replicas={{ steps.probe.outputs.n * 2 }}"
+      timeout: 1m
+  verify:
+    - id: ok
+      end: done
+""")
+    r = cli("run", p, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "--replicas=<steps.probe.outputs.n * 2>" in r.stdout

@@ -348,19 +348,28 @@ def test_bad_secret_sources(inv_file):
     ]
 
 
-def test_template_context_masks_secrets(inv_file, monkeypatch):
+def test_template_context_keeps_secrets_secret(inv_file, monkeypatch):
+    from runbook import expr
+
     monkeypatch.setenv("PG_PASSWORD", "s3cr3t-value")
     inv = load_inventory(inv_file(SECRETS + "vars: {region: eu, api_key: k-1}\nhosts:\n  api-1: {address: 192.0.2.11}\n"))
-    inv.databases["main"].password.resolve()
     ctx = inv.template_context()
     assert ctx["env"] == "prod"
-    assert ctx["vars"] == {"region": "eu", "api_key": "***"}
+    assert ctx["vars"]["region"] == "eu"
     assert ctx["hosts"]["api-1"]["address"] == "192.0.2.11"
-    assert ctx["databases"]["main"]["password"] == "***"
     assert ctx["databases"]["main"]["host"] == "db.example.internal"
-    assert ctx["http"]["api"]["headers"] == {"Authorization": "***"}
     assert ctx["ssh"]["host_key_policy"] == "strict"
+    # printed, a secret is masked; the lazy one has not even been read yet
+    text = expr.render("{{ inventory.vars.api_key }} {{ inventory.databases.main.password }} {{ inventory.http.api.headers.Authorization }}",
+                       {"inventory": ctx})
+    assert text == "*** *** ***"
+    assert not inv.databases["main"].password.resolved
     assert "s3cr3t" not in repr(ctx) and "k-1" not in repr(ctx)
+    # in a shell command it becomes an environment variable, read when the step runs
+    command, env = expr.render_shell("psql -W {{ inventory.databases.main.password }}", {"inventory": ctx})
+    assert "s3cr3t" not in command and command.startswith('psql -W "${RUNBOOK_SECRET_')
+    (value,) = env.values()
+    assert value.resolve() == "s3cr3t-value"
     redactor = Redactor(inv.secret_values())
     assert redactor.text("PGPASSWORD=s3cr3t-value key=k-1") == "PGPASSWORD=*** key=***"
 

@@ -277,3 +277,99 @@ def test_shipped_playbooks_are_valid(cli):
     r = cli("validate", ROOT / "playbooks")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout == ""
+
+
+def test_a_loop_through_several_steps_needs_max_visits_even_with_until():
+    ps = problems(doc("""
+        mitigate:
+          - id: restart
+            shell: "systemctl restart x"
+            timeout: 1m
+        verify:
+          - id: check
+            shell: "curl -f http://x"
+            readonly: true
+            until: "exit_code == 0"
+            timeout: 30s
+            next: restart
+    """))
+    assert any("loop with no bound: restart → check → restart" in p for p in ps)
+
+
+def test_zero_timeout_and_every_are_refused():
+    rb, loaded = load_text(doc("""
+        diagnose:
+          - id: poll
+            shell: "true"
+            readonly: true
+            until: "false"
+            every: 0s
+            timeout: 0
+    """), "rb.yaml")
+    msgs = [p.format() for p in loaded]
+    assert any("timeout: must be more than 0" in m for m in msgs) and any("every: must be more than 0" in m for m in msgs)
+
+
+def test_numbers_where_text_is_expected_are_clean_errors(write, cli):
+    p = write("n.yaml", """
+        name: n
+        title: N
+        params:
+          x: {pattern: 5}
+        stages:
+          diagnose:
+            - id: a
+              shell: {command: "true", cwd: 5}
+              readonly: true
+              until: 1
+              timeout: 5s
+              outputs:
+                v: {regex: 5}
+    """)
+    r = cli("validate", p)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr
+    for where in ("params.x.pattern: expected a string", "cwd: expected a string", "until: expected a string", "regex: expected a string"):
+        assert where in r.stdout, r.stdout
+
+
+def test_continue_with_next_has_one_successor_and_the_skipped_step_is_unreachable():
+    ps = problems(doc("""
+        diagnose:
+          - id: a
+            shell: "false"
+            readonly: true
+            on_failure: continue
+            next: c
+          - id: b
+            shell: "true"
+            readonly: true
+          - id: c
+            end: done
+    """))
+    assert any("step 'b' can never be reached" in p for p in ps)
+
+
+def test_result_fields_and_outputs_are_checked():
+    ps = problems(doc("""
+        diagnose:
+          - id: probe
+            shell: "echo 3"
+            readonly: true
+            outputs:
+              count: {regex: '(\\d+)', type: integer}
+          - id: use
+            shell: "echo {{ steps.probe.outputs.cnt }} {{ steps.probe.stdout }}"
+            readonly: true
+          - id: decide
+            choose:
+              - when: "steps.probe.exit_code == 0"
+                goto: done
+              - when: "steps.probe.outptus.count > 3"
+                goto: done
+          - id: done
+            end: ok
+    """))
+    assert any("rb.yaml:14:14" in p and "step 'probe' has no output 'cnt' (did you mean 'count'?)" in p for p in ps), ps
+    # the second branch is reported at its own line
+    assert any("rb.yaml:20:17" in p and "has no result field 'outptus' (did you mean 'outputs'?)" in p for p in ps), ps
+    assert len(ps) == 2

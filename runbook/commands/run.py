@@ -33,6 +33,32 @@ def _git_commit(path: str) -> str | None:
     return r.stdout.strip() or None if r.returncode == 0 else None
 
 
+def _given_params(rb, given: dict[str, str], interactive: bool) -> dict[str, str]:
+    """-p values, then RUNBOOK_PARAM_<NAME> from the environment, then a
+    hidden prompt for a required secret when a person is at the terminal.
+
+    Secrets belong in the environment or the prompt: an argument list can be
+    read by every user of the machine (ps)."""
+    import getpass
+    import os
+    import sys
+
+    for name in given:
+        if name in rb.params and rb.params[name].secret:
+            print(f"runbook: warning: secret parameter '{name}' was given with -p, where other users of this machine "
+                  f"can read it (ps); prefer RUNBOOK_PARAM_{name.upper()}=… in the environment", file=sys.stderr)
+    out = dict(given)
+    for name, p in rb.params.items():
+        if name in out:
+            continue
+        env_name = f"RUNBOOK_PARAM_{name.upper()}"
+        if env_name in os.environ:
+            out[name] = os.environ[env_name]
+        elif p.secret and p.required and not p.has_default and interactive:
+            out[name] = getpass.getpass(f"{name} (secret, not echoed): ")
+    return out
+
+
 def run(args) -> int:
     import json
     import signal
@@ -46,7 +72,8 @@ def run(args) -> int:
 
     rb = spec.find(args.name, spec.search_path(args.path))
     inventory = resolve_inventory(args.inventory, args.env)
-    params = resolve_params(rb, parse_pairs(args.param, "-p"))
+    interactive = ui.is_interactive()
+    params = resolve_params(rb, _given_params(rb, parse_pairs(args.param, "-p"), interactive))
     redactor = Redactor()
     if inventory is not None:
         for v in inventory.secret_values():
@@ -64,7 +91,6 @@ def run(args) -> int:
                         params=shown, dry_run=args.dry_run, who=who, host=audit.hostname(), argv=sys.argv[1:],
                         inventory=str(inventory.path) if inventory is not None else None)
 
-    interactive = ui.is_interactive()
     options = Options(dry_run=args.dry_run, yes=args.yes, interactive=interactive,
                       answers=parse_pairs(args.answer, "--answer"), who=who)
     if args.dry_run:

@@ -74,7 +74,9 @@ class StepKind(Protocol):
 
     def normalize(self, value: Any) -> dict: ...  # shorthand -> mapping
 
-    def templates(self, body: dict) -> list[tuple[str, str, str]]: ...  # (field, source, mode)
+    # (field, source, mode); mode: "shell" (a command), "text" (shown to people),
+    # "env" (handed to a process, never shown), "expr" (a condition)
+    def templates(self, body: dict) -> list[tuple[str, str, str]]: ...
 
     def edges(self, body: dict) -> list[tuple[str, str]]: ...  # (label, step id) branches
 

@@ -60,6 +60,8 @@ def run(step, act: Action, ctx) -> StepResult:
             hint = f" (one of: {', '.join(choices)})" if choices else ""
             return StepResult("refused", error=f"step '{step.id}' asks the operator '{act.summary}': run in a terminal, or pass --answer {step.id}=VALUE{hint}")
         answer = ctx.ui.ask(step, act.summary, choices, act.detail.get("default"))
+        if answer is None:
+            return StepResult("refused", error=f"no answer to step '{step.id}' (input closed); stopped")
     if choices and answer not in choices:
         return StepResult("failed", error=f"answer {answer!r} is not one of {', '.join(choices)}")
     return StepResult("ok", stdout=str(answer), data={"answer": answer}, outputs={"answer": answer})

@@ -7,17 +7,28 @@
 The command runs under ``bash -c`` (``sh`` where bash is missing) in its own
 process group, with standard input closed.  Template values are shell-quoted;
 secrets reach the process through its environment, never its arguments.
-A ``timeout`` kills the whole process group.  The effect is ``write`` unless
-the step says ``readonly: true``.
+A ``timeout`` kills the whole process group (SIGTERM, then SIGKILL after 2 s).
+
+Output is read as it comes and kept bounded: of each stream, the first 64 KiB
+and the last ``MAX_CAPTURE`` minus 64 KiB, with a line
+``[... N bytes not kept ...]`` where the middle was dropped (ASCII, so that
+ASCII output stays one byte a character in memory).  The step ends when the
+command exits; a background process that still holds the output open is read
+for at most 1 s more, then left running, and the step is reported by the exit
+code with a note in its ``error``.  The effect is ``write`` unless the step says
+``readonly: true``.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
+import selectors
 import shutil
 import signal
 import subprocess
 import time
+from collections import deque
 
 from runbook import schema as S
 from runbook.steps import Action, StepResult
@@ -40,7 +51,12 @@ SCHEMA = S.OneOf(
 DEFAULT_READONLY = False
 FIXED_EFFECT = None
 RESULT_FIELDS = ("stdout", "stderr", "exit_code")
-MAX_CAPTURE = 4 * 1024 * 1024  # bytes kept per stream
+MAX_CAPTURE = 4 * 1024 * 1024  # bytes kept per stream: the first HEAD_KEEP and the last ones
+HEAD_KEEP = 64 * 1024
+_CHUNK = 64 * 1024  # bytes per read
+_POLL = 0.1  # seconds between checks whether the command has exited
+_READ_GRACE = 1.0  # seconds to keep reading once the command has exited or was killed
+_TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 _SHELL = shutil.which("bash") or "/bin/sh"
 
 
@@ -52,7 +68,8 @@ def templates(body: dict) -> list[tuple[str, str, str]]:
     out = [("command", body["command"], "shell")]
     if "cwd" in body:
         out.append(("cwd", body["cwd"], "text"))
-    out += [(f"env.{k}", v, "text") for k, v in (body.get("env") or {}).items() if isinstance(v, str)]
+    # "env": values that go to the process, never to the screen, so a secret is fine here
+    out += [(f"env.{k}", v, "env") for k, v in (body.get("env") or {}).items() if isinstance(v, str)]
     return out
 
 
@@ -67,24 +84,178 @@ def action(step, r) -> Action:
     if "cwd" in step.body:
         detail["cwd"] = r.text(step.body["cwd"])
     if step.body.get("env"):
-        rendered = {k: r.text(str(v)) for k, v in step.body["env"].items()}
+        rendered = {k: r.value(str(v)) for k, v in step.body["env"].items()}
         detail["env"] = sorted(rendered)  # names only: values may be secret
         env.update(rendered)
     return Action(summary=command, targets=["localhost"], detail=detail, env=env)
 
 
-def _kill(proc: subprocess.Popen) -> None:
+class _Capture:
+    """One output stream, kept bounded while it is read: the first
+    ``HEAD_KEEP`` bytes and the last ``MAX_CAPTURE - HEAD_KEEP`` bytes (the
+    tail as the chunks read, so that dropping old output copies nothing)."""
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.tail: deque[bytes] = deque()
+        self.size = 0  # bytes in tail
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        room = HEAD_KEEP - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if not data:
+            return
+        self.tail.append(data)
+        self.size += len(data)
+        while self.size - len(self.tail[0]) >= MAX_CAPTURE - HEAD_KEEP:
+            n = len(self.tail.popleft())
+            self.size -= n
+            self.dropped += n
+
+    def text(self) -> str:
+        """The kept output, decoded (empties the buffers: call once)."""
+        excess = self.size - (MAX_CAPTURE - HEAD_KEEP)
+        if excess > 0:
+            self.tail[0] = self.tail[0][excess:]
+            self.size -= excess
+            self.dropped += excess
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        if self.dropped:
+            pieces = [self.head.decode("utf-8", "replace"), f"\n[... {self.dropped} bytes not kept ...]\n"]
+        else:  # one piece: a character may span head and tail
+            pieces = [decoder.decode(bytes(self.head))]
+        self.head = bytearray()
+        while self.tail:
+            pieces.append(decoder.decode(self.tail.popleft()))
+        pieces.append(decoder.decode(b"", True))
+        return "".join(pieces)
+
+
+class _Reader:
+    """Reads the command's stdout and stderr pipes without blocking."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.out, self.err = _Capture(), _Capture()
+        self.sel = selectors.DefaultSelector()
+        for f, cap in ((proc.stdout, self.out), (proc.stderr, self.err)):
+            os.set_blocking(f.fileno(), False)
+            self.sel.register(f, selectors.EVENT_READ, cap)
+
+    @property
+    def open(self) -> bool:
+        return bool(self.sel.get_map())
+
+    def read(self, wait: float) -> None:
+        """Read what is ready within ``wait`` seconds; sleep if both pipes are closed."""
+        if not self.open:
+            time.sleep(max(0.0, wait))
+            return
+        for key, _ in self.sel.select(max(0.0, wait)):
+            try:
+                data = os.read(key.fd, _CHUNK)
+            except BlockingIOError:
+                continue
+            if data:
+                key.data.add(data)
+            else:
+                self.sel.unregister(key.fileobj)
+                key.fileobj.close()
+
+    def pump(self, seconds: float, stop=lambda: False) -> None:
+        """Read until both pipes are at EOF and ``stop()``, or for ``seconds``."""
+        end = time.monotonic() + seconds
+        while True:
+            now = time.monotonic()
+            if (not self.open and stop()) or now >= end:
+                return
+            self.read(min(_POLL, end - now))
+
+    def close(self) -> None:
+        for key in list(self.sel.get_map().values()):
+            self.sel.unregister(key.fileobj)
+            key.fileobj.close()
+        self.sel.close()
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    """True while a process of the command's group is running (zombies,
+    which a container without an init may never reap, do not count)."""
+    proc.poll()  # reap the leader
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        names = os.listdir("/proc")
+    except OSError:  # no /proc: trust killpg
+        return True
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != b"Z" and int(fields[2]) == proc.pid:  # state, ppid, pgrp
+                return True
+    return False
+
+
+def _kill(proc: subprocess.Popen, reader: _Reader | None = None) -> None:
+    """SIGTERM the process group; SIGKILL what is left of it after 2 s.
+    Output written meanwhile is still read (so that no writer blocks on a
+    full pipe), then for at most 1 s more."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    try:
-        proc.wait(2)
-    except subprocess.TimeoutExpired:
+    end = time.monotonic() + _TERM_GRACE
+    while _group_alive(proc) and time.monotonic() < end:
+        if reader:
+            reader.read(min(_POLL, end - time.monotonic()))
+        else:
+            time.sleep(min(_POLL, max(0.0, end - time.monotonic())))
+    if _group_alive(proc):
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    if reader:
+        reader.pump(_READ_GRACE, stop=lambda: proc.poll() is not None)
+    try:
+        proc.wait(_READ_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _wait(proc: subprocess.Popen, reader: _Reader, deadline: float | None) -> str:
+    """Read the output until the command is done.  Returns ``"exited"``,
+    ``"lingering"`` (exited, but a background process still holds a pipe)
+    or ``"timeout"`` (the deadline passed; the command is still running)."""
+    exited_at = None
+    while True:
+        now = time.monotonic()
+        if exited_at is None and proc.poll() is not None:
+            exited_at = now
+        if exited_at is not None:
+            if not reader.open:
+                return "exited"
+            if now - exited_at >= _READ_GRACE:
+                return "lingering"
+            wait = exited_at + _READ_GRACE - now
+        elif deadline is not None:
+            if now >= deadline:
+                return "timeout"
+            wait = deadline - now
+        else:
+            wait = _POLL
+        reader.read(min(_POLL, wait))
 
 
 def run(step, act: Action, ctx) -> StepResult:
@@ -93,6 +264,7 @@ def run(step, act: Action, ctx) -> StepResult:
     env["RUNBOOK_RUN_ID"] = ctx.run_id
     env["RUNBOOK_STEP"] = step.id
     started = time.monotonic()
+    deadline = None if ctx.timeout is None else started + ctx.timeout
     try:
         proc = subprocess.Popen(
             [_SHELL, "-c", act.detail["command"]],
@@ -101,26 +273,29 @@ def run(step, act: Action, ctx) -> StepResult:
         )
     except OSError as exc:
         return StepResult("failed", error=f"cannot start the command: {exc.strerror} ({exc.filename or _SHELL})")
+    reader = None
     try:
-        out, err = proc.communicate(timeout=ctx.timeout)
-    except subprocess.TimeoutExpired:
-        _kill(proc)
-        out, err = proc.communicate()
-        return StepResult(
-            "timeout", exit_code=proc.returncode, stdout=_text(out), stderr=_text(err),
-            error=f"timed out after {ctx.timeout:g}s; the command was stopped", duration=time.monotonic() - started,
-        )
+        reader = _Reader(proc)
+        outcome = _wait(proc, reader, deadline)
+        if outcome == "timeout":
+            _kill(proc, reader)
     except BaseException:  # Ctrl-C or SIGTERM: stop the command with us
         _kill(proc)
         raise
+    finally:
+        if reader:
+            reader.close()
+    out, err = reader.out.text(), reader.err.text()
+    if outcome == "timeout":
+        return StepResult(
+            "timeout", exit_code=proc.returncode, stdout=out, stderr=err,
+            error=f"timed out after {ctx.timeout:g}s; the command was stopped", duration=time.monotonic() - started,
+        )
     status = "ok" if proc.returncode == 0 else "failed"
+    notes = [] if status == "ok" else [f"exit code {proc.returncode}"]
+    if outcome == "lingering":
+        notes.append(f"a background process kept the output open; stopped reading {_READ_GRACE:g}s after the command exited")
     return StepResult(
-        status, exit_code=proc.returncode, stdout=_text(out), stderr=_text(err),
-        error=None if status == "ok" else f"exit code {proc.returncode}", duration=time.monotonic() - started,
+        status, exit_code=proc.returncode, stdout=out, stderr=err,
+        error="; ".join(notes) or None, duration=time.monotonic() - started,
     )
-
-
-def _text(b: bytes) -> str:
-    if len(b) > MAX_CAPTURE:
-        b = b[-MAX_CAPTURE:]
-    return b.decode("utf-8", "replace")
