@@ -278,10 +278,45 @@ def _parse(source: str, is_expression: bool):
         return None, exc.message
 
 
+# `{{ a.b["c"][0] }}` and nothing fancier: most templates; read without Jinja's parser.
+_SIMPLE_PATH = r"""[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[(?:"[^"\\]*"|'[^'\\]*'|\d+)\])*"""
+_SIMPLE_EXPR = re.compile(r"\{\{\s*(" + _SIMPLE_PATH + r")\s*\}\}")
+_PATH_PART = re.compile(r"""\.([A-Za-z_]\w*)|\["([^"]*)"\]|\['([^']*)'\]|\[(\d+)\]""")
+
+
+def _simple_references(source: str) -> tuple[Reference, ...] | None:
+    """References of a template made only of text and simple paths, or None."""
+    rest = _SIMPLE_EXPR.sub("", source)
+    if "{{" in rest or "{%" in rest or "{#" in rest or "}}" in rest:
+        return None
+    refs = []
+    for m in _SIMPLE_EXPR.finditer(source):
+        path = m.group(1)
+        root = re.match(r"[A-Za-z_]\w*", path).group()
+        keys = []
+        for part in _PATH_PART.finditer(path, len(root)):
+            attr, dq, sq, idx = part.groups()
+            keys.append(int(idx) if idx is not None else (attr if attr is not None else (dq if dq is not None else sq)))
+        refs.append(Reference((root, *keys) if keys else (root, None)))
+    # as the Jinja path: a root used whole counts only when it is never used with keys
+    keyed = {r.root for r in refs if r.key is not None}
+    return tuple(dict.fromkeys(r for r in refs if r.key is not None or r.root not in keyed))
+
+
 @lru_cache(maxsize=8192)
 def references(source: str, is_expression: bool = False) -> tuple[tuple[Reference, ...], str | None]:
     """The names a template or condition reads, and a syntax error message
     (or None).  Only roots that are not assigned inside the template count."""
+    from jinja2 import nodes
+
+    if not is_expression:
+        simple = _simple_references(source)
+        if simple is not None:
+            return simple, None
+    return _jinja_references(source, is_expression)
+
+
+def _jinja_references(source: str, is_expression: bool) -> tuple[tuple[Reference, ...], str | None]:
     from jinja2 import nodes
 
     ast, error = _parse(source, is_expression)

@@ -66,6 +66,7 @@ def _pos(node) -> tuple[int, int]:
 
 
 _constructor = yaml.constructor.SafeConstructor()
+_STR = "tag:yaml.org,2002:str"
 
 
 MAX_NODES = 200_000  # aliases can make a small file expand enormously ("billion laughs")
@@ -106,6 +107,8 @@ def _build(node, path: str, problems: list[Problem], budget: list[int]):
             out.append(_build(item, path, problems, budget))
             out.item_pos.append(_pos(item))
         return out
+    if node.tag == _STR:  # the common case, without the constructor's bookkeeping
+        return node.value
     return _constructor.construct_object(node, deep=True)
 
 

@@ -85,5 +85,11 @@ class StepKind(Protocol):
     def run(self, step, action: Action, ctx) -> StepResult: ...
 
 
+_loaded: dict[str, ModuleType] = {}
+
+
 def get(kind: str) -> ModuleType:
-    return importlib.import_module(KINDS[kind])
+    mod = _loaded.get(kind)
+    if mod is None:
+        mod = _loaded[kind] = importlib.import_module(KINDS[kind])
+    return mod
