@@ -80,3 +80,18 @@ def test_operator_declines_the_write_step(tmp_path):
     assert code == 3, screen
     assert not marker.exists()
     assert "declined" in screen
+
+
+def test_ctrl_d_at_the_confirmation_declines(tmp_path, audit_dir):
+    from runbook import audit
+
+    marker = tmp_path / "fixed"
+    p = tmp_path / "t.yaml"
+    p.write_text(BOOK.format(marker=marker))
+    code, screen = run_in_pty(["run", p], [("Which region?", "eu"), ("Done?", "y"), ("Run it?", "\x04")], tmp_path)
+    assert code == 3, screen
+    assert not marker.exists() and "Traceback" not in screen
+    recs = list(audit.read_records(audit_dir / "audit.jsonl"))
+    decision = next(r for r in recs if r["type"] == "decision")
+    assert decision["approved"] is False and decision["how"] == "prompt"
+    assert recs[-1]["type"] == "run_finished" and recs[-1]["exit_code"] == 3
