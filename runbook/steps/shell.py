@@ -241,6 +241,13 @@ def _wait(proc: subprocess.Popen, reader: _Reader, deadline: float | None) -> st
     exited_at = None
     while True:
         now = time.monotonic()
+        if exited_at is None and not reader.open:
+            # both pipes closed: the command is ending; wait for it, don't poll
+            try:
+                proc.wait(None if deadline is None else max(0.0, deadline - now))
+            except subprocess.TimeoutExpired:
+                return "timeout"
+            return "exited"
         if exited_at is None and proc.poll() is not None:
             exited_at = now
         if exited_at is not None:
