@@ -232,7 +232,6 @@ class Engine:
         visits: dict[str, int] = {}
         total = 0
         step: Step | None = self.rb.steps[0]
-        last: StepResult | None = None
         while step is not None:
             self._current = step.id
             total += 1
@@ -245,7 +244,6 @@ class Engine:
                 self._record_skip(step, result)
                 return "failed", EXIT_FAILED, result.error
             result = self._execute(step)
-            last = result
             if result.status == "refused":
                 return "refused", EXIT_REFUSED, result.error or f"step '{step.id}' was not approved"
             if result.end:

@@ -307,8 +307,6 @@ def _simple_references(source: str) -> tuple[Reference, ...] | None:
 def references(source: str, is_expression: bool = False) -> tuple[tuple[Reference, ...], str | None]:
     """The names a template or condition reads, and a syntax error message
     (or None).  Only roots that are not assigned inside the template count."""
-    from jinja2 import nodes
-
     if not is_expression:
         simple = _simple_references(source)
         if simple is not None:

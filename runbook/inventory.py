@@ -176,7 +176,7 @@ class Database:
 
 
 @dataclass
-class Prometheus:
+class HttpEndpoint:
     name: str
     url: Text
     headers: dict[str, Text] = field(default_factory=dict)
@@ -185,12 +185,8 @@ class Prometheus:
 
 
 @dataclass
-class HttpEndpoint:
-    name: str
-    url: Text
-    headers: dict[str, Text] = field(default_factory=dict)
-    verify_tls: bool = True
-    timeout: float | None = None
+class Prometheus(HttpEndpoint):
+    """A Prometheus server: an HTTP endpoint answering the query API."""
 
 
 @dataclass

@@ -13,6 +13,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+def alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie waiting for a reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
 
 @pytest.fixture(autouse=True)
 def audit_dir(tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -10,18 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
+from conftest import alive
 from runbook import audit
 
-
-def alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie waiting for a reaper."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def records(audit_dir: Path) -> list[dict]:

@@ -8,10 +8,10 @@ import resource
 import signal
 import time
 import types
-from pathlib import Path
 
 import pytest
 
+from conftest import alive
 from runbook.secrets import Redactor
 from runbook.steps import Action
 from runbook.steps import shell
@@ -37,14 +37,6 @@ def run(command: str, timeout: float | None = 10, env: dict | None = None, step_
     result = shell.run(step, act, ctx)
     return result, time.monotonic() - started
 
-
-def alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie waiting for a reaper."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def first_pid(stdout: str) -> int:

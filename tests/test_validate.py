@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import textwrap
 
-import pytest
 
 from runbook.spec import load_text
 from runbook.validate import Config, validate_runbook
