@@ -80,9 +80,10 @@ def display_params(rb: Runbook, values: dict[str, Any]) -> dict[str, Any]:
 class Renderer:
     """Renders a step's templates against the run's context."""
 
-    def __init__(self, context: dict, redactor: Redactor | None = None):
+    def __init__(self, context: dict, redactor: Redactor | None = None, inventory=None):
         self.context = context
         self.redactor = redactor
+        self.inventory = inventory  # for kinds whose targets live there (databases, hosts, …)
 
     def text(self, source: str) -> str:
         return expr.render(source, self.context)
@@ -187,7 +188,7 @@ class Engine:
             self.steps_ctx[s.id] = expr.Unknown(f"steps.{s.id}")
         reach = _reach(_graph(self.rb), self.rb.steps[0].id)
         entries = []
-        r = Renderer(self.context, self.redactor)
+        r = Renderer(self.context, self.redactor, self.inventory)
         for s in self.rb.steps:
             if s.id not in reach:
                 continue
@@ -276,7 +277,7 @@ class Engine:
             self.ui.step_finished(step, result)
 
     def _execute(self, step: Step) -> StepResult:
-        r = Renderer(self.context, self.redactor)
+        r = Renderer(self.context, self.redactor, self.inventory)
         try:
             act = step.module.action(step, r)
         except RunbookError as exc:

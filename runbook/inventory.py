@@ -170,6 +170,7 @@ class Database:
     password: Text | None = None
     sslmode: str | None = None
     readonly_role: Text | None = None
+    readonly_password: Text | None = None
     connect_timeout: float | None = None
     dsn: Text | None = None
     service: Text | None = None
@@ -214,7 +215,7 @@ _SCHEMAS: dict[str, dict[str, Kind]] = {
     "databases": {
         "host": "text", "port": "port", "dbname": "text", "user": "text", "password": "text",
         "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
-        "readonly_role": "text", "connect_timeout": "seconds", "dsn": "text", "service": "text",
+        "readonly_role": "text", "readonly_password": "text", "connect_timeout": "seconds", "dsn": "text", "service": "text",
     },
     "prometheus": _ENDPOINT,
     "http": _ENDPOINT,

@@ -133,6 +133,8 @@ class ConsoleUI:
         self.c.print(f"[bold]{esc(step.id)}[/]  {step.kind}  {eff}{title}")
         if step.kind == "shell":
             self.c.print(f"  $ {self._r(action.summary)}", soft_wrap=True)
+        elif step.kind == "sql":
+            self.c.print("[dim]  " + self._r(action.summary).replace("\n", "\n  ") + "[/]", soft_wrap=True)
 
     def confirm(self, step, action) -> bool:
         from rich.panel import Panel
@@ -178,7 +180,7 @@ class ConsoleUI:
             extra += f"  → {esc(result.goto)}"
         self.c.print(f"  [{style}]{mark} {result.status}[/] [dim]{result.duration:.2f}s[/]{extra}")
         text = result.stdout if result.ok else (result.stdout + result.stderr)
-        if text.strip() and step.kind == "shell":
+        if text.strip() and getattr(step.module, "SHOW_OUTPUT", False):
             self.c.print("[dim]" + self._r(_excerpt(text)) + "[/]", soft_wrap=True)
         if result.outputs:
             self.c.print("  outputs: " + ", ".join(f"{esc(k)}={self._r(v)}" for k, v in result.outputs.items()))

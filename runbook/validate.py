@@ -299,6 +299,10 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
                 problem(_template_pos(s, field_name, mode), f"step '{s.id}' {field_name}: secret parameter '{name}' is used inside an expression or filter, "
                         f"which would put it in the command line; use {{{{ params.{name} }}}} alone (it is passed as an environment variable)", rule="RB105")
         mod = s.module
+        for key, message, rule in getattr(mod, "static_problems", lambda step: [])(s):
+            body = s.raw.get(s.kind)
+            pos = body.vpos(key) if hasattr(body, "vpos") and key in body else s.raw.vpos(s.kind)
+            problem(pos, f"step '{s.id}' {s.kind}.{key}: {message}", rule=rule)
         fanout = getattr(mod, "fanout", None)
         if fanout and fanout(s.body) is False:
             problem(s.raw.vpos(s.kind), f"step '{s.id}' fans out over an inventory group with no bound: set forks or a limit", rule="RB104")

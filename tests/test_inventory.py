@@ -188,7 +188,7 @@ def test_unknown_keys_suggest_the_closest_one(inv_file):
         (3, 11, "hosts.api-1: unknown key 'adress' (did you mean 'address'?)"),
         (5, 10, "databases.main: unknown key 'hots' (did you mean 'host'?)"),
         (5, 20, "databases.main: unknown key 'zzz' (expected one of: host, port, dbname, user, password, sslmode, "
-                "readonly_role, connect_timeout, dsn, service)"),
+                "readonly_role, readonly_password, connect_timeout, dsn, service)"),
     ]
 
 

@@ -20,6 +20,7 @@ KINDS: dict[str, str] = {
     "choose": "runbook.steps.choose",
     "wait": "runbook.steps.wait",
     "end": "runbook.steps.end",
+    "sql": "runbook.steps.sql",
 }
 
 # Fields every step result has, whatever its kind (see StepResult.as_context).
@@ -75,7 +76,7 @@ class StepKind(Protocol):
     def normalize(self, value: Any) -> dict: ...  # shorthand -> mapping
 
     # (field, source, mode); mode: "shell" (a command), "text" (shown to people),
-    # "env" (handed to a process, never shown), "expr" (a condition)
+    # "env"/"value" (handed to a process or bound as a value, masked when shown), "expr" (a condition)
     def templates(self, body: dict) -> list[tuple[str, str, str]]: ...
 
     def edges(self, body: dict) -> list[tuple[str, str]]: ...  # (label, step id) branches

@@ -51,6 +51,7 @@ SCHEMA = S.OneOf(
 DEFAULT_READONLY = False
 FIXED_EFFECT = None
 RESULT_FIELDS = ("stdout", "stderr", "exit_code")
+SHOW_OUTPUT = True  # the UI shows the command's output
 MAX_CAPTURE = 4 * 1024 * 1024  # bytes kept per stream: the first HEAD_KEEP and the last ones
 HEAD_KEEP = 64 * 1024
 _CHUNK = 64 * 1024  # bytes per read
