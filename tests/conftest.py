@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pgserver"]  # real PostgreSQL: the local server, or a throwaway cluster
+
 ROOT = Path(__file__).resolve().parent.parent
 
 def alive(pid: int) -> bool:
