@@ -54,10 +54,13 @@ STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "red", "refused": "ye
 EFFECT_STYLE = {"read": "cyan", "write": "bold magenta"}
 
 
-def _excerpt(text: str, lines: int = 12) -> str:
+def _excerpt(text: str, lines: int = 12, head: bool = False) -> str:
+    """The last lines of a command's output, or the first ones of a table."""
     rows = text.rstrip("\n").splitlines()
     if len(rows) <= lines:
         return "\n".join(rows)
+    if head:
+        return "\n".join(rows[:lines]) + f"\n… {len(rows) - lines} more lines not shown"
     return f"… {len(rows) - lines} earlier lines not shown\n" + "\n".join(rows[-lines:])
 
 
@@ -180,8 +183,10 @@ class ConsoleUI:
             extra += f"  → {esc(result.goto)}"
         self.c.print(f"  [{style}]{mark} {result.status}[/] [dim]{result.duration:.2f}s[/]{extra}")
         text = result.stdout if result.ok else (result.stdout + result.stderr)
-        if text.strip() and getattr(step.module, "SHOW_OUTPUT", False):
-            self.c.print("[dim]" + self._r(_excerpt(text)) + "[/]", soft_wrap=True)
+        show = getattr(step.module, "SHOW_OUTPUT", False)
+        if text.strip() and show:
+            excerpt = _excerpt(text, 25, head=True) if show == "head" else _excerpt(text)
+            self.c.print("[dim]" + self._r(excerpt) + "[/]", soft_wrap=True)
         if result.outputs:
             self.c.print("  outputs: " + ", ".join(f"{esc(k)}={self._r(v)}" for k, v in result.outputs.items()))
 

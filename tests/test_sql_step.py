@@ -80,7 +80,7 @@ def test_side_effect_functions_are_refused_in_readonly_steps(write, cli, inv):
 """)
     r = cli("validate", p)
     assert r.returncode == 1
-    assert "step 'kill' sql.query: a read-only step may not call pg_terminate_backend" in r.stdout
+    assert "step 'kill' sql.query: a read-only step may not use pg_terminate_backend" in r.stdout
     assert "step 'fine'" not in r.stdout
     # the engine refuses too (rule checks can be bypassed by editing the config; this cannot)
     from runbook.steps import sql
@@ -88,6 +88,15 @@ def test_side_effect_functions_are_refused_in_readonly_steps(write, cli, inv):
     assert sql.side_effects("select SetVal('s', 1), \"nextval\"('x')") == ["setval", "nextval"]
     assert sql.side_effects("COPY t TO PROGRAM 'rm -rf /'") == ["COPY … PROGRAM"]
     assert sql.side_effects("SELECT $$pg_reload_conf()$$, 'lo_unlink(1)'") == []
+    # ways around a name list that a reviewer found, each closed
+    assert sql.side_effects("SELECT E'\\'' AS q, pg_terminate_backend(1)") == ["pg_terminate_backend"]
+    assert sql.side_effects("SELECT 1 AS a$$, pg_terminate_backend(1), 2 AS b$$") == ["pg_terminate_backend"]
+    assert sql.side_effects('SELECT U&"pg_terminate\\005fbackend"(1)') == ["U& escaped names"]
+    assert sql.side_effects("DO $$BEGIN PERFORM 1; END$$") == ["DO"]
+    assert sql.side_effects("call kick(1)") == ["CALL"]
+    assert sql.side_effects("SELECT query_to_xml('select 1', true, false, '')") == ["query_to_xml"]
+    assert sql.side_effects("SET application_name = 'psql'") == ["SET"]
+    assert sql.side_effects("SELECT pg_catalog . pg_cancel_backend (1)") == ["pg_cancel_backend"]
 
 
 def test_statement_timeout_cancels_a_long_query(write, cli, inv):
@@ -327,7 +336,7 @@ def test_wide_and_long_results_stay_readable(write, cli, inv):
     assert "x" * 59 + "…" in r.stdout and "x" * 61 not in r.stdout
     from runbook.steps.sql import _table
 
-    text = _table(["id"], [{"id": i} for i in range(60)], truncated=40)
+    text = _table({"columns": ["id"], "rows": [{"id": i} for i in range(60)], "truncated": 40})
     assert text.splitlines()[-1] == "… 50 more rows not shown (100 in all)"
 
 
@@ -361,3 +370,87 @@ def test_pool_exhaustion_playbook_end_to_end(cli, pg, pg_db, write, audit_dir):
     finally:
         for c in idle:
             c.close()
+
+
+def test_reviewed_edge_cases(write, cli, inv, pg, pg_db, make_pg_role, audit_dir):
+    """Types read as text, duplicate columns, intervals as seconds, secrets bound as args, dead connections."""
+    role = make_pg_role()
+    with pg.connect(pg_db) as conn:
+        conn.execute(f'GRANT CONNECT ON DATABASE "{pg_db}" TO "{role}"')
+    p = book(write, """
+  diagnose:
+    - id: types
+      sql:
+        database: main
+        query: "SELECT 'pg_class'::regclass AS rel, 1 AS dup, 2 AS dup, interval '90 seconds' AS age, 2.50::numeric AS n, %(s)s::text AS s"
+        args: {s: "{{ params.token }}"}
+      readonly: true
+    - id: check
+      choose:
+        - when: "steps.types.rows[0].rel == 'pg_class' and steps.types.rows[0].dup_2 == 2 and steps.types.rows[0].age > 60 and steps.types.rows[0].n * 2 == 5"
+          goto: kill-my-session
+    - id: bad
+      end: {status: failed, message: "types: {{ steps.types.rows[0] }}"}
+  mitigate:
+    - id: kill-my-session
+      sql:
+        database: main
+        query: "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %(role)s"
+        args: {role: "{{ params.role }}"}
+      timeout: 30s
+  verify:
+    - id: again
+      sql: {database: main, query: "SELECT current_user AS who"}
+      readonly: true
+    - id: done
+      end: "again as {{ steps.again.rows[0].who }}"
+""", head="params:\n  token: {secret: true}\n  role: {}\n")
+    r = cli("run", p, "--inventory", inv(readonly_role=role), "--yes", "-p", f"role={role}",
+            env={"RUNBOOK_PARAM_TOKEN": "s3cret-arg"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"again as {role}" in r.stdout  # the read-only connection was ended, and replaced
+    assert "s3cret-arg" not in r.stdout and b"s3cret-arg" not in (audit_dir / "audit.jsonl").read_bytes()
+
+
+def test_write_step_timeout_is_a_timeout_and_autocommit_guards(write, cli, inv):
+    p = book(write, """
+  mitigate:
+    - id: slow
+      sql: {database: main, query: "SELECT pg_sleep(10)"}
+      timeout: 1s
+  verify:
+    - id: ok
+      end: done
+""")
+    r = cli("run", p, "--inventory", inv(), "--yes")
+    assert r.returncode == 1 and "step 'slow' timeout" in r.stdout
+    p = book(write, """
+  mitigate:
+    - id: vac
+      sql: {database: main, query: "VACUUM", autocommit: true, expect_rows: 0}
+      timeout: 1m
+    - id: kill
+      sql: {database: main, query: "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE false", expect_rows: {max: 5}}
+      timeout: 1m
+  verify:
+    - id: ok
+      end: done
+""", name="b2.yaml")
+    r = cli("validate", p)
+    assert "expect_rows cannot roll back an autocommit statement" in r.stdout
+    assert "expect_rows cannot undo pg_terminate_backend" in r.stdout
+
+
+def test_a_dsn_that_cannot_be_parsed_is_not_echoed(write, cli):
+    inv = write("inv.yaml", 'databases:\n  main: {dsn: "postgresql://postgres:Pa%zz55word@127.0.0.1:1/x"}\n')
+    p = book(write, """
+  diagnose:
+    - id: q
+      sql: {database: main, query: "SELECT 1 AS one"}
+      readonly: true
+""")
+    r = cli("run", p, "--inventory", inv)
+    assert r.returncode == 1 and "its dsn cannot be parsed" in r.stdout
+    assert "Pa%zz55word" not in r.stdout + r.stderr
+    r = cli("run", p, "--inventory", inv, "--dry-run")
+    assert "Pa%zz55word" not in r.stdout and "postgres@127.0.0.1:1/x" in r.stdout

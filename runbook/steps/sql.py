@@ -29,6 +29,7 @@ psycopg is imported only when a ``sql`` step runs.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Any
@@ -63,17 +64,20 @@ SCHEMA = S.Obj(
 DEFAULT_READONLY = False
 FIXED_EFFECT = None
 RESULT_FIELDS = ("rows", "rowcount", "columns", "truncated")
-SHOW_OUTPUT = True
+SHOW_OUTPUT = "head"  # the UI shows the top of the result table
 DEFAULT_STATEMENT_TIMEOUT = 30.0
 DEFAULT_MAX_ROWS = 1000
-TABLE_ROWS, TABLE_CELL = 50, 60  # what the table shows before it truncates
+TABLE_ROWS, TABLE_CELL, TABLE_COLUMNS = 50, 60, 12  # what the table shows before it cuts
 
 # Functions that act even inside a READ ONLY transaction.
 SIDE_EFFECT_FUNCTIONS = re.compile(
     r"""\b(pg_terminate_backend|pg_cancel_backend|pg_reload_conf|pg_rotate_logfile|set_config|nextval|setval
     |dblink_exec|dblink|dblink_send_query|lo_\w+|pg_(?:try_)?advisory_\w+|pg_notify|pg_switch_wal
     |pg_create_restore_point|pg_promote|pg_stat_reset\w*|pg_file_write|pg_file_unlink|pg_file_rename
-    |pg_logical_emit_message|pg_replication_origin_\w+|pg_create_\w+_replication_slot|pg_drop_replication_slot)\s*\(""",
+    |pg_logical_emit_message|pg_replication_origin_\w+|pg_create_\w+_replication_slot|pg_drop_replication_slot
+    |pg_logical_slot_get_\w+|pg_replication_slot_advance|pg_stat_statements_reset|pg_wal_replay_\w+
+    |pg_backup_start|pg_backup_stop|pg_start_backup|pg_stop_backup|pg_log_backend_memory_contexts
+    |query_to_xml\w*|cursor_to_xml\w*|pg_read_file|pg_read_binary_file|pg_ls_\w+)\s*\(""",
     re.IGNORECASE | re.VERBOSE,
 )
 COPY_PROGRAM = re.compile(r"\bcopy\b.*\b(to|from)\s+program\b", re.IGNORECASE | re.DOTALL)
@@ -110,12 +114,22 @@ def _strip_sql(sql: str) -> str:
             j = sql.find("*/", i + 2)
             i = n if j == -1 else j + 2
         elif c == "'":
+            # E'…' strings take backslash escapes; plain ones only ''
+            escapes = i > 0 and sql[i - 1] in "eE" and not (i > 1 and (sql[i - 2].isalnum() or sql[i - 2] in "_$"))
             j = i + 1
-            while j < n and not (sql[j] == "'" and not sql.startswith("''", j)):
-                j += 2 if sql.startswith("''", j) else 1
+            while j < n:
+                if escapes and sql[j] == "\\":
+                    j += 2
+                elif sql.startswith("''", j):
+                    j += 2
+                elif sql[j] == "'":
+                    break
+                else:
+                    j += 1
             out.append("''")
             i = j + 1
-        elif c == "$" and (m := re.match(r"\$([A-Za-z_]\w*)?\$", sql[i:])):
+        elif c == "$" and not (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] in "_$")) \
+                and (m := re.match(r"\$([A-Za-z_]\w*)?\$", sql[i:])):
             tag = m.group()
             j = sql.find(tag, i + len(tag))
             out.append("''")
@@ -131,12 +145,28 @@ def _strip_sql(sql: str) -> str:
 
 
 def side_effects(sql: str) -> list[str]:
-    """Names of the calls in ``sql`` that act even in a read-only transaction."""
+    """What in ``sql`` acts even in a read-only transaction (or hides what it
+    runs from this check): function names, DO/CALL, SET, COPY … PROGRAM.
+
+    A list can never be complete (a user-defined function may wrap any of
+    these): the real boundary is the inventory's ``readonly_role``."""
     bare = _strip_sql(sql)
     found = [m.group(1).lower() for m in SIDE_EFFECT_FUNCTIONS.finditer(bare)]
     if COPY_PROGRAM.search(bare):
         found.append("COPY … PROGRAM")
+    statement = re.match(r"\s*(\w+)(\s+\w+)?", bare)
+    if statement:
+        first = statement.group(1).upper()
+        if first in ("DO", "CALL", "SET", "RESET", "DISCARD", "LISTEN", "NOTIFY", "LOCK", "PREPARE", "EXECUTE"):
+            found.append(first)
+    if re.search(r"\bU&", bare, re.IGNORECASE):
+        found.append("U& escaped names")
     return list(dict.fromkeys(found))
+
+
+def non_transactional(sql: str) -> list[str]:
+    """Side effects that a rollback cannot undo."""
+    return [f for f in side_effects(sql) if f not in ("nextval", "setval", "set_config", "SET", "RESET")]
 
 
 def static_problems(step) -> list[tuple[str, str, str]]:
@@ -147,11 +177,19 @@ def static_problems(step) -> list[tuple[str, str, str]]:
                                   "under args, so that it is sent as a bound parameter", "schema"))
     if step.effect == "read":
         for name in side_effects(body["query"]):
-            problems.append(("query", f"a read-only step may not call {name}: it acts even in a READ ONLY transaction; "
-                                      "make the step a write step (drop readonly) so it is confirmed", "schema"))
+            problems.append(("query", f"a read-only step may not use {name}: it acts even in a READ ONLY transaction "
+                                      "(or hides what it runs); make the step a write step (drop readonly) so it is confirmed", "schema"))
         if body.get("autocommit"):
             problems.append(("autocommit", "autocommit is for writes that cannot run in a transaction; "
                                            "a read-only step runs in a READ ONLY transaction", "schema"))
+    if "expect_rows" in body:
+        if body.get("autocommit"):
+            problems.append(("expect_rows", "expect_rows cannot roll back an autocommit statement; drop one of them", "schema"))
+        for name in non_transactional(body["query"]):
+            problems.append(("expect_rows", f"expect_rows cannot undo {name}: it acts at once, before any rollback; "
+                                            "bound the rows in the query instead (e.g. LIMIT)", "schema"))
+    if body.get("args") and "%" in PLACEHOLDER.sub("", body["query"]):
+        problems.append(("query", "with args, a literal % must be written %% (e.g. LIKE 'runbook:%%')", "schema"))
     used = {m.group(1) for m in PLACEHOLDER.finditer(body["query"]) if m.group(1)}
     if PLACEHOLDER.search(body["query"]) and "%s" in [m.group() for m in PLACEHOLDER.finditer(body["query"])]:
         problems.append(("query", "use named placeholders %(name)s with args, not %s", "schema"))
@@ -166,48 +204,73 @@ def static_problems(step) -> list[tuple[str, str, str]]:
 # --- rendering --------------------------------------------------------------
 
 
-def _database(r, name: str):
+def _database(r, name):
     inventory = getattr(r, "inventory", None)
     if inventory is None:
         raise RunbookError(f"a sql step needs an inventory with database '{name}' (use --inventory FILE or --env NAME)")
     return inventory.lookup("database", name)
 
 
-def _describe(db, role: str | None) -> str:
+_DSN_KEYS = re.compile(r"\b(host|hostaddr|port|dbname|user)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s]+)")
+
+
+def _dsn_where(dsn: str) -> dict[str, str]:
+    """host, port, dbname, user of a DSN, read without psycopg; nothing else
+    (a whitelist, so that no password can slip through)."""
+    from urllib.parse import unquote, urlsplit
+
+    if re.match(r"^postgres(ql)?://", dsn):
+        try:
+            u = urlsplit(dsn)
+            out = {"host": u.hostname or "", "port": str(u.port or ""), "dbname": unquote(u.path.lstrip("/")),
+                   "user": unquote(u.username or "")}
+        except ValueError:
+            return {}
+        return {k: v for k, v in out.items() if v}
+    return {m.group(1): m.group(2).strip("'") for m in _DSN_KEYS.finditer(dsn)}
+
+
+def _where(db, role: str | None) -> str:
     """Where the statement goes, for people: never a password."""
     if db.service:
         where = f"service={db.service}"
-    elif db.dsn is not None:
-        where = _safe_dsn(str(db.dsn) if not isinstance(db.dsn, LazySecret) else "dsn from a secret source")
     else:
-        where = f"{db.user or '(default user)'}@{db.host or 'localhost'}:{db.port or 5432}/{db.dbname or '(default)'}"
+        parts = dict(host=db.host, port=db.port, dbname=db.dbname, user=db.user)
+        if db.dsn is not None and not isinstance(db.dsn, LazySecret):
+            parts.update(_dsn_where(str(db.dsn)))
+        elif db.dsn is not None:
+            return "dsn from a secret source" + (f" as role {role}" if role else "")
+        where = f"{parts.get('user') or '(default user)'}@{parts.get('host') or 'localhost'}:{parts.get('port') or 5432}/{parts.get('dbname') or '(default)'}"
     return where + (f" as role {role}" if role else "")
 
 
-def _safe_dsn(dsn: str) -> str:
-    dsn = re.sub(r"(://[^:/@\s]*:)[^@/\s]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.IGNORECASE)
-
-
-def _statement_timeout(step) -> float:
-    return parse_duration(step.body.get("statement_timeout", DEFAULT_STATEMENT_TIMEOUT))
+def _statement_timeout(step) -> float | None:
+    """Read-only steps: 30 s unless said otherwise; writes: what the step says (else its timeout)."""
+    if "statement_timeout" in step.body:
+        return parse_duration(step.body["statement_timeout"])
+    return DEFAULT_STATEMENT_TIMEOUT if step.effect == "read" else None
 
 
 def action(step, r) -> Action:
     body = step.body
-    name = r.text(body["database"])
-    db = _database(r, name)
+    name = r.value(body["database"])
     readonly = step.effect == "read"
-    role = db.readonly_role if readonly and db.readonly_role else None
     args = {k: (r.value(v) if isinstance(v, str) else v) for k, v in (body.get("args") or {}).items()}
+    if isinstance(name, expr.Unknown):  # chosen at run time (a dry-run shows where it comes from)
+        role, where = None, "chosen at run time"
+    else:
+        name = str(name)
+        db = _database(r, name)
+        role = db.readonly_role if readonly and db.readonly_role else None
+        where = _where(db, role)
     shown_args = ", ".join(f"{k}={_show(v)}" for k, v in args.items())
     summary = body["query"].strip() + (f"\n-- args: {shown_args}" if args else "")
     detail = {
-        "database": name, "query": body["query"], "args": args, "readonly": readonly, "role": role,
+        "database": str(name), "query": body["query"], "args": args, "readonly": readonly, "role": role,
         "statement_timeout": _statement_timeout(step), "autocommit": bool(body.get("autocommit")),
-        "expect_rows": body.get("expect_rows"), "where": _describe(db, role),
+        "expect_rows": body.get("expect_rows"), "where": where,
     }
-    return Action(summary=summary, targets=[f"database {name} ({detail['where']})"], detail=detail)
+    return Action(summary=summary, targets=[f"database {name} ({where})"], detail=detail)
 
 
 def _show(v: Any) -> str:
@@ -219,66 +282,79 @@ def _show(v: Any) -> str:
 # --- running ----------------------------------------------------------------
 
 
-def _reveal(value):
+def _reveal(value, ctx):
+    """The real value of a possibly secret one; every secret revealed is masked from then on."""
     if isinstance(value, LazySecret):
-        return value.resolve()
+        value = value.resolve()
+    if isinstance(value, Secret):
+        ctx.redactor.add(value)
     return value
 
 
+def _alive(conn) -> bool:
+    if conn.closed or conn.broken:
+        return False
+    try:
+        conn.execute("SELECT 1")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: connect again
+        return False
+
+
 def _connect(ctx, act: Action):
-    """One connection per database and role per run, reused by later steps."""
+    """One connection per database and role per run, reused by later steps
+    (and replaced when the server ended it meanwhile)."""
     key = ("sql", act.detail["database"], act.detail["role"])
     conn = ctx.connections.get(key)
-    if conn is not None and not conn.closed:
-        return conn
+    if conn is not None:
+        if _alive(conn):
+            return conn
+        conn.close()
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 
     db = ctx.inventory.lookup("database", act.detail["database"])
-    kwargs: dict[str, Any] = {"application_name": f"runbook:{ctx.run_id}", "autocommit": True}
-    conninfo = ""
+    params: dict[str, Any] = {}
     if db.dsn is not None:
-        conninfo = str(_reveal(db.dsn))
-        for secret in _dsn_passwords(conninfo):
-            ctx.redactor.add(secret)
+        dsn = str(_reveal(db.dsn, ctx))
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.Error:
+            raise RunbookError(f"database '{db.name}': its dsn cannot be parsed (check its quoting and %-encoding)") from None
+        if params.get("password"):
+            ctx.redactor.add(str(params["password"]))
     for key_name in ("host", "port", "dbname", "user", "sslmode", "service"):
         value = getattr(db, key_name)
         if value is not None:
-            kwargs[key_name] = str(_reveal(value))
-    password = db.password
-    if act.detail["role"]:
-        kwargs["user"] = str(act.detail["role"])
-        password = db.readonly_password
-    if password is not None:
-        kwargs["password"] = str(_reveal(password))
-        ctx.redactor.add(kwargs["password"])
-    kwargs["connect_timeout"] = int(db.connect_timeout or 10)
+            params[key_name] = str(_reveal(value, ctx))
+    if db.password is not None:
+        params["password"] = str(_reveal(db.password, ctx))
+    if act.detail["role"]:  # the read-only role with its own credentials, never the owner's
+        params["user"] = str(act.detail["role"])
+        params.pop("password", None)
+        if db.readonly_password is not None:
+            params["password"] = str(_reveal(db.readonly_password, ctx))
+    connect_timeout = db.connect_timeout or 10
+    if ctx.timeout is not None:
+        connect_timeout = min(connect_timeout, ctx.timeout)
+    params["connect_timeout"] = max(2, math.ceil(connect_timeout))  # libpq: 0 means forever, 1 is raised to 2
+    params["application_name"] = f"runbook:{ctx.run_id}"
     try:
-        conn = psycopg.connect(conninfo, **kwargs)
+        conn = psycopg.connect(**params, autocommit=True)
     except psycopg.Error as exc:
-        raise RunbookError(_connect_error(act, kwargs, exc)) from None
+        raise RunbookError(ctx.redactor.text(_connect_error(db.name, params, exc))) from None
     ctx.connections[key] = conn
     return conn
 
 
-def _dsn_passwords(conninfo: str) -> list[str]:
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        pw = conninfo_to_dict(conninfo).get("password")
-    except Exception:  # noqa: BLE001 - a malformed DSN is reported by connect itself
-        return []
-    return [str(pw)] if pw else []
-
-
-def _connect_error(act: Action, kwargs: dict, exc: Exception) -> str:
+def _connect_error(name: str, params: dict, exc: Exception) -> str:
     text = str(exc)
-    name = act.detail["database"]
-    where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 5432)}" if "service" not in kwargs else f"service {kwargs['service']}"
+    where = f"service {params['service']}" if params.get("service") else f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
     low = text.lower()
     if "connection refused" in low:
         return f"cannot connect to database '{name}' at {where}: connection refused (is PostgreSQL running and listening there?)"
     if "password authentication failed" in low:
-        return f"database '{name}': password authentication failed for user '{kwargs.get('user', '(default)')}'"
+        return f"database '{name}': password authentication failed for user '{params.get('user', '(default)')}'"
     if "no password supplied" in low or "fe_sendauth" in low:
         return f"database '{name}': the server asks for a password and none is configured (set password: {{env: …}} in the inventory, or use ~/.pgpass)"
     m = re.search(r'database "([^"]+)" does not exist', text)
@@ -288,9 +364,9 @@ def _connect_error(act: Action, kwargs: dict, exc: Exception) -> str:
     if m:
         return f"database '{name}': the server at {where} has no role '{m.group(1)}'"
     if "timeout expired" in low:
-        return f"cannot connect to database '{name}' at {where}: no answer within {kwargs.get('connect_timeout')}s"
+        return f"cannot connect to database '{name}' at {where}: no answer within {params.get('connect_timeout')}s"
     if "could not translate host name" in low or "name or service not known" in low:
-        return f"cannot connect to database '{name}': unknown host '{kwargs.get('host')}' (DNS lookup failed)"
+        return f"cannot connect to database '{name}': unknown host '{params.get('host')}' (DNS lookup failed)"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     return f"cannot connect to database '{name}' at {where}: {first}"
 
@@ -301,47 +377,44 @@ class _Rollback(Exception):
 
 def run(step, act: Action, ctx) -> StepResult:
     import psycopg
-    from psycopg.rows import dict_row
 
     started = time.monotonic()
     if act.detail["readonly"]:
         refused = side_effects(act.detail["query"])
         if refused:
-            return StepResult("failed", error=f"refused: a read-only step may not call {', '.join(refused)} "
+            return StepResult("failed", error=f"refused: a read-only step may not use {', '.join(refused)} "
                                               "(it acts even in a READ ONLY transaction)")
     try:
         conn = _connect(ctx, act)
     except RunbookError as exc:
         return StepResult("failed", error=ctx.redactor.text(str(exc)))
     timeout = act.detail["statement_timeout"]
-    if ctx.timeout is not None:
-        timeout = min(timeout, max(ctx.timeout, 0.001))
-    timeout_ms = max(1, int(timeout * 1000))
-    args = {k: _reveal(v) for k, v in act.detail["args"].items()} or None
-    rows: list[dict] = []
-    columns: list[str] = []
-    rowcount = -1
+    by_step = ctx.timeout is not None and (timeout is None or ctx.timeout < timeout)
+    if by_step:
+        timeout = max(ctx.timeout, 0.001)
+    timeout_ms = max(1, int(timeout * 1000)) if timeout is not None else 0  # 0: no limit
+    args = {k: _reveal(v, ctx) for k, v in act.detail["args"].items()} or None
     max_rows = step.body.get("max_rows", DEFAULT_MAX_ROWS)
-    truncated = 0
+    got: dict[str, Any] = {"rows": [], "columns": [], "rowcount": -1, "truncated": 0}
     try:
-        with conn.cursor(row_factory=dict_row, binary=True) as cur:  # binary: always the extended protocol
+        with conn.cursor() as cur:
             def execute():
-                nonlocal rows, columns, rowcount, truncated
-                cur.execute(act.detail["query"], args)
-                rowcount = cur.rowcount
+                # prepare=True: always the extended protocol, so the server refuses a second statement
+                cur.execute(act.detail["query"], args, prepare=True)
+                got["rowcount"] = cur.rowcount
                 if cur.description is not None:
-                    columns = [c.name for c in cur.description]
-                    rows = cur.fetchmany(max_rows)
-                    extra = cur.fetchall()
-                    truncated = len(extra)
-                _check_rows(act.detail["expect_rows"], rowcount)
+                    got["columns"] = _column_names([c.name for c in cur.description])
+                    got["rows"] = [_plain_row(got["columns"], r) for r in cur.fetchmany(max_rows)]
+                    got["truncated"] = len(cur.fetchall())
+                _check_rows(act.detail["expect_rows"], got["rowcount"])
 
             if act.detail["autocommit"]:
                 cur.execute(f"SET statement_timeout = {timeout_ms}")
                 try:
                     execute()
                 finally:
-                    cur.execute("RESET statement_timeout")
+                    if not conn.broken:
+                        cur.execute("RESET statement_timeout")
             else:
                 with conn.transaction():
                     if act.detail["readonly"]:
@@ -349,17 +422,51 @@ def run(step, act: Action, ctx) -> StepResult:
                     cur.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
                     execute()
     except _Rollback as exc:
-        return StepResult("failed", exit_code=None, stdout=_table(columns, rows, truncated), error=f"{exc}; rolled back",
-                          data=_data(rows, columns, rowcount, truncated), duration=time.monotonic() - started)
-    except psycopg.Error as exc:
-        return StepResult("failed", error=ctx.redactor.text(_statement_error(exc, act, timeout)),
+        return StepResult("failed", stdout=_table(got), error=f"{exc}; rolled back", data=got,
                           duration=time.monotonic() - started)
-    return StepResult("ok", stdout=_table(columns, rows, truncated) if columns else f"{rowcount} rows affected\n",
-                      data=_data(rows, columns, rowcount, truncated), duration=time.monotonic() - started)
+    except psycopg.Error as exc:
+        status = "timeout" if by_step and getattr(exc, "sqlstate", None) == "57014" else "failed"
+        return StepResult(status, error=ctx.redactor.text(_statement_error(exc, act, timeout)),
+                          duration=time.monotonic() - started)
+    return StepResult("ok", stdout=_table(got) if got["columns"] else f"{got['rowcount']} rows affected\n",
+                      data=got, duration=time.monotonic() - started)
 
 
-def _data(rows, columns, rowcount, truncated) -> dict:
-    return {"rows": rows, "columns": columns, "rowcount": rowcount, "truncated": truncated}
+def _column_names(names: list[str]) -> list[str]:
+    """Unique names: a second `n` becomes `n_2`, so no column hides another."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Values usable in conditions and JSON: numbers stay numbers, intervals
+    become seconds, timestamps and other types become text."""
+    import datetime
+    import decimal
+
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (bytes, memoryview)):
+        return "\\x" + bytes(value).hex()
+    return str(value)
+
+
+def _plain_row(columns: list[str], row: tuple) -> dict:
+    return {c: _plain(v) for c, v in zip(columns, row)}
 
 
 def _check_rows(expect, rowcount: int) -> None:
@@ -375,20 +482,23 @@ def _check_rows(expect, rowcount: int) -> None:
         raise _Rollback(f"expected at least {expect['min']} rows, the statement touched {rowcount}")
 
 
-def _statement_error(exc, act: Action, timeout: float) -> str:
+def _statement_error(exc, act: Action, timeout: float | None) -> str:
     diag = getattr(exc, "diag", None)
     state = getattr(exc, "sqlstate", None) or ""
     primary = (diag.message_primary if diag is not None else None) or str(exc).splitlines()[0]
+    position = int(diag.statement_position) if diag is not None and diag.statement_position else None
     if state == "25006":
         return f"the database refused a write in a read-only step (SQLSTATE 25006: {primary})"
-    if state == "57014":
+    if state == "57014" and timeout is not None:
         return f"statement timeout: cancelled by the server after {timeout:g}s (SQLSTATE 57014)"
-    if state == "42601" and diag is not None and diag.statement_position:
-        line, col = _line_col(act.detail["query"], int(diag.statement_position))
+    if state == "42601" and position:
+        line, col = _line_col(act.detail["query"], position)
         return f"SQL syntax error at line {line}, column {col}: {primary} (SQLSTATE 42601)"
     if state == "42P18" or "cannot insert multiple commands" in primary:
         return f"one statement per sql step: {primary}"
-    where = f" at line {_line_col(act.detail['query'], int(diag.statement_position))[0]}" if diag is not None and diag.statement_position else ""
+    if state.startswith("57P") or state.startswith("08"):
+        return f"the connection to database '{act.detail['database']}' was lost: {primary} (SQLSTATE {state})"
+    where = f" at line {_line_col(act.detail['query'], position)[0]}" if position else ""
     return f"{primary}{where} (SQLSTATE {state})" if state else primary
 
 
@@ -397,8 +507,10 @@ def _line_col(query: str, position: int) -> tuple[int, int]:
     return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
 
 
-def _table(columns: list[str], rows: list[dict], truncated: int) -> str:
-    """A plain-text table that stays readable: long cells and many rows are cut, with counts."""
+def _table(got: dict) -> str:
+    """A plain-text table that stays readable: long cells, many rows and
+    many columns are cut, with counts of what was cut."""
+    columns, rows, truncated = got["columns"], got["rows"], got["truncated"]
     if not columns:
         return ""
 
@@ -406,15 +518,19 @@ def _table(columns: list[str], rows: list[dict], truncated: int) -> str:
         text = "NULL" if v is None else str(v).replace("\n", " ")
         return text if len(text) <= TABLE_CELL else text[: TABLE_CELL - 1] + "…"
 
+    shown_cols = columns[:TABLE_COLUMNS]
     shown = rows[:TABLE_ROWS]
-    cells = [[cell(r.get(c)) for c in columns] for r in shown]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
+    cells = [[cell(r.get(c)) for c in shown_cols] for r in shown]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(shown_cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(shown_cols, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     total = len(rows) + truncated
+    notes = []
     if total > len(shown):
-        lines.append(f"… {total - len(shown)} more rows not shown ({total} in all)")
+        notes.append(f"… {total - len(shown)} more rows not shown ({total} in all)")
     else:
-        lines.append(f"({total} row{'s' if total != 1 else ''})")
-    return "\n".join(lines) + "\n"
+        notes.append(f"({total} row{'s' if total != 1 else ''})")
+    if len(columns) > len(shown_cols):
+        notes.append(f"{len(columns) - len(shown_cols)} more columns not shown: {', '.join(columns[len(shown_cols):])}")
+    return "\n".join(lines + notes) + "\n"
