@@ -120,9 +120,15 @@ class StepContext:
     redactor: Redactor
     timeout: float | None = None
     connections: dict = field(default_factory=dict)  # kinds keep reusable connections here
+    journal: Any = None
 
     def answer(self, step_id: str) -> str | None:
         return self.answers.get(step_id)
+
+    def event(self, type_: str, **fields) -> None:
+        """Something a kind did that the audit log must show (e.g. a host key added)."""
+        if self.journal is not None:
+            self.journal.event(type_, **fields)
 
 
 @dataclass
@@ -175,7 +181,7 @@ class Engine:
             "run": {"id": run_id, "dry_run": self.options.dry_run, "runbook": rb.name},
         }
         self.step_ctx = StepContext(run_id, self.context, self.options.interactive, ui, self.options.answers,
-                                    inventory, self.redactor)
+                                    inventory, self.redactor, journal=journal)
 
     # --- dry-run ------------------------------------------------------------
 

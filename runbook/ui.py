@@ -84,8 +84,12 @@ def print_plan(rb, entries, params_shown: dict, redactor, inventory=None) -> Non
         c.print(f"{n:>3}. [bold]{esc(s.id)}[/]  {s.kind}  {eff}{targets}{title}")
         if e.action:
             text = redactor.text(e.action.summary)
-            if s.kind == "shell":
+            if s.kind in ("shell", "ssh"):
                 c.print(f"     $ {esc(text)}", soft_wrap=True)
+                where = e.action.detail.get("where") if s.kind == "ssh" else None
+                if where:
+                    more = f" and {len(where) - 10} more" if len(where) > 10 else ""
+                    c.print(f"     [dim]on {esc(', '.join(where[:10]))}{more}[/]", soft_wrap=True)
             elif s.kind != "choose":
                 c.print("     " + esc(text.strip()).replace("\n", "\n     "), soft_wrap=True)
         extras = []
@@ -134,7 +138,7 @@ class ConsoleUI:
         eff = f"[{EFFECT_STYLE[step.effect]}]{step.effect}[/]"
         title = f"  [dim]{esc(step.title)}[/]" if step.title else ""
         self.c.print(f"[bold]{esc(step.id)}[/]  {step.kind}  {eff}{title}")
-        if step.kind == "shell":
+        if step.kind in ("shell", "ssh"):
             self.c.print(f"  $ {self._r(action.summary)}", soft_wrap=True)
         elif step.kind == "sql":
             self.c.print("[dim]  " + self._r(action.summary).replace("\n", "\n  ") + "[/]", soft_wrap=True)

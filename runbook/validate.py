@@ -29,7 +29,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     "RB101": ("write-in-diagnose", "error", "the diagnose stage only looks: a write step belongs in mitigate"),
     "RB102": ("mitigate-without-verify", "error", "a mitigate stage needs a verify stage after it"),
     "RB103": ("write-without-timeout", "warning", "a write step should have a timeout"),
-    "RB104": ("unbounded-fanout", "error", "a step that fans out over many targets needs a bound"),
+    "RB104": ("unbounded-fanout", "warning", "a step that fans out over many hosts should say how many at once (forks)"),
     "RB105": ("secret-printed", "error", "a secret parameter is rendered where it would be printed"),
     "RB106": ("template-in-quotes", "error", "a template inside quotes or a here-document in a shell command is not protected by quoting"),
 }
@@ -305,7 +305,7 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
             problem(pos, f"step '{s.id}' {s.kind}.{key}: {message}", rule=rule)
         fanout = getattr(mod, "fanout", None)
         if fanout and fanout(s.body) is False:
-            problem(s.raw.vpos(s.kind), f"step '{s.id}' fans out over an inventory group with no bound: set forks or a limit", rule="RB104")
+            problem(s.raw.vpos(s.kind), f"step '{s.id}' fans out over several hosts without forks: say how many hosts at once (forks: 10)", rule="RB104")
         if inventory is not None:
             for field_name, source, mode in _templates(s):
                 _check_inventory_refs(s, source, mode, inventory, problem)

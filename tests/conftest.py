@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["pgserver"]  # real PostgreSQL: the local server, or a throwaway cluster
+pytest_plugins = ["pgserver", "sshserver"]  # real PostgreSQL and OpenSSH servers started on 127.0.0.1
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,6 +21,7 @@ KINDS: dict[str, str] = {
     "wait": "runbook.steps.wait",
     "end": "runbook.steps.end",
     "sql": "runbook.steps.sql",
+    "ssh": "runbook.steps.ssh",
 }
 
 # Fields every step result has, whatever its kind (see StepResult.as_context).

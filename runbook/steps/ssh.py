@@ -1,0 +1,433 @@
+"""``ssh``: a command on one host, a list of hosts or an inventory group.
+
+    - id: errors
+      ssh: {hosts: api-servers, command: "tail -n 100 /var/log/app/api.log | grep ERROR", forks: 10}
+      readonly: true
+
+* Connections are fabric ``Connection`` objects (paramiko underneath),
+  imported only when an ``ssh`` step runs; ``~/.ssh/config`` applies (Host
+  aliases, User, Port, IdentityFile, ProxyJump), keys come from files and the
+  ssh-agent, a jump host may come from the inventory.  One connection per host
+  per run, reused by every later step on that host.
+* Host keys are checked against known_hosts (the inventory's ``ssh.known_hosts``,
+  else ``~/.ssh/known_hosts``).  An unknown or changed key fails the step with
+  the host and the fingerprint; ``host_key_policy: accept-new`` (inventory) adds
+  a new key — never a changed one — and the audit log records it.
+* A step ``timeout`` stops the remote command too: it runs under coreutils
+  ``timeout``, which signals its whole process group on the remote host.
+* Secrets never travel in the remote command line: they are written to the
+  command's standard input and read into environment variables there.
+* Per-host results: ``steps.ID.hosts["api-1"].stdout`` / ``.exit_code`` /
+  ``.status`` / ``.duration``, plus ``ok``/``failed`` counts and
+  ``failed_hosts``.  Any failed host fails the step (``on_failure`` applies).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runbook import expr
+from runbook import schema as S
+from runbook.errors import RunbookError
+from runbook.secrets import LazySecret, Secret
+from runbook.steps import Action, StepResult
+
+SCHEMA = S.Obj(
+    {
+        "hosts": S.OneOf(
+            ((str, S.Str(doc="a host or group name")), (list, S.List(S.Str(), min_items=1))),
+            doc="an inventory host or group, or a list of them", expect_text="a host/group name or a list of them",
+        ),
+        "command": S.Str(doc="the command, run by the login shell on each host"),
+        "sudo": S.Bool(doc="run with sudo -n (never prompts: a password requirement fails the step)"),
+        "user": S.Str(doc="with sudo: run as this user (sudo -u)"),
+        "cwd": S.Str(doc="working directory on the host"),
+        "env": S.MapOf(S.Str(), key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", doc="environment variables for the command"),
+        "forks": S.Int(minimum=1, maximum=1000, doc="how many hosts at once (default: inventory ssh.forks, else 10)"),
+        "fail_fast": S.Bool(doc="stop starting new hosts after the first failure"),
+    },
+    required=("hosts", "command"),
+    doc="Run a command over SSH",
+)
+DEFAULT_READONLY = False
+FIXED_EFFECT = None
+RESULT_FIELDS = ("hosts", "ok_hosts", "failed_hosts", "ok_count", "failed_count")
+SHOW_OUTPUT = "head"
+DEFAULT_FORKS = 10
+KILL_AFTER = 5  # seconds between TERM and KILL for a timed-out remote command
+
+
+def normalize(value) -> dict:
+    body = dict(value)
+    if isinstance(body.get("hosts"), str):
+        body["hosts"] = [body["hosts"]]
+    return body
+
+
+def templates(body: dict) -> list[tuple[str, str, str]]:
+    out = [("command", body["command"], "shell")]
+    out += [(f"hosts[{i}]", h, "text") for i, h in enumerate(body["hosts"])]
+    for key in ("cwd", "user"):
+        if key in body:
+            out.append((key, body[key], "text"))
+    out += [(f"env.{k}", v, "env") for k, v in (body.get("env") or {}).items()]
+    return out
+
+
+def edges(body: dict) -> list[tuple[str, str]]:
+    return []
+
+
+def inventory_targets(body: dict) -> list[tuple[str, str, str]]:
+    return [("host", h, "hosts") for h in body["hosts"]]
+
+
+def fanout(body: dict) -> bool | None:
+    """False when the step may fan out over many hosts with no explicit bound."""
+    many = len(body["hosts"]) > 1 or any(expr.is_template(h) for h in body["hosts"])
+    if "forks" in body:
+        return True
+    return None if not many else False
+
+
+# --- rendering ----------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    address: str
+    port: int | None
+    user: str | None
+    jump: str | None
+
+    def describe(self) -> str:
+        where = f"{self.user + '@' if self.user else ''}{self.address}{':' + str(self.port) if self.port else ''}"
+        return f"{self.name} ({where}{' via ' + self.jump if self.jump else ''})"
+
+
+def _targets(r, names: list[str]) -> list[Target]:
+    inventory = getattr(r, "inventory", None)
+    if inventory is None:  # plain host names: ~/.ssh/config and the defaults apply
+        return [Target(n, n, None, None, None) for n in dict.fromkeys(names)]
+    hosts = inventory.resolve_hosts(names)
+    return [Target(h.name, str(h.address), h.port, str(h.user) if h.user else None, h.jump_host) for h in hosts]
+
+
+def remote_command(body: dict, command: str, secret_vars: list[str], timeout: float | None, cwd: str | None,
+                   env: dict[str, str]) -> str:
+    """The exact line sent to each host."""
+    script = command
+    if env:
+        script = " ".join(f"export {k}={shlex.quote(v)};" for k, v in env.items()) + " " + script
+    if secret_vars:  # read from standard input, never in the command line
+        script = " ".join(f"IFS= read -r {v} && export {v} &&" for v in secret_vars) + " " + script
+    if cwd:
+        script = f"cd {shlex.quote(cwd)} && {script}"
+    wrapped = script != command or timeout is not None or body.get("sudo")
+    if not wrapped:
+        return command
+    line = f"sh -c {shlex.quote(script)}"
+    if timeout is not None:
+        line = f"timeout -k {KILL_AFTER} {max(1, int(timeout + 0.999))} {line}"
+    if body.get("sudo"):
+        line = "sudo -n " + (f"-u {shlex.quote(body['user'])} " if body.get("user") else "") + "-- " + line
+    return line
+
+
+def action(step, r) -> Action:
+    body = step.body
+    command, secret_env = r.shell(body["command"])
+    names = [r.text(h) for h in body["hosts"]]
+    targets = _targets(r, names)
+    env = {k: r.value(v) for k, v in (body.get("env") or {}).items()}
+    plain_env = {k: str(v) for k, v in env.items() if not isinstance(v, (Secret, LazySecret))}
+    for k, v in env.items():
+        if isinstance(v, (Secret, LazySecret)):
+            secret_env[k] = v
+    cwd = r.text(body["cwd"]) if "cwd" in body else None
+    line = remote_command(body, command, list(secret_env), step.timeout, cwd, plain_env)
+    inventory = getattr(r, "inventory", None)
+    forks = body.get("forks") or (getattr(getattr(inventory, "ssh", None), "forks", None) if inventory else None) or DEFAULT_FORKS
+    detail = {"command": line, "hosts": [t.__dict__ for t in targets], "forks": forks, "secret_vars": list(secret_env),
+              "where": [t.describe() for t in targets]}
+    return Action(summary=line, targets=[t.name for t in targets], detail=detail, env=secret_env)
+
+
+# --- running --------------------------------------------------------------------
+
+
+class HostKeyError(RunbookError):
+    pass
+
+
+def _fingerprint(key) -> str:
+    import base64
+    import hashlib
+
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+def _host_key_name(address: str, port: int | None) -> str:
+    return address if not port or port == 22 else f"[{address}]:{port}"
+
+
+def _policy(name: str, known_hosts: Path, accept_new: bool, ctx):
+    import paramiko
+
+    class Policy(paramiko.MissingHostKeyPolicy):
+        """Unknown host keys are refused (or, with accept-new, added and audited)."""
+
+        def missing_host_key(self, client, hostname, key):
+            fp = _fingerprint(key)
+            if not accept_new:
+                raise HostKeyError(f"host '{name}' ({hostname}) offered an unknown {key.get_name()} host key {fp}: "
+                                   f"it is not in {known_hosts}; verify it and add it (ssh-keyscan), or set "
+                                   f"host_key_policy: accept-new in the inventory")
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            with open(known_hosts, "a", encoding="utf-8") as f:
+                f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            ctx.event("host_key_added", host=name, address=hostname, key_type=key.get_name(), fingerprint=fp,
+                      known_hosts=str(known_hosts))
+
+    return Policy()
+
+
+def _settings(ctx) -> dict:
+    inv = ctx.inventory
+    ssh = getattr(inv, "ssh", None)
+    known = getattr(ssh, "known_hosts", None)
+    return {
+        "known_hosts": Path(os.path.expanduser(str(known))) if known else Path.home() / ".ssh" / "known_hosts",
+        "accept_new": getattr(ssh, "host_key_policy", "strict") == "accept-new",
+        "identity_file": getattr(ssh, "identity_file", None),
+        "connect_timeout": getattr(ssh, "connect_timeout", None) or 10,
+    }
+
+
+_connect_lock = threading.Lock()
+
+
+def _secure(conn, name: str, settings: dict, ctx) -> None:
+    """Host key checking for a fabric connection and every gateway it hops through."""
+    hop = conn
+    while hop is not None and not isinstance(hop, str) and hop is not False:
+        client = hop.client
+        system = Path("/etc/ssh/ssh_known_hosts")
+        if system.is_file():
+            client.load_system_host_keys(str(system))
+        if settings["known_hosts"].is_file():
+            client.load_host_keys(str(settings["known_hosts"]))
+        client.set_missing_host_key_policy(_policy(name if hop is conn else f"{name}'s jump host {hop.host}",
+                                                   settings["known_hosts"], settings["accept_new"], ctx))
+        # fabric treats `ProxyJump none` as a host name (fabric#2354)
+        if str(hop.ssh_config.get("proxyjump", "")).lower() == "none":
+            hop.gateway = None
+        hop = hop.gateway
+
+
+def _connection(ctx, target: dict, settings: dict, by_name: dict):
+    """The run's connection to this host (one per host, shared by threads and steps)."""
+    with _connect_lock:
+        lock = _host_locks.setdefault(target["name"], threading.Lock())
+    with lock:
+        return _open(ctx, target, settings, by_name)
+
+
+_host_locks: dict[str, threading.Lock] = {}
+
+
+def _open(ctx, target: dict, settings: dict, by_name: dict):
+    key = ("ssh", target["name"])
+    conn = ctx.connections.get(key)
+    if conn is not None and conn.is_connected and conn.transport is not None and conn.transport.is_active():
+        return conn
+    from fabric import Config, Connection
+
+    config = Config()
+    kwargs: dict[str, Any] = {"connect_timeout": int(settings["connect_timeout"]),
+                              "connect_kwargs": {"banner_timeout": settings["connect_timeout"],
+                                                 "auth_timeout": settings["connect_timeout"]}}
+    if settings["identity_file"]:
+        kwargs["connect_kwargs"]["key_filename"] = [os.path.expanduser(str(settings["identity_file"]))]
+    gateway = None
+    if target.get("jump"):
+        jump = by_name.get(target["jump"]) or {"name": target["jump"], "address": target["jump"], "port": None, "user": None, "jump": None}
+        gateway = _connection(ctx, jump, settings, by_name)
+    conn = Connection(target["address"], user=target.get("user"), port=target.get("port"), config=config,
+                      gateway=gateway if gateway is not None else None, **kwargs)
+    _secure(conn, target["name"], settings, ctx)
+    conn.open()
+    conn.transport.set_keepalive(30)
+    ctx.connections[key] = conn
+    return conn
+
+
+def _connect_error(target: dict, settings: dict, exc: BaseException) -> str:
+    import socket
+
+    import paramiko
+
+    name = target["name"]
+    where = f"{target['address']}:{target.get('port') or 22}"
+    if isinstance(exc, HostKeyError):
+        return str(exc)
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return (f"host key of '{name}' ({where}) has CHANGED: expected {_fingerprint(exc.expected_key)}, got "
+                f"{_fingerprint(exc.key)}; this may be an attack — if the host was rebuilt, fix known_hosts "
+                f"({settings['known_hosts']})")
+    if isinstance(exc, paramiko.AuthenticationException):
+        tried = []
+        if settings["identity_file"]:
+            tried.append(f"key {settings['identity_file']}")
+        tried += ["keys in ~/.ssh", "ssh-agent"]
+        return f"authentication failed for {target.get('user') or '(default user)'}@{name} ({where}); tried: {', '.join(tried)}"
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) or isinstance(exc, ConnectionRefusedError):
+        return f"cannot connect to '{name}' ({where}): connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot connect to '{name}': unknown host '{target['address']}' (DNS lookup failed)"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return f"cannot connect to '{name}' ({where}): no answer within {settings['connect_timeout']}s"
+    if isinstance(exc, paramiko.SSHException) and "Error reading SSH protocol banner" in str(exc):
+        return f"cannot connect to '{name}' ({where}): no SSH banner (not an SSH server, or overloaded)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot connect to '{name}' ({where}): {exc.strerror}"
+    return f"cannot connect to '{name}' ({where}): {type(exc).__name__}: {exc}"
+
+
+def _run_on(conn, line: str, secrets: list[str], deadline: float | None) -> tuple[int | None, str, str, bool]:
+    """exit code, stdout, stderr, timed out — over a plain session channel."""
+    chan = conn.transport.open_session(timeout=10)
+    try:
+        chan.settimeout(0.2)
+        chan.exec_command(line)
+        if secrets:
+            chan.sendall("".join(s + "\n" for s in secrets).encode())
+        chan.shutdown_write()
+        out, err = bytearray(), bytearray()
+        while True:
+            got = False
+            while chan.recv_ready():
+                out += chan.recv(65536)
+                got = True
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+                got = True
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                return None, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), True
+            if not got:
+                import select
+
+                select.select([chan], [], [], 0.05)
+        return chan.recv_exit_status(), out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), False
+    finally:
+        chan.close()
+
+
+def run(step, act: Action, ctx) -> StepResult:
+    for v in act.env.values():
+        if "\n" in str(v):
+            return StepResult("failed", error="a secret passed to an ssh step may not contain a newline")
+    settings = _settings(ctx)
+    hosts = act.detail["hosts"]
+    by_name = {h["name"]: h for h in hosts}
+    if ctx.inventory is not None:
+        for h in ctx.inventory.hosts.values():
+            by_name.setdefault(h.name, {"name": h.name, "address": str(h.address), "port": h.port,
+                                        "user": str(h.user) if h.user else None, "jump": h.jump_host})
+    secrets = [str(act.env[v]) for v in act.detail["secret_vars"]]
+    # the remote `timeout` stops the command; we wait a little longer for its answer
+    deadline = time.monotonic() + ctx.timeout + KILL_AFTER + 5 if ctx.timeout is not None else None
+    stop = threading.Event()
+    results: dict[str, dict] = {}
+
+    def one(target: dict) -> None:
+        started = time.monotonic()
+        if stop.is_set():
+            results[target["name"]] = {"status": "skipped", "exit_code": None, "stdout": "", "stderr": "",
+                                       "duration": 0.0, "error": "not started (fail_fast)"}
+            return
+        try:
+            conn = _connection(ctx, target, settings, by_name)
+        except Exception as exc:  # noqa: BLE001 - every connection failure is one line for this host
+            results[target["name"]] = {"status": "failed", "exit_code": None, "stdout": "", "stderr": "",
+                                       "duration": time.monotonic() - started,
+                                       "error": ctx.redactor.text(_connect_error(target, settings, exc))}
+        else:
+            try:
+                code, out, err, timed_out = _run_on(conn, act.detail["command"], secrets, deadline)
+            except Exception as exc:  # noqa: BLE001
+                code, out, err, timed_out = None, "", "", False
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                error = None
+            if timed_out or (code == 124 and ctx.timeout is not None):
+                status, error = "timeout", f"timed out after {ctx.timeout:g}s; the remote command was stopped"
+            elif code == 0:
+                status = "ok"
+            else:
+                status = "failed"
+                if error is None:
+                    error = f"exit code {code}"
+                    if step.body.get("sudo") and "a password is required" in err:
+                        error = "sudo needs a password on this host (runbook only uses sudo -n)"
+            results[target["name"]] = {"status": status, "exit_code": code, "stdout": ctx.redactor.text(out),
+                                       "stderr": ctx.redactor.text(err), "duration": time.monotonic() - started,
+                                       "error": error}
+        if results[target["name"]]["status"] != "ok" and step.body.get("fail_fast"):
+            stop.set()
+
+    forks = max(1, min(int(act.detail["forks"]), len(hosts)))
+    if forks == 1:
+        for h in hosts:
+            one(h)
+    else:
+        with ThreadPoolExecutor(max_workers=forks, thread_name_prefix="ssh") as pool:
+            list(pool.map(one, hosts))
+    return _result(hosts, results, time.monotonic())
+
+
+def _result(hosts: list[dict], results: dict[str, dict], now: float) -> StepResult:
+    ordered = {h["name"]: results[h["name"]] for h in hosts}
+    ok = [n for n, r in ordered.items() if r["status"] == "ok"]
+    failed = [n for n, r in ordered.items() if r["status"] != "ok"]
+    data = {"hosts": ordered, "ok_hosts": ok, "failed_hosts": failed, "ok_count": len(ok), "failed_count": len(failed)}
+    if len(ordered) == 1:
+        (only,) = ordered.values()
+        stdout, stderr = only["stdout"], only["stderr"]
+    else:
+        stdout, stderr = _table(ordered), ""
+    if not failed:
+        return StepResult("ok", exit_code=0, stdout=stdout, stderr=stderr, data=data)
+    status = "timeout" if all(r["status"] == "timeout" for r in ordered.values() if r["status"] != "ok") else "failed"
+    details = ", ".join(f"{n} ({ordered[n]['error']})" for n in failed[:5]) + (f", and {len(failed) - 5} more" if len(failed) > 5 else "")
+    codes = {r["exit_code"] for r in ordered.values() if r["status"] != "ok"}
+    return StepResult(status, exit_code=codes.pop() if len(codes) == 1 else None, stdout=stdout, stderr=stderr, data=data,
+                      error=f"failed on {len(failed)} of {len(ordered)} host{'s' if len(ordered) != 1 else ''}: {details}")
+
+
+def _table(results: dict[str, dict]) -> str:
+    """One line per host, then each host's output (bounded)."""
+    width = max(len(n) for n in results)
+    lines = [f"{'HOST'.ljust(width)}  STATUS   EXIT  TIME"]
+    for name, r in results.items():
+        code = "-" if r["exit_code"] is None else str(r["exit_code"])
+        lines.append(f"{name.ljust(width)}  {r['status']:<7}  {code:>4}  {r['duration']:.2f}s" + (f"  {r['error']}" if r["error"] and r["status"] != "ok" else ""))
+    for name, r in results.items():
+        text = (r["stdout"] + r["stderr"]).rstrip("\n")
+        if text:
+            rows = text.splitlines()
+            shown = rows[-20:]
+            lines.append(f"--- {name}" + (f" (last 20 of {len(rows)} lines)" if len(rows) > 20 else ""))
+            lines.extend(shown)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,262 @@
+"""The ssh step against real OpenSSH servers started on 127.0.0.1 (tests/sshserver.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+
+from conftest import alive
+from runbook import audit
+
+
+def inventory(write, sshd, known_hosts, *, names=("h1",), extra_hosts: dict | None = None, ssh: dict | None = None,
+              groups: dict | None = None, key=None) -> Path:
+    settings = {"known_hosts": str(known_hosts), "identity_file": str(key or sshd.client_key_path), "connect_timeout": 3,
+                **(ssh or {})}
+    hosts = {n: {"address": sshd.host, "port": sshd.port, "user": sshd.user} for n in names}
+    hosts.update(extra_hosts or {})
+    doc = {"ssh": settings, "hosts": hosts}
+    if groups:
+        doc["groups"] = groups
+    return write("inv.yaml", json.dumps(doc))
+
+
+def book(write, steps: str, head: str = "", name: str = "s.yaml") -> Path:
+    return write(name, "name: s\ntitle: S\n" + head + "stages:\n" + steps)
+
+
+def test_runs_a_command_with_key_auth_and_exposes_per_host_results(write, cli, sshd, ssh_known_hosts):
+    p = book(write, """
+  diagnose:
+    - id: who
+      ssh: {hosts: h1, command: "echo hello-from-$(hostname) && id -un"}
+      readonly: true
+    - id: check
+      choose:
+        - when: "steps.who.hosts['h1'].exit_code == 0 and 'hello-from' in steps.who.hosts['h1'].stdout and steps.who.ok_count == 1"
+          goto: done
+    - id: bad
+      end: {status: failed, message: "unexpected"}
+    - id: done
+      end: "ran as {{ steps.who.stdout.split()[-1] }}"
+""")
+    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"ran as {sshd.user}" in r.stdout
+
+
+def test_wrong_key_is_an_authentication_failure(write, cli, sshd, ssh_known_hosts, tmp_path):
+    import subprocess
+
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    p = book(write, """
+  diagnose:
+    - id: who
+      ssh: {hosts: h1, command: "true"}
+      readonly: true
+""")
+    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts, key=other),
+            env={"SSH_AUTH_SOCK": "", "HOME": str(tmp_path)})
+    assert r.returncode == 1
+    assert f"authentication failed for {sshd.user}@h1 ({sshd.host}:{sshd.port}); tried: key {other}" in r.stdout
+
+
+def test_unknown_host_key_is_refused_then_accept_new_adds_and_audits_it(write, cli, sshd, tmp_path, audit_dir):
+    known = tmp_path / "known_hosts_empty"
+    known.write_text("")
+    p = book(write, """
+  diagnose:
+    - id: who
+      ssh: {hosts: h1, command: "true"}
+      readonly: true
+""")
+    r = cli("run", p, "--inventory", inventory(write, sshd, known))
+    assert r.returncode == 1
+    assert "offered an unknown ssh-ed25519 host key" in r.stdout and sshd.host_fingerprint in r.stdout
+    assert known.read_text() == ""
+    r = cli("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
+    assert r.returncode == 0, r.stdout
+    assert f"[{sshd.host}]:{sshd.port} ssh-ed25519" in known.read_text()
+    added = [x for x in audit.read_records(audit_dir / "audit.jsonl") if x["type"] == "host_key_added"]
+    assert added and added[0]["fingerprint"] == sshd.host_fingerprint
+
+
+def test_changed_host_key_is_refused_even_with_accept_new(write, cli, sshd, tmp_path):
+    import subprocess
+
+    fake = tmp_path / "fake_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(fake)], check=True)
+    known = tmp_path / "known_hosts_changed"
+    pub = (tmp_path / "fake_host_key.pub").read_text().split()
+    known.write_text(f"[{sshd.host}]:{sshd.port} {pub[0]} {pub[1]}\n")
+    p = book(write, """
+  diagnose:
+    - id: who
+      ssh: {hosts: h1, command: "true"}
+      readonly: true
+""")
+    r = cli("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
+    assert r.returncode == 1
+    assert "has CHANGED" in r.stdout and sshd.host_fingerprint in r.stdout
+
+
+def test_failure_follows_on_failure_with_failed_hosts(write, cli, sshd, ssh_known_hosts):
+    p = book(write, """
+  diagnose:
+    - id: check
+      ssh: {hosts: [h1, h2], command: "test -e /nonexistent-file", forks: 2}
+      readonly: true
+      on_failure: report
+    - id: fine
+      end: "no failure?"
+    - id: report
+      end: {status: escalated, message: "failed on {{ steps.check.failed_hosts | join(',') }} with {{ steps.check.hosts.h1.exit_code }}"}
+""")
+    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts, names=("h1", "h2")))
+    assert r.returncode == 1 and "failed on h1,h2 with 1" in r.stdout
+
+
+def test_timeout_kills_the_remote_command(write, cli, sshd, ssh_known_hosts, tmp_path):
+    pidfile = tmp_path / "remote.pid"
+    p = book(write, f"""
+  diagnose:
+    - id: hang
+      ssh: {{hosts: h1, command: "sleep 300 & echo $! > {pidfile}; wait"}}
+      readonly: true
+      timeout: 2s
+""")
+    started = time.monotonic()
+    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts))
+    assert r.returncode == 1 and "timed out after 2s" in r.stdout
+    assert time.monotonic() - started < 20
+    time.sleep(0.5)
+    assert not alive(int(pidfile.read_text()))
+
+
+def test_fan_out_to_twenty_inventory_hosts_keyed_by_name(write, cli, sshd, ssh_known_hosts):
+    names = tuple(f"web-{i:02d}" for i in range(20))
+    inv = inventory(write, sshd, ssh_known_hosts, names=names, groups={"web": {"hosts": list(names)}})
+    p = book(write, """
+  diagnose:
+    - id: all
+      ssh: {hosts: web, command: "echo up", forks: 5}
+      readonly: true
+    - id: done
+      end: "{{ steps.all.ok_count }} ok, first {{ steps.all.ok_hosts[0] }}, last {{ steps.all.ok_hosts[-1] }}"
+""")
+    before = sshd.connections()
+    r = cli("run", p, "--inventory", inv)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "20 ok, first web-00, last web-19" in r.stdout
+    assert sshd.connections() - before == 20  # one connection per inventory name, not collapsed
+
+
+def test_unreachable_hosts_fail_fast_and_clearly(write, cli, sshd, ssh_known_hosts):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)  # accepts TCP, never says a word
+    try:
+        extra = {
+            "refused": {"address": "127.0.0.1", "port": 1, "user": sshd.user},
+            "mute": {"address": "127.0.0.1", "port": silent.getsockname()[1], "user": sshd.user},
+        }
+        inv = inventory(write, sshd, ssh_known_hosts, extra_hosts=extra)
+        p = book(write, """
+  diagnose:
+    - id: try
+      ssh: {hosts: [refused, mute, h1], command: "true", forks: 3}
+      readonly: true
+""")
+        started = time.monotonic()
+        r = cli("run", p, "--inventory", inv)
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+    assert r.returncode == 1
+    assert "refused (cannot connect to 'refused' (127.0.0.1:1): connection refused)" in r.stdout
+    assert "mute (cannot connect to 'mute'" in r.stdout
+    assert "failed on 2 of 3 hosts" in r.stdout
+    assert took < 15
+
+
+def test_parameter_is_passed_literally(write, cli, sshd, ssh_known_hosts, tmp_path):
+    pwned = tmp_path / "pwned"
+    out = tmp_path / "out"
+    p = book(write, f"""
+  diagnose:
+    - id: echo
+      ssh: {{hosts: h1, command: "printf %s {{{{ params.v }}}} > {out}"}}
+      readonly: true
+""", head="params:\n  v: {}\n")
+    value = f"$(touch {pwned}); `touch {pwned}`"
+    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), "-p", f"v={value}")
+    assert r.returncode == 0, r.stdout
+    assert not pwned.exists() and out.read_text() == value
+
+
+def test_one_connection_reused_by_every_step_and_secrets_not_in_argv(write, cli, sshd, ssh_known_hosts, tmp_path, audit_dir):
+    argv, got = tmp_path / "argv", tmp_path / "got"
+    p = book(write, f"""
+  diagnose:
+    - id: one
+      ssh: {{hosts: h1, command: "true"}}
+      readonly: true
+    - id: two
+      ssh: {{hosts: h1, command: "tr '\\\\0' ' ' < /proc/$$/cmdline > {argv}; printf %s {{{{ params.token }}}} > {got}"}}
+      readonly: true
+    - id: three
+      ssh: {{hosts: h1, command: "echo {{{{ params.token }}}}"}}
+      readonly: true
+""", head="params:\n  token: {secret: true}\n")
+    before = sshd.connections()
+    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), env={"RUNBOOK_PARAM_TOKEN": "tok-99"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sshd.connections() - before == 1
+    assert got.read_text() == "tok-99" and "tok-99" not in argv.read_text()
+    assert "tok-99" not in r.stdout and b"tok-99" not in (audit_dir / "audit.jsonl").read_bytes()
+
+
+def test_jump_host_from_the_inventory(write, cli, sshd, sshd_bastion, ssh_known_hosts):
+    extra = {
+        "bastion": {"address": sshd_bastion.host, "port": sshd_bastion.port, "user": sshd_bastion.user},
+        "inner": {"address": sshd.host, "port": sshd.port, "user": sshd.user, "jump_host": "bastion"},
+    }
+    inv = inventory(write, sshd, ssh_known_hosts, names=(), extra_hosts=extra)
+    p = book(write, """
+  diagnose:
+    - id: via
+      ssh: {hosts: inner, command: "echo through"}
+      readonly: true
+""")
+    r = cli("run", p, "--inventory", inv, "--dry-run")
+    assert f"inner ({sshd.user}@{sshd.host}:{sshd.port} via bastion)" in r.stdout
+    b_before, i_before = sshd_bastion.connections(), sshd.connections()
+    r = cli("run", p, "--inventory", inv)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "through" in r.stdout
+    assert sshd_bastion.connections() - b_before == 1 and sshd.connections() - i_before == 1
+
+
+def test_dry_run_contacts_no_host_and_shows_the_exact_command(write, cli, sshd, ssh_known_hosts):
+    p = book(write, """
+  mitigate:
+    - id: restart
+      ssh: {hosts: h1, command: "systemctl restart {{ params.svc }}", sudo: true, cwd: /tmp, forks: 1}
+      timeout: 30s
+  verify:
+    - id: ok
+      end: done
+""", head="params:\n  svc: {default: 'api; reboot'}\n")
+    before = sshd.connections()
+    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert sshd.connections() == before
+    assert "$ sudo -n -- timeout -k 5 30 sh -c 'cd /tmp && systemctl restart '\"'\"'api; reboot'\"'\"''" in r.stdout
+    assert f"on h1 ({sshd.user}@{sshd.host}:{sshd.port})" in r.stdout
+    r = cli("validate", p, "--inventory", write("other.yaml", "hosts:\n  h2: {address: 127.0.0.1}\n"))
+    assert r.returncode == 1 and "host 'h1' is not in" in r.stdout
+
