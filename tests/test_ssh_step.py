@@ -260,3 +260,21 @@ def test_dry_run_contacts_no_host_and_shows_the_exact_command(write, cli, sshd, 
     r = cli("validate", p, "--inventory", write("other.yaml", "hosts:\n  h2: {address: 127.0.0.1}\n"))
     assert r.returncode == 1 and "host 'h1' is not in" in r.stdout
 
+
+
+def test_ssh_config_alias_without_an_inventory(write, cli, sshd, tmp_path):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host db-primary\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"  IdentityFile {sshd.client_key_path}\n  ProxyJump none\n")
+    (home / ".ssh" / "known_hosts").write_text(sshd.known_hosts_line())
+    p = book(write, """
+  diagnose:
+    - id: who
+      ssh: {hosts: db-primary, command: "echo via-alias"}
+      readonly: true
+""")
+    r = cli("run", p, env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "via-alias" in r.stdout
