@@ -12,6 +12,10 @@ Secrets are never read at load time: a value written ``{env: NAME}`` or
 needs it, so that a dry-run works without production credentials.  A secret
 written in plain text is accepted with a warning and wrapped as a
 :class:`~runbook.secrets.Secret` so that it is still redacted.
+
+An Ansible YAML inventory (a file whose top level is ``all:`` and Ansible
+groups, without any of our sections) loads into the same model: see
+:mod:`runbook.inventory_ansible`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
 
 from runbook.errors import Problem, RunbookError
 from runbook.secrets import MASK, LazySecret, Secret
@@ -332,15 +337,24 @@ class Inventory:
 
 
 def check_inventory(path: str | Path) -> tuple[Inventory | None, list[Problem]]:
-    """Load and validate an inventory file. Returns the inventory (``None``
-    when there is any error) and every problem found, warnings included."""
+    """Load and validate an inventory file (ours or an Ansible YAML
+    inventory). Returns the inventory (``None`` when there is any error) and
+    every problem found, warnings included."""
     path = Path(path)
     if not path.is_file():
         return None, [Problem(str(path), 1, 1, "inventory file not found")]
+    from runbook.inventory_ansible import _ANSIBLE_TAGS, _AnsibleLoader, _foreign_format, _is_ansible, _load_tagged
+
     data, problems = load_file(path)
-    loader = _Loader(path)
+    vaulted: set[tuple[int, int]] = set()
+    if data is None and any(f"tag '{tag}'" in p.message for p in problems for tag in _ANSIBLE_TAGS):
+        data, problems, vaulted = _load_tagged(path, problems)
+    if not isinstance(data, Map) and (foreign := _foreign_format(path, data)) is not None:
+        return None, [foreign]
+    loader = _AnsibleLoader(path, vaulted) if _is_ansible(data) else _Loader(path)
     inventory = loader.build(data) if data is not None or not problems else None
-    problems = sorted([*problems, *loader.problems], key=lambda p: (p.line, p.col))
+    found = [p for p in loader.problems if p.severity == "error" or (p.line, p.col) not in vaulted]
+    problems = sorted([*problems, *found], key=lambda p: (p.line, p.col))
     if any(p.severity == "error" for p in problems):
         return None, problems
     return inventory, problems
@@ -487,7 +501,11 @@ class _Loader:
             self.error(getattr(data, "pos", (1, 1)),
                        f"an inventory must be a mapping with sections such as hosts, groups and databases, got {_describe(data)}")
             return None
-        self.unknown_keys(data, _SECTIONS, "")
+        if "all" in data:  # the top of an Ansible inventory, next to our own sections
+            ours = ", ".join(str(key) for key in data if key in _SECTIONS)
+            self.error(data.kpos("all"), f"'all' starts an Ansible inventory, which cannot be mixed with runbook sections"
+                                         f" ({ours}); keep them in separate files")
+        self.unknown_keys(data, [*_SECTIONS, "all"] if "all" in data else _SECTIONS, "")
         top = {key: self.value(kind, data[key], data.vpos(key), key, key)
                for key, kind in (("env", "name"), ("vars", "vars")) if data.get(key) is not None}
         ssh_block = self.block(data, "ssh")
@@ -807,3 +825,6 @@ class _Loader:
         secret = SecretRef(source, ref, f"{self.file}:{line}:{col}: {where}", name=where, base_dir=self.path.parent)
         self.secrets.append(secret)
         return secret
+
+
+# -- Ansible YAML inventories ---------------------------------------------------------
