@@ -122,7 +122,7 @@ class Host:
 
     name: str
     address: Text
-    port: int = 22
+    port: int | None = None  # None: ~/.ssh/config's Port, else 22
     user: Text | None = None
     groups: list[str] = field(default_factory=list)
     vars: dict[str, Any] = field(default_factory=dict)
@@ -143,7 +143,7 @@ class SshDefaults:
     """The ``ssh:`` section: connection settings shared by all hosts."""
 
     user: Text | None = None
-    port: int = 22
+    port: int | None = None
     known_hosts: Text | None = None
     identity_file: Text | None = None
     host_key_policy: str = "strict"  # "strict" | "accept-new"; never "accept anything"

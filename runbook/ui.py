@@ -189,7 +189,8 @@ class ConsoleUI:
         text = result.stdout if result.ok else (result.stdout + result.stderr)
         show = getattr(step.module, "SHOW_OUTPUT", False)
         if text.strip() and show:
-            excerpt = _excerpt(text, 25, head=True) if show == "head" else _excerpt(text)
+            lines = getattr(step.module, "SHOW_LINES", 25)
+            excerpt = _excerpt(text, lines, head=True) if show == "head" else _excerpt(text)
             self.c.print("[dim]" + self._r(excerpt) + "[/]", soft_wrap=True)
         if result.outputs:
             self.c.print("  outputs: " + ", ".join(f"{esc(k)}={self._r(v)}" for k, v in result.outputs.items()))

@@ -278,3 +278,100 @@ def test_ssh_config_alias_without_an_inventory(write, cli, sshd, tmp_path):
     r = cli("run", p, env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "via-alias" in r.stdout
+
+
+def test_reviewed_edge_cases(write, cli, sshd, ssh_known_hosts, tmp_path, audit_dir):
+    """env secrets over stdin, retries only for failed hosts, fail_fast, a TERM-proof command timing out."""
+    argv, runs = tmp_path / "argv", tmp_path / "runs"
+    inv = inventory(write, sshd, ssh_known_hosts, names=("h1", "h2", "h3"))
+    p = book(write, f"""
+  diagnose:
+    - id: env
+      ssh:
+        hosts: h1
+        command: "tr '\\\\0' ' ' < /proc/$$/cmdline > {argv}; printf %s \\"$AUTH\\" > {tmp_path / 'auth'}"
+        env: {{AUTH: "Bearer {{{{ params.token }}}}"}}
+      readonly: true
+    - id: flaky
+      ssh: {{hosts: [h1, h2], command: "echo r >> {runs}; test $(wc -l < {runs}) -ne 2", forks: 1}}
+      readonly: true
+      retries: 2
+      retry_delay: 0.1s
+    - id: stubborn
+      ssh: {{hosts: h1, command: "trap '' TERM; sleep 300"}}
+      readonly: true
+      timeout: 1s
+      on_failure: next-one
+    - id: never
+      end: {{status: failed, message: "should have timed out"}}
+    - id: next-one
+      ssh: {{hosts: [h1, h2, h3], command: "exit 3", forks: 1, fail_fast: true}}
+      readonly: true
+      on_failure: report
+    - id: unreached
+      end: {{status: failed, message: "fail_fast step passed?"}}
+    - id: report
+      end: {{status: escalated, message: "status={{{{ steps.stubborn.status }}}} failed={{{{ steps['next-one'].failed_hosts | join(',') }}}} skipped={{{{ steps['next-one'].skipped_hosts | join(',') }}}}"}}
+""", head="params:\n  token: {secret: true}\n")
+    r = cli("run", p, "--inventory", inv, env={"RUNBOOK_PARAM_TOKEN": "tok-77"}, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "status=timeout failed=h1 skipped=h2,h3" in r.stdout
+    assert "tok-77" not in argv.read_text() and (tmp_path / "auth").read_text() == "Bearer tok-77"
+    lines = runs.read_text().split()
+    assert len(lines) == 3  # h1 and h2, then h2 alone on the retry (h1 had succeeded)
+
+
+def test_proxyjump_from_ssh_config_and_host_wildcards(write, cli, sshd, sshd_bastion, tmp_path):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host bastion\n  HostName {sshd_bastion.host}\n  Port {sshd_bastion.port}\n  User {sshd_bastion.user}\n  ProxyJump none\n"
+        f"Host inner\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"Host *\n  IdentityFile {sshd.client_key_path}\n  ProxyJump bastion\n")
+    (home / ".ssh" / "known_hosts").write_text(sshd.known_hosts_line() + sshd_bastion.known_hosts_line())
+    p = book(write, """
+  diagnose:
+    - id: via
+      ssh: {hosts: inner, command: "echo through-config"}
+      readonly: true
+""")
+    r = cli("run", p, "--dry-run", env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
+    assert r.returncode == 0 and f"inner ({sshd.user}@{sshd.host}:{sshd.port} via bastion)" in r.stdout, r.stdout + r.stderr
+    before = sshd_bastion.connections()
+    r = cli("run", p, env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "through-config" in r.stdout and sshd_bastion.connections() - before == 1
+
+
+def test_accept_new_never_writes_past_lines_it_cannot_judge(write, cli, sshd, tmp_path):
+    known = tmp_path / "known_wild"
+    known.write_text(f"[127.0.0.*]:{sshd.port} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKb1Yy0kqHk5x0nq8Q2D6l4d7zq8ZB2b8c6Xe3y1m3kX\n")
+    p = book(write, """
+  diagnose:
+    - id: who
+      ssh: {hosts: h1, command: "true"}
+      readonly: true
+""")
+    r = cli("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
+    assert r.returncode == 1 and "wildcard or @marker lines" in r.stdout
+    assert len(known.read_text().splitlines()) == 1
+
+
+def test_ssh_step_static_problems(write, cli, sshd, ssh_known_hosts):
+    p = book(write, """
+  diagnose:
+    - id: who
+      ssh: {hosts: h1, command: "id -un", user: nobody}
+      readonly: true
+""")
+    r = cli("validate", p)
+    assert r.returncode == 1 and "user applies with sudo" in r.stdout
+    inv = inventory(write, sshd, ssh_known_hosts, groups={"empty": {"hosts": []}})
+    p = book(write, """
+  diagnose:
+    - id: none
+      ssh: {hosts: empty, command: "true", forks: 2}
+      readonly: true
+""", name="e.yaml")
+    r = cli("run", p, "--inventory", inv, "--dry-run")
+    assert r.returncode == 1 and "no hosts in empty" in r.stderr and "Traceback" not in r.stderr

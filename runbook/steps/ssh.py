@@ -24,6 +24,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import shlex
 import threading
@@ -58,9 +60,16 @@ SCHEMA = S.Obj(
 )
 DEFAULT_READONLY = False
 FIXED_EFFECT = None
-RESULT_FIELDS = ("hosts", "ok_hosts", "failed_hosts", "ok_count", "failed_count")
+RESULT_FIELDS = ("hosts", "ok_hosts", "failed_hosts", "skipped_hosts", "ok_count", "failed_count")
 SHOW_OUTPUT = "head"
 DEFAULT_FORKS = 10
+MAX_CAPTURE = 1024 * 1024  # bytes kept per host and stream (head and tail)
+HEAD_KEEP = 64 * 1024
+SHOW_LINES = 200  # the per-host table is shown whole up to this many lines
+
+# paramiko logs connection failures with tracebacks; ours are one line per host
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 KILL_AFTER = 5  # seconds between TERM and KILL for a timed-out remote command
 
 
@@ -89,6 +98,12 @@ def inventory_targets(body: dict) -> list[tuple[str, str, str]]:
     return [("host", h, "hosts") for h in body["hosts"]]
 
 
+def static_problems(step) -> list[tuple[str, str, str]]:
+    if "user" in step.body and not step.body.get("sudo"):
+        return [("user", "user applies with sudo (sudo -u USER); the login user comes from the inventory or ~/.ssh/config", "schema")]
+    return []
+
+
 def fanout(body: dict) -> bool | None:
     """False when the step may fan out over many hosts with no explicit bound."""
     many = len(body["hosts"]) > 1 or any(expr.is_template(h) for h in body["hosts"])
@@ -103,22 +118,60 @@ def fanout(body: dict) -> bool | None:
 @dataclass
 class Target:
     name: str
-    address: str
+    address: str  # what we connect to (an alias that ~/.ssh/config resolves stays an alias)
     port: int | None
     user: str | None
     jump: str | None
+    # what ~/.ssh/config makes of it, for people (fabric applies the config itself when connecting)
+    shown: str | None = None
+    shown_user: str | None = None
+    shown_port: str | None = None
 
     def describe(self) -> str:
-        where = f"{self.user + '@' if self.user else ''}{self.address}{':' + str(self.port) if self.port else ''}"
+        user, port = self.user or self.shown_user, self.port or self.shown_port
+        where = f"{user + '@' if user else ''}{self.shown or self.address}{':' + str(port) if port else ''}"
         return f"{self.name} ({where}{' via ' + self.jump if self.jump else ''})"
 
 
 def _targets(r, names: list[str]) -> list[Target]:
+    for n in names:
+        if not n.strip() or any(c.isspace() for c in n):
+            raise RunbookError(f"invalid host name {n!r}")
     inventory = getattr(r, "inventory", None)
     if inventory is None:  # plain host names: ~/.ssh/config and the defaults apply
-        return [Target(n, n, None, None, None) for n in dict.fromkeys(names)]
-    hosts = inventory.resolve_hosts(names)
-    return [Target(h.name, str(h.address), h.port, str(h.user) if h.user else None, h.jump_host) for h in hosts]
+        targets = [Target(n, n, None, None, None) for n in dict.fromkeys(names)]
+    else:
+        hosts = inventory.resolve_hosts(names)
+        targets = [Target(h.name, str(h.address), h.port, str(h.user) if h.user else None, h.jump_host) for h in hosts]
+    if not targets:
+        raise RunbookError(f"no hosts in {', '.join(names)}")
+    return [_with_ssh_config(t) for t in targets]
+
+
+def _with_ssh_config(t: Target) -> Target:
+    """What ~/.ssh/config adds (HostName, Port, User, ProxyJump), as the connection will see it."""
+    cfg = _ssh_config_lookup(t.address)
+    if not cfg:
+        return t
+    jump = t.jump
+    if jump is None and cfg.get("proxyjump") and cfg["proxyjump"].lower() != "none":
+        hops = [h for h in cfg["proxyjump"].split(",") if _parse_hop(h.strip())["address"] not in (t.name, t.address)]
+        jump = ",".join(hops) or None  # `Host * / ProxyJump bastion` must not make the bastion jump through itself
+    return Target(t.name, t.address, t.port, t.user, jump, shown=cfg.get("hostname"), shown_user=cfg.get("user"),
+                  shown_port=cfg.get("port"))
+
+
+def _ssh_config_lookup(host: str) -> dict:
+    path = Path.home() / ".ssh" / "config"
+    if not path.is_file():
+        return {}
+    from paramiko.config import SSHConfig
+
+    try:
+        found = SSHConfig.from_path(str(path)).lookup(host)
+    except Exception:  # noqa: BLE001 - a broken config is reported when connecting
+        return {}
+    return {k: v for k, v in found.items() if k in ("hostname", "port", "user", "proxyjump")}
 
 
 def remote_command(body: dict, command: str, secret_vars: list[str], timeout: float | None, cwd: str | None,
@@ -148,10 +201,13 @@ def action(step, r) -> Action:
     names = [r.text(h) for h in body["hosts"]]
     targets = _targets(r, names)
     env = {k: r.value(v) for k, v in (body.get("env") or {}).items()}
-    plain_env = {k: str(v) for k, v in env.items() if not isinstance(v, (Secret, LazySecret))}
+    known = [s.lower() for s in (r.redactor.values() if getattr(r, "redactor", None) else [])]
+    plain_env = {}
     for k, v in env.items():
-        if isinstance(v, (Secret, LazySecret)):
-            secret_env[k] = v
+        if isinstance(v, (Secret, LazySecret)) or any(s in str(v).lower() for s in known):
+            secret_env[k] = v if isinstance(v, (Secret, LazySecret)) else Secret(str(v), k)  # over stdin
+        else:
+            plain_env[k] = str(v)
     cwd = r.text(body["cwd"]) if "cwd" in body else None
     line = remote_command(body, command, list(secret_env), step.timeout, cwd, plain_env)
     inventory = getattr(r, "inventory", None)
@@ -179,7 +235,7 @@ def _host_key_name(address: str, port: int | None) -> str:
     return address if not port or port == 22 else f"[{address}]:{port}"
 
 
-def _policy(name: str, known_hosts: Path, accept_new: bool, ctx):
+def _policy(name: str, known_hosts: Path, accept_new: bool, ctx, judged: bool = True):
     import paramiko
 
     class Policy(paramiko.MissingHostKeyPolicy):
@@ -188,8 +244,10 @@ def _policy(name: str, known_hosts: Path, accept_new: bool, ctx):
         def missing_host_key(self, client, hostname, key):
             fp = _fingerprint(key)
             if not accept_new:
+                why = "" if judged else (" (known_hosts has wildcard or @marker lines, which runbook cannot judge, "
+                                         "so it never adds keys to it)")
                 raise HostKeyError(f"host '{name}' ({hostname}) offered an unknown {key.get_name()} host key {fp}: "
-                                   f"it is not in {known_hosts}; verify it and add it (ssh-keyscan), or set "
+                                   f"it is not in {known_hosts}{why}; verify it and add it (ssh-keyscan), or set "
                                    f"host_key_policy: accept-new in the inventory")
             client.get_host_keys().add(hostname, key.get_name(), key)
             known_hosts.parent.mkdir(parents=True, exist_ok=True)
@@ -209,61 +267,104 @@ def _settings(ctx) -> dict:
         "known_hosts": Path(os.path.expanduser(str(known))) if known else Path.home() / ".ssh" / "known_hosts",
         "accept_new": getattr(ssh, "host_key_policy", "strict") == "accept-new",
         "identity_file": getattr(ssh, "identity_file", None),
-        "connect_timeout": getattr(ssh, "connect_timeout", None) or 10,
+        "connect_timeout": max(1, math.ceil(getattr(ssh, "connect_timeout", None) or 10)),
     }
 
 
 _connect_lock = threading.Lock()
+_host_locks: dict[str, threading.Lock] = {}
+
+
+def _load_known_hosts(client, path: Path) -> bool:
+    """Load plain known_hosts lines; returns False when the file has lines
+    paramiko cannot judge (wildcard patterns, @revoked, @cert-authority)."""
+    import paramiko
+
+    simple = True
+    if not path.is_file():
+        return simple
+    keys = client.get_host_keys()
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@") or any(c in line.split()[0] for c in "*?!"):
+            simple = False
+            continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+        except Exception:  # noqa: BLE001 - a line paramiko cannot read counts as one we cannot judge
+            simple = False
+            continue
+        if entry is not None and entry.key is not None:
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
+    return simple
 
 
 def _secure(conn, name: str, settings: dict, ctx) -> None:
-    """Host key checking for a fabric connection and every gateway it hops through."""
-    hop = conn
-    while hop is not None and not isinstance(hop, str) and hop is not False:
-        client = hop.client
-        system = Path("/etc/ssh/ssh_known_hosts")
-        if system.is_file():
-            client.load_system_host_keys(str(system))
-        if settings["known_hosts"].is_file():
-            client.load_host_keys(str(settings["known_hosts"]))
-        client.set_missing_host_key_policy(_policy(name if hop is conn else f"{name}'s jump host {hop.host}",
-                                                   settings["known_hosts"], settings["accept_new"], ctx))
-        # fabric treats `ProxyJump none` as a host name (fabric#2354)
-        if str(hop.ssh_config.get("proxyjump", "")).lower() == "none":
-            hop.gateway = None
-        hop = hop.gateway
+    """Host key checking for a fabric connection: known_hosts, never AutoAddPolicy."""
+    client = conn.client
+    system = Path("/etc/ssh/ssh_known_hosts")
+    simple = _load_known_hosts(client, system) & _load_known_hosts(client, settings["known_hosts"])
+    client.set_missing_host_key_policy(_policy(name, settings["known_hosts"], settings["accept_new"] and simple, ctx,
+                                               simple))
 
 
-def _connection(ctx, target: dict, settings: dict, by_name: dict):
+def _parse_hop(hop: str) -> dict:
+    """`user@host:port` of a ProxyJump hop."""
+    user, _, rest = hop.rpartition("@")
+    host, port = rest, None
+    if rest.count(":") == 1:
+        host, port_text = rest.split(":")
+        port = int(port_text) if port_text.isdigit() else None
+    return {"name": hop, "address": host, "port": port, "user": user or None, "jump": None}
+
+
+def _connection(ctx, target: dict, settings: dict, by_name: dict, seen: frozenset = frozenset()):
     """The run's connection to this host (one per host, shared by threads and steps)."""
     with _connect_lock:
         lock = _host_locks.setdefault(target["name"], threading.Lock())
     with lock:
-        return _open(ctx, target, settings, by_name)
+        return _open(ctx, target, settings, by_name, seen)
 
 
-_host_locks: dict[str, threading.Lock] = {}
+def _drop(ctx, name: str) -> None:
+    conn = ctx.connections.pop(("ssh", name), None)
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001
+            pass
 
 
-def _open(ctx, target: dict, settings: dict, by_name: dict):
+def _open(ctx, target: dict, settings: dict, by_name: dict, seen: frozenset):
     key = ("ssh", target["name"])
     conn = ctx.connections.get(key)
     if conn is not None and conn.is_connected and conn.transport is not None and conn.transport.is_active():
         return conn
     from fabric import Config, Connection
 
-    config = Config()
-    kwargs: dict[str, Any] = {"connect_timeout": int(settings["connect_timeout"]),
+    gateway = False  # never fabric's own ProxyJump handling (fabric#1852, #2354): the hops are built here
+    jump = target.get("jump")
+    if jump and jump.lower() != "none":
+        prev = None
+        for hop in [h.strip() for h in jump.split(",") if h.strip()]:
+            hop_target = dict(by_name.get(hop) or _parse_hop(hop))
+            if prev is not None:
+                hop_target["jump"] = prev
+            if hop_target["name"] == target["name"] or hop_target["name"] in seen:
+                raise RunbookError(f"jump host loop: {' → '.join([*seen, target['name'], hop_target['name']])}")
+            prev = hop_target["name"]
+            by_name.setdefault(prev, hop_target)
+        gateway = _connection(ctx, by_name[prev], settings, by_name, seen | {target["name"]})
+    kwargs: dict[str, Any] = {"connect_timeout": settings["connect_timeout"],
                               "connect_kwargs": {"banner_timeout": settings["connect_timeout"],
                                                  "auth_timeout": settings["connect_timeout"]}}
     if settings["identity_file"]:
         kwargs["connect_kwargs"]["key_filename"] = [os.path.expanduser(str(settings["identity_file"]))]
-    gateway = None
-    if target.get("jump"):
-        jump = by_name.get(target["jump"]) or {"name": target["jump"], "address": target["jump"], "port": None, "user": None, "jump": None}
-        gateway = _connection(ctx, jump, settings, by_name)
-    conn = Connection(target["address"], user=target.get("user"), port=target.get("port"), config=config,
-                      gateway=gateway if gateway is not None else None, **kwargs)
+    conn = Connection(target["address"], user=target.get("user"), port=target.get("port"), config=Config(),
+                      gateway=gateway, **kwargs)
     _secure(conn, target["name"], settings, ctx)
     conn.open()
     conn.transport.set_keepalive(30)
@@ -278,17 +379,20 @@ def _connect_error(target: dict, settings: dict, exc: BaseException) -> str:
 
     name = target["name"]
     where = f"{target['address']}:{target.get('port') or 22}"
-    if isinstance(exc, HostKeyError):
+    if isinstance(exc, RunbookError):
+        return str(exc)
         return str(exc)
     if isinstance(exc, paramiko.BadHostKeyException):
         return (f"host key of '{name}' ({where}) has CHANGED: expected {_fingerprint(exc.expected_key)}, got "
                 f"{_fingerprint(exc.key)}; this may be an attack — if the host was rebuilt, fix known_hosts "
                 f"({settings['known_hosts']})")
-    if isinstance(exc, paramiko.AuthenticationException):
+    if isinstance(exc, paramiko.AuthenticationException) or "No authentication methods available" in str(exc):
         tried = []
         if settings["identity_file"]:
             tried.append(f"key {settings['identity_file']}")
-        tried += ["keys in ~/.ssh", "ssh-agent"]
+        tried.append("keys in ~/.ssh")
+        if os.environ.get("SSH_AUTH_SOCK"):
+            tried.append("ssh-agent")
         return f"authentication failed for {target.get('user') or '(default user)'}@{name} ({where}); tried: {', '.join(tried)}"
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) or isinstance(exc, ConnectionRefusedError):
         return f"cannot connect to '{name}' ({where}): connection refused"
@@ -303,41 +407,70 @@ def _connect_error(target: dict, settings: dict, exc: BaseException) -> str:
     return f"cannot connect to '{name}' ({where}): {type(exc).__name__}: {exc}"
 
 
-def _run_on(conn, line: str, secrets: list[str], deadline: float | None) -> tuple[int | None, str, str, bool]:
-    """exit code, stdout, stderr, timed out — over a plain session channel."""
+class _Bounded:
+    """Output kept while it is read: the head and the tail, with a count of what was dropped."""
+
+    def __init__(self):
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        room = HEAD_KEEP - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        self.tail += data
+        excess = len(self.tail) - (MAX_CAPTURE - HEAD_KEEP)
+        if excess > 0:
+            del self.tail[:excess]
+            self.dropped += excess
+
+    def text(self) -> str:
+        middle = f"\n[... {self.dropped} bytes not kept ...]\n".encode() if self.dropped else b""
+        return bytes(self.head + middle + self.tail).decode("utf-8", "replace")
+
+
+def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channels: set, stop: threading.Event):
+    """exit code (None if it died of a signal), stdout, stderr, timed out — over a plain session channel."""
+    import select
+
     chan = conn.transport.open_session(timeout=10)
+    channels.add(chan)
     try:
         chan.settimeout(0.2)
         chan.exec_command(line)
         if secrets:
             chan.sendall("".join(s + "\n" for s in secrets).encode())
         chan.shutdown_write()
-        out, err = bytearray(), bytearray()
+        out, err = _Bounded(), _Bounded()
         while True:
             got = False
             while chan.recv_ready():
-                out += chan.recv(65536)
+                out.add(chan.recv(65536))
                 got = True
             while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
+                err.add(chan.recv_stderr(65536))
                 got = True
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
+            if stop.is_set():
+                raise KeyboardInterrupt
             if deadline is not None and time.monotonic() > deadline:
-                return None, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), True
+                return None, out.text(), err.text(), True
             if not got:
-                import select
-
                 select.select([chan], [], [], 0.05)
-        return chan.recv_exit_status(), out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), False
+        code = chan.recv_exit_status()
+        return (None if code == -1 else code), out.text(), err.text(), False
     finally:
+        channels.discard(chan)
         chan.close()
 
 
 def run(step, act: Action, ctx) -> StepResult:
     for v in act.env.values():
         if "\n" in str(v):
-            return StepResult("failed", error="a secret passed to an ssh step may not contain a newline")
+            return StepResult("failed", error="a secret or environment value passed to an ssh step may not contain a newline")
     settings = _settings(ctx)
     hosts = act.detail["hosts"]
     by_name = {h["name"]: h for h in hosts}
@@ -346,74 +479,106 @@ def run(step, act: Action, ctx) -> StepResult:
             by_name.setdefault(h.name, {"name": h.name, "address": str(h.address), "port": h.port,
                                         "user": str(h.user) if h.user else None, "jump": h.jump_host})
     secrets = [str(act.env[v]) for v in act.detail["secret_vars"]]
+    started_at = time.monotonic()
     # the remote `timeout` stops the command; we wait a little longer for its answer
-    deadline = time.monotonic() + ctx.timeout + KILL_AFTER + 5 if ctx.timeout is not None else None
-    stop = threading.Event()
-    results: dict[str, dict] = {}
+    deadline = started_at + ctx.timeout + KILL_AFTER + 5 if ctx.timeout is not None else None
+    fail_fast = threading.Event()
+    interrupted = threading.Event()
+    channels: set = set()
+    # a retry runs again only the hosts that did not succeed (until polls run them all)
+    done: dict[str, dict] = act.detail.setdefault("_ok", {}) if step.until is None else {}
+    results: dict[str, dict] = dict(done)
 
     def one(target: dict) -> None:
-        started = time.monotonic()
-        if stop.is_set():
-            results[target["name"]] = {"status": "skipped", "exit_code": None, "stdout": "", "stderr": "",
-                                       "duration": 0.0, "error": "not started (fail_fast)"}
+        name = target["name"]
+        began = time.monotonic()
+        if fail_fast.is_set() or interrupted.is_set():
+            results[name] = {"status": "skipped", "exit_code": None, "stdout": "", "stderr": "", "duration": 0.0,
+                             "error": "not started (fail_fast)"}
             return
-        try:
-            conn = _connection(ctx, target, settings, by_name)
-        except Exception as exc:  # noqa: BLE001 - every connection failure is one line for this host
-            results[target["name"]] = {"status": "failed", "exit_code": None, "stdout": "", "stderr": "",
-                                       "duration": time.monotonic() - started,
-                                       "error": ctx.redactor.text(_connect_error(target, settings, exc))}
-        else:
+        code, out, err, timed_out, error = None, "", "", False, None
+        for attempt in (1, 2):
             try:
-                code, out, err, timed_out = _run_on(conn, act.detail["command"], secrets, deadline)
-            except Exception as exc:  # noqa: BLE001
-                code, out, err, timed_out = None, "", "", False
-                error = f"{type(exc).__name__}: {exc}"
-            else:
+                conn = _connection(ctx, target, settings, by_name)
+            except Exception as exc:  # noqa: BLE001 - every connection failure is one line for this host
+                error = ctx.redactor.text(_connect_error(target, settings, exc))
+                break
+            try:
+                code, out, err, timed_out = _run_on(conn, act.detail["command"], secrets, deadline, channels, interrupted)
                 error = None
-            if timed_out or (code == 124 and ctx.timeout is not None):
-                status, error = "timeout", f"timed out after {ctx.timeout:g}s; the remote command was stopped"
-            elif code == 0:
-                status = "ok"
-            else:
-                status = "failed"
-                if error is None:
-                    error = f"exit code {code}"
-                    if step.body.get("sudo") and "a password is required" in err:
-                        error = "sudo needs a password on this host (runbook only uses sudo -n)"
-            results[target["name"]] = {"status": status, "exit_code": code, "stdout": ctx.redactor.text(out),
-                                       "stderr": ctx.redactor.text(err), "duration": time.monotonic() - started,
-                                       "error": error}
-        if results[target["name"]]["status"] != "ok" and step.body.get("fail_fast"):
-            stop.set()
+                break
+            except KeyboardInterrupt:
+                error = "interrupted"
+                break
+            except Exception as exc:  # noqa: BLE001 - e.g. a half-open connection: the command was not sent
+                error = f"{type(exc).__name__}: {exc}"
+                _drop(ctx, name)
+                if attempt == 2 or not _not_sent(exc):
+                    break
+        elapsed = time.monotonic() - began
+        if error is not None:
+            status = "failed"
+        elif timed_out or (ctx.timeout is not None and time.monotonic() - started_at >= ctx.timeout and code in (None, 124, 137)):
+            status, error = "timeout", f"timed out after {ctx.timeout:g}s; the remote command was stopped"
+        elif code == 0:
+            status = "ok"
+        else:
+            status = "failed"
+            error = "killed by a signal" if code is None else f"exit code {code}"
+            if step.body.get("sudo") and "a password is required" in err:
+                error = "sudo needs a password on this host (runbook only uses sudo -n)"
+        results[name] = {"status": status, "exit_code": code, "stdout": ctx.redactor.text(out),
+                         "stderr": ctx.redactor.text(err), "duration": elapsed, "error": error}
+        if status == "ok" and step.until is None:
+            done[name] = results[name]
+        if status != "ok" and step.body.get("fail_fast"):
+            fail_fast.set()
 
-    forks = max(1, min(int(act.detail["forks"]), len(hosts)))
-    if forks == 1:
-        for h in hosts:
-            one(h)
-    else:
-        with ThreadPoolExecutor(max_workers=forks, thread_name_prefix="ssh") as pool:
-            list(pool.map(one, hosts))
-    return _result(hosts, results, time.monotonic())
+    todo = [h for h in hosts if h["name"] not in done]
+    forks = max(1, min(int(act.detail["forks"]), len(todo) or 1))
+    pool = ThreadPoolExecutor(max_workers=forks, thread_name_prefix="ssh")
+    try:
+        futures = [pool.submit(one, h) for h in todo]
+        for f in futures:
+            f.result()
+    except BaseException:  # Ctrl-C: stop the workers and close every open channel
+        interrupted.set()
+        for chan in list(channels):
+            chan.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return _result(hosts, results)
 
 
-def _result(hosts: list[dict], results: dict[str, dict], now: float) -> StepResult:
-    ordered = {h["name"]: results[h["name"]] for h in hosts}
+def _not_sent(exc: BaseException) -> bool:
+    """Errors raised before the command reached the host (safe to retry once on a new connection)."""
+    text = str(exc)
+    return "Timeout opening channel" in text or "SSH session not active" in text or "ChannelException" in type(exc).__name__ \
+        or isinstance(exc, (EOFError, ConnectionResetError, BrokenPipeError))
+
+
+def _result(hosts: list[dict], results: dict[str, dict]) -> StepResult:
+    ordered = {h["name"]: results[h["name"]] for h in hosts if h["name"] in results}
     ok = [n for n, r in ordered.items() if r["status"] == "ok"]
-    failed = [n for n, r in ordered.items() if r["status"] != "ok"]
-    data = {"hosts": ordered, "ok_hosts": ok, "failed_hosts": failed, "ok_count": len(ok), "failed_count": len(failed)}
+    skipped = [n for n, r in ordered.items() if r["status"] == "skipped"]
+    failed = [n for n, r in ordered.items() if r["status"] not in ("ok", "skipped")]
+    data = {"hosts": ordered, "ok_hosts": ok, "failed_hosts": failed, "skipped_hosts": skipped,
+            "ok_count": len(ok), "failed_count": len(failed)}
     if len(ordered) == 1:
         (only,) = ordered.values()
         stdout, stderr = only["stdout"], only["stderr"]
     else:
         stdout, stderr = _table(ordered), ""
-    if not failed:
+    if not failed and not skipped:
         return StepResult("ok", exit_code=0, stdout=stdout, stderr=stderr, data=data)
-    status = "timeout" if all(r["status"] == "timeout" for r in ordered.values() if r["status"] != "ok") else "failed"
+    ran = [r for r in ordered.values() if r["status"] not in ("ok", "skipped")]
+    status = "timeout" if ran and all(r["status"] == "timeout" for r in ran) else "failed"
     details = ", ".join(f"{n} ({ordered[n]['error']})" for n in failed[:5]) + (f", and {len(failed) - 5} more" if len(failed) > 5 else "")
-    codes = {r["exit_code"] for r in ordered.values() if r["status"] != "ok"}
+    codes = {r["exit_code"] for r in ran}
+    tail = f"; {len(skipped)} not started (fail_fast)" if skipped else ""
     return StepResult(status, exit_code=codes.pop() if len(codes) == 1 else None, stdout=stdout, stderr=stderr, data=data,
-                      error=f"failed on {len(failed)} of {len(ordered)} host{'s' if len(ordered) != 1 else ''}: {details}")
+                      error=f"failed on {len(failed)} of {len(ordered)} host{'s' if len(ordered) != 1 else ''}: {details}{tail}")
 
 
 def _table(results: dict[str, dict]) -> str:
