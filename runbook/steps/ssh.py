@@ -365,8 +365,25 @@ def _open(ctx, target: dict, settings: dict, by_name: dict, seen: frozenset):
         kwargs["connect_kwargs"]["key_filename"] = [os.path.expanduser(str(settings["identity_file"]))]
     conn = Connection(target["address"], user=target.get("user"), port=target.get("port"), config=Config(),
                       gateway=gateway, **kwargs)
+    if gateway is False and conn.ssh_config.get("proxycommand") and conn.ssh_config["proxycommand"].lower() != "none":
+        conn.gateway = conn.ssh_config["proxycommand"]  # fabric runs a ProxyCommand itself
+    elif gateway is False:
+        # our own socket, with TCP_NODELAY: paramiko leaves Nagle on, and every command on an
+        # open connection then waits ~40 ms for a delayed ACK (bench/ssh_fanout.py)
+        import socket
+
+        sock = socket.create_connection((conn.host, int(conn.port)), timeout=settings["connect_timeout"])
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.connect_kwargs["sock"] = sock
     _secure(conn, target["name"], settings, ctx)
-    conn.open()
+    try:
+        conn.open()
+    except BaseException:
+        conn.close()
+        sock = conn.connect_kwargs.get("sock")
+        if sock is not None:
+            sock.close()
+        raise
     conn.transport.set_keepalive(30)
     ctx.connections[key] = conn
     return conn
