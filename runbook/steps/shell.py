@@ -91,19 +91,20 @@ def action(step, r) -> Action:
     return Action(summary=command, targets=["localhost"], detail=detail, env=env)
 
 
-class _Capture:
+class Capture:
     """One output stream, kept bounded while it is read: the first
-    ``HEAD_KEEP`` bytes and the last ``MAX_CAPTURE - HEAD_KEEP`` bytes (the
+    ``head`` bytes and the last ``limit - head`` bytes (the
     tail as the chunks read, so that dropping old output copies nothing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_CAPTURE, head: int = HEAD_KEEP) -> None:
+        self.limit, self.head_keep = limit, head
         self.head = bytearray()
         self.tail: deque[bytes] = deque()
         self.size = 0  # bytes in tail
         self.dropped = 0
 
     def add(self, data: bytes) -> None:
-        room = HEAD_KEEP - len(self.head)
+        room = self.head_keep - len(self.head)
         if room > 0:
             self.head += data[:room]
             data = data[room:]
@@ -111,14 +112,14 @@ class _Capture:
             return
         self.tail.append(data)
         self.size += len(data)
-        while self.size - len(self.tail[0]) >= MAX_CAPTURE - HEAD_KEEP:
+        while self.size - len(self.tail[0]) >= self.limit - self.head_keep:
             n = len(self.tail.popleft())
             self.size -= n
             self.dropped += n
 
     def text(self) -> str:
         """The kept output, decoded (empties the buffers: call once)."""
-        excess = self.size - (MAX_CAPTURE - HEAD_KEEP)
+        excess = self.size - (self.limit - self.head_keep)
         if excess > 0:
             self.tail[0] = self.tail[0][excess:]
             self.size -= excess
@@ -140,7 +141,7 @@ class _Reader:
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
-        self.out, self.err = _Capture(), _Capture()
+        self.out, self.err = Capture(), Capture()
         self.sel = selectors.DefaultSelector()
         for f, cap in ((proc.stdout, self.out), (proc.stderr, self.err)):
             os.set_blocking(f.fileno(), False)

@@ -40,6 +40,7 @@ from runbook import schema as S
 from runbook.errors import RunbookError
 from runbook.secrets import LazySecret, Secret
 from runbook.steps import Action, StepResult
+from runbook.steps.shell import Capture
 
 SCHEMA = S.Obj(
     {
@@ -424,30 +425,6 @@ def _connect_error(target: dict, settings: dict, exc: BaseException) -> str:
     return f"cannot connect to '{name}' ({where}): {type(exc).__name__}: {exc}"
 
 
-class _Bounded:
-    """Output kept while it is read: the head and the tail, with a count of what was dropped."""
-
-    def __init__(self):
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.dropped = 0
-
-    def add(self, data: bytes) -> None:
-        room = HEAD_KEEP - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        self.tail += data
-        excess = len(self.tail) - (MAX_CAPTURE - HEAD_KEEP)
-        if excess > 0:
-            del self.tail[:excess]
-            self.dropped += excess
-
-    def text(self) -> str:
-        middle = f"\n[... {self.dropped} bytes not kept ...]\n".encode() if self.dropped else b""
-        return bytes(self.head + middle + self.tail).decode("utf-8", "replace")
-
-
 def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channels: set, stop: threading.Event):
     """exit code (None if it died of a signal), stdout, stderr, timed out — over a plain session channel."""
     import select
@@ -460,7 +437,7 @@ def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channel
         if secrets:
             chan.sendall("".join(s + "\n" for s in secrets).encode())
         chan.shutdown_write()
-        out, err = _Bounded(), _Bounded()
+        out, err = Capture(MAX_CAPTURE, HEAD_KEEP), Capture(MAX_CAPTURE, HEAD_KEEP)
         while True:
             got = False
             while chan.recv_ready():
