@@ -352,16 +352,18 @@ class Engine:
         except RunbookError as exc:  # e.g. a condition of a choose step that cannot be evaluated
             return StepResult("failed", error=self.redactor.text(str(exc)))
 
-    def _until_holds(self, step: Step, result: StepResult) -> bool | None:
-        """True/False; None when the condition cannot be evaluated (the step fails)."""
+    def _until_holds(self, step: Step, result: StepResult) -> bool:
+        """Whether the condition holds. A condition that cannot be evaluated yet (a
+        failed command, an output not there) means "not yet": polling goes on until
+        the timeout, which then reports the last reason."""
         if step.outputs and result.ok:
             self._outputs(step, result)
         scope = {**self.context, **result.as_context(), **result.outputs}
         try:
             return bool(expr.evaluate(step.until, scope))
         except RunbookError as exc:
-            result.status, result.error = "failed", self.redactor.text(str(exc))
-            return None
+            result.error = self.redactor.text(str(exc))
+            return False
 
     def _attempts(self, step: Step, act: Action) -> StepResult:
         """Retries and until-polling around the kind's run."""
@@ -376,10 +378,8 @@ class Engine:
                 result.error = f"timed out after {step.timeout:g}s; the step was stopped"
             if step.until is not None and result.status in ("ok", "failed", "timeout"):
                 # the condition decides, whatever the command's exit code
-                holds = self._until_holds(step, result)
-                if holds is None:
-                    return result
-                if holds:
+                last_error = result.error
+                if self._until_holds(step, result):
                     result.status, result.error = "ok", None
                     return result
                 remaining = deadline - time.monotonic() if deadline is not None else None
@@ -387,7 +387,9 @@ class Engine:
                     if remaining > 0:
                         time.sleep(remaining)
                     result.status = "timeout"
-                    result.error = f"condition '{step.until}' not met after {step.timeout:g}s ({attempt} checks)"
+                    reason = result.error or last_error
+                    result.error = f"condition '{step.until}' not met after {step.timeout:g}s ({attempt} checks)" + \
+                        (f"; last: {reason}" if reason else "")
                     return result
                 if self.ui:
                     self.ui.polling(step, result, attempt)

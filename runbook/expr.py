@@ -204,7 +204,7 @@ def render_shell(source: str, ctx: dict, secrets: Iterable[str] = ()) -> tuple[s
         command = render(source, ctx, "shell")
     finally:
         _secret_env.reset(token)
-    low = command.lower()
+    low = re.sub(r'"\$\{RUNBOOK_SECRET_\w+\}"', "", command).lower()  # our own references are not the secret
     for secret in secrets:
         if secret and secret.lower() in low:
             raise ExprError("a secret would appear in the command line: use {{ params.NAME }} alone "
@@ -378,7 +378,8 @@ def secret_misuse(source: str, secret_names: frozenset) -> tuple[str, ...]:
 
 
 _TEMPLATE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-_QUOTE_NAMES = {"'": "single quotes", '"': "double quotes", "`": "backticks", "<<": "a here-document"}
+_QUOTE_NAMES = {"'": "single quotes", '"': "double quotes", "`": "backticks", "<<": "a here-document",
+                "((": "shell arithmetic", "[[": "a [[ … ]] test (its operands may be evaluated as arithmetic)"}
 
 
 @lru_cache(maxsize=4096)
@@ -397,7 +398,8 @@ def shell_quoting_problems(source: str) -> tuple[str, ...]:
         text = source[pos:m.start()]
         stack, heredoc, in_heredoc = _scan(text, stack, heredoc, in_heredoc)
         if m.group().startswith("{{"):
-            where = "<<" if in_heredoc else (stack[-1] if stack and stack[-1] != "(" else None)
+            where = "<<" if in_heredoc else next((c for c in reversed(stack) if c in ("((", "[[")), None) \
+                or (stack[-1] if stack and stack[-1] != "(" else None)
             if where:
                 problems.append(f"{m.group()} is inside {_QUOTE_NAMES[where]}, where shell quoting does not protect it; "
                                 f"values are quoted automatically, so write the template outside quotes")
@@ -436,11 +438,23 @@ def _scan(text: str, stack: list[str], heredoc: str | None, in_heredoc: bool):
             elif text.startswith("$(", i):
                 stack.append("(")
                 i += 1
-        else:  # unquoted, or inside $( … )
+        else:  # unquoted, or inside $( … ), (( … )) or [[ … ]]
             if c == "\\":
                 i += 1
             elif c in "'\"`":
                 stack.append(c)
+            elif text.startswith("$((", i) or text.startswith("((", i):
+                stack.append("((")
+                i += 2 if text.startswith("$((", i) else 1
+            elif text.startswith("))", i) and top == "((":
+                stack.pop()
+                i += 1
+            elif text.startswith("[[", i):
+                stack.append("[[")
+                i += 1
+            elif text.startswith("]]", i) and top == "[[":
+                stack.pop()
+                i += 1
             elif text.startswith("$(", i):
                 stack.append("(")
                 i += 1

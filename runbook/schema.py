@@ -171,6 +171,9 @@ class Duration(Node):
         if self.positive and seconds <= 0:
             rep.error(pos, f"{_w(where)}must be more than 0")
             return False
+        if seconds > 366 * 86400:
+            rep.error(pos, f"{_w(where)}{value!r} is more than a year")
+            return False
         return True
 
     def json(self):

@@ -146,8 +146,12 @@ class Param:
             return f"is not {'an' if self.type == 'integer' else 'a'} {self.type}"
         if self.enum is not None and value not in self.enum:
             return f"must be one of {', '.join(map(str, self.enum))}"
-        if self.pattern and isinstance(value, str) and not re.search(self.pattern, value):
-            return f"does not match {self.pattern}"
+        if self.pattern and isinstance(value, str):
+            try:
+                if not re.search(self.pattern, value):
+                    return f"does not match {self.pattern}"
+            except re.error:
+                return f"cannot be checked: its pattern {self.pattern!r} is not a valid regular expression"
         return None
 
     def coerce(self, text: str) -> Any:

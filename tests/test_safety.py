@@ -147,3 +147,21 @@ def test_secret_in_a_step_environment_is_allowed_and_reaches_the_process(write, 
     r = cli("run", p, env={"RUNBOOK_PARAM_PW": "pw-777"})
     assert r.returncode == 0, r.stdout + r.stderr
     assert out.read_text() == "pw-777" and "pw-777" not in r.stdout
+
+
+def test_templates_in_shell_arithmetic_are_refused(write, cli, tmp_path):
+    pwned = tmp_path / "pw"
+    p = rb(write, """
+  diagnose:
+    - id: arith
+      shell: "echo $(( {{ params.n }} + 1 ))"
+      readonly: true
+    - id: test
+      shell: "[[ {{ params.n }} -eq 1 ]]; echo done"
+      readonly: true
+""", head="params:\n  n: {}\n")
+    r = cli("validate", p)
+    assert r.returncode == 1 and "inside shell arithmetic" in r.stdout and "[[ … ]] test" in r.stdout
+    write(".runbook.yaml", "rules: {RB106: off}\n")
+    r = cli("run", p, "-p", f"n=a[$(touch {pwned})]")
+    assert r.returncode == 1 and not pwned.exists()

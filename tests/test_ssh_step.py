@@ -255,7 +255,7 @@ def test_dry_run_contacts_no_host_and_shows_the_exact_command(write, cli, sshd, 
     r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert sshd.connections() == before
-    assert "$ sudo -n -- timeout -k 5 30 sh -c 'cd /tmp && systemctl restart '\"'\"'api; reboot'\"'\"''" in r.stdout
+    assert "$ sudo -n -- timeout -k 5 30 sh -c 'cd /tmp && { systemctl restart '\"'\"'api; reboot'\"'\"'" in r.stdout
     assert f"on h1 ({sshd.user}@{sshd.host}:{sshd.port})" in r.stdout
     r = cli("validate", p, "--inventory", write("other.yaml", "hosts:\n  h2: {address: 127.0.0.1}\n"))
     assert r.returncode == 1 and "host 'h1' is not in" in r.stdout
@@ -355,6 +355,18 @@ def test_accept_new_never_writes_past_lines_it_cannot_judge(write, cli, sshd, tm
     r = cli("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
     assert r.returncode == 1 and "wildcard or @marker lines" in r.stdout
     assert len(known.read_text().splitlines()) == 1
+
+
+def test_a_failed_cd_never_runs_the_command_elsewhere(write, cli, sshd, ssh_known_hosts, tmp_path):
+    marker = tmp_path / "ran"
+    p = book(write, f"""
+  diagnose:
+    - id: there
+      ssh: {{hosts: h1, command: "touch {marker}", cwd: /nonexistent-dir, env: {{X: "1"}}}}
+      readonly: true
+""")
+    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts))
+    assert r.returncode == 1 and not marker.exists()
 
 
 def test_ssh_step_static_problems(write, cli, sshd, ssh_known_hosts):

@@ -178,13 +178,12 @@ def _ssh_config_lookup(host: str) -> dict:
 def remote_command(body: dict, command: str, secret_vars: list[str], timeout: float | None, cwd: str | None,
                    env: dict[str, str]) -> str:
     """The exact line sent to each host."""
-    script = command
-    if env:
-        script = " ".join(f"export {k}={shlex.quote(v)};" for k, v in env.items()) + " " + script
-    if secret_vars:  # read from standard input, never in the command line
-        script = " ".join(f"IFS= read -r {v} && export {v} &&" for v in secret_vars) + " " + script
-    if cwd:
-        script = f"cd {shlex.quote(cwd)} && {script}"
+    parts = [f"cd {shlex.quote(cwd)}"] if cwd else []
+    for v in secret_vars:  # read from standard input, never in the command line
+        parts += [f"IFS= read -r {v}", f"export {v}"]
+    parts += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    # every part must succeed before the command runs (a failed cd must not run it elsewhere)
+    script = " && ".join(parts + [f"{{ {command}\n}}"]) if parts else command
     wrapped = script != command or timeout is not None or body.get("sudo")
     if not wrapped:
         return command
@@ -429,7 +428,10 @@ def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channel
     """exit code (None if it died of a signal), stdout, stderr, timed out — over a plain session channel."""
     import select
 
-    chan = conn.transport.open_session(timeout=10)
+    try:
+        chan = conn.transport.open_session(timeout=10)
+    except Exception as exc:  # noqa: BLE001 - nothing was sent: safe to try again on a new connection
+        raise _NotSent(exc) from exc
     channels.add(chan)
     try:
         chan.settimeout(0.2)
@@ -504,11 +506,15 @@ def run(step, act: Action, ctx) -> StepResult:
             except KeyboardInterrupt:
                 error = "interrupted"
                 break
-            except Exception as exc:  # noqa: BLE001 - e.g. a half-open connection: the command was not sent
+            except _NotSent as exc:  # e.g. a half-open connection: the command never left
+                error = f"cannot open a session: {type(exc.__cause__).__name__}: {exc.__cause__}"
+                _drop(ctx, name)
+                if attempt == 2:
+                    break
+            except Exception as exc:  # noqa: BLE001 - the command may have started: never run it twice
                 error = f"{type(exc).__name__}: {exc}"
                 _drop(ctx, name)
-                if attempt == 2 or not _not_sent(exc):
-                    break
+                break
         elapsed = time.monotonic() - began
         if error is not None:
             status = "failed"
@@ -545,11 +551,8 @@ def run(step, act: Action, ctx) -> StepResult:
     return _result(hosts, results)
 
 
-def _not_sent(exc: BaseException) -> bool:
-    """Errors raised before the command reached the host (safe to retry once on a new connection)."""
-    text = str(exc)
-    return "Timeout opening channel" in text or "SSH session not active" in text or "ChannelException" in type(exc).__name__ \
-        or isinstance(exc, (EOFError, ConnectionResetError, BrokenPipeError))
+class _NotSent(Exception):
+    """The session could not be opened: the command never reached the host."""
 
 
 def _result(hosts: list[dict], results: dict[str, dict]) -> StepResult:
