@@ -77,6 +77,18 @@ def display_params(rb: Runbook, values: dict[str, Any]) -> dict[str, Any]:
     return {k: (MASK if rb.params[k].secret and v is not None else v) for k, v in values.items()}
 
 
+class _NoInventory:
+    """What templates see as `inventory` when the run has none."""
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise RunbookError(f"the runbook reads inventory.{name}, but no inventory was given "
+                           "(use --env NAME or --inventory FILE, or add inventory/local.yaml)")
+
+    __getitem__ = __getattr__
+
+
 class Renderer:
     """Renders a step's templates against the run's context."""
 
@@ -176,7 +188,7 @@ class Engine:
         self.context = {
             "params": params,
             "steps": self.steps_ctx,
-            "inventory": inventory.template_context() if inventory is not None else {},
+            "inventory": inventory.template_context() if inventory is not None else _NoInventory(),
             "env": {k: os.environ.get(k, "") for k in rb.env_allow},
             "run": {"id": run_id, "dry_run": self.options.dry_run, "runbook": rb.name},
         }

@@ -156,11 +156,16 @@ def test_dry_run_fails_on_a_template_that_cannot_render(cli, write):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_shipped_playbooks_dry_run(cli):
+def test_shipped_playbooks_dry_run(cli, tmp_path):
     r = cli("run", "service-unavailable", "--dry-run", "-p", "service=api", "--path", ROOT / "playbooks")
+    assert r.returncode == 1 and "no inventory was given (use --env NAME" in r.stderr  # its URL comes from the inventory
+    r = cli("run", "service-unavailable", "--dry-run", "-p", "service=api", "-p", "base_url=http://127.0.0.1:8080",
+            "--path", ROOT / "playbooks")
+    assert r.returncode == 0, r.stderr
+    r = cli("run", "service-unavailable", "--dry-run", "-p", "service=api", cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "$ docker restart api" in r.stdout
-    r = cli("run", "high-error-rate", "--dry-run", "-p", "service=api", "--path", ROOT / "playbooks")
+    r = cli("run", "high-error-rate", "--dry-run", "-p", "service=api", cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "kubectl rollout undo -n production deployment/api" in r.stdout
 
@@ -173,3 +178,17 @@ def test_unknown_runbook_and_bad_file(cli, write, tmp_path):
     assert r.returncode == 1 and f"{p}:" in r.stderr and "Traceback" not in r.stderr
     r = cli("nonsense")
     assert r.returncode == 2
+
+
+EXAMPLE_PARAMS = {"service-unavailable": ["-p", "service=api"], "high-error-rate": ["-p", "service=api"],
+                  "db-connection-pool-exhaustion": []}
+
+
+@pytest.mark.parametrize("env", ["local", "staging", "production"])
+def test_every_shipped_playbook_dry_runs_against_every_shipped_environment(cli, env):
+    books = sorted(p.stem for p in (ROOT / "playbooks").glob("*.yaml"))
+    assert set(books) == set(EXAMPLE_PARAMS), "add example parameters for a new playbook here"
+    for name in books:
+        r = cli("run", name, "--dry-run", "--env", env, *EXAMPLE_PARAMS[name], cwd=ROOT)
+        assert r.returncode == 0, (name, env, r.stderr)
+        assert f"inventory/{env}.yaml" in r.stdout

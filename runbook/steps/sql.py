@@ -356,7 +356,8 @@ def _connect_error(name: str, params: dict, exc: Exception) -> str:
     if "password authentication failed" in low:
         return f"database '{name}': password authentication failed for user '{params.get('user', '(default)')}'"
     if "no password supplied" in low or "fe_sendauth" in low:
-        return f"database '{name}': the server asks for a password and none is configured (set password: {{env: …}} in the inventory, or use ~/.pgpass)"
+        return (f"database '{name}': the server asks user '{params.get('user', '(default)')}' for a password and none is "
+                f"configured (set password: {{env: …}} — or readonly_password for the read-only role — in the inventory, or use ~/.pgpass)")
     m = re.search(r'database "([^"]+)" does not exist', text)
     if m:
         return f"database '{name}': the server at {where} has no database '{m.group(1)}'"
