@@ -74,7 +74,8 @@ def resolve_params(rb: Runbook, given: dict[str, str]) -> dict[str, Any]:
 
 
 def display_params(rb: Runbook, values: dict[str, Any]) -> dict[str, Any]:
-    return {k: (MASK if rb.params[k].secret and v is not None else v) for k, v in values.items()}
+    """The parameters as shown and logged: secrets masked, unset ones left out."""
+    return {k: (MASK if rb.params[k].secret else v) for k, v in values.items() if v is not None}
 
 
 class _NoInventory:
