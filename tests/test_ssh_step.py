@@ -387,3 +387,18 @@ def test_ssh_step_static_problems(write, cli, sshd, ssh_known_hosts):
 """, name="e.yaml")
     r = cli("run", p, "--inventory", inv, "--dry-run")
     assert r.returncode == 1 and "no hosts in empty" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sudo_runs_as_the_named_user_with_a_timeout(write, cli, sshd, ssh_known_hosts):
+    p = book(write, """
+  mitigate:
+    - id: as-nobody
+      ssh: {hosts: h1, command: "id -un", sudo: true, user: nobody}
+      timeout: 30s
+  verify:
+    - id: done
+      end: "ran as {{ steps['as-nobody'].stdout | trim }}"
+""")
+    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ran as nobody" in r.stdout
