@@ -163,7 +163,10 @@ def _expand_host_pattern(pattern: str) -> list[str]:
         width = len(begin) if begin.startswith("0") and len(begin) > 1 else 0
         if width and len(end) != width:
             raise ValueError(f"host range [{spec}]: a zero-padded begin and its end must have the same length")
-        values = [str(i).zfill(width) for i in range(int(begin), int(end) + 1, int(step))]
+        numbers = range(int(begin), int(end) + 1, int(step))
+        if len(numbers) > _MAX_EXPANDED_HOSTS:  # count before building anything
+            raise ValueError(f"host pattern expands to more than {_MAX_EXPANDED_HOSTS} hosts")
+        values = [str(i).zfill(width) for i in numbers]
     elif len(begin) == 1 and len(end) == 1 and begin in string.ascii_letters and end in string.ascii_letters:
         values = list(string.ascii_letters[string.ascii_letters.index(begin):string.ascii_letters.index(end) + 1:int(step)])
     else:

@@ -494,3 +494,14 @@ def test_shipped_ansible_example_loads_without_problems():
     assert inv.hosts["db-1"].user == "postgres"
     for host in inv.hosts.values():  # documentation addresses only
         assert re.fullmatch(r"192\.0\.2\.\d+|[a-z0-9.-]+\.example\.internal|[a-z0-9-]+", str(host.address)), host.address
+
+
+def test_a_huge_host_range_is_refused_before_it_is_built():
+    import time
+
+    from runbook.inventory_ansible import _expand_host_pattern
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="more than"):
+        _expand_host_pattern("web[1:100000000]")
+    assert time.monotonic() - started < 1
