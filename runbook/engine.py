@@ -25,7 +25,7 @@ from typing import Any
 from runbook import expr
 from runbook.errors import RunbookError
 from runbook.schema import suggest
-from runbook.secrets import MASK, Redactor, Secret
+from runbook.secrets import MASK, LazySecret, Redactor, Secret
 from runbook.spec import Runbook, Step
 from runbook.steps import Action, StepResult
 
@@ -137,6 +137,15 @@ class StepContext:
 
     def answer(self, step_id: str) -> str | None:
         return self.answers.get(step_id)
+
+    def reveal(self, value: Any) -> Any:
+        """The real value behind a possibly secret one: a lazy secret is read now,
+        and every secret revealed is masked in all output from then on."""
+        if isinstance(value, LazySecret):
+            value = value.resolve()
+        if isinstance(value, Secret):
+            self.redactor.add(value)
+        return value
 
     def event(self, type_: str, **fields) -> None:
         """Something a kind did that the audit log must show (e.g. a host key added)."""
@@ -350,13 +359,8 @@ class Engine:
 
     def _resolve_secrets(self, act: Action) -> None:
         """Read lazy secrets (inventory {env:…}/{file:…}) only now that the step runs."""
-        from runbook.secrets import LazySecret
-
         for k, v in list(act.env.items()):
-            if isinstance(v, LazySecret):
-                v = v.resolve()
-            if isinstance(v, Secret):
-                self.redactor.add(v)
+            v = self.step_ctx.reveal(v)
             act.env[k] = "" if v is None else str(v)
 
     def _run_once(self, step: Step, act: Action) -> StepResult:

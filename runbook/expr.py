@@ -394,7 +394,7 @@ def shell_quoting_problems(source: str) -> tuple[str, ...]:
     heredoc: str | None = None  # delimiter of a pending or open here-document
     in_heredoc = False
     pos = 0
-    for m in _TEMPLATE.finditer(source + ""):
+    for m in _TEMPLATE.finditer(source):
         text = source[pos:m.start()]
         stack, heredoc, in_heredoc = _scan(text, stack, heredoc, in_heredoc)
         if m.group().startswith("{{"):

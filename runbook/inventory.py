@@ -404,6 +404,22 @@ def _load_env(env: str, base_dir: Path, origin: str) -> Inventory:
     )
 
 
+def jump_cycles(jumps: dict[str, str | None]) -> list[list[str]]:
+    """Each cycle of jump hosts once (hosts in the order they jump), for reporting."""
+    cycles, reported = [], set()
+    for host in jumps:
+        chain = [host]
+        while (jump := jumps[chain[-1]]) is not None:
+            if jump in chain:
+                cycle = chain[chain.index(jump):]
+                if frozenset(cycle) not in reported:
+                    reported.add(frozenset(cycle))
+                    cycles.append(cycle)
+                break
+            chain.append(jump)
+    return cycles
+
+
 def _suggest(word: object, choices: Iterable[str], known: str = "") -> str:
     """`` (did you mean 'x'?)`` when ``word`` is close to one of ``choices``,
     followed by ``known`` (a list of the valid names) inside the parentheses."""
@@ -690,19 +706,10 @@ class _Loader:
                     jump = None
             jumps[host] = jump
 
-        reported: set[frozenset[str]] = set()
-        for host in hosts:
-            chain = [host]
-            while (jump := jumps[chain[-1]]) is not None:
-                if jump in chain:
-                    cycle = chain[chain.index(jump):]
-                    if frozenset(cycle) not in reported:
-                        reported.add(frozenset(cycle))
-                        first = hosts[cycle[0]].entry
-                        pos = first.vpos("jump_host") if "jump_host" in first else ssh.vpos("jump_host")
-                        self.error(pos, f"hosts.{cycle[0]}.jump_host: jump host cycle {' -> '.join([*cycle, jump])}")
-                    break
-                chain.append(jump)
+        for cycle in jump_cycles(jumps):
+            first = hosts[cycle[0]].entry
+            pos = first.vpos("jump_host") if "jump_host" in first else ssh.vpos("jump_host")
+            self.error(pos, f"hosts.{cycle[0]}.jump_host: jump host cycle {' -> '.join([*cycle, cycle[0]])}")
         return jumps
 
     # -- single values --------------------------------------------------------

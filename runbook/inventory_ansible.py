@@ -25,6 +25,7 @@ import yaml
 from runbook.errors import Problem
 from runbook.inventory import (
     _NAME, _SECTIONS, Group, Host, Inventory, SshDefaults, _describe, _join, _Loader, _plain_secret, _suggest,
+    jump_cycles,
 )
 from runbook.secrets import Secret
 from runbook.yamlload import Map, Seq, load
@@ -667,18 +668,9 @@ class _AnsibleLoader(_Loader):
                     jumps[host], origin[host] = target, var
                 break
 
-        reported: set[frozenset[str]] = set()
-        for host in self.ahosts:
-            chain = [host]
-            while (jump := jumps[chain[-1]]) is not None:
-                if jump in chain:
-                    cycle = chain[chain.index(jump):]
-                    if frozenset(cycle) not in reported:
-                        reported.add(frozenset(cycle))
-                        var = origin[cycle[0]]
-                        self.error(var.pos, f"{var.where}: jump host cycle {' -> '.join([*cycle, jump])}")
-                    break
-                chain.append(jump)
+        for cycle in jump_cycles({h: jumps[h] for h in self.ahosts}):
+            var = origin[cycle[0]]
+            self.error(var.pos, f"{var.where}: jump host cycle {' -> '.join([*cycle, cycle[0]])}")
         return jumps
 
     def ssh_defaults(self) -> SshDefaults:

@@ -100,7 +100,6 @@ def load_config(explicit: str | None = None, start: Path | None = None) -> tuple
 @dataclass
 class Result:
     problems: list[Problem] = field(default_factory=list)
-    reachable: set[str] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -240,7 +239,7 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
     if len(seen) != len(rb.steps):
         return res  # the graph checks would only repeat the confusion of duplicate ids
     graph = _graph(rb)
-    res.reachable = reach = _reach(graph, rb.steps[0].id)
+    reach = _reach(graph, rb.steps[0].id)
     for s in rb.steps:
         if s.id not in reach:
             problem(s.pos, f"step '{s.id}' can never be reached (no step leads to it; give a previous step next/goto/on_failure, or remove it)")
@@ -271,7 +270,7 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
         if p.has_default and p.default is not None:
             why = p.check(p.default)
             if why:
-                problem(rb.data["params"].vpos(p.name) if False else _param_default_pos(rb, p.name), f"parameter '{p.name}': default {p.default!r} {why}")
+                problem(_param_key_pos(rb, p.name, "default"), f"parameter '{p.name}': default {p.default!r} {why}")
         if p.pattern:
             try:
                 re.compile(p.pattern)
@@ -382,10 +381,6 @@ def _template_pos(s: Step, field_name: str, mode: str):
     if hasattr(value, "vpos") and field_name.split(".")[0] in value:
         return value.vpos(field_name.split(".")[0])
     return s.raw.vpos(s.kind)
-
-
-def _param_default_pos(rb: Runbook, name: str):
-    return _param_key_pos(rb, name, "default")
 
 
 def _param_key_pos(rb: Runbook, name: str, key: str):

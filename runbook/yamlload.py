@@ -3,8 +3,8 @@
 ``load(text, path)`` returns plain Python data built from :class:`Map` and
 :class:`Seq` (``dict`` and ``list`` subclasses) that carry 1-based line and
 column numbers, so that every later check can say ``file:line:col``.
-A syntax error becomes a :class:`YamlError` naming the file, line and column,
-with a hint on how to fix the most common mistakes.
+A syntax error becomes a :class:`~runbook.errors.Problem` naming the file,
+line and column, with a hint on how to fix the most common mistakes.
 """
 
 from __future__ import annotations
@@ -52,12 +52,6 @@ class Seq(list):
 
     def ipos(self, i: int) -> tuple[int, int]:
         return self.item_pos[i] if i < len(self.item_pos) else self.pos
-
-
-class YamlError(RunbookError):
-    def __init__(self, problem: Problem):
-        super().__init__(problem.format())
-        self.problem = problem
 
 
 def _pos(node) -> tuple[int, int]:

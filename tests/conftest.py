@@ -34,6 +34,11 @@ def audit_dir(tmp_path, monkeypatch):
     return d
 
 
+def book(write, steps: str, head: str = "", name: str = "t.yaml") -> Path:
+    """A runbook file named `t` with the given stages (and params etc. in `head`)."""
+    return write(name, "name: t\ntitle: T\n" + head + "stages:\n" + steps)
+
+
 @pytest.fixture
 def write(tmp_path):
     """write("name.yaml", text) -> Path, dedenting the text."""

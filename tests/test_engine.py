@@ -10,17 +10,15 @@ import time
 from pathlib import Path
 
 
-from conftest import alive
+from conftest import alive, book
 from runbook import audit
-
 
 
 def records(audit_dir: Path) -> list[dict]:
     return list(audit.read_records(audit_dir / "audit.jsonl"))
 
 
-def rb(write, body: str, name="t.yaml", head="") -> Path:
-    return write(name, "name: t\ntitle: T\n" + head + "stages:\n" + body)
+rb = book  # write a runbook file
 
 
 def test_read_steps_run_and_outputs_flow_to_later_steps(write, cli, tmp_path, audit_dir):

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import time
 
+from conftest import book as rb  # write a runbook file
 from runbook import audit
-
-
-def rb(write, body: str, head: str = "", name: str = "t.yaml"):
-    return write(name, "name: t\ntitle: T\n" + head + "stages:\n" + body)
 
 
 def test_template_inside_double_quotes_is_refused(write, cli, tmp_path):

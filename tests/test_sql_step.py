@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from conftest import book
 from runbook import audit
 
 
@@ -27,10 +28,6 @@ def table(pg, pg_db):
         conn.execute("CREATE TABLE t (id serial PRIMARY KEY, name text, n int DEFAULT 0)")
         conn.execute("INSERT INTO t (name) SELECT 'row' || g FROM generate_series(1, 5) g")
     return "t"
-
-
-def book(write, steps: str, head: str = "", name: str = "b.yaml"):
-    return write(name, "name: b\ntitle: B\n" + head + "stages:\n" + steps)
 
 
 def test_readonly_step_reads_rows_usable_in_conditions(write, cli, inv, table):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 
-from conftest import alive
+from conftest import alive, book
 from runbook import audit
 
 
@@ -22,10 +22,6 @@ def inventory(write, sshd, known_hosts, *, names=("h1",), extra_hosts: dict | No
     if groups:
         doc["groups"] = groups
     return write("inv.yaml", json.dumps(doc))
-
-
-def book(write, steps: str, head: str = "", name: str = "s.yaml") -> Path:
-    return write(name, "name: s\ntitle: S\n" + head + "stages:\n" + steps)
 
 
 def test_runs_a_command_with_key_auth_and_exposes_per_host_results(write, cli, sshd, ssh_known_hosts):
@@ -259,7 +255,6 @@ def test_dry_run_contacts_no_host_and_shows_the_exact_command(write, cli, sshd, 
     assert f"on h1 ({sshd.user}@{sshd.host}:{sshd.port})" in r.stdout
     r = cli("validate", p, "--inventory", write("other.yaml", "hosts:\n  h2: {address: 127.0.0.1}\n"))
     assert r.returncode == 1 and "host 'h1' is not in" in r.stdout
-
 
 
 def test_ssh_config_alias_without_an_inventory(write, cli, sshd, tmp_path):

@@ -282,15 +282,6 @@ def _show(v: Any) -> str:
 # --- running ----------------------------------------------------------------
 
 
-def _reveal(value, ctx):
-    """The real value of a possibly secret one; every secret revealed is masked from then on."""
-    if isinstance(value, LazySecret):
-        value = value.resolve()
-    if isinstance(value, Secret):
-        ctx.redactor.add(value)
-    return value
-
-
 def _alive(conn) -> bool:
     if conn.closed or conn.broken:
         return False
@@ -316,7 +307,7 @@ def _connect(ctx, act: Action):
     db = ctx.inventory.lookup("database", act.detail["database"])
     params: dict[str, Any] = {}
     if db.dsn is not None:
-        dsn = str(_reveal(db.dsn, ctx))
+        dsn = str(ctx.reveal(db.dsn))
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.Error:
@@ -326,14 +317,14 @@ def _connect(ctx, act: Action):
     for key_name in ("host", "port", "dbname", "user", "sslmode", "service"):
         value = getattr(db, key_name)
         if value is not None:
-            params[key_name] = str(_reveal(value, ctx))
+            params[key_name] = str(ctx.reveal(value))
     if db.password is not None:
-        params["password"] = str(_reveal(db.password, ctx))
+        params["password"] = str(ctx.reveal(db.password))
     if act.detail["role"]:  # the read-only role with its own credentials, never the owner's
         params["user"] = str(act.detail["role"])
         params.pop("password", None)
         if db.readonly_password is not None:
-            params["password"] = str(_reveal(db.readonly_password, ctx))
+            params["password"] = str(ctx.reveal(db.readonly_password))
     connect_timeout = db.connect_timeout or 10
     if ctx.timeout is not None:
         connect_timeout = min(connect_timeout, ctx.timeout)
@@ -394,7 +385,7 @@ def run(step, act: Action, ctx) -> StepResult:
     if by_step:
         timeout = max(ctx.timeout, 0.001)
     timeout_ms = max(1, int(timeout * 1000)) if timeout is not None else 0  # 0: no limit
-    args = {k: _reveal(v, ctx) for k, v in act.detail["args"].items()} or None
+    args = {k: ctx.reveal(v) for k, v in act.detail["args"].items()} or None
     max_rows = step.body.get("max_rows", DEFAULT_MAX_ROWS)
     got: dict[str, Any] = {"rows": [], "columns": [], "rowcount": -1, "truncated": 0}
     try:

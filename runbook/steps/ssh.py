@@ -231,10 +231,6 @@ def _fingerprint(key) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
 
 
-def _host_key_name(address: str, port: int | None) -> str:
-    return address if not port or port == 22 else f"[{address}]:{port}"
-
-
 def _policy(name: str, known_hosts: Path, accept_new: bool, ctx, judged: bool = True):
     import paramiko
 
@@ -396,8 +392,7 @@ def _connect_error(target: dict, settings: dict, exc: BaseException) -> str:
 
     name = target["name"]
     where = f"{target['address']}:{target.get('port') or 22}"
-    if isinstance(exc, RunbookError):
-        return str(exc)
+    if isinstance(exc, RunbookError):  # ours already says it in one line (HostKeyError, jump loops)
         return str(exc)
     if isinstance(exc, paramiko.BadHostKeyException):
         return (f"host key of '{name}' ({where}) has CHANGED: expected {_fingerprint(exc.expected_key)}, got "
