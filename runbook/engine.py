@@ -118,6 +118,10 @@ class Options:
     interactive: bool = False
     answers: dict[str, str] = field(default_factory=dict)
     who: str = ""
+    # --server-dry-run: read steps run; write steps of kinds that can ask their
+    # server to validate without persisting (SERVER_DRY_RUN = True) run that way;
+    # other write steps are skipped
+    server_dry_run: bool = False
 
 
 @dataclass
@@ -134,6 +138,7 @@ class StepContext:
     timeout: float | None = None
     connections: dict = field(default_factory=dict)  # kinds keep reusable connections here
     journal: Any = None
+    server_dry_run: bool = False  # write calls must be sent as server-side dry-runs (nothing persisted)
 
     def answer(self, step_id: str) -> str | None:
         return self.answers.get(step_id)
@@ -203,7 +208,8 @@ class Engine:
             "run": {"id": run_id, "dry_run": self.options.dry_run, "runbook": rb.name},
         }
         self.step_ctx = StepContext(run_id, self.context, self.options.interactive, ui, self.options.answers,
-                                    inventory, self.redactor, journal=journal)
+                                    inventory, self.redactor, journal=journal,
+                                    server_dry_run=self.options.server_dry_run)
 
     # --- dry-run ------------------------------------------------------------
 
@@ -285,7 +291,7 @@ class Engine:
 
     def _next(self, step: Step, result: StepResult) -> tuple[Step | None, str | None]:
         following = self.rb.following(step)
-        if result.ok:
+        if result.ok or result.status == "skipped":
             if result.goto:
                 return self.rb.by_id[result.goto], None
             if step.kind == "choose":
@@ -316,7 +322,13 @@ class Engine:
         shown = self.redactor.text(act.summary)
         if self.ui:
             self.ui.step_started(step, act)
-        if step.effect == "write":
+        if step.effect == "write" and self.options.server_dry_run:
+            if not getattr(step.module, "SERVER_DRY_RUN", False):
+                result = StepResult("skipped", error=f"--server-dry-run: a {step.kind} step cannot be dry-run by its server; not run")
+                self._record_skip(step, result)
+                self.steps_ctx[step.id] = result.as_context()
+                return result
+        elif step.effect == "write":
             approved, by, how = self._approve(step, act)
             if self.journal:
                 self.journal.decision(step=step.id, approved=approved, by=by, how=how)

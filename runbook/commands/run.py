@@ -10,6 +10,9 @@ def register(sub) -> None:
     p.add_argument("name", help="runbook name or file")
     p.add_argument("--dry-run", "-n", action="store_true", help="contact nothing: print every step as it would be sent")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a parameter (repeatable)")
+    p.add_argument("--server-dry-run", action="store_true",
+                   help="run read steps for real and send write calls as server-side dry-runs (Kubernetes dryRun=All); "
+                        "write steps whose server cannot do that are skipped")
     p.add_argument("--yes", "-y", action="store_true", help="approve write steps without asking (automation)")
     p.add_argument("--answer", "-a", action="append", metavar="STEP=VALUE",
                    help="answer an ask or manual step without a terminal (repeatable)")
@@ -88,10 +91,13 @@ def run(args) -> int:
     journal = audit.RunJournal(log, run_id, redactor)
     who = audit.who()
     journal.run_started(runbook=rb.name, path=rb.path, sha256=rb.sha256, git_commit=_git_commit(rb.path),
-                        params=shown, dry_run=args.dry_run, who=who, host=audit.hostname(), argv=sys.argv[1:],
+                        params=shown, dry_run=args.dry_run, server_dry_run=args.server_dry_run or None, who=who, host=audit.hostname(), argv=sys.argv[1:],
                         inventory=str(inventory.path) if inventory is not None else None)
 
-    options = Options(dry_run=args.dry_run, yes=args.yes, interactive=interactive,
+    if args.dry_run and args.server_dry_run:
+        raise RunbookError("--dry-run and --server-dry-run exclude each other: --dry-run contacts nothing, "
+                           "--server-dry-run asks the servers")
+    options = Options(dry_run=args.dry_run, server_dry_run=args.server_dry_run, yes=args.yes, interactive=interactive,
                       answers=parse_pairs(args.answer, "--answer"), who=who)
     if args.dry_run:
         engine = Engine(rb, params, inventory=inventory, options=options, run_id=run_id, redactor=redactor)
