@@ -213,6 +213,10 @@ class Step:
         mod = self.module
         if mod.FIXED_EFFECT:
             return mod.FIXED_EFFECT
+        # kinds that know their effect from the step's body (a k8s get, an HTTP GET)
+        known = mod.effect_of(self.body) if hasattr(mod, "effect_of") else None
+        if known:
+            return known
         readonly = mod.DEFAULT_READONLY if self.readonly is None else self.readonly
         return "read" if readonly else "write"
 

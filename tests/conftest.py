@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["pgserver", "sshserver"]  # real PostgreSQL and OpenSSH servers started on 127.0.0.1
+# real servers started on 127.0.0.1: PostgreSQL, OpenSSH, a Kubernetes API server
+# subset (kubeapi), Prometheus and small HTTP services (webservers)
+pytest_plugins = ["pgserver", "sshserver", "kubeapi", "promserver", "webservers"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,1 @@
+"""Small local HTTP services: health endpoints and a webhook receiver (filled in by the http work)."""
