@@ -102,6 +102,9 @@ def document_schema() -> S.Obj:
                 "description": S.Str(),
                 "severity": S.Str(enum=SEVERITIES),
                 "alerts": S.List(S.Str(), doc="the alerts this runbook answers"),
+                "params_from_labels": S.MapOf(S.Str(), key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                              key_hint="a parameter name",
+                                              doc="run --alert: parameter ← alert label (e.g. service: job)"),
                 "owner": S.Str(),
                 "tags": S.List(S.Str()),
                 "links": S.List(S.Str(), doc="dashboards, docs"),
@@ -235,6 +238,7 @@ class Runbook:
     description: str = ""
     severity: str | None = None
     alerts: list[str] = field(default_factory=list)
+    params_from_labels: dict[str, str] = field(default_factory=dict)
     owner: str | None = None
     env_allow: list[str] = field(default_factory=list)
     params: dict[str, Param] = field(default_factory=dict)
@@ -280,6 +284,7 @@ def _build(data: Map, path: str, sha: str) -> Runbook:
     return Runbook(
         name=data["name"], title=data["title"], path=path, sha256=sha, data=data,
         description=data.get("description", ""), severity=data.get("severity"), alerts=list(data.get("alerts") or []),
+        params_from_labels=dict(data.get("params_from_labels") or {}),
         owner=data.get("owner"), env_allow=list(data.get("env") or []), params=params, steps=steps,
     )
 

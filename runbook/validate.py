@@ -221,6 +221,14 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
         problem(rb.data.vpos("stages"), "the runbook has no steps")
         return res
 
+    # alert labels → parameters (run --alert)
+    for pname in rb.params_from_labels:
+        if pname not in rb.params:
+            hint = suggest(pname, list(rb.params)) or (f" (parameters: {', '.join(rb.params)})" if rb.params else "")
+            problem(rb.data["params_from_labels"].kpos(pname), f"params_from_labels names parameter '{pname}', which the runbook does not declare{hint}")
+        elif rb.params[pname].secret:
+            problem(rb.data["params_from_labels"].kpos(pname), f"params_from_labels: '{pname}' is a secret parameter; alert labels are not secret, so do not take it from one")
+
     # references to steps
     ids = list(rb.by_id)
     for s in rb.steps:

@@ -7,7 +7,7 @@ from runbook.commands.common import add_inventory, add_path, parse_pairs
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run a runbook (use --dry-run first)", description=__doc__)
-    p.add_argument("name", help="runbook name or file")
+    p.add_argument("name", nargs="?", help="runbook name or file (optional with --alert)")
     p.add_argument("--dry-run", "-n", action="store_true", help="contact nothing: print every step as it would be sent")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a parameter (repeatable)")
     p.add_argument("--server-dry-run", action="store_true",
@@ -16,6 +16,13 @@ def register(sub) -> None:
     p.add_argument("--yes", "-y", action="store_true", help="approve write steps without asking (automation)")
     p.add_argument("--answer", "-a", action="append", metavar="STEP=VALUE",
                    help="answer an ask or manual step without a terminal (repeatable)")
+    p.add_argument("--alert", metavar="FILE",
+                   help="start from an Alertmanager webhook payload (a file, or - for standard input): the runbook is "
+                        "the alert's 'runbook' annotation or the one whose alerts: list names it; labels become "
+                        "parameters through its params_from_labels")
+    p.add_argument("--fingerprint", metavar="FP", help="with --alert: the alert of the payload to handle")
+    p.add_argument("--force", action="store_true",
+                   help="with --alert: run even while another run is handling the same alert")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output of --dry-run")
     add_inventory(p)
     add_path(p)
@@ -62,21 +69,52 @@ def _given_params(rb, given: dict[str, str], interactive: bool) -> dict[str, str
     return out
 
 
+def _from_alert(args, given: dict[str, str]):
+    """The runbook, the alert and the parameters (labels, then -p) for --alert."""
+    from runbook import alert, spec, ui
+
+    doc = alert.read_payload(args.alert)
+    alerts = alert.firing(doc, args.fingerprint)
+    if args.name:
+        ref, why = args.name, "named on the command line"
+    else:
+        ref, why = alert.choose_runbook(alerts, spec.search_path(args.path))
+    rb = spec.find(ref, spec.search_path(args.path))
+    chosen, from_labels = alert.group_params(rb, alerts)
+    mapped = ", ".join(f"{k}={v} (label {rb.params_from_labels[k]})" for k, v in from_labels.items() if k not in given)
+    since = f", firing since {chosen.starts_at}" if chosen.starts_at else ""
+    more = f" and {len(chosen.others)} more of its group" if chosen.others else ""
+    ui.err().print(f"alert {chosen.name} ({chosen.fingerprint}{since}){more} → runbook {rb.name}: {why}"
+                   + (f"; {mapped}" if mapped else ""), markup=False, highlight=False)
+    return rb, chosen, {**from_labels, **given}  # -p wins over a label
+
+
 def run(args) -> int:
     import json
-    import signal
     import sys
 
     from runbook import audit, spec, ui
     from runbook.engine import Engine, Options, display_params, resolve_params
-    from runbook.errors import RunbookError
+    from runbook.errors import RunbookError, UsageError
     from runbook.inventory import resolve_inventory
     from runbook.secrets import Redactor
 
-    rb = spec.find(args.name, spec.search_path(args.path))
+    if args.dry_run and args.server_dry_run:
+        raise UsageError("--dry-run and --server-dry-run exclude each other: --dry-run contacts nothing, "
+                           "--server-dry-run asks the servers")
+    given = parse_pairs(args.param, "-p")
+    the_alert = None
+    if args.alert:
+        rb, the_alert, given = _from_alert(args, given)
+    elif not args.name:
+        raise UsageError("give a runbook name (runbook list shows them), or --alert FILE")
+    else:
+        if args.fingerprint or args.force:
+            raise UsageError("--fingerprint and --force go with --alert")
+        rb = spec.find(args.name, spec.search_path(args.path))
     inventory = resolve_inventory(args.inventory, args.env)
     interactive = ui.is_interactive()
-    params = resolve_params(rb, _given_params(rb, parse_pairs(args.param, "-p"), interactive))
+    params = resolve_params(rb, _given_params(rb, given, interactive))
     redactor = Redactor()
     if inventory is not None:
         for v in inventory.secret_values():
@@ -91,12 +129,11 @@ def run(args) -> int:
     journal = audit.RunJournal(log, run_id, redactor)
     who = audit.who()
     journal.run_started(runbook=rb.name, path=rb.path, sha256=rb.sha256, git_commit=_git_commit(rb.path),
-                        params=shown, dry_run=args.dry_run, server_dry_run=args.server_dry_run or None, who=who, host=audit.hostname(), argv=sys.argv[1:],
-                        inventory=str(inventory.path) if inventory is not None else None)
+                        params=shown, dry_run=args.dry_run, server_dry_run=args.server_dry_run or None, who=who,
+                        host=audit.hostname(), argv=sys.argv[1:],
+                        inventory=str(inventory.path) if inventory is not None else None,
+                        alert=the_alert.record() if the_alert else None)
 
-    if args.dry_run and args.server_dry_run:
-        raise RunbookError("--dry-run and --server-dry-run exclude each other: --dry-run contacts nothing, "
-                           "--server-dry-run asks the servers")
     options = Options(dry_run=args.dry_run, server_dry_run=args.server_dry_run, yes=args.yes, interactive=interactive,
                       answers=parse_pairs(args.answer, "--answer"), who=who)
     if args.dry_run:
@@ -116,6 +153,37 @@ def run(args) -> int:
         else:
             ui.print_plan(rb, entries, shown, redactor, inventory)
         return 0
+
+    locks = []
+    if the_alert is not None:
+        from runbook.alert import AlertLock
+
+        started = audit._now()
+        for fp in [the_alert.fingerprint, *the_alert.others]:
+            lock = AlertLock(audit.default_dir(), fp)
+            try:
+                warning = lock.acquire(run_id, who, started, args.force)
+            except RunbookError:
+                for held in locks:
+                    held.release()
+                journal.run_finished(status="refused", exit_code=3)
+                raise
+            locks.append(lock)
+            if warning:
+                journal.event("forced", alert=fp, warning=warning)
+                print(f"runbook: {warning}", file=sys.stderr)
+    try:
+        return _live(args, rb, params, inventory, journal, options, run_id, redactor, shown)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _live(args, rb, params, inventory, journal, options, run_id, redactor, shown) -> int:
+    import signal
+
+    from runbook import ui
+    from runbook.engine import Engine
 
     console_ui = ui.ConsoleUI(redactor)
     engine = Engine(rb, params, inventory=inventory, ui=console_ui, journal=journal, options=options,

@@ -1,0 +1,229 @@
+"""Starting a run from an Alertmanager alert (``runbook run --alert FILE``).
+
+Alertmanager's webhook receiver posts a JSON document (version 4) holding a
+group of alerts; each has ``status``, ``labels``, ``annotations``,
+``startsAt``, ``endsAt``, ``generatorURL`` and ``fingerprint``.  From it we
+
+* choose the runbook: the alert's ``runbook`` annotation (a name or a file),
+  else the ``runbook_url`` annotation when its last path segment names a
+  runbook, else the runbooks whose ``alerts:`` list names the alert;
+* map labels to parameters through the runbook's ``params_from_labels``
+  (``service: job`` sets the parameter ``service`` from the label ``job``);
+  the values then pass the parameter's type, pattern and enum like any
+  ``-p`` value, since labels are data from elsewhere;
+* keep one run per alert at a time: a lock file per fingerprint, held (flock)
+  for the run's life, so that two people paged at once do not both mitigate.
+  A crashed run's lock is released by the kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runbook.errors import RunbookError, UsageError
+
+
+@dataclass
+class Alert:
+    name: str
+    status: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: str | None
+    fingerprint: str
+    generator_url: str | None = None
+    others: list[str] = field(default_factory=list)  # fingerprints of the group's other alerts handled by this run
+
+    def record(self) -> dict[str, Any]:
+        """What the audit log keeps of the alert."""
+        d = {"name": self.name, "status": self.status, "labels": self.labels, "startsAt": self.starts_at,
+             "fingerprint": self.fingerprint, "generatorURL": self.generator_url}
+        if self.others:
+            d["also"] = self.others
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def read_payload(source: str) -> dict:
+    """The webhook document from a file or ``-`` (standard input)."""
+    where = "standard input" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--alert {source}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--alert {where}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                         "expected an Alertmanager webhook payload") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("alerts"), list):
+        raise UsageError(f"--alert {where}: not an Alertmanager webhook payload (no 'alerts' list)")
+    return doc
+
+
+def _fingerprint(alert: dict) -> str:
+    fp = alert.get("fingerprint")
+    if fp:
+        return str(fp)
+    # Alertmanager always sends one; for hand-written payloads, derive a stable one from the labels
+    import hashlib
+
+    labels = json.dumps(alert.get("labels") or {}, sort_keys=True)
+    return hashlib.sha256(labels.encode()).hexdigest()[:16]
+
+
+def _alert(a: dict) -> Alert:
+    labels = {str(k): str(v) for k, v in (a.get("labels") or {}).items()}
+    return Alert(
+        name=labels.get("alertname", "?"), status=str(a.get("status", "firing")), labels=labels,
+        annotations={str(k): str(v) for k, v in (a.get("annotations") or {}).items()},
+        starts_at=a.get("startsAt"), fingerprint=_fingerprint(a), generator_url=a.get("generatorURL") or None,
+    )
+
+
+def firing(doc: dict, fingerprint: str | None = None) -> list[Alert]:
+    alerts = [_alert(a) for a in doc["alerts"] if isinstance(a, dict)]
+    if fingerprint:
+        chosen = [a for a in alerts if a.fingerprint == fingerprint]
+        if not chosen:
+            raise UsageError(f"--fingerprint {fingerprint}: no such alert in the payload "
+                             f"(it has: {', '.join(a.fingerprint for a in alerts) or 'none'})")
+        alerts = chosen
+    live = [a for a in alerts if a.status != "resolved"]
+    if not live:
+        names = ", ".join(sorted({a.name for a in alerts})) or "no alerts"
+        raise RunbookError(f"the payload holds no firing alert ({names}: resolved); nothing to run")
+    return live
+
+
+def _by_annotation(alert: Alert, runbooks: dict[str, str]) -> tuple[str, str] | None:
+    """(runbook reference, how it was found) from the alert's annotations."""
+    ref = alert.annotations.get("runbook", "").strip()
+    if ref:
+        # a name only: an annotation (data from elsewhere) never picks a file outside the runbook path
+        name = Path(ref).stem if ref.endswith((".yaml", ".yml")) else ref
+        if name not in runbooks:
+            raise RunbookError(f"alert {alert.name}'s 'runbook' annotation names '{ref}', which is not a runbook on the "
+                               f"runbook path (runbook list shows them)")
+        return name, f"its 'runbook' annotation ({ref})"
+    url = alert.annotations.get("runbook_url")
+    if url:
+        last = url.rstrip("/").rsplit("/", 1)[-1].split("#")[0].split("?")[0]
+        for ext in (".yaml", ".yml", ".md", ".html"):
+            if last.endswith(ext):
+                last = last[: -len(ext)]
+        if last in runbooks:
+            return last, f"its 'runbook_url' annotation ({url})"
+    return None
+
+
+def choose_runbook(alerts: list[Alert], paths: list[Path]) -> tuple[str, str]:
+    """The runbook reference (name or file) for these alerts, and why it was chosen.
+
+    Refuses when no runbook or more than one matches, and when the group's
+    alerts would need different runbooks."""
+    from runbook import spec
+
+    index: dict[str, str] = {}  # runbook name -> path
+    answers: dict[str, list[str]] = {}  # alert name -> runbook names
+    for f in spec.runbook_files(paths):
+        rb, _ = spec.load_text(f.read_text(encoding="utf-8"), str(f))
+        if rb is None:
+            continue
+        index.setdefault(rb.name, str(f))
+        index.setdefault(f.stem, str(f))
+        for name in rb.alerts:
+            answers.setdefault(name, []).append(rb.name)
+    choices: dict[str, str] = {}
+    for a in alerts:
+        found = _by_annotation(a, index)
+        if found is None:
+            names = sorted(set(answers.get(a.name, [])))
+            if not names:
+                raise RunbookError(f"no runbook answers alert {a.name}: none has it in its 'alerts:' list and the alert has no "
+                                   f"'runbook' annotation; add {a.name} to a runbook's alerts, or name the runbook: "
+                                   f"runbook run NAME --alert …")
+            if len(names) > 1:
+                raise RunbookError(f"alert {a.name} is answered by {len(names)} runbooks ({', '.join(names)}); "
+                                   f"choose one: runbook run NAME --alert …, or set the alert's 'runbook' annotation")
+            found = names[0], f"its name is in the 'alerts:' list of {names[0]}"
+        choices.setdefault(found[0], found[1])
+    if len(choices) > 1:
+        raise RunbookError(f"the payload's firing alerts need different runbooks ({', '.join(sorted(choices))}); "
+                           "run them one at a time with --fingerprint FP")
+    ref, why = next(iter(choices.items()))
+    return ref, why
+
+
+def label_params(rb, alert: Alert) -> dict[str, str]:
+    """Parameters from the alert's labels, through the runbook's ``params_from_labels``."""
+    out: dict[str, str] = {}
+    for param, label in rb.params_from_labels.items():
+        if label in alert.labels:
+            out[param] = alert.labels[label]
+    return out
+
+
+def group_params(rb, alerts: list[Alert]) -> tuple[Alert, dict[str, str]]:
+    """The alert a run is for, and its parameters; several firing alerts of one
+    group are one run only when they give the same parameters."""
+    distinct: dict[tuple, list[Alert]] = {}
+    for a in alerts:
+        distinct.setdefault(tuple(sorted(label_params(rb, a).items())), []).append(a)
+    if len(distinct) > 1:
+        lines = "; ".join(f"{a[0].fingerprint} ({', '.join(f'{k}={v}' for k, v in key) or 'no parameters'})"
+                          for key, a in distinct.items())
+        raise RunbookError(f"the payload holds {len(alerts)} firing alerts that give different parameters: {lines}; "
+                           "run one with --fingerprint FP")
+    group = sorted(alerts, key=lambda a: a.starts_at or "")
+    first = group[0]
+    first.others = [a.fingerprint for a in group[1:]]
+    return first, label_params(rb, first)
+
+
+class AlertLock:
+    """One run per alert fingerprint at a time, across processes of this machine."""
+
+    def __init__(self, directory: Path, fingerprint: str):
+        self.path = directory / "alerts" / f"{''.join(c for c in fingerprint if c.isalnum())[:64] or 'alert'}.lock"
+        self.fd: int | None = None
+
+    def acquire(self, run_id: str, who: str, started: str, force: bool) -> str | None:
+        """Take the lock; returns a warning when --force overrode a running run.
+        Raises RunbookError naming the running run otherwise."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except (ValueError, OSError):
+                holder = {}
+            os.close(fd)
+            desc = (f"run {holder.get('run', '?')} started by {holder.get('who', '?')} at {holder.get('started', '?')}"
+                    f" on {holder.get('host', '?')}")
+            if not force:
+                raise RunbookError(f"this alert is already being handled: {desc}; follow that run (runbook audit show "
+                                   f"{holder.get('run', 'RUN_ID')}) or pass --force to run anyway", exit_code=3) from None
+            return f"warning: --force: this alert is also being handled by {desc}"
+        from runbook.audit import hostname
+
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"run": run_id, "who": who, "started": started, "host": hostname()}).encode(), 0)
+        self.fd = fd
+        return None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+            finally:
+                os.close(self.fd)  # closing releases the flock
+                self.fd = None
