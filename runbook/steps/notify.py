@@ -1,0 +1,170 @@
+"""``notify``: post a message to an inventory webhook (Slack incoming webhook or generic JSON).
+
+    - id: announce
+      notify:
+        to: incidents                    # an inventory notify entry, or its channel: "#incidents"
+        event: started
+        message: "Investigating high 5xx rate on {{ params.service }}"
+
+    - id: all-clear
+      notify: {to: incidents, event: resolved, message: "Error rate back under {{ params.threshold }}"}
+
+    - id: page-lead
+      notify: {to: incidents, event: escalation, message: "Still failing: @engineering-lead please take over"}
+      required: true                     # a failed post fails the step (default: a warning only)
+
+* ``to``: the name of an inventory ``notify`` entry, or a channel (``#…``)
+  that exactly one entry has.  The webhook URL is a secret (usually
+  ``{env: …}``): it is read when the step runs and never shown.
+* ``message`` is a template (text: a secret shows as ``***``).  Every message
+  ends with the runbook name and the run id, so that readers find the run
+  (``runbook audit show RUN_ID``).  ``event`` (started, update, failed,
+  escalation, resolved; default update) prefixes it in bold (``*RESOLVED*``).
+* ``format``: ``slack`` (default) posts ``{"text": …}`` (plus ``channel``
+  when the inventory entry names one), which Slack, Mattermost and
+  Rocket.Chat incoming webhooks accept; ``json`` posts
+  ``{text, event, runbook, run_id, channel, message, dry_run}`` for a generic receiver.
+* Effect: ``read`` — a message changes nothing the runbook is about, so it
+  is not confirmed and may sit in the diagnose stage.  ``readonly: false``
+  makes it a write step that is confirmed first (e.g. a message to customers).
+* Failure: a webhook that cannot be reached or answers other than 2xx does
+  **not** fail the step — the run should never stop because chat is down.
+  The step stays ``ok``, its ``error`` and output say ``not sent: …``, the
+  audit log gets a ``notify_failed`` record, and ``sent`` is false.  With
+  ``required: true`` the step fails instead (then ``on_failure`` applies).
+  A missing webhook secret is treated the same way.
+* ``--dry-run`` shows the payload and sends nothing; ``--server-dry-run``
+  does not send either (its read steps run, but nobody should be paged by
+  a rehearsal).
+* Result: ``sent`` (true/false), ``status_code``, ``channel``, ``payload``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from runbook import schema as S
+from runbook.errors import RunbookError
+from runbook.steps import Action, StepResult
+from runbook.steps import _web as W
+
+EVENTS = {"started": "*STARTED*", "update": "*UPDATE*", "failed": "*FAILED*", "escalation": "*ESCALATION*",
+          "resolved": "*RESOLVED*"}
+SCHEMA = S.Obj(
+    {
+        "to": S.Str(doc="an inventory notify entry, or its channel (#…)"),
+        "message": S.Str(doc="the text (a template)"),
+        "event": S.Str(enum=tuple(EVENTS), doc="started, update (default), failed, escalation or resolved"),
+        "format": S.Str(enum=("slack", "json"), doc="slack: {text, channel} (default); json: a structured object"),
+        "required": S.Bool(doc="a failed post fails the step (default: a warning only)"),
+        "timeout": S.Duration(positive=True, doc="limit of the request (default 5s)"),
+    },
+    required=("to", "message"),
+    doc="Post a message to a chat or webhook",
+)
+DEFAULT_READONLY = True
+FIXED_EFFECT = None
+RESULT_FIELDS = ("sent", "status_code", "channel", "payload")
+SHOW_OUTPUT = True
+DEFAULT_TIMEOUT = 5.0
+
+
+def normalize(value) -> dict:
+    return dict(value)
+
+
+def templates(body: dict) -> list[tuple[str, str, str]]:
+    return [("to", body["to"], "text"), ("message", body["message"], "text")]
+
+
+def edges(body: dict) -> list[tuple[str, str]]:
+    return []
+
+
+def inventory_targets(body: dict) -> list[tuple[str, str, str]]:
+    to = body["to"]
+    return [] if to.startswith("#") else [("notify", to, "to")]
+
+
+def static_problems(step) -> list[tuple[str, str, str]]:
+    return []
+
+
+def _notifier(r, to: str):
+    inventory = getattr(r, "inventory", None)
+    if inventory is None:
+        raise RunbookError(f"a notify step needs an inventory with notifier '{to}' (use --inventory FILE or --env NAME)")
+    if not to.startswith("#"):
+        return inventory.lookup("notify", to)
+    matches = [n for n in inventory.notify.values() if n.channel == to]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        known = ", ".join(f"{n.name} ({n.channel})" for n in inventory.notify.values() if n.channel) or "none"
+        raise RunbookError(f"no notifier in {inventory.path} posts to {to} (notifiers with channels: {known})")
+    raise RunbookError(f"{len(matches)} notifiers in {inventory.path} post to {to} "
+                       f"({', '.join(n.name for n in matches)}): name one in to:")
+
+
+def action(step, r) -> Action:
+    body = step.body
+    to = r.text(body["to"])
+    notifier = _notifier(r, to)
+    event = body.get("event", "update")
+    run = r.context.get("run") or {}
+    message = r.text(body["message"]).strip()
+    footer = f"runbook {run.get('runbook', '?')}, run {run.get('id', '?')}"
+    text = f"{EVENTS[event]} {message}\n_{footer}_"
+    fmt = body.get("format", "slack")
+    if fmt == "slack":
+        payload: dict[str, Any] = {"text": text}
+        if notifier.channel:
+            payload["channel"] = notifier.channel
+    else:
+        payload = {"text": text, "event": event, "message": message, "runbook": run.get("runbook"),
+                   "run_id": run.get("id"), "channel": notifier.channel, "dry_run": bool(run.get("dry_run"))}
+    timeout = S.parse_duration(body["timeout"]) if "timeout" in body else DEFAULT_TIMEOUT
+    where = f"{notifier.name}" + (f" ({notifier.channel})" if notifier.channel else "")
+    shown = json.dumps(payload, ensure_ascii=False)
+    return Action(summary=f"POST to notifier {where}: {shown}", targets=[where],
+                  detail={"notifier": notifier.name, "channel": notifier.channel, "payload": payload,
+                          "required": bool(body.get("required", False)), "timeout": timeout, "format": fmt})
+
+
+def run(step, act: Action, ctx) -> StepResult:
+    d = act.detail
+    started = time.monotonic()
+    data = {"sent": False, "status_code": None, "channel": d["channel"], "payload": d["payload"]}
+
+    def not_sent(why: str) -> StepResult:
+        why = ctx.redactor.text(why)
+        ctx.event("notify_failed", step=step.id, notifier=d["notifier"], error=why, required=d["required"])
+        if d["required"]:
+            return StepResult("failed", error=f"not sent: {why}", data=data, duration=time.monotonic() - started)
+        return StepResult("ok", stdout=f"NOT SENT to {d['notifier']}: {why} (the run goes on; required: true would stop it)\n",
+                          error=f"warning: not sent: {why}", data=data, duration=time.monotonic() - started)
+
+    if ctx.server_dry_run:
+        return StepResult("ok", stdout=f"not sent to {d['notifier']} (--server-dry-run)\n", data=data,
+                          duration=time.monotonic() - started)
+    try:
+        notifier = ctx.inventory.lookup("notify", d["notifier"])
+        url = str(ctx.reveal(notifier.webhook))
+        W.check_url(url)
+    except RunbookError as exc:
+        return not_sent(f"webhook of notifier '{d['notifier']}': {exc}")
+    ctx.redactor.add(url)  # a webhook URL is a credential: never in output or the log
+    body = json.dumps(d["payload"]).encode()
+    try:
+        resp = W.send(ctx, "POST", url, headers={"Content-Type": "application/json"}, body=body, timeout=d["timeout"])
+    except W.HttpError as exc:
+        return not_sent(str(exc).replace(W.where(url), f"the webhook of '{d['notifier']}'"))
+    data["status_code"] = resp["status"]
+    if not 200 <= resp["status"] < 300:
+        excerpt = W.one_line(W.decode_body(resp["body"]), 80)
+        return not_sent(f"the webhook answered {resp['status']} {resp['reason']}" + (f": {excerpt}" if excerpt else ""))
+    data["sent"] = True
+    where = d["notifier"] + (f" ({d['channel']})" if d["channel"] else "")
+    return StepResult("ok", stdout=f"sent to {where}\n", data=data, duration=time.monotonic() - started)
