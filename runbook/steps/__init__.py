@@ -22,6 +22,7 @@ KINDS: dict[str, str] = {
     "end": "runbook.steps.end",
     "sql": "runbook.steps.sql",
     "ssh": "runbook.steps.ssh",
+    "k8s": "runbook.steps.k8s",
     "http": "runbook.steps.http",
     "prometheus": "runbook.steps.prometheus",
     "notify": "runbook.steps.notify",
