@@ -1,0 +1,46 @@
+"""``runbook report RUN_ID``: the incident timeline of one run, in Markdown, for the post-mortem."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "report",
+        help="the incident timeline of a run, in Markdown, for the post-mortem",
+        description="Write the timeline of one recorded run (T+ from the alert, or from the start), every step's "
+        "command, approval and result, and post-mortem sections to fill in, as Markdown. "
+        "The audit log's hash chain is checked first: a log that does not verify is reported with a warning.",
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="a run id, a unique prefix of one, or 'last' for the most recent run")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (default: standard output)")
+    p.add_argument("--dir", metavar="DIR", help="audit log directory (default: $RUNBOOK_AUDIT_DIR or ~/.local/state/runbook)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    from runbook.commands.audit import _log_path
+    from runbook.errors import RunbookError
+    from runbook.report import report
+
+    text = report(_log_path(args), args.run_id)
+    if not args.output or args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    tmp = f"{args.output}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, args.output)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise RunbookError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    print(f"runbook: report written to {args.output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,691 @@
+"""The incident timeline of one run, in Markdown, for the post-mortem (``runbook report``).
+
+Everything comes from the audit log: the run's records in order, with
+``T+`` offsets from the alert's ``startsAt`` when the run came from an alert,
+else from the run's start.  The sections after the timeline follow the
+post-mortem template (impact, root cause, resolution, action items, lessons
+learned); what only people can say is left as a visible placeholder.
+
+Values from the log are data, not Markdown: commands, ids and labels go in
+code spans or fenced blocks whose fences are longer than any backtick run in
+them, other text is backslash-escaped, and ``|`` is escaped in table cells, so
+the document stays well formed whatever the log holds.  Record types this
+module does not know (newer versions of the engine write more) are listed as
+events with all their fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from runbook import audit
+from runbook.errors import RunbookError
+
+TODO = "_to be filled in_"
+SHOWN_LINES = 10  # of a failed step's output excerpt
+
+# Fields shown by the specific wording of each record type; any other field is appended as is.
+_COMMON = {"type", "run", "ts", "prev", "hash", "v"}
+_KNOWN = {
+    "run_started": {"runbook", "path", "sha256", "git_commit", "params", "dry_run", "server_dry_run", "who", "host",
+                    "argv", "inventory", "alert", "source"},  # source: the runbook's text (read for the title)
+    "step_intent": {"step", "kind", "stage", "effect", "targets", "rendered", "attempt"},
+    "decision": {"step", "approved", "by", "how"},
+    "step_result": {"step", "status", "exit_code", "duration", "output_sha256", "output_bytes", "output_excerpt",
+                    "error", "outputs", "attempt", "attempts", "data"},  # data: the engine's state for a resume
+    "run_finished": {"status", "exit_code"},
+    "retry": {"step", "attempt", "status", "error"},
+    "interrupted": {"step"},
+    "error": {"step", "error"},
+    "plan": {"steps"},
+}
+# Ways of deciding before a step runs (a decision with another ``how`` right after a failure is about the failure).
+_BEFORE_STEP = {"prompt", "--yes", "no-terminal", "answer-flag", "step-mode"}
+# What a decision's ``how`` means, where it is known; any other value is shown as it is.
+_HOW = {
+    "prompt": "at the prompt",
+    "--yes": "on the command line",
+    "no-terminal": "no terminal to ask, and no --yes",
+    "answer-flag": "with --answer",
+}
+_OUTCOME = {
+    "resolved": "resolved",
+    "completed": "completed (the last step ran; no end step)",
+    "escalated": "escalated",
+    "failed": "failed",
+    "refused": "refused (a write step was not approved, or a question had no operator)",
+    "interrupted": "interrupted (Ctrl-C or SIGTERM)",
+    "planned": "planned (dry-run: nothing was contacted)",
+    "aborted": "aborted by the operator",
+}
+
+
+# --- Markdown ------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_SPECIAL = re.compile(r"([\\`*_\[\]<>|#~&])")
+
+
+def _printable(s: str) -> str:
+    """Control characters (terminal escapes, NULs, CRs) as visible ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
+
+
+def text(value: Any) -> str:
+    """Plain text on one line, with Markdown's special characters escaped."""
+    s = _printable(" ".join(str(value).split()))
+    return _SPECIAL.sub(r"\\\1", s)
+
+
+def code(value: Any) -> str:
+    """``value`` as one inline code span (on one line: newlines shown as ⏎)."""
+    s = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    s = _printable(s.replace("\r\n", "\n").replace("\n", " ⏎ ").replace("\t", " "))
+    if not s:
+        return '""'
+    longest = max((len(run) for run in re.findall(r"`+", s)), default=0)
+    fence = "`" * (longest + 1)
+    if s.startswith("`") or s.endswith("`") or (s.startswith(" ") and s.endswith(" ") and s.strip()):
+        s = f" {s} "
+    return f"{fence}{s}{fence}"
+
+
+def block(value: str, indent: str = "", info: str = "") -> list[str]:
+    """A fenced code block (as lines), indented to sit inside a list item."""
+    s = _printable(value.replace("\r\n", "\n").rstrip("\n"))
+    longest = max((len(run) for run in re.findall(r"`+", s)), default=0)
+    fence = "`" * max(3, longest + 1)
+    lines = [indent + fence + info]
+    lines += [(indent + line) if line.strip() else "" for line in s.split("\n")]
+    lines.append(indent + fence)
+    return lines
+
+
+def _cell(value: str) -> str:
+    """Formatted Markdown made fit for a table cell: every ``|`` escaped, inside code spans too
+    (GFM removes one backslash before each ``|`` of a row before it reads the inlines)."""
+    return value.replace("|", "\\|")
+
+
+# --- Times -------------------------------------------------------------------------
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 time (audit ``ts``, Alertmanager ``startsAt``) in UTC; None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    t = t.astimezone(timezone.utc)
+    return None if t.year <= 1 else t  # Alertmanager's zero time means "not set"
+
+
+def offset(t: datetime | None, origin: datetime | None) -> str:
+    """``T+01:02:03`` (``T+1d 01:02:03`` beyond a day, ``T-…`` before the origin)."""
+    if t is None or origin is None:
+        return "T+?"
+    seconds = int((t - origin).total_seconds())  # towards zero
+    sign = "-" if seconds < 0 else "+"
+    seconds = abs(seconds)
+    days, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return f"T{sign}" + (f"{days}d " if days else "") + f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    days, rest = divmod(int(seconds), 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    if days:
+        return f"{days}d {h:02d}h {m:02d}m {s:02d}s"
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
+
+
+def _utc(t: datetime | None) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC") if t else "?"
+
+
+def _clock(t: datetime | None) -> str:
+    return t.strftime("%H:%M:%S") if t else "?"
+
+
+# --- Reading the log -------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    """Why the log does not verify."""
+
+    path: str
+    line: int | None
+    problem: str
+    this_run: bool = False  # the first bad line is a record of the reported run
+
+
+def resolve_run(path: Path, run_id: str) -> list[dict[str, Any]]:
+    """The records of ``run_id`` (a run id, a unique prefix, or ``last``)."""
+    if run_id == "last":
+        runs = audit.list_runs(path)
+        if not runs:
+            raise RunbookError(f"no runs recorded in {path}")
+        run_id = runs[-1]["run"]
+    return audit.run_records(path, run_id)
+
+
+def check_chain(path: Path, run_id: str) -> Problem | None:
+    """None when the log verifies (like ``runbook audit verify``), else where it does not."""
+    result = audit.verify(path)
+    if result.ok:
+        return None
+    this_run = False
+    if result.line is not None:
+        try:
+            with open(path, "rb") as f:
+                for number, line in enumerate(f, start=1):
+                    if number == result.line:
+                        try:
+                            this_run = str(json.loads(line).get("run")) == run_id
+                        except (ValueError, AttributeError):
+                            pass
+                        break
+        except OSError:
+            pass
+    return Problem(str(path), result.line, result.problem or result.message, this_run)
+
+
+def runbook_meta(started: dict[str, Any]) -> dict[str, Any]:
+    """Title and severity of the runbook that ran: from its text in the log (``source``) when
+    recorded, else from its file when that still has the sha256 the run recorded."""
+    source = started.get("source")
+    if not isinstance(source, str):
+        source = None
+        path, sha = started.get("path"), started.get("sha256")
+        if isinstance(path, str) and isinstance(sha, str):
+            try:
+                data = Path(path).read_text(encoding="utf-8")
+                if hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest() == sha:
+                    source = data
+            except (OSError, UnicodeError):
+                pass
+    if source is None:
+        return {}
+    try:
+        import yaml
+
+        doc = yaml.safe_load(source)
+    except Exception:  # noqa: BLE001 - the title is a nicety; the report must not fail for it
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {k: doc[k] for k in ("title", "severity") if isinstance(doc.get(k), str) and doc[k]}
+
+
+# --- The report ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    """One execution of a step: its intent and, if recorded, its result."""
+
+    id: str
+    intent: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
+    next_step: str | None = None  # the step that ran after this one
+    settled: bool = False  # an open intent closed by a later declined decision
+    after: dict[str, Any] | None = None  # the operator's decision after the step failed
+
+    @property
+    def stage(self) -> str:
+        return str((self.intent or {}).get("stage") or "")
+
+    @property
+    def in_doubt(self) -> bool:
+        return self.intent is not None and self.result is None and not self.settled
+
+
+@dataclass
+class _Run:
+    records: list[dict[str, Any]]
+    started: dict[str, Any]
+    finished: dict[str, Any] | None
+    executions: list[_Step] = field(default_factory=list)
+    by_record: dict[int, _Step] = field(default_factory=dict)  # id(record) -> its execution
+
+    @classmethod
+    def of(cls, records: list[dict[str, Any]]) -> _Run:
+        """Pair intents with results as :func:`runbook.audit.in_doubt` does: by step and attempt,
+        a declined decision settling any open intent of its step.  A decision is paired with
+        the intent (or result) of its step that follows it, except one that comes right after a
+        step's failure (an operator's choice on how to go on): that one stays with the failure."""
+        started = next((r for r in records if r.get("type") == "run_started"), {})
+        finished = next((r for r in reversed(records) if r.get("type") == "run_finished"), None)
+        run = cls(records, started, finished)
+        pending: dict[tuple[str, Any], _Step] = {}  # intents waiting for their result
+        decided: dict[str, _Step] = {}  # decisions waiting for their step to start
+        last: _Step | None = None  # the execution of the previous step record
+        for r in records:
+            kind, step = r.get("type"), str(r.get("step"))
+            if kind not in ("decision", "step_intent", "step_result") or "step" not in r:
+                continue
+            if kind == "decision":
+                if (last is not None and last.id == step and last.result is not None and last.after is None
+                        and last.result.get("status") != "ok" and r.get("how") not in _BEFORE_STEP):
+                    last.after = r
+                    run.by_record[id(r)] = last
+                    continue
+                ex = _Step(step, decision=r)
+                run._add(ex, r)
+                decided[step] = ex
+                if not r.get("approved"):
+                    for key in [k for k in pending if k[0] == step]:
+                        pending.pop(key).settled = True
+            elif kind == "step_intent":
+                ex = decided.pop(step, None)
+                if ex is None:
+                    ex = _Step(step)
+                    run._add(ex, r)
+                ex.intent = r
+                run.by_record[id(r)] = ex
+                pending[(step, r.get("attempt", 1))] = ex
+            else:
+                ex = pending.pop((step, r.get("attempt", 1)), None) or decided.pop(step, None)
+                if ex is None:  # a result without an intent: a step stopped before it started
+                    ex = _Step(step)
+                    run._add(ex, r)
+                ex.result = r
+                run.by_record[id(r)] = ex
+            last = run.by_record[id(r)]
+        ran = [ex for ex in run.executions if ex.intent is not None or ex.result is not None]
+        for a, b in zip(ran, ran[1:]):
+            a.next_step = b.id
+        return run
+
+    def _add(self, ex: _Step, record: dict[str, Any]) -> None:
+        self.executions.append(ex)
+        self.by_record[id(record)] = ex
+
+
+def render(records: list[dict[str, Any]], *, problem: Problem | None = None,
+           meta: dict[str, Any] | None = None) -> str:
+    """The Markdown report of one run from its records (in log order)."""
+    run = _Run.of(records)
+    s = run.started
+    meta = meta or {}
+    run_id = str(records[0].get("run")) if records else "?"
+    started_at = parse_time(s.get("ts") or (records[0].get("ts") if records else None))
+    finished_at = parse_time(run.finished.get("ts")) if run.finished else None
+    alert = s.get("alert") if isinstance(s.get("alert"), dict) else None
+    fired_at = parse_time(alert.get("startsAt")) if alert else None
+    origin = fired_at or started_at
+    name = s.get("runbook")
+
+    out: list[str] = []
+    title = meta.get("title")
+    heading = text(title) if title else (f"runbook {code(name)}" if name else "unknown runbook")
+    out += [f"# Incident report: {heading}", "", f"Run {code(run_id)}, from the audit log.", ""]
+    if problem is not None:
+        where = f"{problem.path}:{problem.line}" if problem.line else problem.path
+        scope = " (a record of this run)" if problem.this_run else ""
+        out += [f"> **Warning: the audit log does not verify** at {code(where)}{scope}: {text(problem.problem)}. "
+                "Records may have been modified, removed or reordered; this report rests on them as they are "
+                "(`runbook audit verify` gives the details).", ""]
+
+    out += ["## Summary", "", f"{TODO}: two or three sentences on what happened.", ""]
+    out += _summary_table(run, run_id, meta, started_at, finished_at, alert, fired_at)
+
+    out += ["## Timeline", ""]
+    if fired_at:
+        out.append(f"Offsets are from the alert's `startsAt` ({_utc(fired_at)}); clock times are UTC.")
+    elif alert:
+        out.append("Offsets are from the start of the run (the alert has no usable `startsAt`); clock times are UTC.")
+    else:
+        out.append("Offsets are from the start of the run (it did not come from an alert); clock times are UTC.")
+    out.append("")
+    if fired_at:
+        out.append(f"- **{offset(fired_at, origin)}** ({_clock(fired_at)}) — alert {code(alert.get('name'))} fired")
+    for r in records:
+        out += _timeline_entry(r, run, origin)
+    if run.finished is None:
+        last = parse_time(records[-1].get("ts")) if records else None
+        doubt = [ex.id for ex in run.executions if ex.in_doubt]
+        out.append(f"- **{offset(last, origin)}** ({_clock(last)}) — **end of the log**: no record of the run "
+                   "finishing (it was killed, crashed, lost its machine, or is still running)"
+                   + (f"; {_names(doubt)} may or may not have run" if doubt else ""))
+    out.append("")
+
+    out += _impact(run, alert, fired_at, started_at, finished_at, origin)
+    out += _root_cause(run)
+    out += _resolution(run)
+    out += _action_items(run)
+    out += ["## Lessons learned", "", f"- What went well: {TODO}", f"- What went wrong: {TODO}",
+            f"- Where we got lucky: {TODO}", f"- Was the runbook right? {TODO}", ""]
+    return "\n".join(out)
+
+
+def _summary_table(run: _Run, run_id: str, meta: dict[str, Any], started_at: datetime | None,
+                   finished_at: datetime | None, alert: dict[str, Any] | None,
+                   fired_at: datetime | None) -> list[str]:
+    s = run.started
+    rows: list[tuple[str, str]] = []
+    rows.append(("Run", code(run_id)))
+    book = code(s.get("runbook")) if s.get("runbook") else "?"
+    if meta.get("title"):
+        book += f" — {text(meta['title'])}"
+    rows.append(("Runbook", book))
+    rows.append(("Runbook file", code(s.get("path")) if s.get("path") else "?"))
+    rows.append(("Runbook sha256", code(str(s.get("sha256"))[:12]) if s.get("sha256") else "?"))
+    rows.append(("Git commit", code(str(s.get("git_commit"))[:12]) if s.get("git_commit") else "not recorded (not in a git checkout)"))
+    if meta.get("severity"):
+        rows.append(("Severity (runbook)", text(meta["severity"])))
+    mode = "dry-run (nothing was contacted)" if s.get("dry_run") else (
+        "live, server-side dry-run for write steps" if s.get("server_dry_run") else "live")
+    rows.append(("Mode", mode))
+    rows.append(("Run by", f"{text(s.get('who') or '?')} on host {code(s.get('host') or '?')}"))
+    rows.append(("Environment (inventory)", code(s.get("inventory")) if s.get("inventory") else "none"))
+    params = s.get("params") if isinstance(s.get("params"), dict) else {}
+    rows.append(("Parameters", ", ".join(code(f"{k}={_plain(v)}") for k, v in params.items()) or "none"))
+    if isinstance(s.get("argv"), list):
+        rows.append(("Command", code("runbook " + shlex.join(str(a) for a in s["argv"]))))
+    if alert:
+        rows.append(("Alert", code(alert.get("name") or "?") + (f" ({text(alert['status'])})" if alert.get("status") else "")))
+        labels = alert.get("labels") if isinstance(alert.get("labels"), dict) else {}
+        rows.append(("Alert labels", ", ".join(code(f"{k}={_plain(v)}") for k, v in labels.items()) or "none"))
+        rows.append(("Alert fingerprint", code(alert.get("fingerprint") or "?")))
+        if alert.get("also"):
+            rows.append(("Also handled", ", ".join(code(fp) for fp in alert["also"]) if isinstance(alert["also"], list) else code(alert["also"])))
+        rows.append(("Alert fired at", _utc(fired_at) if fired_at else f"unknown ({code(alert.get('startsAt'))})" if alert.get("startsAt") else "unknown"))
+        if alert.get("generatorURL"):
+            rows.append(("Alert source", code(alert["generatorURL"])))
+    origin = fired_at or started_at
+    rows.append(("Started", _utc(started_at) + (f" ({offset(started_at, origin)})" if fired_at else "")))
+    if run.finished is not None:
+        rows.append(("Finished", _utc(finished_at) + (f" ({offset(finished_at, origin)})" if fired_at else "")))
+        spent = (finished_at - started_at).total_seconds() if finished_at and started_at else None
+        rows.append(("Duration", duration(spent)))
+        if fired_at and finished_at:
+            rows.append(("Alert to end of run", duration((finished_at - fired_at).total_seconds())))
+        status = str(run.finished.get("status"))
+        rows.append(("Outcome", f"**{text(_OUTCOME.get(status, status))}** (exit {text(run.finished.get('exit_code'))})"))
+    else:
+        rows.append(("Finished", "no record: the run did not finish cleanly, or is still running"))
+        rows.append(("Duration", "unknown"))
+        doubt = [ex.id for ex in run.executions if ex.in_doubt]
+        rows.append(("Outcome", "**in doubt**" if doubt else "**unknown** (in progress, or stopped between steps)"))
+    doubt = [ex.id for ex in run.executions if ex.in_doubt]
+    if doubt:
+        rows.append(("Steps in doubt", f"{_names(doubt)}: started, no result recorded — may or may not have run"))
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in rows]
+    return lines + [""]
+
+
+def _plain(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+
+
+def _names(steps: list[str]) -> str:
+    return ", ".join(code(s) for s in dict.fromkeys(steps))
+
+
+def _extras(r: dict[str, Any], known: set[str]) -> str:
+    """The record's fields this module does not know, as ``; key: `value```."""
+    extra = [(k, v) for k, v in r.items() if k not in _COMMON and k not in known]
+    return "".join(f"; {text(k)}: {code(_short(_plain(v)))}" for k, v in extra if v is not None)
+
+
+def _short(s: str, limit: int = 300) -> str:
+    return s if len(s) <= limit else s[:limit] + f"… ({len(s) - limit} more characters)"
+
+
+def _rendered(value: Any, indent: str) -> tuple[str, list[str]]:
+    """The rendered command: an inline code span, or a block below the line."""
+    if isinstance(value, str) and "\n" not in value and len(value) <= 200:
+        return f": {code(value)}", []
+    if not isinstance(value, str):
+        value = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    return ":", block(value, indent)
+
+
+def _timeline_entry(r: dict[str, Any], run: _Run, origin: datetime | None) -> list[str]:
+    t = parse_time(r.get("ts"))
+    head = f"- **{offset(t, origin)}** ({_clock(t)}) — "
+    kind = r.get("type")
+    step = code(r.get("step")) if "step" in r else None
+    known = _KNOWN.get(str(kind), set())
+    if kind == "run_started":
+        mode = " (dry-run)" if r.get("dry_run") else ""
+        line = f"run started{mode} by {text(r.get('who') or '?')} on {code(r.get('host') or '?')}"
+        if isinstance(r.get("argv"), list):
+            line += f": {code('runbook ' + shlex.join(str(a) for a in r['argv']))}"
+        return [head + line + _extras(r, known)]
+    if kind == "step_intent":
+        ex = run.by_record.get(id(r))
+        targets = r.get("targets") if isinstance(r.get("targets"), list) else []
+        attempt = f", attempt {text(r['attempt'])}" if r.get("attempt", 1) != 1 else ""
+        line = (f"{text(r.get('stage') or '?')} · step {step} started ({text(r.get('kind'))}, "
+                f"{text(r.get('effect'))}{attempt})" + (f" on {', '.join(code(x) for x in targets)}" if targets else ""))
+        tail, body = _rendered(r.get("rendered"), "  ")
+        lines = [head + line + _extras(r, known) + tail, *body]
+        if ex is not None and ex.in_doubt:
+            lines.append(f"  - **In doubt:** no result was recorded for {step}: it may or may not have run. "
+                         "Check the system before running it again.")
+        return lines
+    if kind == "decision":
+        step = step or "?"
+        how = str(r.get("how"))
+        gloss = _HOW.get(how)
+        verdict = "**approved**" if r.get("approved") else "**declined**"
+        line = f"step {step} {verdict} by {text(r.get('by') or '?')} ({code(how)}" + (f": {text(gloss)}" if gloss else "") + ")"
+        if not r.get("approved"):
+            line += "; it did not run"
+        return [head + line + _extras(r, known)]
+    if kind == "step_result":
+        return _result_entry(head, r, run, step or "?", known)
+    if kind == "run_finished":
+        return [head + f"**run {text(r.get('status') or '?')}** (exit {text(r.get('exit_code'))})" + _extras(r, known)]
+    if kind == "retry":
+        line = (f"step {step} attempt {text(r.get('attempt'))} {text(r.get('status') or 'failed')}"
+                + (f": {text(r['error'])}" if r.get("error") else "") + "; retrying")
+        return [head + line + _extras(r, known)]
+    if kind == "interrupted":
+        return [head + "**run interrupted** (Ctrl-C or SIGTERM)" + (f" during step {step}" if step else "") + _extras(r, known)]
+    if kind == "error":
+        return [head + "**error**" + (f" in step {step}" if step else "") + f": {text(r.get('error'))}" + _extras(r, known)]
+    if kind == "plan":
+        steps = r.get("steps") if isinstance(r.get("steps"), list) else []
+        return [head + f"dry-run plan: {_names([str(x) for x in steps]) or 'no steps'}" + _extras(r, known)]
+    # any other record: an event, with all its fields
+    line = f"event {code(kind if kind is not None else '?')}" + (f" (step {step})" if step else "")
+    rest = _extras(r, {"step"})
+    return [head + line + (":" + rest[1:] if rest else "")]
+
+
+def _result_entry(head: str, r: dict[str, Any], run: _Run, step: str | None, known: set[str]) -> list[str]:
+    ex = run.by_record.get(id(r))
+    status = str(r.get("status"))
+    ok = status == "ok"
+    facts = []
+    if r.get("duration") is not None:
+        try:
+            facts.append(f"in {duration(float(r['duration']))}")
+        except (TypeError, ValueError):
+            facts.append(f"in {text(r['duration'])}")
+    attempts = r.get("attempts")
+    if isinstance(attempts, int) and attempts > 1:
+        facts.append(f"after {attempts} attempts")
+    if r.get("exit_code") is not None:
+        facts.append(f"exit code {text(r['exit_code'])}")
+    line = f"step {step} **{text(status)}**" + (" " + ", ".join(facts) if facts else "")
+    if r.get("error") and r["error"] != f"exit code {r.get('exit_code')}":
+        line += f": {text(r['error'])}"
+    outputs = r.get("outputs") if isinstance(r.get("outputs"), dict) else {}
+    if outputs:
+        line += "; outputs: " + ", ".join(f"{code(k)} = {code(_plain(v))}" for k, v in outputs.items())
+    intent = (ex.intent if ex else None) or {}
+    excerpt = str(r.get("output_excerpt") or "")
+    if ok and intent.get("kind") == "choose" and excerpt.strip():
+        line += f"; went to {code(excerpt.strip())}"
+    elif ok and intent.get("kind") == "end" and excerpt.strip():
+        line += f": {text(excerpt)}"
+    if not ok and ex is not None and ex.next_step and ex.next_step != ex.id:
+        line += f"; the run went on to {code(ex.next_step)}"
+    lines = [head + line + _extras(r, known)]
+    if not ok and excerpt.strip():
+        all_lines = excerpt.rstrip("\n").split("\n")
+        shown = all_lines[-SHOWN_LINES:]
+        what = "output" if len(shown) == len(all_lines) else f"last {len(shown)} lines of the output"
+        lines.append(f"  {what} ({text(r.get('output_bytes'))} bytes in all):" if r.get("output_bytes") is not None else f"  {what}:")
+        lines += block("\n".join(shown), "  ")
+    return lines
+
+
+def _impact(run: _Run, alert: dict[str, Any] | None, fired_at: datetime | None, started_at: datetime | None,
+            finished_at: datetime | None, origin: datetime | None) -> list[str]:
+    out = ["## Impact", "", f"- Users affected: {TODO}", f"- Data lost: {TODO}", f"- Revenue impact: {TODO}"]
+    facts = []
+    if fired_at:
+        facts.append(f"the alert fired at {_utc(fired_at)}")
+    facts.append(f"the runbook started at {_utc(started_at)}" + (f" ({offset(started_at, origin)})" if fired_at else ""))
+    if run.finished is not None and finished_at:
+        facts.append(f"and ended {text(run.finished.get('status'))} at {_utc(finished_at)}"
+                     + (f" ({offset(finished_at, origin)})" if fired_at else ""))
+    else:
+        facts.append("and has no recorded end")
+    out.append("- From the audit log: " + ", ".join(facts[:-1]) + " " + facts[-1] + ".")
+    return out + [""]
+
+
+def _root_cause(run: _Run) -> list[str]:
+    out = ["## Root cause", "", f"{TODO}: what broke, why, and how we missed it.", ""]
+    found = []
+    for ex in run.executions:
+        if ex.stage != "diagnose" or ex.result is None:
+            continue
+        r = ex.result
+        outputs = r.get("outputs") if isinstance(r.get("outputs"), dict) else {}
+        kind = (ex.intent or {}).get("kind")
+        bits = []
+        if outputs:
+            bits.append(", ".join(f"{code(k)} = {code(_plain(v))}" for k, v in outputs.items()))
+        if kind == "choose" and str(r.get("output_excerpt") or "").strip():
+            bits.append(f"went to {code(str(r['output_excerpt']).strip())}")
+        if r.get("status") != "ok":
+            bits.append(f"**{text(r.get('status'))}**" + (f": {text(r['error'])}" if r.get("error") else ""))
+        if bits:
+            found.append(f"- {code(ex.id)}: " + "; ".join(bits))
+    if found:
+        out += ["What the diagnose stage found:", "", *found, ""]
+    else:
+        out += ["The diagnose stage recorded no outputs.", ""]
+    return out
+
+
+def _resolution(run: _Run) -> list[str]:
+    out = ["## Resolution", "", f"{TODO}: how it was fixed.", ""]
+    done = ["- " + _step_summary(ex) for ex in run.executions if ex.stage == "mitigate"]
+    if done:
+        out += ["What the runbook's mitigate stage did:", "", *done, ""]
+    else:
+        out += ["No step of the mitigate stage ran.", ""]
+    declined = ["- " + _step_summary(ex) for ex in run.executions
+                if ex.intent is None and ex.result is None and ex.decision is not None and not ex.decision.get("approved")]
+    if declined:
+        out += ["Declined, so not run:", "", *declined, ""]
+    checks = [ex for ex in run.executions if ex.stage == "verify" and ex.result is not None
+              and (ex.intent or {}).get("kind") != "end"]
+    if checks:
+        out += ["Verification:", "", *("- " + _step_summary(ex) for ex in checks), ""]
+    if run.finished is not None:
+        status = str(run.finished.get("status"))
+        out += [f"Outcome: **{text(_OUTCOME.get(status, status))}** (exit {text(run.finished.get('exit_code'))}).", ""]
+    else:
+        out += ["Outcome: **unknown**: the log has no record of the run finishing.", ""]
+    return out
+
+
+def _step_summary(ex: _Step) -> str:
+    intent, result, decision = ex.intent or {}, ex.result or {}, ex.decision
+    parts = [code(ex.id)]
+    if ex.in_doubt:
+        parts.append("**in doubt** (started, no result recorded)")
+    elif result:
+        attempts = result.get("attempts")
+        parts.append(f"**{text(result.get('status'))}**" + (f" after {attempts} attempts" if isinstance(attempts, int) and attempts > 1 else ""))
+    elif decision is not None and not decision.get("approved"):
+        parts.append("**not run**")
+    if decision is not None:
+        parts[-1] += ","
+        parts.append(_decided(decision))
+    if ex.after is not None:
+        parts[-1] += ";"
+        parts.append(f"then {_decided(ex.after)}")
+    rendered = intent.get("rendered")
+    if isinstance(rendered, str) and "\n" not in rendered:
+        parts[-1] += ":"
+        parts.append(code(rendered))
+    return " ".join(parts)
+
+
+def _decided(d: dict[str, Any]) -> str:
+    """``approved by alice (`prompt`)``"""
+    verdict = "approved" if d.get("approved") else "declined"
+    choice = f", choice {code(d['choice'])}" if d.get("choice") not in (None, "run") else ""
+    return f"{verdict} by {text(d.get('by') or '?')} ({code(d.get('how'))}{choice})"
+
+
+def _action_items(run: _Run) -> list[str]:
+    out = ["## Action items", "", f"Owner and due date of each: {TODO}.", ""]
+    items = []
+    for ex in run.executions:
+        result, decision = ex.result, ex.decision
+        if ex.in_doubt:
+            items.append(f"{code(ex.id)} is in doubt: it was started but no result was recorded, so it may or may not "
+                         "have run. Check its effect on the system, and why the run stopped.")
+        elif result is not None and result.get("status") != "ok":
+            status = str(result.get("status"))
+            what = "was skipped" if status == "skipped" else f"ended **{text(status)}**"
+            why = f" ({text(result['error'])})" if result.get("error") else ""
+            if decision is not None and not decision.get("approved"):
+                why += f", {_decided(decision)}"
+            then = f"; then {_decided(ex.after)}" if ex.after is not None else ""
+            then += f"; the run went on to {code(ex.next_step)}" if ex.next_step and ex.next_step != ex.id else ""
+            items.append(f"{code(ex.id)} {what}{why}{then}. Find out why, and fix the step, the runbook or the system.")
+        elif decision is not None and not decision.get("approved") and result is None:
+            items.append(f"{code(ex.id)} was {_decided(decision)} and did not run: decide whether it should have, "
+                         "and fix the runbook or the process.")
+    if items:
+        out += [f"- [ ] {item}" for item in items]
+    else:
+        out.append(f"- [ ] {TODO} (no step failed, was skipped or declined, or was left in doubt)")
+    return out + [""]
+
+
+# --- Entry point -----------------------------------------------------------------------------
+
+
+def report(path: str | os.PathLike[str], run_id: str,
+           meta: Callable[[dict[str, Any]], dict[str, Any]] = runbook_meta) -> str:
+    """The Markdown report of run ``run_id`` (an id, a unique prefix or ``last``) of the log at ``path``."""
+    path = Path(path)
+    records = resolve_run(path, run_id)
+    problem = check_chain(path, str(records[0].get("run")))
+    started = next((r for r in records if r.get("type") == "run_started"), {})
+    return render(records, problem=problem, meta=meta(started))
