@@ -83,7 +83,7 @@ class WebServer:
                 if p == "/health/readiness":
                     return self._reply(503, {"status": "down", "checks": {"db": "down"}})
                 if p.startswith("/status/"):
-                    code = int(p.rsplit("/", 1)[1])
+                    code = int(p.split("/")[2])
                     return self._reply(code, {"code": code})
                 if p == "/slow":
                     time.sleep(float(q.get("seconds", ["5"])[0]))

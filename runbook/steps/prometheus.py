@@ -243,6 +243,7 @@ def action(step, r) -> Action:
     W.check_url(detail["url"].replace("<now-range>", "0").replace("<now>", "0"))
     if "for" in body:
         detail["for"] = body["for"]
+        summary += f"\n(until must hold on {body['for']} consecutive checks)"
     act = Action(summary=summary, targets=[W.where(base)], detail=detail)
     act.prom_headers = headers  # the real values, revealed in run
     act.prom_held = 0  # consecutive checks the until condition held (for)
@@ -280,7 +281,7 @@ def _labels_text(labels: dict) -> str:
 
 
 def _num_text(v: float) -> str:
-    return f"{v:.6g}"
+    return "NaN" if W.is_nan(v) else f"{v:.6g}"
 
 
 def _query_result(data: Any, ranged: bool) -> tuple[dict, str]:
