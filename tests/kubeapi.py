@@ -373,8 +373,8 @@ class FakeKube:
 
     def add_log(self, ns: str, pod: str, container: str, lines: list[str], previous: bool = False,
                 age_seconds: float = 60) -> None:
-        start = now() - datetime.timedelta(seconds=age_seconds)
-        step = age_seconds / max(1, len(lines))
+        start = now() - datetime.timedelta(seconds=age_seconds)  # the first line; the last one is now
+        step = age_seconds / max(1, len(lines) - 1)
         self.logs[(ns, pod, container, previous)] = [(start + datetime.timedelta(seconds=i * step), line)
                                                      for i, line in enumerate(lines)]
 
@@ -754,7 +754,9 @@ def make_pod(name, ns, template, h="0", node="node-1", oom=False, restarts=0, cr
     labels = dict((t.get("metadata") or {}).get("labels") or {}, **{"pod-template-hash": h})
     statuses = []
     for c in t["spec"]["containers"]:
-        s = {"name": c["name"], "image": c["image"], "ready": not crashloop, "restartCount": restarts,
+        s = {"name": c["name"], "image": c["image"], "imageID": f"{c['image'].split(':')[0]}@sha256:{hashlib.sha256(c['image'].encode()).hexdigest()}",
+             "containerID": f"containerd://{secrets.token_hex(32)}", "started": not crashloop,
+             "ready": not crashloop, "restartCount": restarts,
              "state": {"running": {"startedAt": stamp(now() - datetime.timedelta(minutes=5))}}}
         if oom:
             s["lastState"] = {"terminated": {"reason": "OOMKilled", "exitCode": 137,

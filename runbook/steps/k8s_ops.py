@@ -17,7 +17,7 @@ from runbook.steps import k8s_show as V
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
-POLL = 2.0
+POLL = (0.5, 1.0, 2.0)  # rollout status: seconds between reads (then every 2 s)
 REVISION = "deployment.kubernetes.io/revision"
 # annotations kubectl keeps from the Deployment, not from the ReplicaSet, on rollback
 SKIP_ANNOTATIONS = {"kubectl.kubernetes.io/last-applied-configuration", REVISION, "deployment.kubernetes.io/revision-history",
@@ -189,7 +189,8 @@ def run(step, act: Action, ctx) -> StepResult:
         data["dry_run"] = kube.dry_run
         out = VERB_RUNNERS[spec["verb"]](kube, spec, data, ctx)
     except _Timeout as exc:
-        return StepResult("timeout", stdout=exc.stdout, error=str(exc), data=data, duration=time.monotonic() - started)
+        # "failed", not "timeout": the message says what the rollout was waiting for
+        return StepResult("failed", stdout=exc.stdout, error=str(exc), data=data, duration=time.monotonic() - started)
     except RunbookError as exc:
         return StepResult("failed", error=ctx.redactor.text(str(exc)), data=data, duration=time.monotonic() - started)
     if kube.dry_run:
@@ -407,9 +408,12 @@ def rollout_message(d: dict) -> tuple[bool, str]:
 
 def run_rollout_status(kube: Kube, spec: dict, data: dict, ctx) -> str:
     plural, ns, name = spec["resource"], spec["namespace"], spec["name"]
-    limit = spec["timeout"] or (ctx.timeout if ctx.timeout is not None else K.DEFAULT_ROLLOUT_TIMEOUT)
+    limit = spec["timeout"] or K.DEFAULT_ROLLOUT_TIMEOUT
+    if ctx.timeout is not None:  # the step's own timeout bounds it too
+        limit = min(limit, ctx.timeout) if spec["timeout"] else ctx.timeout
     deadline = time.monotonic() + limit
     seen: list[str] = []
+    polls = 0
     while True:
         d = _get(kube, plural, ns, name)
         done, msg = rollout_message(d)
@@ -420,9 +424,12 @@ def run_rollout_status(kube: Kube, spec: dict, data: dict, ctx) -> str:
         data.update(done=done, message=msg)
         if done:
             return "\n".join(seen) + "\n"
-        if time.monotonic() + POLL > deadline:
+        pause = POLL[min(polls, len(POLL) - 1)]
+        polls += 1
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise _Timeout(f"deployment/{name} not rolled out after {limit:g}s: {msg}", "\n".join(seen) + "\n")
-        time.sleep(POLL)
+        time.sleep(min(pause, remaining))
 
 
 def _written(data: dict, obj: dict) -> None:

@@ -246,23 +246,37 @@ class Token:
     quoted: bool = False
 
 
+_BLOCK_TAGS = ("if", "for", "macro", "call", "filter", "raw")
+
+
 def tokenize(text: str) -> list[Token]:
     """Split on white space outside quotes and template blocks; quotes group
     and are removed (as a shell would); ``{{ … }}``/``{% … %}`` stay whole."""
     tokens: list[Token] = []
     cur: list[str] = []
     start, quoted, quote, i, n = None, False, None, 0, len(text)
+    depth = 0  # inside {% if %}…{% endif %} (or for, …): white space belongs to the token
     while i < n:
         if text.startswith("{{", i) or text.startswith("{%", i):
             close = "}}" if text[i + 1] == "{" else "%}"
             j = text.find(close, i + 2)
             if j == -1:
                 raise ShorthandError(f"unclosed template starting at character {i + 1}")
+            if close == "%}":
+                tag = (text[i + 2:j].strip().lstrip("-").split() or [""])[0]
+                if tag in _BLOCK_TAGS:
+                    depth += 1
+                elif tag.startswith("end"):
+                    depth = max(0, depth - 1)
             start = i if start is None else start
             cur.append(text[i:j + 2])
             i = j + 2
             continue
         c = text[i]
+        if depth and not quote:
+            cur.append(c)
+            i += 1
+            continue
         if quote:
             if c == quote:
                 quote = None
@@ -289,6 +303,8 @@ def tokenize(text: str) -> list[Token]:
         i += 1
     if quote:
         raise ShorthandError(f"unclosed {quote} quote")
+    if depth:
+        raise ShorthandError("a {% … %} block is not closed")
     if start is not None:
         tokens.append(Token("".join(cur), start, quoted))
     return tokens
