@@ -618,7 +618,7 @@ def test_shipped_playbooks_validate_and_dry_run(cli):
     assert "rollout restart deployment/api -n production  (PATCH /apis/apps/v1/namespaces/production/deployments/api)" in r.stdout
     r = cli("run", "pod-oom-killed", "--dry-run", "-p", "deployment=valeo-app", "--env", "production", cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    assert "top pods -n valeo-erp  (GET /apis/metrics.k8s.io/v1beta1/namespaces/valeo-erp/pods)" in r.stdout
+    assert "top pod -n valeo-erp  (GET /apis/metrics.k8s.io/v1beta1/namespaces/valeo-erp/pods)" in r.stdout
     assert "cluster main (kubeconfig ~/.kube/config, context prod-eu)" in r.stdout
 
 

@@ -420,6 +420,8 @@ def describe(spec: dict) -> str:
     """kubectl-like words for people."""
     v, plural, name = spec["verb"], spec["resource"], spec["name"]
     what = f"{plural[:-1] if plural and plural.endswith('s') else plural}/{name}" if name else (plural or "")
+    if v == "top":
+        what = plural[:-1]  # kubectl's `top pod` / `top node`
     words = {"rollout_restart": "rollout restart", "rollout_undo": "rollout undo", "rollout_status": "rollout status"}
     text = f"{words.get(v, v)} {what}".strip()
     if v in ("get", "top") and not name and spec["selector"]:

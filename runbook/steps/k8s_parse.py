@@ -175,13 +175,11 @@ def _check(body: dict, key: str) -> None:
     verb, plural = body["verb"], body["resource"]
     probs = body["problems"]
     allowed = VERB_RESOURCES.get(verb)
-    if plural is None and verb == "events":
-        pass
-    elif plural is None:
+    if plural is None and verb != "events":  # `events` alone: the namespace's events
         if not probs:
             probs.append((key, f"{_show(verb)} needs a resource (e.g. {_example(verb)})"))
         return
-    elif allowed is not None and plural not in allowed:
+    if plural is not None and allowed is not None and plural not in allowed:
         probs.append((key, f"{_show(verb)} works on {', '.join(allowed)}, not {plural}"))
     if verb in NEEDS_NAME and body["name"] is None:
         probs.append((key, f"{_show(verb)} needs a name (e.g. {_example(verb)})"))
