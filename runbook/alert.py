@@ -185,16 +185,21 @@ def group_params(rb, alerts: list[Alert]) -> tuple[Alert, dict[str, str]]:
     return first, label_params(rb, first)
 
 
-class AlertLock:
-    """One run per alert fingerprint at a time, across processes of this machine."""
+class RunLock:
+    """A named lock held (flock) for a run's life, across the processes of this
+    machine; the kernel drops it when the process dies.  Used per alert
+    fingerprint (one run per alert) and per run id (no resume while the run
+    still goes, no two resumes at once)."""
 
-    def __init__(self, directory: Path, fingerprint: str):
-        self.path = directory / "alerts" / f"{''.join(c for c in fingerprint if c.isalnum())[:64] or 'alert'}.lock"
+    def __init__(self, directory: Path, name: str, what: str = "this alert is already being handled"):
+        safe = "".join(c for c in name if c.isalnum() or c in "-_")[:80] or "lock"
+        self.path = directory / "locks" / f"{safe}.lock"
+        self.what = what
         self.fd: int | None = None
 
-    def acquire(self, run_id: str, who: str, started: str, force: bool) -> str | None:
-        """Take the lock; returns a warning when --force overrode a running run.
-        Raises RunbookError naming the running run otherwise."""
+    def acquire(self, run_id: str, who: str, started: str, force: bool = False) -> str | None:
+        """Take the lock; returns a warning when --force overrode a holder.
+        Raises RunbookError (exit 3) naming the holder otherwise."""
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,22 +213,24 @@ class AlertLock:
                 holder = {}
             os.close(fd)
             desc = (f"run {holder.get('run', '?')} started by {holder.get('who', '?')} at {holder.get('started', '?')}"
-                    f" on {holder.get('host', '?')}")
+                    f" on {holder.get('host', '?')} (pid {holder.get('pid', '?')})")
             if not force:
-                raise RunbookError(f"this alert is already being handled: {desc}; follow that run (runbook audit show "
+                raise RunbookError(f"{self.what}: {desc}; follow that run (runbook audit show "
                                    f"{holder.get('run', 'RUN_ID')}) or pass --force to run anyway", exit_code=3) from None
-            return f"warning: --force: this alert is also being handled by {desc}"
+            return f"warning: --force: {self.what} by {desc}"
         from runbook.audit import hostname
 
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"run": run_id, "who": who, "started": started, "host": hostname()}).encode(), 0)
+        os.pwrite(fd, json.dumps({"run": run_id, "who": who, "started": started, "host": hostname(),
+                                  "pid": os.getpid()}).encode(), 0)
         self.fd = fd
         return None
 
     def release(self) -> None:
         if self.fd is not None:
             try:
-                os.ftruncate(self.fd, 0)
-            finally:
-                os.close(self.fd)  # closing releases the flock
-                self.fd = None
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None

@@ -443,9 +443,12 @@ class RunJournal:
             },
         )
 
-    def decision(self, *, step: str, approved: bool, by: str, how: str) -> dict[str, Any]:
-        """``how``: ``prompt``, ``--yes``, ``no-terminal`` or ``answer-flag``."""
-        return self._write("decision", {"step": step, "approved": approved, "by": by, "how": how})
+    def decision(self, *, step: str, approved: bool, by: str, how: str, **extra: Any) -> dict[str, Any]:
+        """``how``: ``prompt``, ``step-mode``, ``--yes``, ``no-terminal`` or
+        ``answer-flag`` before a step (``choice``: run, skip, abort); after a
+        failure the operator's choice: ``retry``, ``skip``, ``abort`` or
+        ``on_failure``; on resume ``mark-done`` or ``rerun`` for a step in doubt."""
+        return self._write("decision", {"step": step, "approved": approved, "by": by, "how": how, **extra})
 
     def step_result(
         self,
@@ -459,6 +462,7 @@ class RunJournal:
         outputs: dict[str, Any] | None = None,
         attempt: int = 1,
         attempts: int | None = None,
+        data: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Keeps a digest, the size and the tail of the output, never all of it.
 
@@ -466,7 +470,7 @@ class RunJournal:
         how often the step ran behind that one intent (retries, until polls)."""
         # Redact before cutting, so a secret across the cut cannot leak in part.
         text = self.redactor.text(output)
-        data = text.encode("utf-8", "backslashreplace")
+        raw = text.encode("utf-8", "backslashreplace")
         return self._write(
             "step_result",
             {
@@ -474,13 +478,14 @@ class RunJournal:
                 "status": status,
                 "exit_code": exit_code,
                 "duration": round(duration, 6),
-                "output_sha256": hashlib.sha256(data).hexdigest(),
-                "output_bytes": len(data),
+                "output_sha256": hashlib.sha256(raw).hexdigest(),
+                "output_bytes": len(raw),
                 "output_excerpt": _excerpt(text),
                 "error": error,
                 "outputs": outputs,
                 "attempt": attempt,
                 **({"attempts": attempts} if attempts is not None else {}),
+                **({"data": data} if data else {}),
             },
         )
 

@@ -13,7 +13,7 @@ import sys
 from runbook import __version__
 
 # Order here is the order in `runbook --help`.
-COMMANDS = ("run", "list", "show", "graph", "validate", "schema", "audit", "report")
+COMMANDS = ("run", "resume", "list", "show", "graph", "validate", "schema", "audit", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

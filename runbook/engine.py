@@ -35,6 +35,7 @@ EXIT_FAILED = 1
 EXIT_REFUSED = 3
 EXIT_INTERRUPTED = 130
 MAX_STEP_RUNS = 100_000  # a last guard against runaway graphs
+DONE = "<nothing left to run>"  # Engine.run(start=DONE): a resumed run whose steps had all run
 
 
 class ParamError(RunbookError):
@@ -122,6 +123,11 @@ class Options:
     # server to validate without persisting (SERVER_DRY_RUN = True) run that way;
     # other write steps are skipped
     server_dry_run: bool = False
+    step_mode: bool = False  # --step: ask before every step, read steps included
+    start_at: str | None = None  # --start-at STEP
+    stage: str | None = None  # --stage NAME: run that stage only
+    escalation: list = field(default_factory=list)  # [(seconds, to)], shown as the incident clock passes them
+    clock_from: float | None = None  # epoch seconds the incident clock counts from (the alert, else the start)
 
 
 @dataclass
@@ -139,6 +145,7 @@ class StepContext:
     connections: dict = field(default_factory=dict)  # kinds keep reusable connections here
     journal: Any = None
     server_dry_run: bool = False  # write calls must be sent as server-side dry-runs (nothing persisted)
+    output: Any = None  # callable(stream, text) streaming a step's output to the operator as it comes, or None
 
     def answer(self, step_id: str) -> str | None:
         return self.answers.get(step_id)
@@ -200,6 +207,7 @@ class Engine:
             if isinstance(v, Secret):
                 self.redactor.add(v)
         self.steps_ctx: dict[str, Any] = {}
+        self._escalated: set = set()
         self.context = {
             "params": params,
             "steps": self.steps_ctx,
@@ -235,11 +243,36 @@ class Engine:
 
     # --- live ---------------------------------------------------------------
 
-    def run(self) -> int:
-        """Run live; returns the exit code. The journal is finished in every case."""
+    def start_step(self) -> Step:
+        """Where the walk begins: --start-at, else the first step of --stage, else the first step."""
+        o = self.options
+        if o.start_at:
+            if o.start_at not in self.rb.by_id:
+                raise RunbookError(f"--start-at {o.start_at}: no such step{suggest(o.start_at, list(self.rb.by_id))}")
+            step = self.rb.by_id[o.start_at]
+            if o.stage and step.stage != o.stage:
+                raise RunbookError(f"--start-at {o.start_at} is a {step.stage} step, not in --stage {o.stage}")
+            return step
+        if o.stage:
+            steps = self.rb.stage(o.stage)
+            if not steps:
+                raise RunbookError(f"--stage {o.stage}: the runbook has no {o.stage} steps")
+            return steps[0]
+        return self.rb.steps[0]
+
+    def run(self, start: Step | None = None, visits: dict[str, int] | None = None) -> int:
+        """Run live from ``start`` (default: :meth:`start_step`); returns the
+        exit code. The journal is finished in every case.  ``visits`` carries
+        the step counts of a resumed run (max_visits)."""
         status, code, message = "failed", EXIT_FAILED, ""
         try:
-            status, code, message = self._walk()
+            if start == DONE:
+                start = None
+            elif start is None:
+                start = self.start_step()
+                if start is not self.rb.steps[0] and self.journal:
+                    self.journal.event("start_at", step=start.id, stage=self.options.stage)
+            status, code, message = self._walk(start, dict(visits or {}))
         except KeyboardInterrupt:
             status, code, message = "interrupted", EXIT_INTERRUPTED, "interrupted: the run was stopped (Ctrl-C or SIGTERM)"
             if self.journal:
@@ -263,12 +296,17 @@ class Engine:
 
     _current: str | None = None
 
-    def _walk(self) -> tuple[str, int, str]:
-        visits: dict[str, int] = {}
+    def _guided(self) -> bool:
+        """A person answers: prompts before write steps and after failures."""
+        return self.options.interactive and not self.options.yes and self.ui is not None
+
+    def _walk(self, step: Step | None, visits: dict[str, int]) -> tuple[str, int, str]:
         total = 0
-        step: Step | None = self.rb.steps[0]
         while step is not None:
+            if self.options.stage and step.stage != self.options.stage:
+                return "completed", EXIT_OK, f"the {self.options.stage} stage is done (next: {step.stage} step '{step.id}'; not run)"
             self._current = step.id
+            self._clock()
             total += 1
             visits[step.id] = visits.get(step.id, 0) + 1
             if total > MAX_STEP_RUNS:
@@ -281,6 +319,21 @@ class Engine:
             result = self._execute(step)
             if result.status == "refused":
                 return "refused", EXIT_REFUSED, result.error or f"step '{step.id}' was not approved"
+            if result.status == "interrupted" and not self._guided():
+                raise KeyboardInterrupt
+            if not result.ok and result.status != "skipped" and self._guided():
+                choice = self.ui.after_failure(step, result, step.on_failure if step.on_failure not in (None, "abort") else None)
+                if self.journal:
+                    self.journal.decision(step=step.id, approved=choice != "abort", by=self.options.who, how=choice)
+                if choice == "retry":
+                    continue
+                if choice == "abort":
+                    if result.status == "interrupted":
+                        return "interrupted", EXIT_INTERRUPTED, f"interrupted: the operator stopped the run at step '{step.id}'"
+                    return "aborted", EXIT_FAILED, f"the operator stopped the run after step '{step.id}' {result.status}"
+                if choice == "skip":
+                    result = StepResult("skipped", error=f"{result.status}, skipped by the operator")
+                    self.steps_ctx[step.id] = result.as_context()
             if result.end:
                 end_status = step.body["status"]
                 return end_status, EXIT_OK if end_status == "resolved" else EXIT_FAILED, result.data.get("message", "")
@@ -293,6 +346,8 @@ class Engine:
         following = self.rb.following(step)
         if result.ok or result.status == "skipped":
             if result.goto:
+                if self.ui and result.data.get("why"):
+                    self.ui.branch(step, result.data["why"], result.goto)
                 return self.rb.by_id[result.goto], None
             if step.kind == "choose":
                 return following, None
@@ -328,11 +383,17 @@ class Engine:
                 self._record_skip(step, result)
                 self.steps_ctx[step.id] = result.as_context()
                 return result
-        elif step.effect == "write":
-            approved, by, how = self._approve(step, act)
+        elif step.effect == "write" or (self.options.step_mode and not self._step_mode_off):
+            choice, by, how = self._approve(step, act)
             if self.journal:
-                self.journal.decision(step=step.id, approved=approved, by=by, how=how)
-            if not approved:
+                self.journal.decision(step=step.id, approved=choice == "run", by=by, how=how,
+                                      **({"choice": choice} if how in ("prompt", "step-mode") else {}))
+            if choice == "skip":
+                result = StepResult("skipped", error="skipped by the operator")
+                self._record_skip(step, result)
+                self.steps_ctx[step.id] = result.as_context()
+                return result
+            if choice != "run":
                 if how == "no-terminal":
                     msg = (f"step '{step.id}' changes things ({shown}) and needs approval: run it in a terminal, "
                            f"or pass --yes to approve write steps; nothing was changed")
@@ -343,12 +404,19 @@ class Engine:
             self.journal.step_intent(step=step.id, kind=step.kind, stage=step.stage, effect=step.effect,
                                      targets=act.targets, rendered=act.summary)
         started = time.monotonic()
+        self.step_ctx.output = self.ui.output_sink(step) if self.ui and hasattr(self.ui, "output_sink") else None
         try:
             self._resolve_secrets(act)
         except RunbookError as exc:
             result = StepResult("failed", error=self.redactor.text(str(exc)))
         else:
-            result = self._attempts(step, act)
+            try:
+                result = self._attempts(step, act)
+            except KeyboardInterrupt:
+                # the kind stopped its work (a command's process group is killed); say so in the log
+                result = StepResult("interrupted", error="interrupted (Ctrl-C); the step was stopped")
+        finally:
+            self.step_ctx.output = None
         result.duration = time.monotonic() - started
         if result.ok and step.outputs:
             self._outputs(step, result)
@@ -356,18 +424,43 @@ class Engine:
         if self.journal:
             self.journal.step_result(step=step.id, status=result.status, exit_code=result.exit_code,
                                      duration=round(result.duration, 6), output=result.stdout + result.stderr,
-                                     error=result.error, outputs=result.outputs or None, attempts=result.attempts)
+                                     error=result.error, outputs=result.outputs or None, attempts=result.attempts,
+                                     data=_restorable(result.data))
         if self.ui:
             self.ui.step_finished(step, result)
         return result
 
-    def _approve(self, step: Step, act: Action) -> tuple[bool, str, str]:
+    _step_mode_off = False  # --step: the operator answered "continue" (stop asking for read steps)
+
+    def _approve(self, step: Step, act: Action) -> tuple[str, str, str]:
+        """(choice, who, how): choice is run, skip or abort."""
         who = self.options.who
+        if self.options.step_mode and not self._step_mode_off and self.options.interactive:
+            choice = self.ui.step_prompt(step, act)
+            if choice == "continue":
+                self._step_mode_off = True
+                choice = "run"
+                if step.effect == "write" and not self.options.yes:
+                    return self.ui.confirm(step, act), who, "prompt"
+            return choice, who, "step-mode"
         if self.options.yes:
-            return True, who, "--yes"
+            return "run", who, "--yes"
         if not self.options.interactive:
-            return False, who, "no-terminal"
-        return bool(self.ui.confirm(step, act)), who, "prompt"
+            return "abort", who, "no-terminal"
+        return self.ui.confirm(step, act), who, "prompt"
+
+    def _clock(self) -> None:
+        """The incident clock: say once when each escalation time has passed."""
+        if not self.options.escalation or self.options.clock_from is None:
+            return
+        elapsed = time.time() - self.options.clock_from
+        for after, to in self.options.escalation:
+            if elapsed >= after and (after, to) not in self._escalated:
+                self._escalated.add((after, to))
+                if self.journal:
+                    self.journal.event("escalation_due", to=to, after=after, elapsed=round(elapsed))
+                if self.ui:
+                    self.ui.escalation_due(to, after, elapsed)
 
     def _resolve_secrets(self, act: Action) -> None:
         """Read lazy secrets (inventory {env:…}/{file:…}) only now that the step runs."""
@@ -462,6 +555,24 @@ class Engine:
                 conn.close()
             except Exception:  # noqa: BLE001 - closing must never mask the run's outcome
                 pass
+
+
+MAX_RESTORABLE = 64 * 1024
+
+
+def _restorable(data: dict) -> dict | None:
+    """A step's kind-specific result fields (an answer, rows, items) as the
+    audit log keeps them, so that a resumed run's conditions see them again;
+    left out when too large to keep."""
+    if not data:
+        return None
+    try:
+        text = json.dumps(data, default=str)
+    except (TypeError, ValueError):
+        return None
+    if len(text) > MAX_RESTORABLE:
+        return {"_truncated": len(text)}
+    return json.loads(text)
 
 
 def _convert(value: Any, type_: str | None) -> Any:

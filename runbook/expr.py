@@ -268,6 +268,31 @@ class Reference(tuple):
         return tuple(k for k in self[1:] if k is not None)
 
 
+def explain(source: str, ctx: dict, limit: int = 60) -> str:
+    """Why a condition came out as it did: the values it read, e.g.
+    ``steps.pool.rows[0].n = 152`` (secrets masked, long values cut)."""
+    refs, error = references(source, True)
+    if error:
+        return ""
+    parts = []
+    for ref in refs:
+        if ref.root not in ("steps", "params", "inventory", "env", "run"):
+            continue
+        text = ref.root + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" if str(k).isidentifier() else f"[{k!r}]"
+                                  for k in ref.path)
+        try:
+            value = evaluate(text, ctx)
+        except Exception:  # noqa: BLE001 - an explanation must never fail the branch
+            continue
+        if isinstance(value, (dict, list)) or value.__class__.__name__ == "Unknown":
+            continue
+        shown = MASK if isinstance(value, (Secret, LazySecret)) else repr(value) if isinstance(value, str) else str(value)
+        if len(shown) > limit:
+            shown = shown[: limit - 1] + "…"
+        parts.append(f"{text} = {shown}")
+    return ", ".join(dict.fromkeys(parts))
+
+
 @lru_cache(maxsize=8192)
 def _parse(source: str, is_expression: bool):
     from jinja2.exceptions import TemplateSyntaxError

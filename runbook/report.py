@@ -36,7 +36,7 @@ SHOWN_LINES = 10  # of a failed step's output excerpt
 _COMMON = {"type", "run", "ts", "prev", "hash", "v"}
 _KNOWN = {
     "run_started": {"runbook", "path", "sha256", "git_commit", "params", "dry_run", "server_dry_run", "who", "host",
-                    "argv", "inventory", "alert", "source"},  # source: the runbook's text (read for the title)
+                    "argv", "inventory", "alert", "source", "title", "severity"},  # source: the runbook's text (read for the title)
     "step_intent": {"step", "kind", "stage", "effect", "targets", "rendered", "attempt"},
     "decision": {"step", "approved", "by", "how"},
     "step_result": {"step", "status", "exit_code", "duration", "output_sha256", "output_bytes", "output_excerpt",
@@ -213,6 +213,9 @@ def check_chain(path: Path, run_id: str) -> Problem | None:
 def runbook_meta(started: dict[str, Any]) -> dict[str, Any]:
     """Title and severity of the runbook that ran: from its text in the log (``source``) when
     recorded, else from its file when that still has the sha256 the run recorded."""
+    recorded = {k: started[k] for k in ("title", "severity") if isinstance(started.get(k), str) and started[k]}
+    if "title" in recorded:
+        return recorded
     source = started.get("source")
     if not isinstance(source, str):
         source = None

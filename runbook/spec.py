@@ -65,6 +65,10 @@ COMMON_FIELDS: dict[str, S.Node] = {
     "next": S.Str(doc="the step to go to after this one succeeds (default: the following step)"),
     "on_failure": S.Str(doc="the step to go to when this one fails, or 'continue' / 'abort' (default)"),
     "max_visits": S.Int(minimum=1, maximum=10000, doc="how often the step may run in one run: the bound of a loop"),
+    # for the operator (guided mode, the report): what the step looks at and what to make of it
+    "checks": S.Str(doc="what this step checks"),
+    "normal": S.Str(doc="what a healthy answer looks like"),
+    "if_failed": S.Str(doc="what to do if it fails or looks wrong"),
 }
 
 
@@ -102,6 +106,12 @@ def document_schema() -> S.Obj:
                 "description": S.Str(),
                 "severity": S.Str(enum=SEVERITIES),
                 "alerts": S.List(S.Str(), doc="the alerts this runbook answers"),
+                "escalation": S.List(
+                    S.Obj({"after": S.Duration(positive=True, doc="time since the alert fired (else since the start)"),
+                           "to": S.Str(doc="who: a role, a rota or a person"),
+                           "how": S.Str(doc="how to reach them")},
+                          required=("after", "to"), doc="An escalation level"),
+                    doc="who to escalate to as the incident clock passes each time (e.g. secondary after 15m)"),
                 "params_from_labels": S.MapOf(S.Str(), key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                               key_hint="a parameter name",
                                               doc="run --alert: parameter ← alert label (e.g. service: job)"),
@@ -239,6 +249,7 @@ class Runbook:
     severity: str | None = None
     alerts: list[str] = field(default_factory=list)
     params_from_labels: dict[str, str] = field(default_factory=dict)
+    escalation: list[tuple[float, str, str]] = field(default_factory=list)  # (seconds, to, how)
     owner: str | None = None
     env_allow: list[str] = field(default_factory=list)
     params: dict[str, Param] = field(default_factory=dict)
@@ -285,6 +296,7 @@ def _build(data: Map, path: str, sha: str) -> Runbook:
         name=data["name"], title=data["title"], path=path, sha256=sha, data=data,
         description=data.get("description", ""), severity=data.get("severity"), alerts=list(data.get("alerts") or []),
         params_from_labels=dict(data.get("params_from_labels") or {}),
+        escalation=sorted((S.parse_duration(e["after"]), e["to"], e.get("how", "")) for e in data.get("escalation") or []),
         owner=data.get("owner"), env_allow=list(data.get("env") or []), params=params, steps=steps,
     )
 

@@ -50,7 +50,8 @@ def esc(text: str) -> str:
     return escape(str(text))
 
 
-STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "red", "refused": "yellow", "skipped": "dim"}
+STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "red", "refused": "yellow", "skipped": "dim",
+                "interrupted": "red"}
 EFFECT_STYLE = {"read": "cyan", "write": "bold magenta"}
 
 
@@ -112,8 +113,34 @@ def print_plan(rb, entries, params_shown: dict, redactor, inventory=None) -> Non
     c.print(f"\n{len(entries)} steps, {sum(1 for e in entries if e.step.effect == 'write')} write steps. Nothing was run.")
 
 
+def clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _choice(c, question: str, options: dict[str, str], aliases: dict[str, str] | None = None) -> str:
+    """Ask until one of ``options`` (first letters work) is given; Ctrl-D
+    gives the last option, which must be the safe one."""
+    keys = list(options)
+    menu = " / ".join(f"[bold]\\[{k[0]}][/]{esc(k[1:])}" for k in keys)
+    while True:
+        try:
+            answer = c.input(f"{question} {menu}: ").strip().lower()
+        except EOFError:
+            c.print()
+            return options[keys[-1]]
+        if aliases and answer in aliases:
+            return aliases[answer]
+        for k in keys:
+            if answer and (answer == k or answer == k[0]):
+                return options[k]
+        c.print(f"  [dim]please answer {esc(', '.join(keys))}[/]")
+
+
 class ConsoleUI:
-    """The live run's view: progress, confirmations, prompts."""
+    """The live run's view.  On a terminal (guided mode): a header, a card per
+    step with its output streamed as it comes, and choices before write steps
+    and after failures.  Elsewhere: plain lines, no colour, no boxes."""
 
     def __init__(self, redactor, verbose: bool = False):
         self.redactor = redactor
@@ -121,44 +148,153 @@ class ConsoleUI:
         self.verbose = verbose
         self.n = 0
         self.stage = None
+        self.fancy = self.c.is_terminal
+        self.started = None
+        self.clock_from = None
+        self.clock_label = "since the start"
+        self._streamed = False
 
     def _r(self, text) -> str:
         return esc(self.redactor.text(str(text)))
 
-    def run_started(self, rb, run_id: str, params_shown: dict) -> None:
-        self.c.print(f"[bold]▶ {esc(rb.name)}[/] — {esc(rb.title)}  [dim]run {run_id}[/]")
+    def _elapsed(self) -> str:
+        import time
+
+        if self.clock_from is None:
+            return ""
+        return f"T+{clock(time.time() - self.clock_from)}"
+
+    def run_started(self, rb, run_id: str, params_shown: dict, *, environment: str | None = None,
+                    clock_from: float | None = None, clock_label: str | None = None, resumed: bool = False) -> None:
+        import time
+
+        self.started = time.time()
+        self.clock_from = clock_from if clock_from is not None else self.started
+        if clock_label:
+            self.clock_label = clock_label
+        sev = f" [bold red]{esc(rb.severity)}[/]" if rb.severity else ""
+        lines = [f"[bold]{'↻' if resumed else '▶'} {esc(rb.name)}[/] — {esc(rb.title)}{sev}"]
+        meta = [f"run {run_id}"]
+        if environment:
+            meta.append(f"environment {esc(environment)}")
+        meta.append(f"incident clock {clock(self.started - self.clock_from)} ({esc(self.clock_label)})")
+        lines.append("[dim]" + " · ".join(meta) + "[/]")
         if params_shown:
-            self.c.print("params: " + ", ".join(f"{esc(k)}={self._r(v)}" for k, v in params_shown.items()))
+            lines.append("params: " + ", ".join(f"{esc(k)}={self._r(v)}" for k, v in params_shown.items()))
+        if rb.escalation:
+            lines.append("escalation: " + ", ".join(f"{esc(to)} after {clock(after)}" for after, to, _ in rb.escalation))
+        if self.fancy:
+            from rich.panel import Panel
+
+            self.c.print(Panel("\n".join(lines), border_style="blue", expand=False))
+        else:
+            for line in lines:
+                self.c.print(line)
 
     def step_started(self, step, action) -> None:
         self.n += 1
+        self._streamed = False
         if step.stage != self.stage:
             self.stage = step.stage
             self.c.print(f"\n[bold underline]{step.stage.upper()}[/]")
         eff = f"[{EFFECT_STYLE[step.effect]}]{step.effect}[/]"
-        title = f"  [dim]{esc(step.title)}[/]" if step.title else ""
-        self.c.print(f"[bold]{esc(step.id)}[/]  {step.kind}  {eff}{title}")
+        title = f"  {esc(step.title)}" if step.title else ""
+        self.c.print(f"[bold]{esc(step.id)}[/]  {step.kind}  {eff}{title}  [dim]{self._elapsed()}[/]")
+        for label, key in (("why", "description"), ("checks", "checks"), ("normal", "normal"), ("if it fails", "if_failed")):
+            text = step.description if key == "description" else step.raw.get(key)
+            if text:
+                self.c.print(f"  [dim]{label}:[/] {esc(str(text).strip())}", soft_wrap=True)
+        if action.targets and step.kind not in ("manual", "ask", "choose", "wait", "end"):
+            self.c.print(f"  [dim]on:[/] {self._r(', '.join(action.targets))}", soft_wrap=True)
         if step.kind in ("shell", "ssh"):
             self.c.print(f"  $ {self._r(action.summary)}", soft_wrap=True)
-        elif step.kind == "sql":
+        elif step.kind not in ("manual", "ask", "choose", "end"):
             self.c.print("[dim]  " + self._r(action.summary).replace("\n", "\n  ") + "[/]", soft_wrap=True)
 
-    def confirm(self, step, action) -> bool:
-        from rich.panel import Panel
-        from rich.prompt import Confirm
+    def output_sink(self, step):
+        """A callable(stream, bytes) printing a step's output line by line as it
+        comes (redacted per whole line), or None when the kind shows no output."""
+        if not getattr(step.module, "SHOW_OUTPUT", False) or step.module.SHOW_OUTPUT == "head":
+            return None
+        pending = {"stdout": b"", "stderr": b""}
+        limit = 200  # lines; the rest is in the step's result
 
+        def sink(stream: str, data: bytes) -> None:
+            nonlocal limit
+            buf = pending[stream] + data
+            *lines, pending[stream] = buf.split(b"\n")
+            for line in lines:
+                if limit <= 0:
+                    return
+                limit -= 1
+                self._streamed = True
+                text = self.redactor.text(line.decode("utf-8", "replace"))
+                style = "red" if stream == "stderr" else "dim"
+                bar = "│" if self.fancy else "|"
+                self.c.print(f"  [{style}]{bar}[/] {esc(text)}", soft_wrap=True, highlight=False)
+                if limit == 0:
+                    self.c.print("  [dim]… more output not shown (it is in the result and the audit log)[/]")
+
+        return sink
+
+    def _details(self, step, action) -> None:
+        import json
+
+        self.c.print(f"[bold]{esc(step.id)}[/] ({step.kind}, {step.effect}, stage {step.stage})")
+        self.c.print(self._r(action.summary), soft_wrap=True)
+        if action.detail:
+            self.c.print(self._r(json.dumps(action.detail, indent=2, default=str)), soft_wrap=True)
+        for key in ("timeout", "retries", "until", "next", "on_failure"):
+            v = getattr(step, key)
+            if v:
+                self.c.print(f"[dim]{key}:[/] {esc(v)}")
+
+    def confirm(self, step, action) -> str:
+        """Before a write step: run, skip or abort (details shows everything first)."""
         body = f"{self._r(action.summary)}\n\n[dim]targets:[/] {self._r(', '.join(action.targets) or '-')}"
-        self.c.print(Panel(body, title=f"write step [bold]{esc(step.id)}[/] ({step.kind})", border_style="magenta"))
-        try:
-            return Confirm.ask("Run it?", default=False, console=self.c)
-        except EOFError:  # Ctrl-D: no is the safe answer
-            return False
+        if self.fancy:
+            from rich.panel import Panel
+
+            self.c.print(Panel(body, title=f"write step [bold]{esc(step.id)}[/] ({step.kind})", border_style="magenta"))
+        else:
+            self.c.print(f"write step {esc(step.id)} ({step.kind}):\n{body}")
+        while True:
+            choice = _choice(self.c, "Run it?", {"run": "run", "skip": "skip", "details": "details", "abort": "abort"},
+                             {"y": "run", "yes": "run", "n": "abort", "no": "abort"})
+            if choice != "details":
+                return choice
+            self._details(step, action)
+
+    def step_prompt(self, step, action) -> str:
+        """--step: before every step: run, skip, continue (stop asking) or abort."""
+        while True:
+            choice = _choice(self.c, f"Step {step.id}?", {"run": "run", "skip": "skip", "continue": "continue",
+                                                           "details": "details", "abort": "abort"},
+                             {"y": "run", "yes": "run", "n": "skip", "no": "skip"})
+            if choice != "details":
+                return choice
+            self._details(step, action)
+
+    def after_failure(self, step, result, on_failure: str | None) -> str:
+        """After a failed, timed-out or interrupted step: retry, skip, follow on_failure, or abort."""
+        what = "was interrupted" if result.status == "interrupted" else result.status
+        self.c.print(f"[red]step {esc(step.id)} {what}[/]" + (f": {self._r(result.error)}" if result.error else ""))
+        options = {"retry": "retry", "skip": "skip"}
+        if on_failure:
+            options[f"follow on_failure ({on_failure})"] = "on_failure"
+        question = "Stop the whole run, or go on?" if result.status == "interrupted" else "What now?"
+        options["abort" if result.status != "interrupted" else "abort (stop the run)"] = "abort"
+        return _choice(self.c, question, options)  # first letters: r, s, f, a
 
     def manual(self, step, action) -> bool:
-        from rich.panel import Panel
         from rich.prompt import Confirm
 
-        self.c.print(Panel(self._r(action.summary), title=f"manual step [bold]{esc(step.id)}[/]", border_style="cyan"))
+        if self.fancy:
+            from rich.panel import Panel
+
+            self.c.print(Panel(self._r(action.summary), title=f"manual step [bold]{esc(step.id)}[/]", border_style="cyan"))
+        else:
+            self.c.print(f"manual step {esc(step.id)}:\n{self._r(action.summary)}")
         try:
             return Confirm.ask(self._r(action.detail.get("confirm", "Done?")), default=False, console=self.c)
         except EOFError:
@@ -173,6 +309,13 @@ class ConsoleUI:
         except EOFError:
             return None
 
+    def branch(self, step, why: str, goto: str) -> None:
+        self.c.print(f"  [yellow]→ {esc(goto)}[/] because {self._r(why)}", soft_wrap=True)
+
+    def escalation_due(self, to: str, after: float, elapsed: float) -> None:
+        self.c.print(f"[bold yellow]⚠ {clock(elapsed)} {esc(self.clock_label)} (policy: after {clock(after)}): "
+                     f"escalate to {esc(to)}[/]")
+
     def polling(self, step, result, attempt: int) -> None:
         self.c.print(f"  [dim]… not yet ({attempt} checks); next check in {step.every:g}s[/]")
 
@@ -181,21 +324,20 @@ class ConsoleUI:
 
     def step_finished(self, step, result) -> None:
         style = STATUS_STYLE.get(result.status, "white")
-        mark = "✓" if result.ok else "✗"
+        mark = "✓" if result.ok else ("↷" if result.status == "skipped" else "✗")
         extra = f"  {self._r(result.error)}" if result.error and result.status not in ("ok", "refused") else ""
-        if result.goto:
-            extra += f"  → {esc(result.goto)}"
         self.c.print(f"  [{style}]{mark} {result.status}[/] [dim]{result.duration:.2f}s[/]{extra}")
         text = result.stdout if result.ok else (result.stdout + result.stderr)
         show = getattr(step.module, "SHOW_OUTPUT", False)
-        if text.strip() and show:
+        if text.strip() and show and not self._streamed:
             lines = getattr(step.module, "SHOW_LINES", 25)
             excerpt = _excerpt(text, lines, head=True) if show == "head" else _excerpt(text)
             self.c.print("[dim]" + self._r(excerpt) + "[/]", soft_wrap=True)
+        self._streamed = False
         if result.outputs:
             self.c.print("  outputs: " + ", ".join(f"{esc(k)}={self._r(v)}" for k, v in result.outputs.items()))
 
     def run_finished(self, status: str, code: int, message: str) -> None:
         style = "green" if code == 0 else ("yellow" if code == 3 else "red")
         tail = f": {self._r(message)}" if message else ""
-        self.c.print(f"\n[{style}]■ run {status}[/] (exit {code}){tail}")
+        self.c.print(f"\n[{style}]■ run {status}[/] (exit {code}){tail}  [dim]{self._elapsed()}[/]")

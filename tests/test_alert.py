@@ -250,7 +250,7 @@ def test_one_run_per_alert_at_a_time(cli, write, tmp_path, audit_dir):
         time.sleep(1.5)
         forced.send_signal(signal.SIGTERM)
         _, err = forced.communicate(timeout=20)
-        assert "warning: --force: this alert is also being handled by run " + run_id in err
+        assert "warning: --force: this alert is already being handled by run " + run_id in err
     finally:
         first.kill()  # SIGKILL: the lock must not outlive the process
         first.wait(timeout=10)

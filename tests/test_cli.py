@@ -161,10 +161,13 @@ def test_shipped_playbooks_dry_run(cli, tmp_path):
     assert r.returncode == 1 and "no inventory was given (use --env NAME" in r.stderr  # its URL comes from the inventory
     r = cli("run", "service-unavailable", "--dry-run", "-p", "service=api", "-p", "base_url=http://127.0.0.1:8080",
             "--path", ROOT / "playbooks")
+    assert r.returncode == 1 and "a k8s step needs an inventory with a cluster" in r.stderr
+    r = cli("run", "service-unavailable", "--dry-run", "-p", "service=api", "-p", "base_url=http://127.0.0.1:8080",
+            "--path", ROOT / "playbooks", "--inventory", ROOT / "inventory" / "local.yaml")
     assert r.returncode == 0, r.stderr
     r = cli("run", "service-unavailable", "--dry-run", "-p", "service=api", cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    assert "$ docker restart api" in r.stdout
+    assert "rollout restart deployment/api -n production" in r.stdout
     r = cli("run", "high-error-rate", "--dry-run", "-p", "service=api", cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "kubectl rollout undo -n production deployment/api" in r.stdout
@@ -181,7 +184,7 @@ def test_unknown_runbook_and_bad_file(cli, write, tmp_path):
 
 
 EXAMPLE_PARAMS = {"service-unavailable": ["-p", "service=api"], "high-error-rate": ["-p", "service=api"],
-                  "db-connection-pool-exhaustion": []}
+                  "db-connection-pool-exhaustion": [], "pod-oom-killed": ["-p", "deployment=api"]}
 
 
 @pytest.mark.parametrize("env", ["local", "staging", "production"])

@@ -23,6 +23,10 @@ def register(sub) -> None:
     p.add_argument("--fingerprint", metavar="FP", help="with --alert: the alert of the payload to handle")
     p.add_argument("--force", action="store_true",
                    help="with --alert: run even while another run is handling the same alert")
+    p.add_argument("--step", action="store_true", dest="step_mode",
+                   help="ask before every step, read steps included (run, skip, continue, abort)")
+    p.add_argument("--start-at", metavar="STEP", help="start at this step (the steps before it are not run)")
+    p.add_argument("--stage", choices=("diagnose", "mitigate", "verify"), help="run this stage only")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output of --dry-run")
     add_inventory(p)
     add_path(p)
@@ -41,6 +45,14 @@ def _git_commit(path: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def _source(path: str) -> str | None:
+    """The runbook's text as it ran, so that resume can show what changed since."""
+    try:
+        return open(path, encoding="utf-8").read()
+    except OSError:
+        return None
 
 
 def _given_params(rb, given: dict[str, str], interactive: bool) -> dict[str, str]:
@@ -112,6 +124,12 @@ def run(args) -> int:
         if args.fingerprint or args.force:
             raise UsageError("--fingerprint and --force go with --alert")
         rb = spec.find(args.name, spec.search_path(args.path))
+    if args.start_at and args.start_at not in rb.by_id:
+        from runbook.schema import suggest
+
+        raise UsageError(f"--start-at {args.start_at}: no such step in {rb.name}{suggest(args.start_at, list(rb.by_id))}")
+    if args.stage and not rb.stage(args.stage):
+        raise UsageError(f"--stage {args.stage}: {rb.name} has no {args.stage} steps")
     inventory = resolve_inventory(args.inventory, args.env)
     interactive = ui.is_interactive()
     params = resolve_params(rb, _given_params(rb, given, interactive))
@@ -128,14 +146,20 @@ def run(args) -> int:
     run_id = audit.new_run_id()
     journal = audit.RunJournal(log, run_id, redactor)
     who = audit.who()
-    journal.run_started(runbook=rb.name, path=rb.path, sha256=rb.sha256, git_commit=_git_commit(rb.path),
+    journal.run_started(runbook=rb.name, title=rb.title, severity=rb.severity, path=rb.path, sha256=rb.sha256,
+                        git_commit=_git_commit(rb.path),
                         params=shown, dry_run=args.dry_run, server_dry_run=args.server_dry_run or None, who=who,
                         host=audit.hostname(), argv=sys.argv[1:],
                         inventory=str(inventory.path) if inventory is not None else None,
-                        alert=the_alert.record() if the_alert else None)
+                        alert=the_alert.record() if the_alert else None,
+                        source=None if args.dry_run else _source(rb.path))
 
+    if args.step_mode and not interactive and not args.dry_run:
+        raise UsageError("--step asks before every step: it needs a terminal")
     options = Options(dry_run=args.dry_run, server_dry_run=args.server_dry_run, yes=args.yes, interactive=interactive,
-                      answers=parse_pairs(args.answer, "--answer"), who=who)
+                      answers=parse_pairs(args.answer, "--answer"), who=who, step_mode=args.step_mode,
+                      start_at=args.start_at, stage=args.stage, escalation=[(a, to) for a, to, _ in rb.escalation],
+                      clock_from=incident_start(the_alert))
     if args.dry_run:
         engine = Engine(rb, params, inventory=inventory, options=options, run_id=run_id, redactor=redactor)
         try:
@@ -154,32 +178,66 @@ def run(args) -> int:
             ui.print_plan(rb, entries, shown, redactor, inventory)
         return 0
 
-    locks = []
-    if the_alert is not None:
-        from runbook.alert import AlertLock
-
-        started = audit._now()
-        for fp in [the_alert.fingerprint, *the_alert.others]:
-            lock = AlertLock(audit.default_dir(), fp)
-            try:
-                warning = lock.acquire(run_id, who, started, args.force)
-            except RunbookError:
-                for held in locks:
-                    held.release()
-                journal.run_finished(status="refused", exit_code=3)
-                raise
-            locks.append(lock)
-            if warning:
-                journal.event("forced", alert=fp, warning=warning)
-                print(f"runbook: {warning}", file=sys.stderr)
+    locks = hold_locks(run_id, who, the_alert, args.force, journal)
     try:
-        return _live(args, rb, params, inventory, journal, options, run_id, redactor, shown)
+        return _live(rb, params, inventory, journal, options, run_id, redactor, shown,
+                     environment=args.env or (inventory.path.stem if inventory is not None else None),
+                     clock_label="since the alert fired" if the_alert and the_alert.starts_at else "since the start")
     finally:
         for lock in locks:
             lock.release()
 
 
-def _live(args, rb, params, inventory, journal, options, run_id, redactor, shown) -> int:
+def hold_locks(run_id: str, who: str, the_alert, force: bool, journal) -> list:
+    """The locks a live run holds: its run id (resume waits for it) and each
+    alert it handles (one run per alert unless --force)."""
+    import sys
+
+    from runbook import audit
+    from runbook.alert import RunLock
+    from runbook.errors import RunbookError
+
+    started = audit._now()
+    wanted = [RunLock(audit.default_dir(), f"run-{run_id}", f"run {run_id} is still going")]
+    if the_alert is not None:
+        wanted += [RunLock(audit.default_dir(), f"alert-{fp}") for fp in [the_alert.fingerprint, *the_alert.others]]
+    held = []
+    for lock in wanted:
+        try:
+            warning = lock.acquire(run_id, who, started, force)
+        except RunbookError:
+            for h in held:
+                h.release()
+            journal.run_finished(status="refused", exit_code=3)
+            raise
+        held.append(lock)
+        if warning:
+            journal.event("forced", lock=lock.path.stem, warning=warning)
+            print(f"runbook: {warning}", file=sys.stderr)
+    return held
+
+
+def incident_start(the_alert) -> float | None:
+    """Epoch seconds of the alert's startsAt (the incident clock's zero), or None."""
+    from datetime import datetime
+
+    if the_alert is None or not the_alert.starts_at:
+        return None
+    text = the_alert.starts_at.replace("Z", "+00:00")
+    if "." in text:  # Alertmanager sends nanoseconds; Python reads up to micro
+        head, tail = text.split(".", 1)
+        digits = "".join(ch for ch in tail if ch.isdigit())
+        text = f"{head}.{digits[:6].ljust(6, '0')}{tail[len(digits):]}"
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def _live(rb, params, inventory, journal, options, run_id, redactor, shown, *, environment=None,
+          clock_label="since the start", prepare=None, resumed=False) -> int:
+    """The live run.  ``prepare(engine) -> (start step, visits)`` lets resume
+    restore the steps already done and choose where to go on."""
     import signal
 
     from runbook import ui
@@ -194,7 +252,9 @@ def _live(args, rb, params, inventory, journal, options, run_id, redactor, shown
 
     previous = signal.signal(signal.SIGTERM, _term)
     try:
-        console_ui.run_started(rb, run_id, shown)
-        return engine.run()
+        console_ui.run_started(rb, run_id, shown, environment=environment, clock_from=options.clock_from,
+                               clock_label=clock_label, resumed=resumed)
+        start, visits = prepare(engine) if prepare else (None, None)
+        return engine.run(start, visits)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -40,7 +40,7 @@ class _Branch(S.Node):
 SCHEMA = S.List(_Branch(), min_items=1, doc="Branch on conditions")
 DEFAULT_READONLY = True
 FIXED_EFFECT = "read"
-RESULT_FIELDS = ("branch",)
+RESULT_FIELDS = ("branch", "why")
 
 
 def normalize(value) -> dict:
@@ -73,5 +73,10 @@ def action(step, r) -> Action:
 def run(step, act: Action, ctx) -> StepResult:
     for b in step.body["branches"]:
         if expr.evaluate(b["when"], ctx.context):
-            return StepResult("ok", stdout=b["goto"], data={"branch": b["when"]}, goto=b["goto"])
-    return StepResult("ok", stdout=step.body["default"] or "", data={"branch": "default"}, goto=step.body["default"])
+            values = expr.explain(b["when"], ctx.context)
+            why = b["when"] + (f"  ({values})" if values else "")
+            return StepResult("ok", stdout=b["goto"], data={"branch": b["when"], "why": why}, goto=b["goto"])
+    tried = "; ".join(filter(None, (expr.explain(b["when"], ctx.context) for b in step.body["branches"])))
+    why = "no condition held" + (f" ({tried})" if tried else "")
+    return StepResult("ok", stdout=step.body["default"] or "", data={"branch": "default", "why": why},
+                      goto=step.body["default"])

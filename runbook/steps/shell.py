@@ -139,8 +139,9 @@ class Capture:
 class _Reader:
     """Reads the command's stdout and stderr pipes without blocking."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen, on_data=None) -> None:
         self.proc = proc
+        self.on_data = on_data  # callable(stream, bytes): the operator watches the output live
         self.out, self.err = Capture(), Capture()
         self.sel = selectors.DefaultSelector()
         for f, cap in ((proc.stdout, self.out), (proc.stderr, self.err)):
@@ -163,6 +164,8 @@ class _Reader:
                 continue
             if data:
                 key.data.add(data)
+                if self.on_data is not None:
+                    self.on_data("stdout" if key.data is self.out else "stderr", data)
             else:
                 self.sel.unregister(key.fileobj)
                 key.fileobj.close()
@@ -284,7 +287,7 @@ def run(step, act: Action, ctx) -> StepResult:
         return StepResult("failed", error=f"cannot start the command: {exc.strerror} ({exc.filename or _SHELL})")
     reader = None
     try:
-        reader = _Reader(proc)
+        reader = _Reader(proc, getattr(ctx, "output", None))
         outcome = _wait(proc, reader, deadline)
         if outcome == "timeout":
             _kill(proc, reader)

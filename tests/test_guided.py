@@ -1,0 +1,409 @@
+"""Guided mode, --step/--start-at/--stage, Ctrl-C and resume, driven through a
+real pseudo-terminal (pexpect) and checked against the screen and the audit log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import pexpect
+import pytest
+
+from conftest import ROOT, alive
+
+
+def spawn(args, cwd, env=None, cols=160, rows=50):
+    """The CLI on a pseudo-terminal; TERM=dumb keeps escape codes out of the
+    screen text the tests match (the colour tests set TERM themselves)."""
+    e = dict(os.environ, PYTHONPATH=str(ROOT), TERM="dumb")
+    e.pop("COLUMNS", None)
+    e.pop("NO_COLOR", None)
+    if env:
+        e.update(env)
+    return pexpect.spawn(sys.executable, ["-m", "runbook", *map(str, args)], cwd=str(cwd), env=e, encoding="utf-8",
+                         timeout=30, dimensions=(rows, cols))
+
+
+def finish(child):
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus if child.exitstatus is not None else -child.signalstatus
+
+
+def records(audit_dir):
+    return [json.loads(line) for line in (audit_dir / "audit.jsonl").read_text().splitlines()]
+
+
+def run_id(audit_dir):
+    return next(r["run"] for r in records(audit_dir) if r["type"] == "run_started")
+
+
+def verify(cli):
+    r = cli("audit", "verify")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+BOOK = """\
+name: pool
+title: Connection pool exhausted
+severity: SEV2
+escalation:
+  - {{after: 15m, to: secondary on-call}}
+  - {{after: 30m, to: engineering manager}}
+params:
+  limit: {{type: integer, default: 140}}
+stages:
+  diagnose:
+    - id: count
+      description: How many connections are open
+      checks: connections to the database
+      normal: below 100
+      if_failed: check that the database answers at all
+      shell: "echo one; echo two; echo 152"
+      readonly: true
+      outputs:
+        n: {{regex: '^(\\d+)$', type: integer}}
+    - id: decide
+      choose:
+        - when: "steps.count.outputs.n > params.limit"
+          goto: kill-idle
+        - default: done
+  mitigate:
+    - id: kill-idle
+      title: Terminate idle connections
+      shell: "echo killed >> {tmp}/killed"
+      timeout: 10s
+  verify:
+    - id: done
+      shell: "echo checked >> {tmp}/checked"
+      readonly: true
+"""
+
+
+@pytest.fixture
+def pool(tmp_path):
+    p = tmp_path / "pool.yaml"
+    p.write_text(BOOK.format(tmp=tmp_path))
+    return p
+
+
+def test_guided_run_header_cards_streamed_output_and_branch_reason(pool, tmp_path, audit_dir, cli):
+    child = spawn(["run", pool], tmp_path)
+    child.expect("Connection pool exhausted")
+    child.expect("SEV2")
+    child.expect("incident clock 00:00:0")
+    child.expect("secondary on-call after 00:15:00")
+    child.expect("How many connections are open")
+    child.expect("normal:.*below 100")
+    child.expect("│ one")
+    child.expect("│ 152")
+    child.expect("ok")
+    child.expect(r"→ kill-idle.* because steps\.count\.outputs\.n > params\.limit\s+\(steps\.count\.outputs\.n = 152, params\.limit = 140\)")
+    child.expect("Run it\\?")
+    child.sendline("d")  # details first, then run
+    child.expect("timeout:")
+    child.expect("Run it\\?")
+    child.sendline("r")
+    child.expect("run completed")
+    assert finish(child) == 0
+    assert (tmp_path / "killed").read_text() == "killed\n"
+    decision = next(r for r in records(audit_dir) if r["type"] == "decision")
+    assert (decision["step"], decision["approved"], decision["how"], decision["choice"]) == ("kill-idle", True, "prompt", "run")
+    assert decision["by"]
+    verify(cli)
+
+
+def test_skip_a_write_step_goes_on_and_is_audited(pool, tmp_path, audit_dir, cli):
+    child = spawn(["run", pool], tmp_path)
+    child.expect("Run it\\?")
+    child.sendline("skip")
+    child.expect("skipped")
+    child.expect("run completed")
+    assert finish(child) == 0
+    assert not (tmp_path / "killed").exists()
+    assert (tmp_path / "checked").exists()
+    recs = records(audit_dir)
+    decision = next(r for r in recs if r["type"] == "decision")
+    assert (decision["approved"], decision["choice"]) == (False, "skip")
+    result = next(r for r in recs if r["type"] == "step_result" and r["step"] == "kill-idle")
+    assert result["status"] == "skipped"
+    verify(cli)
+
+
+def test_abort_at_a_write_step(pool, tmp_path, audit_dir, cli):
+    child = spawn(["run", pool], tmp_path)
+    child.expect("Run it\\?")
+    child.sendline("a")
+    child.expect("declined")
+    assert finish(child) == 3
+    assert not (tmp_path / "killed").exists() and not (tmp_path / "checked").exists()
+    verify(cli)
+
+
+FLAKY = """\
+name: flaky
+title: Flaky
+stages:
+  diagnose:
+    - id: probe
+      shell: "n=$(cat {tmp}/n 2>/dev/null || echo 0); echo $((n+1)) > {tmp}/n; test $n -ge 1"
+      readonly: true
+      on_failure: page
+    - id: after
+      shell: "touch {tmp}/after"
+      readonly: true
+      next: end
+    - id: page
+      shell: "touch {tmp}/paged"
+      readonly: true
+    - id: end
+      end: resolved
+"""
+
+
+def test_after_a_failure_the_operator_retries(tmp_path, audit_dir, cli):
+    p = tmp_path / "flaky.yaml"
+    p.write_text(FLAKY.format(tmp=tmp_path))
+    child = spawn(["run", p], tmp_path)
+    child.expect("step probe failed")
+    child.expect("What now\\?.*ollow on_failure \\(page\\)")
+    child.sendline("r")
+    child.expect("run resolved")
+    assert finish(child) == 0
+    assert (tmp_path / "after").exists() and not (tmp_path / "paged").exists()
+    how = [r["how"] for r in records(audit_dir) if r["type"] == "decision"]
+    assert how == ["retry"]
+    # the same failure, and the operator follows on_failure instead
+    (tmp_path / "n").unlink()
+    (tmp_path / "after").unlink()
+    child = spawn(["run", p], tmp_path)
+    child.expect("What now\\?")
+    child.sendline("f")
+    child.expect("run resolved")
+    assert finish(child) == 0
+    assert (tmp_path / "paged").exists() and not (tmp_path / "after").exists()
+    verify(cli)
+
+
+def test_step_mode_asks_before_read_steps_too(pool, tmp_path, audit_dir):
+    child = spawn(["run", pool, "--step"], tmp_path)
+    child.expect("Step count\\?")
+    child.sendline("s")  # skip the first read step
+    child.expect("Step decide\\?")
+    child.sendline("c")  # continue: stop asking for read steps
+    # the choose step cannot read a skipped step's outputs: it fails, and the operator aborts
+    child.expect("What now\\?")
+    child.sendline("a")
+    assert finish(child) == 1
+    decisions = [(r["step"], r.get("choice") or r["how"]) for r in records(audit_dir) if r["type"] == "decision"]
+    assert decisions[:2] == [("count", "skip"), ("decide", "run")]
+    assert not (tmp_path / "killed").exists()
+
+
+def test_step_mode_needs_a_terminal(pool, cli):
+    r = cli("run", pool, "--step")
+    assert r.returncode == 2 and "--step asks before every step: it needs a terminal" in r.stderr
+
+
+def test_start_at_and_stage(pool, tmp_path, audit_dir, cli):
+    r = cli("run", pool, "--stage", "verify")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "checked").exists() and "count" not in [x.get("step") for x in records(audit_dir)]
+    (tmp_path / "checked").unlink()
+    r = cli("run", pool, "--stage", "diagnose", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert "the diagnose stage is done (next: mitigate step 'kill-idle'; not run)" in r.stdout
+    assert not (tmp_path / "killed").exists()
+    r = cli("run", pool, "--start-at", "kill-idle", "--yes")
+    assert r.returncode == 0 and (tmp_path / "killed").exists() and (tmp_path / "checked").exists()
+    r = cli("run", pool, "--start-at", "kil-idle")
+    assert r.returncode == 2 and "--start-at kil-idle: no such step in pool (did you mean 'kill-idle'?)" in r.stderr
+
+
+LONG = """\
+name: long
+title: Long
+params:
+  token: {{type: string, secret: true, required: true}}
+stages:
+  diagnose:
+    - id: first
+      shell: "echo one >> {tmp}/ran; echo value-42"
+      readonly: true
+      outputs:
+        v: {{regex: 'value-(\\d+)'}}
+    - id: slow
+      shell: "echo slow >> {tmp}/ran; echo $$ > {tmp}/pid; sleep 30; echo slow-done >> {tmp}/ran"
+      readonly: true
+    - id: last
+      shell: "echo last-{{{{ steps.first.outputs.v }}}} >> {tmp}/ran"
+      readonly: true
+"""
+
+
+def _wait_file(path, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_ctrl_c_during_a_step_asks_then_stops_the_run(tmp_path, audit_dir, cli):
+    p = tmp_path / "long.yaml"
+    p.write_text(LONG.format(tmp=tmp_path))
+    child = spawn(["run", p], tmp_path, env={"RUNBOOK_PARAM_TOKEN": "s3cret-tok"})
+    pid = int(_wait_file(tmp_path / "pid"))
+    child.sendintr()
+    child.expect("step slow was interrupted")
+    child.expect("Stop the whole run, or go on\\?")
+    assert not alive(pid)  # the step's command was stopped with it
+    child.sendline("a")
+    child.expect("run interrupted")
+    assert finish(child) == 130
+    recs = records(audit_dir)
+    slow = next(r for r in recs if r["type"] == "step_result" and r["step"] == "slow")
+    assert slow["status"] == "interrupted"
+    assert recs[-1]["type"] == "run_finished" and recs[-1]["status"] == "interrupted"
+    verify(cli)
+
+
+def test_second_ctrl_c_stops_at_once(tmp_path, audit_dir, cli):
+    p = tmp_path / "long.yaml"
+    p.write_text(LONG.format(tmp=tmp_path))
+    child = spawn(["run", p], tmp_path, env={"RUNBOOK_PARAM_TOKEN": "x"})
+    _wait_file(tmp_path / "pid")
+    child.sendintr()
+    child.expect("Stop the whole run, or go on\\?")
+    child.sendintr()
+    assert finish(child) == 130
+    assert records(audit_dir)[-1]["status"] == "interrupted"
+    verify(cli)
+
+
+def test_sigkill_during_a_step_then_resume(tmp_path, audit_dir, cli):
+    p = tmp_path / "long.yaml"
+    p.write_text(LONG.format(tmp=tmp_path))
+    child = spawn(["run", p], tmp_path, env={"RUNBOOK_PARAM_TOKEN": "s3cret-tok"})
+    pid = int(_wait_file(tmp_path / "pid"))
+    os.kill(child.pid, signal.SIGKILL)  # the runbook process dies; its step's shell lives on, orphaned
+    child.expect(pexpect.EOF)
+    child.close()
+    os.kill(pid, signal.SIGKILL)
+    rid = run_id(audit_dir)
+    listed = cli("audit", "list")
+    assert "in doubt" in listed.stdout
+    # without a terminal, secret parameters come from the environment again
+    r = cli("resume", rid)
+    assert r.returncode == 1 and "missing required parameter 'token': set RUNBOOK_PARAM_TOKEN=VALUE" in r.stderr
+    # and without a decision about the step in doubt, resume refuses
+    r = cli("resume", rid, env={"RUNBOOK_PARAM_TOKEN": "s3cret-tok"})
+    assert r.returncode == 3 and "step 'slow' of run" in r.stderr and "--mark-done or --rerun" in r.stderr
+    # in a terminal: the secret is asked again, the operator marks the step done
+    child = spawn(["resume", rid[:12]], tmp_path)
+    child.expect("token \\(secret, not echoed\\)")
+    child.sendline("s3cret-tok")
+    child.expect("step slow is in doubt")
+    child.expect("Is it done\\?")
+    child.sendline("m")
+    child.expect("run completed")
+    assert finish(child) == 0
+    ran = (tmp_path / "ran").read_text().split()
+    assert ran == ["one", "slow", "last-42"]  # first not run again; its output restored for last
+    recs = [r for r in records(audit_dir) if r["run"] == rid]
+    assert any(r["type"] == "resumed" for r in recs)
+    d = [r for r in recs if r["type"] == "decision"][-1]
+    assert (d["step"], d["how"]) == ("slow", "mark-done")
+    assert "s3cret-tok" not in (audit_dir / "audit.jsonl").read_text()
+    verify(cli)
+    # resuming a finished run says so
+    r = cli("resume", rid)
+    assert r.returncode == 0 and "already finished: completed" in r.stdout
+
+
+def test_resume_rerun_without_terminal_and_runbook_changed(tmp_path, audit_dir, cli):
+    p = tmp_path / "long.yaml"
+    p.write_text(LONG.format(tmp=tmp_path))
+    child = spawn(["run", p], tmp_path, env={"RUNBOOK_PARAM_TOKEN": "tok-9f8e7d"})
+    pid = int(_wait_file(tmp_path / "pid"))
+    os.kill(child.pid, signal.SIGKILL)
+    child.expect(pexpect.EOF)
+    child.close()
+    os.kill(pid, signal.SIGKILL)
+    rid = run_id(audit_dir)
+    p.write_text(LONG.format(tmp=tmp_path).replace("sleep 30", "sleep 0"))
+    r = cli("resume", rid, "--rerun", env={"RUNBOOK_PARAM_TOKEN": "tok-9f8e7d"})
+    assert r.returncode == 1
+    assert "-      shell: \"echo slow" in r.stderr and "sleep 30" in r.stderr and "+      shell:" in r.stderr
+    assert f"changed since run {rid} started" in r.stderr
+    r = cli("resume", rid, "--rerun", "--force", env={"RUNBOOK_PARAM_TOKEN": "tok-9f8e7d"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "ran").read_text().split() == ["one", "slow", "slow", "slow-done", "last-42"]
+    verify(cli)
+
+
+def test_resume_after_a_declined_step_asks_again(pool, tmp_path, audit_dir, cli):
+    r = cli("run", pool)  # no terminal: stops before the write step
+    assert r.returncode == 3
+    rid = run_id(audit_dir)
+    r = cli("resume", rid, "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "killed").exists() and (tmp_path / "checked").exists()
+    kinds = [(x["type"], x.get("step")) for x in records(audit_dir) if x["type"] == "step_intent"]
+    assert kinds.count(("step_intent", "count")) == 1  # diagnose was not run again
+    verify(cli)
+
+
+def test_escalation_policy_from_the_alert_time(pool, tmp_path, audit_dir, cli):
+    from datetime import datetime, timedelta, timezone
+
+    fired = (datetime.now(timezone.utc) - timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    (tmp_path / "a.json").write_text(json.dumps({"alerts": [{"status": "firing", "labels": {"alertname": "X"},
+                                                               "startsAt": fired, "fingerprint": "f1"}]}))
+    child = spawn(["run", pool, "--alert", tmp_path / "a.json"], tmp_path)
+    child.expect("incident clock 00:20:0")
+    child.expect(r"escalate\s+to\s+secondary\s+on-call")
+    child.expect("Run it\\?")
+    child.sendline("r")
+    child.expect("run completed")
+    assert finish(child) == 0
+    assert "engineering manager" not in child.before
+    due = [r for r in records(audit_dir) if r["type"] == "escalation_due"]
+    assert [(d["to"], d["after"]) for d in due] == [("secondary on-call", 900.0)]
+
+
+@pytest.mark.parametrize("no_color,cols", [(True, 160), (False, 40)])
+def test_no_color_and_narrow_terminals(pool, tmp_path, no_color, cols):
+    env = {"TERM": "xterm-256color", **({"NO_COLOR": "1"} if no_color else {})}
+    child = spawn(["run", pool], tmp_path, env=env, cols=cols)
+    child.expect("Run it\\?")
+    screen = child.before
+    child.sendline("r")
+    assert finish(child) == 0
+    screen += child.before
+    colours = [code for code in ("\x1b[31m", "\x1b[32m", "\x1b[33m", "\x1b[34m", "\x1b[35m", "\x1b[36m") if code in screen]
+    assert not colours if no_color else colours
+    assert "Traceback" not in screen and "run completed" in screen
+    if cols == 40:
+        plain = _plain(screen).splitlines()
+        # boxes and headers fit the terminal; commands stay whole on one line (the terminal wraps them) so they copy
+        assert max(len(line) for line in plain if "╭" in line or "╰" in line) <= 40
+        assert f"  $ echo killed >> {tmp_path}/killed" in plain
+
+
+def _plain(text):
+    import re
+
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def test_not_a_terminal_plain_lines(pool, cli):
+    r = cli("run", pool, "--yes")
+    assert r.returncode == 0, r.stderr
+    assert "\x1b[" not in r.stdout and "╭" not in r.stdout and "│" not in r.stdout
+    assert "  | 152" in r.stdout  # output still streams, as plain lines
+    assert "→ kill-idle because steps.count.outputs.n > params.limit" in r.stdout
