@@ -46,7 +46,8 @@
   matched as subsets) and ``condition``.  Without ``expect``, any 2xx is
   fine.  A mismatch fails the step with one line saying what differed.
 * Result: ``status_code``, ``reason``, ``headers`` (names in lower case),
-  ``body`` (text, at most 1 MiB kept), ``json`` (the parsed body, or none),
+  ``body`` (text, at most 1 MiB kept; ``set-cookie`` values are
+  ``***``), ``json`` (the parsed body, or none),
   ``elapsed`` (seconds), ``url``; ``stdout`` is the body, so ``outputs`` with
   ``json: path`` read the JSON body; headers are read as
   ``steps.ID.headers['x-request-id']``.  Conditions and ``until`` see the
@@ -65,12 +66,14 @@ from typing import Any
 from runbook import expr
 from runbook import schema as S
 from runbook.errors import RunbookError
-from runbook.secrets import LazySecret, Secret
+from runbook.secrets import MASK, LazySecret, Secret
 from runbook.steps import BASE_RESULT_FIELDS, Action, StepResult
 from runbook.steps import _web as W
 
 METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
+# response headers that carry credentials: kept out of the result (which the audit log records)
+_SECRET_RESPONSE_HEADERS = frozenset({"set-cookie", "set-cookie2", "authorization", "proxy-authorization"})
 
 _STATUS = S.OneOf(
     (
@@ -299,7 +302,8 @@ def run(step, act: Action, ctx) -> StepResult:
                           data=_empty(d), duration=time.monotonic() - started)
     text = W.decode_body(resp["body"])
     parsed, why = W.parse_json(resp["body"]) if resp["body"].strip() else (None, "the body is empty")
-    got = {"status_code": resp["status"], "reason": resp["reason"], "headers": resp["headers"], "body": text,
+    headers_in = {k: (MASK if k in _SECRET_RESPONSE_HEADERS else v) for k, v in resp["headers"].items()}
+    got = {"status_code": resp["status"], "reason": resp["reason"], "headers": headers_in, "body": text,
            "json": parsed, "elapsed": round(resp["elapsed"], 6), "url": resp["url"]}
     result = StepResult("ok", stdout=text + ("\n[… body cut at 1 MiB]\n" if resp["truncated"] else ""), data=got,
                         duration=time.monotonic() - started)
