@@ -112,6 +112,9 @@ def document_schema() -> S.Obj:
                            "how": S.Str(doc="how to reach them")},
                           required=("after", "to"), doc="An escalation level"),
                     doc="who to escalate to as the incident clock passes each time (e.g. secondary after 15m)"),
+                "example_params": S.MapOf(S.AnyValue(), key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                          key_hint="a parameter name",
+                                          doc="parameters for `runbook validate --dry-run` (CI) and for trying the runbook"),
                 "params_from_labels": S.MapOf(S.Str(), key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                               key_hint="a parameter name",
                                               doc="run --alert: parameter ← alert label (e.g. service: job)"),
@@ -249,6 +252,7 @@ class Runbook:
     severity: str | None = None
     alerts: list[str] = field(default_factory=list)
     params_from_labels: dict[str, str] = field(default_factory=dict)
+    example_params: dict[str, Any] = field(default_factory=dict)
     escalation: list[tuple[float, str, str]] = field(default_factory=list)  # (seconds, to, how)
     owner: str | None = None
     env_allow: list[str] = field(default_factory=list)
@@ -296,6 +300,7 @@ def _build(data: Map, path: str, sha: str) -> Runbook:
         name=data["name"], title=data["title"], path=path, sha256=sha, data=data,
         description=data.get("description", ""), severity=data.get("severity"), alerts=list(data.get("alerts") or []),
         params_from_labels=dict(data.get("params_from_labels") or {}),
+        example_params=dict(data.get("example_params") or {}),
         escalation=sorted((S.parse_duration(e["after"]), e["to"], e.get("how", "")) for e in data.get("escalation") or []),
         owner=data.get("owner"), env_allow=list(data.get("env") or []), params=params, steps=steps,
     )

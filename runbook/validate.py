@@ -229,6 +229,13 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
         elif rb.params[pname].secret:
             problem(rb.data["params_from_labels"].kpos(pname), f"params_from_labels: '{pname}' is a secret parameter; alert labels are not secret, so do not take it from one")
 
+    for pname in rb.example_params:
+        if pname not in rb.params:
+            hint = suggest(pname, list(rb.params)) or ""
+            problem(rb.data["example_params"].kpos(pname), f"example_params names parameter '{pname}', which the runbook does not declare{hint}")
+        elif rb.params[pname].secret:
+            problem(rb.data["example_params"].kpos(pname), f"example_params: '{pname}' is a secret parameter; never write a secret in a runbook (CI can set RUNBOOK_PARAM_{pname.upper()})")
+
     # references to steps
     ids = list(rb.by_id)
     for s in rb.steps:

@@ -195,3 +195,34 @@ def test_every_shipped_playbook_dry_runs_against_every_shipped_environment(cli, 
         r = cli("run", name, "--dry-run", "--env", env, *EXAMPLE_PARAMS[name], cwd=ROOT)
         assert r.returncode == 0, (name, env, r.stderr)
         assert f"inventory/{env}.yaml" in r.stdout
+
+
+def test_validate_dry_run_plans_each_runbook_with_its_example_params(cli, write, tmp_path):
+    inv = write("inv.yaml", "hosts:\n  web1: {address: 127.0.0.1}\n")
+    ok = write("books/ok.yaml", """\
+        name: ok
+        title: OK
+        example_params: {host: web1}
+        params:
+          host: {type: string, required: true}
+        stages:
+          diagnose:
+            - id: look
+              ssh: {hosts: "{{ params.host }}", command: uptime}
+              readonly: true
+        """)
+    r = cli("validate", ok, "--dry-run", "--inventory", inv)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # what only a dry-run finds: the example names a host the inventory does not have
+    ok.write_text(ok.read_text().replace("{host: web1}", "{host: web9}"))
+    r = cli("validate", ok, "--dry-run", "--inventory", inv)
+    assert r.returncode == 1
+    assert f"{ok}:9:" in r.stdout and "dry-run:" in r.stdout and "web9" in r.stdout, r.stdout
+    # no example for a required parameter: say where to add one
+    ok.write_text(ok.read_text().replace("example_params: {host: web9}\n", ""))
+    r = cli("validate", ok, "--dry-run", "--inventory", inv)
+    assert r.returncode == 1 and "missing required parameter 'host'" in r.stdout and "example_params" in r.stdout
+    # example_params must name declared, non-secret parameters
+    ok.write_text(ok.read_text().replace("params:\n", "example_params: {hots: web1}\nparams:\n", 1))
+    r = cli("validate", ok)
+    assert r.returncode == 1 and "example_params names parameter 'hots'" in r.stdout and "did you mean 'host'" in r.stdout

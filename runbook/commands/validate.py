@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--format", choices=("text", "json", "github", "sarif"), default="text")
     p.add_argument("--config", metavar="FILE", help="rule settings (default: .runbook.yaml found upwards)")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    p.add_argument("--dry-run", action="store_true",
+                   help="also dry-run each valid runbook with its example_params against the inventory (--env/--inventory), "
+                        "contacting nothing: catches what only rendering finds (inventory names, template values)")
     add_inventory(p)
     p.set_defaults(func=run)
 
@@ -31,6 +34,30 @@ def check_files(files, inventory=None, config=None):
             problems = problems + validate_runbook(rb, inventory, config).problems
         out.append((str(f), sorted(problems, key=lambda p: (p.line, p.col))))
     return out
+
+
+def dry_run_problems(path: str, inventory, config) -> list:
+    """The problems a dry-run with the runbook's example_params finds (none when it plans)."""
+    from runbook import spec
+    from runbook.engine import Engine, Options, resolve_params
+    from runbook.errors import Problem, RunbookError
+
+    rb, _ = spec.load_runbook(path)
+    given = {k: ("true" if v else "false") if isinstance(v, bool) else str(v) for k, v in rb.example_params.items()}
+    try:
+        params = resolve_params(rb, given)
+        Engine(rb, params, inventory=inventory, options=Options(dry_run=True)).plan()
+    except RunbookError as exc:
+        msg = str(exc)
+        import re
+
+        placed = re.match(re.escape(rb.path) + r":(\d+):(\d+): (.*)", msg, re.S)
+        if placed:  # already placed: path:line:col: …
+            return [Problem(path, int(placed[1]), int(placed[2]), "dry-run: " + placed[3], "error", "dry-run")]
+        pos = rb.data.kpos("example_params") if "example_params" in rb.data else (1, 1)
+        hint = " (give example values in example_params)" if "missing required parameter" in msg else ""
+        return [Problem(path, pos[0], pos[1], f"dry-run: {msg}{hint}", "error", "dry-run")]
+    return []
 
 
 def run(args) -> int:
@@ -60,6 +87,13 @@ def run(args) -> int:
         else:
             inventory = resolve_inventory(None, args.env)
     results = check_files(files, inventory, config)
+    if args.dry_run:
+        if inventory is None:
+            from runbook.inventory import resolve_inventory
+
+            inventory = resolve_inventory(None, None)
+        results = [(f, ps + (dry_run_problems(f, inventory, config) if not any(p.severity == "error" for p in ps) else []))
+                   for f, ps in results]
     if problems_extra:
         results.insert(0, (problems_extra[0].path, problems_extra))
     all_problems = [p for _, ps in results for p in ps]
