@@ -54,14 +54,15 @@ OUTPUT = S.Obj(
 COMMON_FIELDS: dict[str, S.Node] = {
     "id": S.Str(pattern=ID_PATTERN, hint="lower-case letters, digits, - and _", doc="unique step id"),
     "title": S.Str(doc="one line shown to the operator"),
-    "description": S.Str(),
+    "description": S.Str(doc="what the step is for (guided mode shows it on the step's card)"),
     "readonly": S.Bool(doc="the step changes nothing (its effect is read); enforced by kinds that can"),
     "timeout": S.Duration(positive=True, doc="stop the step after this long"),
     "retries": S.Int(minimum=0, maximum=100, doc="try again this many times when the step fails"),
     "retry_delay": S.Duration(doc="wait between retries (default 5s)"),
     "until": S.Str(doc="poll the step until this condition holds (needs timeout)"),
     "every": S.Duration(positive=True, doc="poll interval for until (default 10s)"),
-    "outputs": S.MapOf(OUTPUT, key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", key_hint="letters, digits and _"),
+    "outputs": S.MapOf(OUTPUT, key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", key_hint="letters, digits and _",
+                       doc="named values taken from the result (steps.ID.outputs.NAME)"),
     "next": S.Str(doc="the step to go to after this one succeeds (default: the following step)"),
     "on_failure": S.Str(doc="the step to go to when this one fails, or 'continue' / 'abort' (default)"),
     "max_visits": S.Int(minimum=1, maximum=10000, doc="how often the step may run in one run: the bound of a loop"),
@@ -103,8 +104,8 @@ def document_schema() -> S.Obj:
             {
                 "name": S.Str(pattern=NAME_PATTERN, hint="lower-case letters, digits and -", doc="what `runbook run NAME` takes"),
                 "title": S.Str(doc="one line: what this runbook answers"),
-                "description": S.Str(),
-                "severity": S.Str(enum=SEVERITIES),
+                "description": S.Str(doc="what the incident looks like and what the runbook does about it"),
+                "severity": S.Str(enum=SEVERITIES, doc="SEV1 (critical, all hands) … SEV4 (low) as the on-call policy defines them"),
                 "alerts": S.List(S.Str(), doc="the alerts this runbook answers"),
                 "escalation": S.List(
                     S.Obj({"after": S.Duration(positive=True, doc="time since the alert fired (else since the start)"),
@@ -118,11 +119,12 @@ def document_schema() -> S.Obj:
                 "params_from_labels": S.MapOf(S.Str(), key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                               key_hint="a parameter name",
                                               doc="run --alert: parameter ← alert label (e.g. service: job)"),
-                "owner": S.Str(),
-                "tags": S.List(S.Str()),
+                "owner": S.Str(doc="the team that maintains the runbook"),
+                "tags": S.List(S.Str(), doc="free-form labels (runbook list shows them)"),
                 "links": S.List(S.Str(), doc="dashboards, docs"),
                 "env": S.List(S.Str(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"), doc="environment variables templates may read as env.NAME"),
-                "params": S.MapOf(PARAM, key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", key_hint="letters, digits and _"),
+                "params": S.MapOf(PARAM, key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", key_hint="letters, digits and _",
+                                  doc="typed parameters (-p name=value; params.NAME in templates)"),
                 "stages": S.Obj({s: steps for s in STAGES}, required=(), doc="steps by stage, in order"),
             },
             required=("name", "title", "stages"),
@@ -229,10 +231,11 @@ class Step:
         mod = self.module
         if mod.FIXED_EFFECT:
             return mod.FIXED_EFFECT
-        # kinds that know their effect from the step's body (a k8s get, an HTTP GET)
+        # kinds that know their effect from the step's body (a k8s get, an HTTP GET);
+        # an author's readonly: false still makes a step confirmed (a GET that changes state)
         known = mod.effect_of(self.body) if hasattr(mod, "effect_of") else None
         if known:
-            return known
+            return "write" if self.readonly is False else known
         readonly = mod.DEFAULT_READONLY if self.readonly is None else self.readonly
         return "read" if readonly else "write"
 

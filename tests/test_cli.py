@@ -183,17 +183,21 @@ def test_unknown_runbook_and_bad_file(cli, write, tmp_path):
     assert r.returncode == 2
 
 
-EXAMPLE_PARAMS = {"service-unavailable": ["-p", "service=api"], "high-error-rate": ["-p", "service=api"],
-                  "db-connection-pool-exhaustion": [], "pod-oom-killed": ["-p", "deployment=api"]}
-
-
 @pytest.mark.parametrize("env", ["local", "staging", "production"])
 def test_every_shipped_playbook_dry_runs_against_every_shipped_environment(cli, env):
-    books = sorted(p.stem for p in (ROOT / "playbooks").glob("*.yaml"))
-    assert set(books) == set(EXAMPLE_PARAMS), "add example parameters for a new playbook here"
-    for name in books:
-        r = cli("run", name, "--dry-run", "--env", env, *EXAMPLE_PARAMS[name], cwd=ROOT)
-        assert r.returncode == 0, (name, env, r.stderr)
+    """Each shipped playbook plans with its example_params against each shipped inventory (as CI runs it)."""
+    books = sorted((ROOT / "playbooks").glob("*.yaml"))
+    assert len(books) >= 4
+    r = cli("validate", "playbooks", "--dry-run", "--env", env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{len(books)} files checked" in r.stderr
+    for book in books:  # and through `run --dry-run`, as a person would try it
+        import yaml
+
+        example = yaml.safe_load(book.read_text()).get("example_params") or {}
+        args = [a for k, v in example.items() for a in ("-p", f"{k}={v}")]
+        r = cli("run", book.stem, "--dry-run", "--env", env, *args, cwd=ROOT)
+        assert r.returncode == 0, (book.name, env, r.stderr)
         assert f"inventory/{env}.yaml" in r.stdout
 
 
