@@ -170,7 +170,8 @@ def test_shipped_playbooks_dry_run(cli, tmp_path):
     assert "rollout restart deployment/api -n production" in r.stdout
     r = cli("run", "high-error-rate", "--dry-run", "-p", "service=api", cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    assert "kubectl rollout undo -n production deployment/api" in r.stdout
+    assert "rollout undo deployment/api -n production" in r.stdout
+    assert "PATCH /apis/apps/v1/namespaces/production/deployments/api" in r.stdout  # the exact API call, not kubectl
 
 
 def test_unknown_runbook_and_bad_file(cli, write, tmp_path):
