@@ -13,7 +13,7 @@ import pytest
 
 # real servers started on 127.0.0.1: PostgreSQL, OpenSSH, a Kubernetes API server
 # subset (kubeapi), Prometheus and small HTTP services (webservers)
-pytest_plugins = ["pgserver", "sshserver", "kubeapi", "promserver", "webservers"]
+pytest_plugins = ["pgserver", "sshserver", "kubeapi", "promserver", "webservers", "labservers"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
