@@ -47,3 +47,20 @@ def test_redis_session_store_crash_restarted_over_ssh(cli, lab_redis, lab_invent
     assert [t.split()[0] for t in texts] == ["*STARTED*", "*RESOLVED*"], texts
     assert "(3 keys)" in texts[1]
     verified(cli, audit_dir)
+
+
+def test_service_unavailable_restarted_over_ssh_on_the_docker_path(cli, lab_api, lab_inventory, audit_dir):
+    stuck = lab_api.pid()
+    assert not lab_api.healthy()  # /health answers 503
+    inv = lab_inventory(groups={"api-servers": {"vars": {"restart_command": lab_api.restart_command}}},
+                        http={"api": {"url": lab_api.url, "timeout": 5}})
+    r = cli("run", "service-unavailable", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
+            "-p", "service=api", "-p", "platform=docker", "--answer", "pick-remedy=restart", timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert lab_api.healthy() and lab_api.pid() != stuck
+    res = results(audit_dir)
+    assert res["liveness"]["status"] == "ok" and "503" in r.stdout  # the diagnosis saw the 503
+    assert "logs" not in res and "restart" not in res  # no Kubernetes on this path
+    assert res["docker-restart"]["status"] == "ok" and res["healthy"]["status"] == "ok"
+    assert "api restarted: pid" in r.stdout and "is healthy again" in r.stdout
+    verified(cli, audit_dir)
