@@ -7,7 +7,10 @@ fixtures start on free ports (tests/labservers.py ``lab_inventory``)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+import psycopg
 
 from conftest import ROOT
 from runbook import audit
@@ -64,3 +67,37 @@ def test_service_unavailable_restarted_over_ssh_on_the_docker_path(cli, lab_api,
     assert res["docker-restart"]["status"] == "ok" and res["healthy"]["status"] == "ok"
     assert "api restarted: pid" in r.stdout and "is healthy again" in r.stdout
     verified(cli, audit_dir)
+
+
+def test_connection_pool_exhaustion_idle_sessions_terminated(cli, pg, pg_db, make_pg_role, lab_inventory, audit_dir):
+    app = make_pg_role(grants=())  # the leaking client: an ordinary login role
+    monitor = make_pg_role()  # read-only steps run as a pg_monitor role, as in production
+    leaked = [pg.connect(pg_db, user=app, application_name="leaky-app") for _ in range(8)]
+    try:
+        time.sleep(1.2)  # idle for longer than idle_seconds
+        db = {"host": pg.host, "port": pg.port, "dbname": pg_db, "user": pg.user, "readonly_role": monitor,
+              "connect_timeout": 5}
+        if pg.password:
+            db["password"] = {"env": "LAB_PG_PASSWORD"}
+        inv = lab_inventory(databases={"main": db})
+        r = cli("run", "db-connection-pool-exhaustion", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
+                "-p", "threshold=5", "-p", "idle_seconds=1", env={"LAB_PG_PASSWORD": pg.password or ""}, timeout=90)
+        assert r.returncode == 0, r.stdout + r.stderr
+        res = results(audit_dir)
+        assert res["decide"]["status"] == "ok" and res["terminate-idle"]["status"] == "ok"
+        assert res["count-ok"]["status"] == "ok" and "Connections are back under 5" in r.stdout
+        assert r.stdout.count("leaky-app") >= 8  # the terminated sessions, named for the post-mortem
+        with pg.connect(pg_db) as c:
+            n = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                          "AND application_name = 'leaky-app'").fetchone()[0]
+        assert n == 0
+        for conn in leaked:
+            try:
+                conn.execute("SELECT 1")
+                raise AssertionError("a leaked connection survived")
+            except psycopg.OperationalError:
+                pass
+        verified(cli, audit_dir)
+    finally:
+        for conn in leaked:
+            conn.close()
