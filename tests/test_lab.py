@@ -7,12 +7,15 @@ fixtures start on free ports (tests/labservers.py ``lab_inventory``)."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from pathlib import Path
 
 import psycopg
 
 from conftest import ROOT
+from kubeapi import deployment, event, node
 from runbook import audit
 
 PLAYBOOKS = ROOT / "playbooks"
@@ -101,3 +104,92 @@ def test_connection_pool_exhaustion_idle_sessions_terminated(cli, pg, pg_db, mak
     finally:
         for conn in leaked:
             conn.close()
+
+
+RATIO = ('sum(rate(http_requests_total{{service="{s}",status_code=~"5.."}}[3s])) '
+         '/ sum(rate(http_requests_total{{service="{s}"}}[3s]))')
+
+
+def alert_payload(service: str) -> dict:
+    """An Alertmanager webhook payload for seed 003's HighErrorRate rule firing on ``service``."""
+    labels = {"alertname": "HighErrorRate", "service": service, "namespace": "production", "severity": "critical"}
+    return {
+        "version": "4", "status": "firing", "receiver": "runbook", "groupKey": '{}:{alertname="HighErrorRate"}',
+        "groupLabels": {"alertname": "HighErrorRate"}, "commonLabels": labels, "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093", "truncatedAlerts": 0,
+        "alerts": [{"status": "firing", "labels": labels,
+                    "annotations": {"summary": f"High error rate on {service}", "runbook": "high-error-rate"},
+                    "startsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "http://127.0.0.1:9090/graph", "fingerprint": "1ab0e7c0ffee0001"}],
+    }
+
+
+def test_high_error_rate_from_an_alert_rolled_back_until_three_good_polls(
+        cli, write, tmp_path, prom, exporter, web, kubeapi, pg, lab_inventory, audit_dir):
+    service = "lab-api"
+    exporter.set(service, requests=100, errors=30)  # the bad release: 30% of requests fail
+    deployment(kubeapi, service, "production", replicas=2, image="registry.example/api:1.5.0", revisions=2)
+    node(kubeapi, "node-1")
+    d = kubeapi.get("deployments", service, "production")
+    event(kubeapi, d, "ScalingReplicaSet", "Scaled up replica set to 2 (release 1.5.0)", type_="Normal")
+    pod = kubeapi.all("pods", "production")[0]["metadata"]["name"]
+    kubeapi.add_log("production", pod, service, ["GET /orders 500 NullPointerException in OrderMapper"] * 3)
+
+    # the application: its errors stop once the Deployment runs the previous release again
+    done = threading.Event()
+
+    def app():
+        while not done.wait(0.2):
+            image = kubeapi.get("deployments", service, "production")["spec"]["template"]["spec"]["containers"][0]["image"]
+            if not image.endswith(":1.5.0"):
+                exporter.set(service, requests=100, errors=0)
+                return
+
+    watcher = threading.Thread(target=app, daemon=True)
+    watcher.start()
+    try:
+        end = time.monotonic() + 30
+        while True:  # Prometheus's own HighErrorRate rule fires for the service, as Alertmanager would page
+            firing = [a for a in prom.get("/api/v1/alerts")["data"]["alerts"]
+                      if a["labels"].get("alertname") == "HighErrorRate" and a["labels"].get("service") == service
+                      and a["state"] == "firing"]
+            if firing and prom.query(RATIO.format(s=service))["result"]:
+                break
+            assert time.monotonic() < end, "HighErrorRate never fired"
+            time.sleep(0.3)
+        # the shipped playbook with test-sized timings (a 3 s rate window, polls every 0.5 s)
+        text = (PLAYBOOKS / "high-error-rate.yaml").read_text()
+        text = text.replace("[5m]", "[3s]").replace("every: 30s", "every: 0.5s").replace("timeout: 10m", "timeout: 30s")
+        assert text.count("[3s]") == 4 and "every: 0.5s" in text and "timeout: 30s" in text
+        write("books/high-error-rate.yaml", text)
+        inv = lab_inventory(
+            prometheus={"default": {"url": prom.url, "timeout": 5}},
+            http={"api": {"url": web.url, "timeout": 5}},
+            clusters={"main": {"kubeconfig": str(kubeapi.kubeconfig), "namespace": "production"}},
+            databases={"main": {"host": pg.host, "port": pg.port, "dbname": "postgres", "user": pg.user,
+                                **({"password": {"env": "LAB_PG_PASSWORD"}} if pg.password else {})}},
+        )
+        payload = write("alert.json", json.dumps(alert_payload(service)))
+        r = cli("run", "--alert", payload, "--path", tmp_path / "books", "--inventory", inv, "--yes",
+                "--answer", "cause=bad-deploy",
+                env={"LAB_WEBHOOK": f"{web.url}/hook/incidents", "LAB_PG_PASSWORD": pg.password or ""}, timeout=100)
+    finally:
+        done.set()
+        watcher.join(5)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = results(audit_dir)
+    assert res["error-rate"]["status"] == "ok" and res["error-rate"]["data"]["value"] > 0.2
+    assert "HighErrorRate" in res["firing"]["data"]["firing"]
+    assert res["rollback"]["status"] == "ok" and res["rollout"]["status"] == "ok"
+    assert res["error-rate-ok"]["status"] == "ok" and res["error-rate-ok"]["data"]["held"] == 3
+    assert res["error-rate-ok"]["data"]["value"] < 0.01
+    image = kubeapi.get("deployments", service, "production")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.example/api:0.1"  # rolled back to the previous revision
+    assert "NullPointerException" in r.stdout
+    texts = hook_texts(web)
+    assert [t.split()[0] for t in texts] == ["*STARTED*", "*RESOLVED*"], texts
+    assert "cause: bad-deploy" in texts[1]
+    started = next(x for x in audit.read_records(audit_dir / "audit.jsonl") if x["type"] == "run_started")
+    assert started["alert"]["labels"]["alertname"] == "HighErrorRate"
+    assert started["params"]["service"] == service  # from the alert's labels
+    verified(cli, audit_dir)
