@@ -193,3 +193,8 @@ def test_high_error_rate_from_an_alert_rolled_back_until_three_good_polls(
     assert started["alert"]["labels"]["alertname"] == "HighErrorRate"
     assert started["params"]["service"] == service  # from the alert's labels
     verified(cli, audit_dir)
+
+
+def test_every_shipped_playbook_validates_and_dry_runs_against_the_lab(cli):
+    r = cli("validate", "playbooks", "--dry-run", "--env", "lab", cwd=ROOT)
+    assert r.returncode == 0 and "all valid" in r.stdout + r.stderr, r.stdout + r.stderr
