@@ -76,12 +76,20 @@ def _fingerprint(alert: dict) -> str:
     return hashlib.sha256(labels.encode()).hexdigest()[:16]
 
 
+def _mapping(a: dict, key: str) -> dict[str, str]:
+    value = a.get(key) or {}
+    if not isinstance(value, dict):
+        raise UsageError(f"--alert: an alert's '{key}' must be a mapping of names to values, not {type(value).__name__}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def _alert(a: dict) -> Alert:
-    labels = {str(k): str(v) for k, v in (a.get("labels") or {}).items()}
+    labels = _mapping(a, "labels")
+    starts = a.get("startsAt")
     return Alert(
         name=labels.get("alertname", "?"), status=str(a.get("status", "firing")), labels=labels,
-        annotations={str(k): str(v) for k, v in (a.get("annotations") or {}).items()},
-        starts_at=a.get("startsAt"), fingerprint=_fingerprint(a), generator_url=a.get("generatorURL") or None,
+        annotations=_mapping(a, "annotations"), starts_at=str(starts) if starts else None,
+        fingerprint=_fingerprint(a), generator_url=str(a.get("generatorURL") or "") or None,
     )
 
 
@@ -203,21 +211,18 @@ class RunLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except (ValueError, OSError):
-                holder = {}
-            os.close(fd)
-            desc = (f"run {holder.get('run', '?')} started by {holder.get('who', '?')} at {holder.get('started', '?')}"
-                    f" on {holder.get('host', '?')} (pid {holder.get('pid', '?')})")
-            if not force:
-                raise RunbookError(f"{self.what}: {desc}; follow that run (runbook audit show "
-                                   f"{holder.get('run', 'RUN_ID')}) or pass --force to run anyway", exit_code=3) from None
-            return f"warning: --force: {self.what} by {desc}"
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return self._held(fd, force)
+            try:  # a releasing holder may have removed the file between our open and flock
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # we locked a file no longer there: lock the one that is
         from runbook.audit import hostname
 
         os.ftruncate(fd, 0)
@@ -226,11 +231,26 @@ class RunLock:
         self.fd = fd
         return None
 
+    def _held(self, fd: int, force: bool) -> str:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except (ValueError, OSError):
+            holder = {}
+        os.close(fd)
+        desc = (f"run {holder.get('run', '?')} started by {holder.get('who', '?')} at {holder.get('started', '?')}"
+                f" on {holder.get('host', '?')} (pid {holder.get('pid', '?')})")
+        if not force:
+            raise RunbookError(f"{self.what}: {desc}; follow that run (runbook audit show "
+                               f"{holder.get('run', 'RUN_ID')}) or pass --force to run anyway", exit_code=3) from None
+        return f"warning: --force: {self.what} by {desc}"
+
     def release(self) -> None:
+        """Remove the file while still holding it (a waiter that opened it
+        notices and retries on a new file), then close, which unlocks."""
         if self.fd is not None:
             try:
                 os.unlink(self.path)
             except OSError:
                 pass
-            os.close(self.fd)  # closing releases the flock
+            os.close(self.fd)
             self.fd = None

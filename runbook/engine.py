@@ -260,19 +260,23 @@ class Engine:
             return steps[0]
         return self.rb.steps[0]
 
-    def run(self, start: Step | None = None, visits: dict[str, int] | None = None) -> int:
+    def run(self, start: Step | None = None, visits: dict[str, int] | None = None, prepare=None) -> int:
         """Run live from ``start`` (default: :meth:`start_step`); returns the
-        exit code. The journal is finished in every case.  ``visits`` carries
-        the step counts of a resumed run (max_visits)."""
+        exit code. The journal is finished in every case.  ``prepare(engine)
+        -> (start, visits, again)`` lets resume restore a run inside that
+        guarantee."""
         status, code, message = "failed", EXIT_FAILED, ""
+        again = None
         try:
+            if prepare is not None:
+                start, visits, again = prepare(self)
             if start == DONE:
                 start = None
             elif start is None:
                 start = self.start_step()
                 if start is not self.rb.steps[0] and self.journal:
                     self.journal.event("start_at", step=start.id, stage=self.options.stage)
-            status, code, message = self._walk(start, dict(visits or {}))
+            status, code, message = self._walk(start, dict(visits or {}), again)
         except KeyboardInterrupt:
             status, code, message = "interrupted", EXIT_INTERRUPTED, "interrupted: the run was stopped (Ctrl-C or SIGTERM)"
             if self.journal:
@@ -300,15 +304,24 @@ class Engine:
         """A person answers: prompts before write steps and after failures."""
         return self.options.interactive and not self.options.yes and self.ui is not None
 
-    def _walk(self, step: Step | None, visits: dict[str, int]) -> tuple[str, int, str]:
+    def _walk(self, step: Step | None, visits: dict[str, int], again: str | None = None) -> tuple[str, int, str]:
+        """``again``: a step run once more on the operator's word (a retry, a
+        resumed step in doubt), which does not count against its max_visits."""
         total = 0
+        last_ok = True
         while step is not None:
             if self.options.stage and step.stage != self.options.stage:
+                if not last_ok:  # the stage's failure path leads out of it: that is no success
+                    return "failed", EXIT_FAILED, (f"the {self.options.stage} stage ended with a failure "
+                                                   f"(its on_failure path leads to {step.stage} step '{step.id}'; not run)")
                 return "completed", EXIT_OK, f"the {self.options.stage} stage is done (next: {step.stage} step '{step.id}'; not run)"
             self._current = step.id
             self._clock()
             total += 1
-            visits[step.id] = visits.get(step.id, 0) + 1
+            if again == step.id:
+                again = None
+            else:
+                visits[step.id] = visits.get(step.id, 0) + 1
             if total > MAX_STEP_RUNS:
                 raise RunbookError(f"the run executed {MAX_STEP_RUNS} steps; stopping (a loop without a bound?)")
             if step.max_visits is not None and visits[step.id] > step.max_visits:
@@ -326,6 +339,7 @@ class Engine:
                 if self.journal:
                     self.journal.decision(step=step.id, approved=choice != "abort", by=self.options.who, how=choice)
                 if choice == "retry":
+                    again = step.id
                     continue
                 if choice == "abort":
                     if result.status == "interrupted":
@@ -334,6 +348,7 @@ class Engine:
                 if choice == "skip":
                     result = StepResult("skipped", error=f"{result.status}, skipped by the operator")
                     self.steps_ctx[step.id] = result.as_context()
+            last_ok = result.ok or result.status == "skipped"
             if result.end:
                 end_status = step.body["status"]
                 return end_status, EXIT_OK if end_status == "resolved" else EXIT_FAILED, result.data.get("message", "")
@@ -425,7 +440,7 @@ class Engine:
             self.journal.step_result(step=step.id, status=result.status, exit_code=result.exit_code,
                                      duration=round(result.duration, 6), output=result.stdout + result.stderr,
                                      error=result.error, outputs=result.outputs or None, attempts=result.attempts,
-                                     data=_restorable(result.data))
+                                     data=_restorable({**result.data, **({"goto": result.goto} if result.goto else {})}))
         if self.ui:
             self.ui.step_finished(step, result)
         return result

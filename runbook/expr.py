@@ -268,7 +268,7 @@ class Reference(tuple):
         return tuple(k for k in self[1:] if k is not None)
 
 
-def explain(source: str, ctx: dict, limit: int = 60) -> str:
+def explain(source: str, ctx: dict, limit: int = 60, redact=None) -> str:
     """Why a condition came out as it did: the values it read, e.g.
     ``steps.pool.rows[0].n = 152`` (secrets masked, long values cut)."""
     refs, error = references(source, True)
@@ -287,6 +287,8 @@ def explain(source: str, ctx: dict, limit: int = 60) -> str:
         if isinstance(value, (dict, list)) or value.__class__.__name__ == "Unknown":
             continue
         shown = MASK if isinstance(value, (Secret, LazySecret)) else repr(value) if isinstance(value, str) else str(value)
+        if redact is not None:  # before cutting: a secret cut in two would no longer be recognised
+            shown = redact(shown)
         if len(shown) > limit:
             shown = shown[: limit - 1] + "…"
         parts.append(f"{text} = {shown}")

@@ -153,6 +153,7 @@ class ConsoleUI:
         self.clock_from = None
         self.clock_label = "since the start"
         self._streamed = False
+        self._sink = None
 
     def _r(self, text) -> str:
         return esc(self.redactor.text(str(text)))
@@ -219,23 +220,35 @@ class ConsoleUI:
         pending = {"stdout": b"", "stderr": b""}
         limit = 200  # lines; the rest is in the step's result
 
-        def sink(stream: str, data: bytes) -> None:
+        def sink(stream: str, data: bytes | None) -> None:
+            """``data`` None: the step is over; show what is left without a newline."""
             nonlocal limit
+            if data is None:
+                lines = [pending[s] for s in ("stdout", "stderr") if pending[s]]
+                pending.update(stdout=b"", stderr=b"")
+                if lines:
+                    self._print_stream(stream, lines, limit)
+                return
             buf = pending[stream] + data
             *lines, pending[stream] = buf.split(b"\n")
-            for line in lines:
-                if limit <= 0:
-                    return
-                limit -= 1
-                self._streamed = True
-                text = self.redactor.text(line.decode("utf-8", "replace"))
-                style = "red" if stream == "stderr" else "dim"
-                bar = "│" if self.fancy else "|"
-                self.c.print(f"  [{style}]{bar}[/] {esc(text)}", soft_wrap=True, highlight=False)
-                if limit == 0:
-                    self.c.print("  [dim]… more output not shown (it is in the result and the audit log)[/]")
+            limit = self._print_stream(stream, lines, limit)
 
+        self._sink = sink
         return sink
+
+    def _print_stream(self, stream: str, lines: list[bytes], limit: int) -> int:
+        for line in lines:
+            if limit <= 0:
+                return 0
+            limit -= 1
+            self._streamed = True
+            text = self.redactor.text(line.decode("utf-8", "replace"))
+            style = "red" if stream == "stderr" else "dim"
+            bar = "│" if self.fancy else "|"
+            self.c.print(f"  [{style}]{bar}[/] {esc(text)}", soft_wrap=True, highlight=False)
+            if limit == 0:
+                self.c.print("  [dim]… more output not shown (it is in the result and the audit log)[/]")
+        return limit
 
     def _details(self, step, action) -> None:
         import json
@@ -323,6 +336,9 @@ class ConsoleUI:
         self.c.print(f"  [yellow]attempt {attempt} {result.status}[/]: {self._r(result.error or '')}; retrying in {delay:g}s")
 
     def step_finished(self, step, result) -> None:
+        if self._sink is not None:
+            self._sink("stdout", None)  # a last line without a newline
+            self._sink = None
         style = STATUS_STYLE.get(result.status, "white")
         mark = "✓" if result.ok else ("↷" if result.status == "skipped" else "✗")
         extra = f"  {self._r(result.error)}" if result.error and result.status not in ("ok", "refused") else ""

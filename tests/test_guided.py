@@ -407,3 +407,259 @@ def test_not_a_terminal_plain_lines(pool, cli):
     assert "\x1b[" not in r.stdout and "╭" not in r.stdout and "│" not in r.stdout
     assert "  | 152" in r.stdout  # output still streams, as plain lines
     assert "→ kill-idle because steps.count.outputs.n > params.limit" in r.stdout
+
+
+# --- resume: where a run goes on (each case from a review of the first version) ---
+
+def _kill_during(tmp_path, audit_dir, args, env=None, marker="pid"):
+    """Start the CLI on a pty, wait for the step that writes `marker`, SIGKILL the CLI and that step."""
+    child = spawn(args, tmp_path, env=env)
+    pid = int(_wait_file(tmp_path / marker))
+    os.kill(child.pid, signal.SIGKILL)
+    child.expect(pexpect.EOF)
+    child.close()
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return run_id(audit_dir)
+
+
+def test_resume_of_an_alert_run_takes_its_locks_and_keeps_the_options(tmp_path, audit_dir, cli):
+    p = tmp_path / "sdr.yaml"
+    p.write_text(f"""\
+name: sdr
+title: S
+alerts: [X]
+stages:
+  diagnose:
+    - id: look
+      shell: "echo $$ > {tmp_path}/pid; sleep 30"
+      readonly: true
+  mitigate:
+    - id: fix
+      shell: "echo wrote >> {tmp_path}/writes"
+      timeout: 5s
+  verify:
+    - id: check
+      shell: "true"
+      readonly: true
+""")
+    (tmp_path / "a.json").write_text(json.dumps({"alerts": [{"labels": {"alertname": "X"}, "fingerprint": "fp1"}]}))
+    rid = _kill_during(tmp_path, audit_dir, ["run", p, "--alert", tmp_path / "a.json", "--server-dry-run", "--yes"])
+    r = cli("resume", rid, "--rerun", "--yes", input="")
+    assert r.returncode == 0, r.stdout + r.stderr  # not refused by its own lock
+    assert not (tmp_path / "writes").exists()  # still a server dry-run: the shell write was skipped
+    assert "cannot be dry-run by its server" in r.stdout
+    verify(cli)
+
+
+def test_resume_keeps_the_stage(tmp_path, audit_dir, cli, pool):
+    r = cli("run", pool, "--stage", "diagnose", "--answer", "x=1")
+    rid = run_id(audit_dir)
+    assert r.returncode == 0
+    r = cli("resume", rid, "--yes")
+    assert "already finished: completed" in r.stdout
+    assert not (tmp_path / "killed").exists()
+
+
+def test_in_doubt_stays_in_doubt_when_the_operator_aborts(tmp_path, audit_dir, cli):
+    p = tmp_path / "long.yaml"
+    p.write_text(LONG.format(tmp=tmp_path))
+    env = {"RUNBOOK_PARAM_TOKEN": "tok-9f8e7d"}
+    rid = _kill_during(tmp_path, audit_dir, ["run", p], env=env)
+    child = spawn(["resume", rid], tmp_path, env=env)
+    child.expect("Is it done\\?")
+    child.sendline("a")
+    assert finish(child) == 3
+    r = cli("resume", rid, "--yes", env=env)  # still in doubt: no silent re-run
+    assert r.returncode == 3 and "is in doubt" in r.stderr
+    assert (tmp_path / "ran").read_text().split() == ["one", "slow"]
+
+
+ONF = """\
+name: onf
+title: O
+stages:
+  diagnose:
+    - id: look
+      shell: "echo look >> {tmp}/ran; false"
+      readonly: true
+      on_failure: continue
+    - id: branch
+      choose:
+        - when: "steps.look.exit_code == 1"
+          goto: fix
+        - default: check
+  mitigate:
+    - id: fix
+      shell: "echo fix >> {tmp}/ran"
+      timeout: 5s
+  verify:
+    - id: check
+      shell: "echo check >> {tmp}/ran"
+      readonly: true
+"""
+
+
+def test_resume_after_a_declined_step_does_not_rerun_a_failure_already_handled(tmp_path, audit_dir, cli):
+    p = tmp_path / "onf.yaml"
+    p.write_text(ONF.format(tmp=tmp_path))
+    r = cli("run", p)  # no terminal: stops before the write step
+    assert r.returncode == 3
+    rid = run_id(audit_dir)
+    # the branch chose fix on the real result; change what a re-evaluation would see
+    r = cli("resume", rid, "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "ran").read_text().split() == ["look", "fix", "check"]
+
+
+def test_resume_follows_the_recorded_branch(tmp_path, audit_dir, cli):
+    p = tmp_path / "onf.yaml"
+    p.write_text(ONF.format(tmp=tmp_path).replace("shell: \"echo fix >> {tmp}/ran\"".format(tmp=tmp_path),
+                                                    f"shell: \"test -f {tmp_path}/pid || {{ echo $$ > {tmp_path}/pid; sleep 30; }}; echo fix >> {tmp_path}/ran\""))
+    rid = _kill_during(tmp_path, audit_dir, ["run", p, "--yes"])
+    r = cli("resume", rid, "--rerun", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # fix ran again (the operator said so) and the run did not jump to check on a re-evaluated branch
+    intents = [x["step"] for x in records(audit_dir) if x["type"] == "step_intent"]
+    assert intents == ["look", "branch", "fix", "fix", "check"]
+
+
+def test_an_interrupted_write_step_is_in_doubt_on_resume(tmp_path, audit_dir, cli):
+    p = tmp_path / "w.yaml"
+    p.write_text(f"""\
+name: w
+title: W
+stages:
+  mitigate:
+    - id: scale
+      shell: "echo scale >> {tmp_path}/ran; echo $$ > {tmp_path}/pid; sleep 30"
+      timeout: 1m
+  verify:
+    - id: check
+      shell: "true"
+      readonly: true
+""")
+    child = spawn(["run", p, "--yes"], tmp_path)
+    _wait_file(tmp_path / "pid")
+    child.kill(signal.SIGTERM)  # stopped cleanly: the result says interrupted
+    assert finish(child) == 130
+    rid = run_id(audit_dir)
+    r = cli("resume", rid, "--yes")
+    assert r.returncode == 3 and "step 'scale'" in r.stderr and "in doubt" in r.stderr
+    r = cli("resume", rid, "--yes", "--mark-done")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "ran").read_text().split() == ["scale"]
+
+
+def test_retry_does_not_count_against_max_visits(tmp_path, audit_dir):
+    p = tmp_path / "flaky.yaml"
+    p.write_text(FLAKY.format(tmp=tmp_path).replace("      on_failure: page\n", "      on_failure: page\n      max_visits: 1\n"))
+    child = spawn(["run", p], tmp_path)
+    child.expect("What now\\?")
+    child.sendline("r")
+    child.expect("run resolved")
+    assert finish(child) == 0
+
+
+def test_stage_whose_failure_path_leaves_it_fails(tmp_path, cli):
+    p = tmp_path / "flaky.yaml"
+    p.write_text(FLAKY.format(tmp=tmp_path).replace("    - id: page\n", "  verify:\n    - id: page\n")
+                 .replace("    - id: end\n", "    - id: end\n").replace("    - id: after\n", "    - id: after\n"))
+    (tmp_path / "n").write_text("0")  # the probe fails (n == 0)
+    r = cli("run", p, "--stage", "diagnose")
+    assert r.returncode == 1 and "the diagnose stage ended with a failure" in r.stdout
+
+
+def test_escalation_is_announced_without_an_alert_too(tmp_path, audit_dir, cli):
+    p = tmp_path / "esc.yaml"
+    p.write_text("""\
+name: esc
+title: E
+escalation: [{after: 1s, to: secondary on-call}]
+stages:
+  diagnose:
+    - id: slow
+      wait: 1.2s
+    - id: next
+      wait: 0s
+""")
+    r = cli("run", p)
+    assert r.returncode == 0 and "escalate to secondary on-call" in r.stdout
+    assert [x["to"] for x in records(audit_dir) if x["type"] == "escalation_due"] == ["secondary on-call"]
+
+
+def test_branch_reason_never_shows_part_of_a_secret(tmp_path, audit_dir, cli):
+    p = tmp_path / "leak.yaml"
+    p.write_text("""\
+name: leak
+title: L
+params:
+  token: {type: string, secret: true, required: true}
+stages:
+  diagnose:
+    - id: x
+      shell: "echo xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{{ params.token }}"
+      readonly: true
+    - id: pick
+      choose:
+        - when: "'x' in steps.x.stdout"
+          goto: done
+        - default: done
+    - id: done
+      end: resolved
+""")
+    r = cli("run", p, env={"RUNBOOK_PARAM_TOKEN": "SuperSecretValue123"})
+    assert r.returncode == 0, r.stderr
+    log = (audit_dir / "audit.jsonl").read_text()
+    for part in ("SuperSecr", "Value123"):
+        assert part not in r.stdout and part not in log
+
+
+def test_last_output_line_without_a_newline_is_shown(tmp_path):
+    p = tmp_path / "nl.yaml"
+    p.write_text("name: nl\ntitle: N\nstages:\n  diagnose:\n    - id: x\n      shell: \"printf 'a\\\\nLAST'\"\n      readonly: true\n")
+    child = spawn(["run", p], tmp_path)
+    child.expect("│ a")
+    child.expect("│ LAST")
+    assert finish(child) == 0
+
+
+def test_resume_of_a_crlf_runbook_is_not_a_change(tmp_path, audit_dir, cli):
+    p = tmp_path / "crlf.yaml"
+    p.write_bytes(FLAKY.format(tmp=tmp_path).replace("\n", "\r\n").encode())
+    (tmp_path / "n").write_text("0")
+    r = cli("run", p)  # the probe fails, on_failure page, resolved
+    rid = run_id(audit_dir)
+    r = cli("resume", rid)
+    assert "changed since" not in r.stderr and "already finished" in r.stdout
+
+
+def test_lock_released_while_another_process_waits_on_the_old_file(tmp_path):
+    from runbook.alert import RunLock
+
+    a = RunLock(tmp_path, "alert-x")
+    assert a.acquire("r1", "alice", "t0") is None
+    stale = os.open(a.path, os.O_RDWR)  # a second process opened the file before the holder released it
+    a.release()
+    b = RunLock(tmp_path, "alert-x")
+    assert b.acquire("r2", "bob", "t1") is None
+    import fcntl
+
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it can lock the removed file ...
+    c = RunLock(tmp_path, "alert-x")
+    with pytest.raises(Exception, match="already being handled: run r2 started by bob"):
+        c.acquire("r3", "carol", "t2")  # ... but the lock that counts is the file on disk, held by b
+    os.close(stale)
+    b.release()
+
+
+def test_malformed_alert_payloads_are_one_line(tmp_path, cli, write):
+    write("playbooks/x.yaml", "name: x\ntitle: X\nalerts: [X]\nstages:\n  diagnose:\n    - id: a\n      wait: 0s\n")
+    for alert in ({"labels": ["alertname", "X"]}, {"labels": {"alertname": "X"}, "annotations": "runbook: x"},
+                  {"labels": {"alertname": "X"}, "startsAt": 12345}):
+        (tmp_path / "a.json").write_text(json.dumps({"alerts": [alert]}))
+        r = cli("run", "--alert", tmp_path / "a.json", "--dry-run")
+        assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+        assert r.returncode in (0, 2), r.stderr

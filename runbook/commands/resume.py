@@ -13,7 +13,6 @@ from __future__ import annotations
 from runbook.commands.common import add_inventory, parse_pairs
 
 FINISHED = ("completed", "resolved", "escalated")  # a run that ended where its runbook ends
-RESUMABLE_RESULTS = ("failed", "timeout", "interrupted", "refused")
 
 
 def register(sub) -> None:
@@ -81,6 +80,27 @@ def _diff(old: str | None, new: str, path: str) -> str:
     return "\n".join(list(lines)[:60])
 
 
+AFTER_FAILURE = ("retry", "skip", "on_failure", "abort")  # the operator's choice after a failed step
+BEFORE_STEP = ("prompt", "no-terminal", "step-mode")  # a decision before a step ran
+
+
+def position(records: list[dict]) -> tuple[str, str | None, dict | None, str | None]:
+    """Where the run stopped, from its records: ``(what, step, result record,
+    choice)`` with what = "start" (nothing ran), "declined" (the step was not
+    approved: it comes next), or "result" (the step's last result and the
+    operator's choice after it, if any)."""
+    last: tuple[str, str | None, dict | None, str | None] = ("start", None, None, None)
+    for r in records:
+        t, step = r.get("type"), r.get("step")
+        if t == "step_result" and r.get("status") != "in doubt":
+            last = ("result", step, r, None)
+        elif t == "decision" and last[0] == "result" and last[1] == step and r.get("how") in AFTER_FAILURE:
+            last = ("result", step, last[2], r["how"])
+        elif t == "decision" and r.get("how") in BEFORE_STEP and not r.get("approved") and r.get("choice") != "skip":
+            last = ("declined", step, None, None)
+    return last
+
+
 def run(args) -> int:
     import hashlib
     import sys
@@ -112,9 +132,9 @@ def run(args) -> int:
     path = Path(started["path"])
     if not path.is_file():
         raise RunbookError(f"run {run_id} ran {path}, which is no longer there")
-    text = path.read_text(encoding="utf-8")
-    if hashlib.sha256(text.encode("utf-8")).hexdigest() != started.get("sha256"):
-        change = _diff(started.get("source"), text, str(path))
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != started.get("sha256"):
+        change = _diff(started.get("source"), raw.decode("utf-8", "replace"), str(path))
         if not args.force:
             ui.err().print(change, markup=False, highlight=False)
             raise RunbookError(f"the runbook {path} changed since run {run_id} started (diff above); "
@@ -122,10 +142,16 @@ def run(args) -> int:
         ui.err().print(f"warning: --force: the runbook changed since the run started:\n{change}", markup=False,
                        highlight=False)
     rb = spec.find(str(path), [])
-    last_step = next((r for r in reversed(records) if r.get("type") == "step_result"), None)
-    if last_step and last_step.get("step") in rb.by_id and rb.by_id[last_step["step"]].kind == "end" \
-            and last_step.get("status") == "ok":
-        print(f"run {run_id} already finished at its end step '{last_step['step']}'; nothing to resume")
+
+    log = audit.AuditLog()
+    who = audit.who()
+    what, step_id, rec, choice = position(records)
+    if what == "result" and step_id in rb.by_id and rb.by_id[step_id].kind == "end" and rec.get("status") == "ok":
+        # it reached its end; only its last record was lost
+        end_status = rb.by_id[step_id].body["status"]
+        journal = audit.RunJournal(log, run_id, Redactor())
+        journal.run_finished(status=end_status, exit_code=EXIT_OK if end_status == "resolved" else 1)
+        print(f"run {run_id} already finished at its end step '{step_id}' ({end_status}); nothing to resume")
         return EXIT_OK
 
     inventory = resolve_inventory(args.inventory or started.get("inventory"), args.env)
@@ -139,10 +165,7 @@ def run(args) -> int:
         if rb.params[k].secret and v is not None:
             redactor.add(v)
     shown = display_params(rb, params)
-
-    log = audit.AuditLog()
     journal = audit.RunJournal(log, run_id, redactor)
-    who = audit.who()
     the_alert = None
     if started.get("alert"):
         a = started["alert"]
@@ -152,75 +175,65 @@ def run(args) -> int:
     # no resume while the run still goes, nor two resumes at once, nor beside another run of its alert
     lock = RunLock(audit.default_dir(), f"run-{run_id}", f"run {run_id} is still going or being resumed")
     lock.acquire(run_id, who, audit._now())
+    locks = [lock]
     try:
-        others = hold_locks(run_id, who, the_alert, args.force, journal) if the_alert else []
-    except RunbookError:
-        lock.release()
-        raise
-    locks = [lock, *others]
-    try:
-        doubt = audit.in_doubt(records)
-        journal.event("resumed", who=who, host=audit.hostname(), argv=sys.argv[1:], previous_status=summary["status"],
-                      in_doubt=doubt or None)
-        ctx, visits, order = _restore(records)
+        if the_alert:
+            locks += hold_locks(run_id, who, the_alert, False, journal, run_lock=False)
+        ctx, visits, _ = _restore(records)
 
-        rerun: str | None = None
-        if doubt:
-            step_id = doubt[-1]
-            if args.mark_done:
-                choice, how = "mark-done", "--mark-done"
-            elif args.rerun:
-                choice, how = "rerun", "--rerun"
-            elif interactive:
-                c = ui.out()
-                c.print(f"[yellow]step {ui.esc(step_id)} is in doubt[/]: it was about to run when run {run_id} stopped, "
-                        "and no result was recorded; it may or may not have run. Check its targets before you decide.")
-                choice = ui._choice(c, "Is it done?", {"mark done": "mark-done", "run again": "rerun", "abort": "abort"})
-                how = "prompt"
-            else:
-                journal.event("resume_refused", reason=f"step {step_id} in doubt")
-                raise RunbookError(f"step '{step_id}' of run {run_id} is in doubt (it may or may not have run): decide "
-                                   "in a terminal, or pass --mark-done or --rerun", exit_code=EXIT_REFUSED)
-            journal.decision(step=step_id, approved=choice != "abort", by=who, how=choice, via=how)
-            if choice == "abort":
-                journal.event("resume_aborted", step=step_id)
-                print(f"run {run_id} not resumed: step {step_id} is still in doubt")
+        # a step that may or may not have run: the operator decides
+        doubt = audit.in_doubt(records)
+        doubtful = doubt[-1] if doubt else None
+        if doubtful is None and what == "result" and choice in (None, "abort") \
+                and rec.get("status") in ("interrupted", "timeout") \
+                and step_id in rb.by_id and rb.by_id[step_id].effect == "write":
+            doubtful = step_id  # a write stopped half-way: it may have done part of its work
+        if doubtful:
+            decision = _decide(args, interactive, doubtful, run_id, ui)
+            if decision == "abort":
+                journal.event("resume_declined", step=doubtful, who=who)
+                print(f"run {run_id} not resumed: step {doubtful} is still in doubt")
                 return EXIT_REFUSED
-            if choice == "mark-done":
-                journal.step_result(step=step_id, status="ok", exit_code=None, duration=0.0,
+            journal.decision(step=doubtful, approved=True, by=who, how=decision)
+            if decision == "mark-done":
+                journal.step_result(step=doubtful, status="ok", exit_code=None, duration=0.0,
                                     error=f"marked done by {who} on resume (it was in doubt)")
-                ctx[step_id] = StepResult("ok").as_context()
-                order.append((step_id, {"status": "ok"}))
+                ctx[doubtful] = StepResult("ok").as_context()
+                what, step_id, rec, choice = "result", doubtful, {"status": "ok"}, None
             else:
-                journal.step_result(step=step_id, status="in doubt", exit_code=None, duration=0.0,
-                                    error=f"in doubt; {who} chose to run it again on resume")
-                rerun = step_id
+                if doubtful in doubt:  # settle the old intent: it is being run again
+                    journal.step_result(step=doubtful, status="in doubt", exit_code=None, duration=0.0,
+                                        error=f"in doubt; {who} chose to run it again on resume")
+                what, step_id = "rerun", doubtful
 
         def prepare(engine):
+            journal.event("resumed", who=who, host=audit.hostname(), argv=sys.argv[1:], previous_status=summary["status"])
             engine.steps_ctx.update(ctx)
-            if rerun:
-                return rb.by_id[rerun], visits
-            if not order:
-                return None, visits
-            step_id, rec = order[-1]
+            if what == "start":
+                return None, visits, None
             if step_id not in rb.by_id:
                 raise RunbookError(f"the run's last step '{step_id}' is not in the runbook any more")
             step = rb.by_id[step_id]
-            status = rec.get("status")
-            if status in RESUMABLE_RESULTS:
-                return step, visits  # the step that stopped the run: try it again
-            if refused_after(records, step_id):
-                return rb.by_id[refused_after(records, step_id)], visits
-            res = StepResult(str(status), data=dict(rec.get("data") or {}))
-            if step.kind == "choose":
-                res.goto = ctx[step_id].get("goto") or _choose_goto(rb, step, engine)
-            nxt, stop = engine._next(step, res)
-            if stop or nxt is None:
-                return DONE, visits
-            return nxt, visits
+            if what in ("rerun", "declined"):
+                return step, visits, (step_id if what == "rerun" else None)
+            status = str(rec.get("status"))
+            if status in ("ok", "skipped") or choice in ("skip", "on_failure"):
+                data = dict(rec.get("data") or {})
+                res = StepResult("skipped" if choice == "skip" else status, data=data, goto=data.get("goto"))
+                nxt, stop = engine._next(step, res)
+                return (DONE if stop or nxt is None else nxt), visits, None
+            if choice is None and status != "interrupted" and step.on_failure not in (None, "abort"):
+                nxt, _ = engine._next(step, StepResult(status))  # it died before following on_failure
+                return nxt, visits, None
+            return step, visits, step_id  # the step that stopped the run: offered again
 
+        stage = started.get("stage")
         options = Options(yes=args.yes, interactive=interactive, answers=parse_pairs(args.answer, "--answer"), who=who,
+                          server_dry_run=bool(started.get("server_dry_run")), stage=stage,
+                          step_mode=bool(started.get("step_mode")) and interactive,
                           escalation=[(a, to) for a, to, _ in rb.escalation], clock_from=_clock_from(started, the_alert))
+        if what == "start" and started.get("start_at") in rb.by_id:
+            options.start_at = started["start_at"]
         return _live(rb, params, inventory, journal, options, run_id, redactor, shown, environment=args.env,
                      clock_label="since the alert fired" if the_alert and the_alert.starts_at else "since the run started",
                      prepare=prepare, resumed=True)
@@ -229,24 +242,22 @@ def run(args) -> int:
             held.release()
 
 
-def refused_after(records: list[dict], step_id: str) -> str | None:
-    """A step that was declined (or waited for approval without a terminal)
-    after the last result: the run stopped before it, so it comes next."""
-    seen = False
-    declined = None
-    for r in records:
-        if r.get("type") == "step_result" and r.get("step") == step_id:
-            seen, declined = True, None
-        elif seen and r.get("type") == "decision" and not r.get("approved") and r.get("how") in (
-                "prompt", "no-terminal", "step-mode"):
-            declined = r.get("step")
-    return declined
+def _decide(args, interactive: bool, step_id: str, run_id: str, ui) -> str:
+    """mark-done, rerun or abort for a step in doubt."""
+    from runbook.engine import EXIT_REFUSED
+    from runbook.errors import RunbookError
 
-
-def _choose_goto(rb, step, engine):
-    """A choose step's branch, evaluated again on the restored results."""
-    res = step.module.run(step, None, engine.step_ctx)
-    return res.goto
+    if args.mark_done:
+        return "mark-done"
+    if args.rerun:
+        return "rerun"
+    if not interactive:
+        raise RunbookError(f"step '{step_id}' of run {run_id} is in doubt (it may or may not have run): decide "
+                           "in a terminal, or pass --mark-done or --rerun", exit_code=EXIT_REFUSED)
+    c = ui.out()
+    c.print(f"[yellow]step {ui.esc(step_id)} is in doubt[/]: it was running when run {run_id} stopped, and no "
+            "result says it finished; it may or may not have done its work. Check its targets before you decide.")
+    return ui._choice(c, "Is it done?", {"mark done": "mark-done", "run again": "rerun", "abort": "abort"})
 
 
 def _clock_from(started: dict, the_alert) -> float | None:

@@ -50,7 +50,8 @@ def _git_commit(path: str) -> str | None:
 def _source(path: str) -> str | None:
     """The runbook's text as it ran, so that resume can show what changed since."""
     try:
-        return open(path, encoding="utf-8").read()
+        with open(path, "rb") as f:  # bytes: CRLF kept, as the sha256 saw it
+            return f.read().decode("utf-8", "replace")
     except OSError:
         return None
 
@@ -104,6 +105,7 @@ def _from_alert(args, given: dict[str, str]):
 def run(args) -> int:
     import json
     import sys
+    import time
 
     from runbook import audit, spec, ui
     from runbook.engine import Engine, Options, display_params, resolve_params
@@ -132,6 +134,8 @@ def run(args) -> int:
         raise UsageError(f"--stage {args.stage}: {rb.name} has no {args.stage} steps")
     inventory = resolve_inventory(args.inventory, args.env)
     interactive = ui.is_interactive()
+    if args.step_mode and not interactive and not args.dry_run:
+        raise UsageError("--step asks before every step: it needs a terminal")
     params = resolve_params(rb, _given_params(rb, given, interactive))
     redactor = Redactor()
     if inventory is not None:
@@ -152,14 +156,13 @@ def run(args) -> int:
                         host=audit.hostname(), argv=sys.argv[1:],
                         inventory=str(inventory.path) if inventory is not None else None,
                         alert=the_alert.record() if the_alert else None,
-                        source=None if args.dry_run else _source(rb.path))
+                        source=None if args.dry_run else _source(rb.path),
+                        stage=args.stage, start_at=args.start_at, step_mode=args.step_mode or None)
 
-    if args.step_mode and not interactive and not args.dry_run:
-        raise UsageError("--step asks before every step: it needs a terminal")
     options = Options(dry_run=args.dry_run, server_dry_run=args.server_dry_run, yes=args.yes, interactive=interactive,
                       answers=parse_pairs(args.answer, "--answer"), who=who, step_mode=args.step_mode,
                       start_at=args.start_at, stage=args.stage, escalation=[(a, to) for a, to, _ in rb.escalation],
-                      clock_from=incident_start(the_alert))
+                      clock_from=incident_start(the_alert) or time.time())
     if args.dry_run:
         engine = Engine(rb, params, inventory=inventory, options=options, run_id=run_id, redactor=redactor)
         try:
@@ -188,7 +191,7 @@ def run(args) -> int:
             lock.release()
 
 
-def hold_locks(run_id: str, who: str, the_alert, force: bool, journal) -> list:
+def hold_locks(run_id: str, who: str, the_alert, force: bool, journal, run_lock: bool = True) -> list:
     """The locks a live run holds: its run id (resume waits for it) and each
     alert it handles (one run per alert unless --force)."""
     import sys
@@ -198,7 +201,7 @@ def hold_locks(run_id: str, who: str, the_alert, force: bool, journal) -> list:
     from runbook.errors import RunbookError
 
     started = audit._now()
-    wanted = [RunLock(audit.default_dir(), f"run-{run_id}", f"run {run_id} is still going")]
+    wanted = [RunLock(audit.default_dir(), f"run-{run_id}", f"run {run_id} is still going")] if run_lock else []
     if the_alert is not None:
         wanted += [RunLock(audit.default_dir(), f"alert-{fp}") for fp in [the_alert.fingerprint, *the_alert.others]]
     held = []
@@ -254,7 +257,6 @@ def _live(rb, params, inventory, journal, options, run_id, redactor, shown, *, e
     try:
         console_ui.run_started(rb, run_id, shown, environment=environment, clock_from=options.clock_from,
                                clock_label=clock_label, resumed=resumed)
-        start, visits = prepare(engine) if prepare else (None, None)
-        return engine.run(start, visits)
+        return engine.run(prepare=prepare)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -70,13 +70,19 @@ def action(step, r) -> Action:
     return Action(summary="; ".join(parts), targets=[], detail={"branches": step.body["branches"], "default": step.body["default"]})
 
 
+def _redact(ctx):
+    redactor = getattr(ctx, "redactor", None)
+    return redactor.text if redactor is not None else None
+
+
 def run(step, act: Action, ctx) -> StepResult:
     for b in step.body["branches"]:
         if expr.evaluate(b["when"], ctx.context):
-            values = expr.explain(b["when"], ctx.context)
+            values = expr.explain(b["when"], ctx.context, redact=_redact(ctx))
             why = b["when"] + (f"  ({values})" if values else "")
             return StepResult("ok", stdout=b["goto"], data={"branch": b["when"], "why": why}, goto=b["goto"])
-    tried = "; ".join(filter(None, (expr.explain(b["when"], ctx.context) for b in step.body["branches"])))
+    tried = "; ".join(filter(None, (expr.explain(b["when"], ctx.context, redact=_redact(ctx))
+                                    for b in step.body["branches"])))
     why = "no condition held" + (f" ({tried})" if tried else "")
     return StepResult("ok", stdout=step.body["default"] or "", data={"branch": "default", "why": why},
                       goto=step.body["default"])
