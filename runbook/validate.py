@@ -198,6 +198,10 @@ def _bounded(step: Step) -> bool:
 # --- the checks ------------------------------------------------------------
 
 
+_MAPPING_METHODS = frozenset(("keys", "items", "values", "get", "pop", "popitem", "update", "copy", "clear",
+                              "setdefault", "fromkeys"))
+
+
 def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None = None) -> Result:
     config = config or Config()
     res = Result()
@@ -220,6 +224,18 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
     if not rb.steps:
         problem(rb.data.vpos("stages"), "the runbook has no steps")
         return res
+
+    # names that templates would read as a mapping's method (steps.x.outputs.keys is dict.keys)
+    for pname in rb.params:
+        if pname in _MAPPING_METHODS:
+            problem(rb.data["params"].kpos(pname), f"parameter name '{pname}' is also a mapping method: params.{pname} "
+                                                   f"would read the method, not the value; rename it (e.g. '{pname}_')")
+    for s in rb.steps:
+        for oname in s.outputs:
+            if oname in _MAPPING_METHODS:
+                problem(s.raw["outputs"].kpos(oname), f"step '{s.id}': output name '{oname}' is also a mapping method: "
+                                                      f"steps.{s.id}.outputs.{oname} would read the method, not the value; "
+                                                      f"rename it (e.g. 'n_{oname}')")
 
     # alert labels → parameters (run --alert)
     for pname in rb.params_from_labels:

@@ -372,3 +372,26 @@ def test_result_fields_and_outputs_are_checked():
     # the second branch is reported at its own line
     assert any("rb.yaml:20:17" in p and "has no result field 'outptus' (did you mean 'outputs'?)" in p for p in ps), ps
     assert len(ps) == 2
+
+
+def test_names_that_templates_would_read_as_mapping_methods(write):
+    from runbook import spec
+    from runbook.validate import validate_runbook
+
+    p = write("m.yaml", """\
+        name: m
+        title: M
+        params:
+          items: {type: string, default: a}
+        stages:
+          diagnose:
+            - id: count
+              shell: "echo 3"
+              readonly: true
+              outputs:
+                keys: {regex: '(\\\\d+)', type: integer}
+        """)
+    rb, problems = spec.load_runbook(p)
+    msgs = [x.message for x in validate_runbook(rb).problems]
+    assert any("parameter name 'items' is also a mapping method" in m for m in msgs), msgs
+    assert any("output name 'keys' is also a mapping method" in m for m in msgs), msgs
