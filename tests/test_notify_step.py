@@ -182,3 +182,27 @@ def test_unknown_or_ambiguous_channel(write, cli, inv, hooks):
     r = cli("run", p, "--inventory", inv(), "--dry-run", env=hooks)
     assert r.returncode == 1
     assert "no notifier in" in r.stderr and "posts to #nowhere (notifiers with channels: incidents (#incidents), broken (#broken))" in r.stderr
+
+
+def test_a_notifier_missing_from_the_inventory_warns_in_a_live_run_but_fails_the_plan(cli, write, tmp_path, audit_dir):
+    import json
+
+    inv = write("inv-empty.yaml", "hosts: {}\n")
+    p = write("n.yaml", """\
+        name: n
+        title: N
+        stages:
+          diagnose:
+            - id: tell
+              notify: {to: incidents, message: "hello"}
+            - id: after
+              shell: "echo went on"
+              readonly: true
+        """)
+    r = cli("run", p, "--inventory", inv, "--dry-run")
+    assert r.returncode == 1 and "incidents" in r.stderr  # CI catches it
+    r = cli("run", p, "--inventory", inv)
+    assert r.returncode == 0, r.stdout + r.stderr  # at 3am the response goes on
+    assert "NOT SENT" in r.stdout and "went on" in r.stdout
+    recs = [json.loads(x) for x in (audit_dir / "audit.jsonl").read_text().splitlines()]
+    assert any(x["type"] == "notify_failed" for x in recs)

@@ -111,7 +111,15 @@ def _notifier(r, to: str):
 def action(step, r) -> Action:
     body = step.body
     to = r.text(body["to"])
-    notifier = _notifier(r, to)
+    run_info = r.context.get("run") or {}
+    try:
+        notifier = _notifier(r, to)
+    except RunbookError as exc:
+        if run_info.get("dry_run") or body.get("required"):
+            raise  # the plan (and CI's validate --dry-run) must say so
+        # live: a notice that cannot be sent must not stop the incident response
+        return Action(summary=f"POST to notifier {to}: not possible ({exc})", targets=[to],
+                      detail={"missing": str(exc), "notifier": to, "channel": None, "payload": None, "required": False})
     event = body.get("event", "update")
     run = r.context.get("run") or {}
     message = r.text(body["message"]).strip()
@@ -146,6 +154,8 @@ def run(step, act: Action, ctx) -> StepResult:
         return StepResult("ok", stdout=f"NOT SENT to {d['notifier']}: {why} (the run goes on; required: true would stop it)\n",
                           error=f"warning: not sent: {why}", data=data, duration=time.monotonic() - started)
 
+    if d.get("missing"):
+        return not_sent(d["missing"])
     if ctx.server_dry_run:
         return StepResult("ok", stdout=f"not sent to {d['notifier']} (--server-dry-run)\n", data=data,
                           duration=time.monotonic() - started)
