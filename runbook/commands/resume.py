@@ -108,7 +108,7 @@ def run(args) -> int:
 
     from runbook import audit, spec, ui
     from runbook.alert import Alert, RunLock
-    from runbook.commands.run import _live, hold_locks
+    from runbook.commands.run import _live, hold_locks, run_redactor
     from runbook.engine import DONE, EXIT_OK, EXIT_REFUSED, Options, display_params, resolve_params
     from runbook.errors import RunbookError
     from runbook.inventory import resolve_inventory
@@ -157,13 +157,7 @@ def run(args) -> int:
     inventory = resolve_inventory(args.inventory or started.get("inventory"), args.env)
     interactive = ui.is_interactive()
     params = resolve_params(rb, _params(rb, started.get("params") or {}, interactive))
-    redactor = Redactor()
-    if inventory is not None:
-        for v in inventory.secret_values():
-            redactor.add(v)
-    for k, v in params.items():
-        if rb.params[k].secret and v is not None:
-            redactor.add(v)
+    redactor = run_redactor(rb, params, inventory)
     shown = display_params(rb, params)
     journal = audit.RunJournal(log, run_id, redactor)
     the_alert = None

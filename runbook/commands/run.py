@@ -47,6 +47,20 @@ def _git_commit(path: str) -> str | None:
     return r.stdout.strip() or None if r.returncode == 0 else None
 
 
+def run_redactor(rb, params: dict, inventory):
+    """A run's redactor: every secret of the inventory and of the parameters."""
+    from runbook.secrets import Redactor
+
+    redactor = Redactor()
+    if inventory is not None:
+        for v in inventory.secret_values():
+            redactor.add(v)
+    for k, v in params.items():
+        if rb.params[k].secret and v is not None:
+            redactor.add(v)
+    return redactor
+
+
 def _source(path: str) -> str | None:
     """The runbook's text as it ran, so that resume can show what changed since."""
     try:
@@ -111,7 +125,6 @@ def run(args) -> int:
     from runbook.engine import Engine, Options, display_params, resolve_params
     from runbook.errors import RunbookError, UsageError
     from runbook.inventory import resolve_inventory
-    from runbook.secrets import Redactor
 
     if args.dry_run and args.server_dry_run:
         raise UsageError("--dry-run and --server-dry-run exclude each other: --dry-run contacts nothing, "
@@ -137,13 +150,7 @@ def run(args) -> int:
     if args.step_mode and not interactive and not args.dry_run:
         raise UsageError("--step asks before every step: it needs a terminal")
     params = resolve_params(rb, _given_params(rb, given, interactive))
-    redactor = Redactor()
-    if inventory is not None:
-        for v in inventory.secret_values():
-            redactor.add(v)
-    for k, v in params.items():
-        if rb.params[k].secret and v is not None:
-            redactor.add(v)
+    redactor = run_redactor(rb, params, inventory)
     shown = display_params(rb, params)
 
     log = audit.AuditLog()

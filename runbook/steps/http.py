@@ -59,7 +59,6 @@ urllib3 is imported only when a request is sent; one pool per run, reused.
 from __future__ import annotations
 
 import json as jsonlib
-import re
 import time
 from typing import Any
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
 
 from runbook.errors import RunbookError
 from runbook.steps import Action, StepResult
