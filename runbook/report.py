@@ -546,6 +546,9 @@ def _result_entry(head: str, r: dict[str, Any], run: _Run, step: str | None, kno
     excerpt = str(r.get("output_excerpt") or "")
     if ok and intent.get("kind") == "choose" and excerpt.strip():
         line += f"; went to {code(excerpt.strip())}"
+        why = (r.get("data") or {}).get("why") if isinstance(r.get("data"), dict) else None
+        if why:
+            line += f" because {code(str(why))}"
     elif ok and intent.get("kind") == "end" and excerpt.strip():
         line += f": {text(excerpt)}"
     if not ok and ex is not None and ex.next_step and ex.next_step != ex.id:

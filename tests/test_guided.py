@@ -663,3 +663,10 @@ def test_malformed_alert_payloads_are_one_line(tmp_path, cli, write):
         r = cli("run", "--alert", tmp_path / "a.json", "--dry-run")
         assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
         assert r.returncode in (0, 2), r.stderr
+
+
+def test_report_says_why_a_branch_was_taken(pool, cli):
+    assert cli("run", pool, "--yes").returncode == 0
+    r = cli("report", "last")
+    assert r.returncode == 0, r.stderr
+    assert "went to `kill-idle` because `steps.count.outputs.n > params.limit  (steps.count.outputs.n = 152" in r.stdout
