@@ -719,6 +719,10 @@ class FakeKube:
         rk = (key[2], key[3])
         if dep is None or rk not in self.rollouts or not self.progress:
             return
+        if dep["spec"].get("paused"):  # as the real controller: a paused Deployment does not roll out
+            st = dep.setdefault("status", {})
+            st["observedGeneration"] = dep["metadata"]["generation"]
+            return
         stage = self.rollouts[rk]
         want = dep["spec"].get("replicas", 1)
         st = dep.setdefault("status", {})

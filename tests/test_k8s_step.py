@@ -21,9 +21,10 @@ from runbook.steps import k8s, k8s_parse
 def run_k8s(write, cli, kube_inventory):
     """run_k8s(stages, *cli args, head=..., inventory=...) -> CompletedProcess of `runbook run --yes`."""
 
-    def _run(steps: str, *args, head: str = "", inventory=None, yes=True):
+    def _run(steps: str, *args, head: str = "", inventory=None, yes=True, env_token=None):
         p = book(write, steps, head)
-        return cli("run", p, "--inventory", inventory or kube_inventory(), *(["--yes"] if yes else []), *args)
+        return cli("run", p, "--inventory", inventory or kube_inventory(), *(["--yes"] if yes else []), *args,
+                   env={"RUNBOOK_PARAM_TOKEN": env_token} if env_token else None)
 
     return _run
 
@@ -417,7 +418,7 @@ def test_writes_change_the_cluster_as_kubectl_would(run_k8s, kubeapi):
         ("PATCH", "/apis/apps/v1/namespaces/production/deployments/api", "application/merge-patch+json"),
         ("PATCH", "/apis/apps/v1/namespaces/production/deployments/api", "application/json-patch+json"),
     ]
-    assert kubeapi.writes()[3]["query"] == {"gracePeriodSeconds": "0"}
+    assert kubeapi.writes()[3]["query"] == {"gracePeriodSeconds": "1"}  # 0 without --force is 1, as in kubectl
     ok(run_k8s("""
   mitigate:
     - id: uncordon
@@ -678,3 +679,111 @@ def test_the_fake_server_answers_the_typed_client_like_the_real_one(kubeapi, tmp
         with pytest.raises(client.ApiException) as exc:
             client.CoreV1Api(api_client).list_node()
         assert exc.value.status == 401 and json.loads(exc.value.body)["reason"] == "Unauthorized"
+
+
+# --- found by a security review ---------------------------------------------------------
+
+
+def test_a_value_that_looks_like_a_dry_run_placeholder_is_still_checked(run_k8s, kubeapi):
+    deployment(kubeapi, "api", "production")
+    deployment(kubeapi, "coredns", "kube-system")
+    for value in ("api#<steps.x>", "x/../../../../../../apis/apps/v1/namespaces/kube-system/deployments/coredns#<steps.x>",
+                  "api\n"):
+        r = run_k8s("""
+  mitigate:
+    - id: restart
+      k8s: "rollout restart deployment/{{ params.service }} -n production"
+      timeout: 1m
+  verify:
+    - id: done
+      end: done
+""", "-p", f"service={value}", "--server-dry-run", head="params:\n  service: {type: string}\n")
+        assert r.returncode == 1 and "invalid deployment name" in r.stdout, r.stdout
+    assert kubeapi.writes() == []
+    assert kubeapi.get("deployments", "coredns", "kube-system") is not None
+
+
+def test_names_are_one_path_segment_even_without_the_checks():
+    assert k8s.object_path("pods", "prod", "a/../b?x#y") == "/api/v1/namespaces/prod/pods/a%2F..%2Fb%3Fx%23y"
+
+
+def test_json_patch_paths_and_ops_are_not_templated(write, cli):
+    p = book(write, """
+  mitigate:
+    - id: p
+      k8s:
+        patch: deployment/api
+        type: json
+        body: [{op: replace, path: "/spec/template/spec/containers/0/{{ params.field }}", value: x}]
+      timeout: 1m
+  verify:
+    - id: done
+      end: done
+""", "params:\n  field: {type: string, default: image}\n")
+    r = cli("validate", p)
+    assert r.returncode == 1 and "op, path and from must be written out, not templated" in r.stdout
+
+
+def test_a_secret_inside_a_patch_string_is_refused(run_k8s, kubeapi):
+    deployment(kubeapi, "api", "production")
+    r = run_k8s("""
+  mitigate:
+    - id: p
+      k8s:
+        patch: deployment/api
+        namespace: production
+        type: merge
+        body: {metadata: {annotations: {auth: "Bearer {{ params.token }}"}}}
+      timeout: 1m
+  verify:
+    - id: done
+      end: done
+""", head="params:\n  token: {type: string, secret: true}\n", env_token="tok-123456")
+    assert r.returncode == 1 and "a secret cannot be sent in a patch" in r.stdout
+    assert kubeapi.writes() == []
+
+
+def test_restart_of_a_paused_deployment_is_refused(run_k8s, kubeapi):
+    dep = deployment(kubeapi, "api", "production")
+    dep["spec"]["paused"] = True
+    kubeapi.put(dep)
+    r = run_k8s("""
+  mitigate:
+    - id: restart
+      k8s: "rollout restart deployment/api -n production"
+      timeout: 1m
+  verify:
+    - id: done
+      end: done
+""")
+    assert r.returncode == 1 and "deployment/api is paused" in r.stdout
+    assert kubeapi.writes() == []
+
+
+def test_init_containers_count_in_status_restarts_and_oom():
+    from runbook.steps import k8s_show
+
+    pod = {"metadata": {"name": "api-1", "namespace": "p"},
+           "spec": {"initContainers": [{"name": "migrate"}], "containers": [{"name": "api"}]},
+           "status": {"phase": "Pending",
+                      "initContainerStatuses": [{"name": "migrate", "restartCount": 5,
+                                                 "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                                 "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}],
+                      "containerStatuses": [{"name": "api", "restartCount": 0, "ready": False,
+                                             "state": {"waiting": {"reason": "PodInitializing"}}}]}}
+    row = k8s_show.pod_row(pod)
+    assert row["status"] == "Init:CrashLoopBackOff"
+    assert row["restarts"] == 5 and row["oom_killed"] == ["migrate"]
+    assert "OOMKilled" in row["reasons"] and "CrashLoopBackOff" in row["reasons"]
+
+
+def test_a_kubeconfig_that_is_not_yaml_is_one_line(run_k8s, write, tmp_path):
+    bad = tmp_path / "bad-kubeconfig"
+    bad.write_text("apiVersion: v1\nclusters: [\n  - name: x\n")
+    inv = write("inv-bad.yaml", f"clusters:\n  main: {{kubeconfig: {bad}}}\n")
+    r = run_k8s("""
+  diagnose:
+    - id: g
+      k8s: "get pods"
+""", inventory=inv)
+    assert r.returncode == 1 and "is not valid YAML" in r.stdout and "internal error" not in r.stdout

@@ -41,13 +41,14 @@ from __future__ import annotations
 import datetime
 import json
 import re
+from urllib.parse import quote
 from typing import Any
 
 from runbook import expr
 from runbook import schema as S
 from runbook.errors import RunbookError
 from runbook.schema import parse_duration
-from runbook.secrets import LazySecret, Secret
+from runbook.secrets import MASK, LazySecret, Secret
 from runbook.steps import Action, StepResult
 from runbook.steps import k8s_parse as P
 
@@ -174,6 +175,13 @@ def _unknown(text: str) -> bool:
     return bool(_UNKNOWN.search(text))
 
 
+def _planning(r) -> bool:
+    """A dry-run: values only known at run time render as <steps.…>.  In a live
+    run such text is just text (a parameter could hold it) and is checked."""
+    run = r.context.get("run") if isinstance(getattr(r, "context", None), dict) else None
+    return bool(run and run.get("dry_run"))
+
+
 def _text(r, src, what: str, pattern=None, max_len: int = 253) -> str:
     """One token, rendered as one value and checked."""
     if isinstance(src, (Secret, LazySecret)):
@@ -184,7 +192,7 @@ def _text(r, src, what: str, pattern=None, max_len: int = 253) -> str:
     if isinstance(value, expr.Unknown):
         return str(value)
     text = r.text(src) if isinstance(src, str) else str(src)
-    if pattern is not None and not _unknown(text) and (not pattern.match(text) or len(text) > max_len):
+    if pattern is not None and not (_planning(r) and _unknown(text)) and (not pattern.fullmatch(text) or len(text) > max_len):
         raise RunbookError(f"invalid {what} {text!r}: lower-case letters, digits, '-' and '.' only"
                            f"{' (a template value is always one name, never more words or flags)' if expr.is_template(src) else ''}")
     return text
@@ -199,7 +207,7 @@ def _int(r, src, what: str, minimum: int = 0):
         value = r.value(src)
         if isinstance(value, expr.Unknown):
             return str(value)
-        if isinstance(value, str) and _unknown(value):
+        if isinstance(value, str) and _unknown(value) and _planning(r):
             return value
         try:
             value = int(str(value).strip())
@@ -210,12 +218,18 @@ def _int(r, src, what: str, minimum: int = 0):
     return value
 
 
+def _grace(value):
+    return 1 if value == 0 else value
+
+
 def _data(r, value, what: str):
     """A patch body: each string renders on its own; `{{ x }}` alone keeps its type."""
     if isinstance(value, str):
         v = r.value(value) if expr.is_template(value) else value
-        if isinstance(v, (Secret, LazySecret)):
-            raise RunbookError(f"{what}: a secret cannot be sent in a patch (it would be shown and logged)")
+        if isinstance(v, (Secret, LazySecret)) or (expr.is_template(value) and isinstance(v, str)
+                                                  and MASK in r.text(value) and MASK not in v):
+            raise RunbookError(f"{what}: a secret cannot be sent in a patch (it would be stored on the object, "
+                               "shown and logged)")
         return str(v) if isinstance(v, expr.Unknown) else v
     if isinstance(value, dict):
         return {k: _data(r, v, what) for k, v in value.items()}
@@ -285,7 +299,8 @@ def render_spec(step, r) -> dict:
         "to_revision": _int(r, body["to_revision"], "to_revision", 1),
         "patch": _data(r, body["patch"], "patch body") if body["patch"] is not None else None,
         "patch_type": body["patch_type"], "subresource": body["subresource"],
-        "grace_period": _int(r, body["grace_period"], "grace period"),
+        # as kubectl: 0 without --force means 1 (a force delete can leave a StatefulSet pod running twice)
+        "grace_period": _grace(_int(r, body["grace_period"], "grace period")),
         "timeout": parse_duration(body["timeout"]) if body["timeout"] is not None else None,
     }
     if body["since"] is not None:
@@ -306,18 +321,25 @@ def RESOURCE_NAMESPACED(plural: str) -> bool:
 # --- the API calls -----------------------------------------------------------------
 
 
+def _seg(value: str) -> str:
+    """One path segment, percent-encoded (a second guard behind the name checks:
+    a name can never add segments, a query or a fragment)."""
+    placeholder = _unknown(value) or (value.startswith("<") and value.endswith(">"))  # shown in plans only
+    return value if placeholder else quote(value, safe="")
+
+
 def collection_path(plural: str, ns: str | None) -> str:
     prefix = P.RESOURCES[plural][0]
-    return f"{prefix}/namespaces/{ns}/{plural}" if ns and P.RESOURCES[plural][3] else f"{prefix}/{plural}"
+    return f"{prefix}/namespaces/{_seg(ns)}/{plural}" if ns and P.RESOURCES[plural][3] else f"{prefix}/{plural}"
 
 
 def object_path(plural: str, ns: str | None, name: str) -> str:
-    return f"{collection_path(plural, ns)}/{name}"
+    return f"{collection_path(plural, ns)}/{_seg(name)}"
 
 
 def metrics_path(plural: str, ns: str | None) -> str:
     base = "/apis/metrics.k8s.io/v1beta1"
-    return f"{base}/namespaces/{ns}/pods" if plural == "pods" and ns else f"{base}/{plural}"
+    return f"{base}/namespaces/{_seg(ns)}/pods" if plural == "pods" and ns else f"{base}/{plural}"
 
 
 def call(method: str, path: str, query: dict | None = None, body=None, content_type: str | None = None,

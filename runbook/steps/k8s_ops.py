@@ -8,6 +8,8 @@ import json
 import os
 import time
 
+import yaml
+
 from runbook.errors import RunbookError
 from runbook.steps import Action, StepResult
 from runbook.steps import k8s as K
@@ -72,9 +74,13 @@ class Kube:
         if text:
             return raw.decode("utf-8", "replace")
         try:
-            return json.loads(raw) if raw else {}
+            doc = json.loads(raw) if raw else {}
         except ValueError:
             raise KubeError(f"cluster '{self.name}' answered {method} {path} with something that is not JSON") from None
+        if not isinstance(doc, dict):
+            raise KubeError(f"cluster '{self.name}' answered {method} {path} with JSON that is not an API object "
+                            "(a proxy in the way?)")
+        return doc
 
     def _unreachable(self, exc) -> str:
         reason = getattr(exc, "reason", None) or exc
@@ -154,6 +160,11 @@ def connect(ctx, cluster_name: str, where: str) -> Kube:
         raise KubeError(f"cluster '{cluster_name}' ({where}): cannot load its configuration: {first}") from None
     except (OSError, ValueError, TypeError) as exc:
         raise KubeError(f"cluster '{cluster_name}' ({where}): cannot load its configuration: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise KubeError(f"cluster '{cluster_name}' ({where}): its kubeconfig is not valid YAML{at}: "
+                        f"{getattr(exc, 'problem', None) or type(exc).__name__}") from None
     cfg.retries = False  # one attempt: the step's retries decide, and a write is never sent twice by accident
     token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
     if token:
@@ -438,6 +449,11 @@ def _written(data: dict, obj: dict) -> None:
 
 def run_rollout_restart(kube: Kube, spec: dict, data: dict, ctx) -> str:
     c = K.plan_calls(spec)[0]
+    if spec["resource"] == "deployments":  # as kubectl: a paused rollout would not restart anything
+        d = _get(kube, "deployments", spec["namespace"], spec["name"])
+        if (d.get("spec") or {}).get("paused"):
+            raise KubeError(f"deployment/{spec['name']} is paused: a restart would change nothing until it is resumed "
+                            "(rollout resume), so nothing was sent")
     obj = kube.request("PATCH", c["path"], body=c["body"], content_type=c["content_type"], write=True,
                        what=_what("patch", spec["resource"], spec["name"], spec["namespace"]))
     _written(data, obj)

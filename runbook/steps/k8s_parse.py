@@ -203,6 +203,10 @@ def _check(body: dict, key: str) -> None:
         elif ptype == "json" and not (isinstance(body["patch"], list) and all(
                 isinstance(op, dict) and "op" in op and "path" in op for op in body["patch"])):
             probs.append(("body", "a JSON patch is a list of operations, each with op and path"))
+        elif ptype == "json" and any(isinstance(op.get(k), str) and ("{{" in op[k] or "{%" in op[k])
+                                     for op in body["patch"] for k in ("op", "path", "from")):
+            probs.append(("body", "a JSON patch's op, path and from must be written out, not templated: a value "
+                                  "could add path segments or turn a replace into a remove (template the value only)"))
         elif ptype != "json" and not isinstance(body["patch"], dict):
             probs.append(("body", f"a {ptype} merge patch is a mapping (for a list of operations use type: json)"))
         if body["subresource"] not in (None, "status", "scale"):

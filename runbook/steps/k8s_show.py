@@ -53,40 +53,74 @@ def name_of(obj: dict) -> str:
 # --- pods ----------------------------------------------------------------------
 
 
-def pod_row(pod: dict) -> dict:
-    """A pod as kubectl shows it, plus what a condition needs."""
-    spec, status = pod.get("spec") or {}, pod.get("status") or {}
-    statuses = status.get("containerStatuses") or []
-    total = len(spec.get("containers") or []) or len(statuses)
-    ready = sum(1 for c in statuses if c.get("ready"))
-    restarts = sum(int(c.get("restartCount") or 0) for c in statuses)
-    shown = status.get("reason") or status.get("phase") or "Unknown"
-    reasons, last = [], []
+def _containers(statuses: list[dict], reasons: list, last: list, oom: list) -> int:
+    """Collect termination reasons, last terminations and OOM kills; returns the restarts."""
+    restarts = 0
     for c in statuses:
+        restarts += int(c.get("restartCount") or 0)
         state, last_state = c.get("state") or {}, c.get("lastState") or {}
-        if "waiting" in state and state["waiting"].get("reason"):
-            shown = state["waiting"]["reason"]
-            reasons.append(state["waiting"]["reason"])
-        elif "terminated" in state and state["terminated"].get("reason"):
-            shown = state["terminated"]["reason"]
-            reasons.append(state["terminated"]["reason"])
+        for st in (state.get("waiting"), state.get("terminated")):
+            if st and st.get("reason") and st.get("reason") not in ("PodInitializing", "Completed"):
+                reasons.append(st["reason"])
         term = last_state.get("terminated")
         if term:
             last.append({"container": c.get("name"), "reason": term.get("reason") or "", "exit_code": term.get("exitCode"),
                          "finished": term.get("finishedAt")})
             if term.get("reason"):
                 reasons.append(term["reason"])
+        if (term or {}).get("reason") == "OOMKilled" or (state.get("terminated") or {}).get("reason") == "OOMKilled":
+            oom.append(c.get("name"))
+    return restarts
+
+
+def _init_status(spec: dict, init: list[dict]) -> str | None:
+    """kubectl's Init:… status while init containers have not all finished, else None."""
+    total = len(spec.get("initContainers") or []) or len(init)
+    for i, c in enumerate(init):
+        state = c.get("state") or {}
+        term, waiting = state.get("terminated"), state.get("waiting")
+        if term and term.get("exitCode") == 0:
+            continue
+        if c.get("started") and (spec.get("initContainers") or [{}] * (i + 1))[i].get("restartPolicy") == "Always":
+            continue  # a native sidecar that is running counts as done
+        if term:
+            return f"Init:{term.get('reason') or 'Error'}" if term.get("reason") else f"Init:ExitCode:{term.get('exitCode')}"
+        if waiting and waiting.get("reason") and waiting["reason"] != "PodInitializing":
+            return f"Init:{waiting['reason']}"
+        return f"Init:{i}/{total}"
+    return None
+
+
+def pod_row(pod: dict) -> dict:
+    """A pod as kubectl shows it, plus what a condition needs (init containers included)."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    init = status.get("initContainerStatuses") or []
+    total = len(spec.get("containers") or []) or len(statuses)
+    ready = sum(1 for c in statuses if c.get("ready"))
+    shown = status.get("reason") or status.get("phase") or "Unknown"
+    reasons: list = []
+    last: list = []
+    oom: list = []
+    restarts = _containers(init, reasons, last, oom) + _containers(statuses, reasons, last, oom)
+    initializing = _init_status(spec, init)
+    if initializing:
+        shown = initializing
+    else:
+        for c in statuses:
+            state = c.get("state") or {}
+            if "waiting" in state and state["waiting"].get("reason"):
+                shown = state["waiting"]["reason"]
+            elif "terminated" in state and state["terminated"].get("reason"):
+                shown = state["terminated"]["reason"]
     if meta(pod).get("deletionTimestamp"):
         shown = "Terminating"
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
     is_ready = conditions.get("Ready") == "True" if conditions else (total > 0 and ready == total)
-    oom = [c.get("name") for c in statuses
-           if ((c.get("lastState") or {}).get("terminated") or {}).get("reason") == "OOMKilled"
-           or ((c.get("state") or {}).get("terminated") or {}).get("reason") == "OOMKilled"]
     return {
         "name": name_of(pod), "namespace": meta(pod).get("namespace"), "ready": f"{ready}/{total}",
         "is_ready": bool(is_ready), "status": shown, "restarts": restarts, "last_termination": last,
-        "reasons": list(dict.fromkeys(reasons)), "oom_killed": oom, "node": spec.get("nodeName"),
+        "reasons": list(dict.fromkeys(reasons)), "oom_killed": list(dict.fromkeys(oom)), "node": spec.get("nodeName"),
         "ip": status.get("podIP"), "age": age(meta(pod).get("creationTimestamp")),
     }
 
