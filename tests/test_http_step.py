@@ -52,7 +52,8 @@ def test_health_check_outputs_and_conditions(write, cli, web):
     ("{status: 503, json: {status: ok}}", 'JSON body: expected status = "ok", got "down"'),
     ("{status: 503, json: {checks: {db: up}}}", 'JSON body: expected checks.db = "up", got "down"'),
     ("{status: 503, json: {version: 2}}", "JSON body: version is missing (keys: status, checks)"),
-    ("\"json.status == 'ok'\"", "expected json.status == 'ok', but it is false (status 503 Service Unavailable"),
+    ("\"json.status == 'ok'\"", "expected a 2xx status, got 503 Service Unavailable"),  # a condition alone never makes a 503 fine
+    ("{status: 503, condition: \"json.status == 'ok'\"}", "expected json.status == 'ok', but it is false (status 503 Service Unavailable"),
 ])
 def test_expect_failures_say_what_differed_in_one_line(write, cli, web, expect, message):
     p = book(write, f"""
@@ -327,3 +328,131 @@ def test_unknown_endpoint_is_reported_with_the_inventory(write, cli, web):
 """)
     r = cli("validate", p, "--inventory", inv)
     assert r.returncode == 1 and "http 'apii' is not in" in r.stdout and "did you mean 'api'" in r.stdout
+
+
+# --- found by a security review ---------------------------------------------------------
+
+
+def _run_one(write, cli, web, step_yaml: str, *args, env=None, extra=""):
+    p = book(write, step_yaml)
+    inv = write("inv2.yaml", f"""
+        http:
+          api: {{url: "{web.url}", headers: {{X-Api-Key: {{env: API_KEY}}}}, timeout: 5}}
+        {extra}
+        """)
+    return cli("run", p, "--inventory", inv, *args, env={"API_KEY": "key-xyz-123", **(env or {})})
+
+
+def test_redirects_keep_credentials_home_and_never_move_a_write(write, cli, web):
+    import urllib.parse
+
+    other = f"http://localhost:{web.port}/echo/stolen"  # another origin (host name) on the same test server
+    web.reset()
+    r = _run_one(write, cli, web, f"""
+  diagnose:
+    - id: get
+      http: {{endpoint: api, path: /redirect-to, query: {{url: "{other}", code: "307"}}, follow_redirects: true}}
+""")
+    assert r.returncode == 0, r.stdout + r.stderr
+    stolen = [q for q in web.requests if q["path"].startswith("/echo/stolen")]
+    assert stolen and not any(k.lower() == "x-api-key" for k in stolen[0]["headers"])
+    web.reset()
+    r = _run_one(write, cli, web, f"""
+  mitigate:
+    - id: post
+      http: {{endpoint: api, method: POST, path: /redirect-to, query: {{url: "{other}", code: "308"}}, json: {{a: 1}},
+              follow_redirects: true, expect: 308}}
+      timeout: 10s
+  verify:
+    - id: done
+      end: done
+""", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not any(q["path"].startswith("/echo/stolen") for q in web.requests)  # the write was not re-sent elsewhere
+    assert urllib.parse.quote  # (imported for the URL above)
+
+
+def test_a_header_with_a_line_break_is_one_line_and_never_shown(write, cli, web, audit_dir):
+    r = _run_one(write, cli, web, """
+  diagnose:
+    - id: get
+      http: {endpoint: api, path: /health/liveness}
+      on_failure: continue
+    - id: after
+      wait: 0s
+""", env={"API_KEY": "key-SECRET456\n"})
+    assert r.returncode == 0, r.stdout + r.stderr  # on_failure: continue held: no internal error
+    assert "line break" in r.stdout and "SECRET456" not in r.stdout
+    assert "SECRET456" not in (audit_dir / "audit.jsonl").read_text()
+
+
+def test_a_templated_header_is_not_masked_in_the_answer(write, cli, web):
+    p = book(write, f"""
+  diagnose:
+    - id: get
+      http: {{url: "{web.url}/echo", headers: {{X-Format: "{{{{ params.fmt }}}}"}}}}
+    - id: after
+      shell: "echo status is ok"
+      readonly: true
+""", "params:\n  fmt: {type: string, default: ok}\n")
+    r = cli("run", p)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "status is ok" in r.stdout and '"X-Format": "ok"' in r.stdout
+
+
+def test_the_timeout_bounds_the_whole_answer(write, cli, web):
+    import time
+
+    p = book(write, f"""
+  diagnose:
+    - id: slow
+      http: {{url: "{web.url}/trickle", timeout: 1s}}
+""")
+    started = time.monotonic()
+    r = cli("run", p)
+    assert time.monotonic() - started < 8
+    assert r.returncode == 1 and "did not finish within 1s" in r.stdout
+
+
+def test_an_empty_value_cannot_change_the_path(write, cli, web):
+    p = book(write, f"""
+  mitigate:
+    - id: delete
+      http: {{url: "{web.url}/api/flags/{{{{ params.flag }}}}", method: DELETE}}
+      timeout: 5s
+  verify:
+    - id: done
+      end: done
+""", "params:\n  flag: {type: string, default: ''}\n")
+    web.reset()
+    r = cli("run", p, "--yes")
+    assert r.returncode == 1 and "may not be a path segment" in r.stdout
+    assert web.requests == []
+
+
+@pytest.mark.parametrize("want, body, ok", [
+    ("[{name: a}]", '[{"name": "a", "ready": true}, {"name": "b"}]', True),
+    ("[{name: c}]", '[{"name": "a"}]', False),
+    ("{v: null}", '{"v": "None"}', False),
+    ("{v: null}", '{"v": null}', True),
+])
+def test_expect_json_lists_are_subsets_and_null_is_null(want, body, ok):
+    from runbook.steps.http import _json_diff
+    import yaml
+
+    assert (_json_diff(yaml.safe_load(want), json.loads(body), "") is None) is ok
+
+
+def test_dry_run_of_a_url_from_an_earlier_step(write, cli):
+    p = book(write, """
+  diagnose:
+    - id: a
+      shell: "echo http://127.0.0.1:1"
+      readonly: true
+      outputs:
+        u: {regex: '(\\S+)'}
+    - id: b
+      http: {url: "{{ steps.a.outputs.u }}/health"}
+""")
+    r = cli("run", p, "--dry-run")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr

@@ -369,3 +369,21 @@ def test_high_error_rate_playbook_escalates(write, cli, prom, web, exporter, aud
     texts = [h["payload"]["text"] for h in web.hooks]
     assert [t.split()[0] for t in texts] == ["*STARTED*", "*ESCALATION*"]
     assert "is not back under 0.01 (last: 0.3" in texts[1]
+
+
+def test_values_after_a_regex_matcher_stay_one_literal_value():
+    from runbook.steps import _web as W
+
+    q = W.render_promql('up{job=~"{{ params.x }}", a="{{ params.x }}", b!~\'{{ params.y }}\'}',
+                        {"params": {"x": "api|billing.*", "y": 'a"b'}})
+    assert q == 'up{job=~"api\\\\|billing\\\\.\\\\*", a="api|billing.*", b!~\'a"b\'}'
+
+
+def test_several_series_have_no_single_value():
+    from runbook.steps.prometheus import NoValue, _query_result
+
+    got, _ = _query_result({"resultType": "vector", "result": [
+        {"metric": {"i": "a"}, "value": [0, "0.001"]}, {"metric": {"i": "b"}, "value": [0, "0.9"]}]}, False)
+    assert isinstance(got["value"], NoValue) and not got["has_value"]
+    assert "2 series came back" in got["value"].reason
+    assert [s["value"] for s in got["series"]] == [0.001, 0.9]

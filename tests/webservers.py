@@ -92,6 +92,21 @@ class WebServer:
                     return self._reply(200, '{"status": ok', "application/json")
                 if p == "/redirect":
                     return self._reply(302, "", "text/plain", headers=[("Location", "/health/liveness")])
+                if p == "/redirect-to":
+                    code = int(q.get("code", ["302"])[0])
+                    return self._reply(code, "", "text/plain", headers=[("Location", q["url"][0])])
+                if p == "/trickle":  # one byte every 0.2 s: each read is quick, the whole answer is not
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.end_headers()
+                    try:
+                        for _ in range(int(q.get("bytes", ["50"])[0])):
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except OSError:
+                        pass
+                    return None
                 if p.startswith("/echo"):
                     return self._reply(200, {"method": self.command, "path": self.path, "query": q,
                                              "headers": dict(self.headers.items()), "body": record["body"]})

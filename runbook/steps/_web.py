@@ -147,23 +147,27 @@ def _url_value(done: str, value: Any, source: str, at_end: bool, next_char: str)
         return urllib.parse.quote(text, safe="")
     if "?" in rest:
         return urllib.parse.quote(text, safe="")
-    if text in (".", ".."):
-        raise RunbookError(f"{source!r}: {text!r} may not be a path segment")
+    if text in (".", "..", ""):
+        raise RunbookError(f"{source!r}: {text!r} may not be a path segment"
+                           + (" (an empty value would change which resource the URL names)" if not text else ""))
     return urllib.parse.quote(text, safe="")
 
 
-def check_url(url: str) -> None:
+def check_url(url: str, shown: str | None = None) -> None:
+    """Refuse what is not a plain http(s) URL; ``shown`` names the URL in errors
+    instead of the URL itself (a webhook URL is a credential)."""
+    name = shown or repr(url)
     try:
         u = urllib.parse.urlsplit(url)
         u.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
-        raise RunbookError(f"invalid URL {url!r}: {exc}") from None
+        raise RunbookError(f"invalid URL {name}: {exc}") from None
     if u.scheme not in ("http", "https") or not u.hostname:
-        raise RunbookError(f"not an http(s) URL: {url!r}")
+        raise RunbookError(f"not an http(s) URL: {name}")
     if u.username or u.password:
         raise RunbookError(f"credentials in a URL are not allowed ({u.scheme}://…@{u.hostname}): send them in a header")
     if re.search(r"\s", url):
-        raise RunbookError(f"a URL may not contain spaces: {url!r}")
+        raise RunbookError(f"a URL may not contain spaces or line breaks: {name}")
 
 
 def join_url(base: str, path: str) -> str:
@@ -246,6 +250,25 @@ def promql_problems(source: str) -> list[str]:
     return []
 
 
+_RE2_META = re.compile(r"[\\.+*?()|\[\]{}^$]")
+
+
+def _after_regex_matcher(text: str, quote: str) -> bool:
+    """Whether the string literal open at the end of ``text`` follows =~ or !~."""
+    i = len(text) - 1
+    while i >= 0:
+        if text[i] == quote:
+            slashes = 0
+            j = i - 1
+            while j >= 0 and text[j] == "\\":
+                slashes += 1
+                j -= 1
+            if slashes % 2 == 0:
+                return text[:i].rstrip().endswith(("=~", "!~"))
+        i -= 1
+    return False
+
+
 def render_promql(source: str, ctx: dict) -> str:
     """A PromQL query from a template: values escaped for the string literal they are in."""
     text, values = render_marked(source, ctx)
@@ -264,6 +287,8 @@ def render_promql(source: str, ctx: dict) -> str:
         else:
             v = _plain(value)
             if state in ('"', "'"):
+                if _after_regex_matcher("".join(out) + before, state):
+                    v = _RE2_META.sub(lambda m: "\\" + m.group(0), v)  # one literal value, even after =~
                 out.append(promql_string(v, state))
             elif state == "`":
                 if "`" in v:
@@ -290,9 +315,12 @@ def render_promql(source: str, ctx: dict) -> str:
 class Value:
     """A rendered value kept as parts until it is sent: text, Secret, LazySecret."""
 
-    def __init__(self, parts: list, sensitive: bool = False):
+    def __init__(self, parts: list, sensitive: bool = False, credential: bool | None = None):
         self.parts = parts
         self.sensitive = sensitive  # mask it when shown even if no part is a secret
+        # a credential (a sensitive header name) is also masked in all output once sent; a merely
+        # templated header is masked in the plan only (masking "ok" everywhere would garble output)
+        self.credential = sensitive if credential is None else credential
 
     @property
     def secret(self) -> bool:
@@ -306,7 +334,7 @@ class Value:
     def reveal(self, ctx) -> str:
         """The real value (reads lazy secrets; every secret read is masked from then on)."""
         text = "".join(_plain(ctx.reveal(p)) for p in self.parts)
-        if self.sensitive and text:
+        if self.credential and text:
             ctx.redactor.add(text)
             m = re.match(r"^\s*\S+\s+(\S.*)$", text)  # "Bearer abc": mask the credentials alone too
             if m:
@@ -314,11 +342,11 @@ class Value:
         return text
 
 
-def render_secret_value(source: Any, ctx: dict, sensitive: bool = False) -> Value:
+def render_secret_value(source: Any, ctx: dict, sensitive: bool = False, credential: bool | None = None) -> Value:
     if isinstance(source, (Secret, LazySecret)):
-        return Value([source], sensitive)
+        return Value([source], sensitive, credential)
     if not isinstance(source, str):
-        return Value([_plain(source)], sensitive)
+        return Value([_plain(source)], sensitive, credential)
     text, values = render_marked(source, ctx)
     parts: list = []
     pos = 0
@@ -328,7 +356,7 @@ def render_secret_value(source: Any, ctx: dict, sensitive: bool = False) -> Valu
         parts.append(v if is_secret(v) or isinstance(v, expr.Unknown) else _plain(v))
         pos = m.end()
     parts.append(text[pos:])
-    return Value([p for p in parts if not (isinstance(p, str) and p == "")], sensitive)
+    return Value([p for p in parts if not (isinstance(p, str) and p == "")], sensitive, credential)
 
 
 def render_json(value: Any, ctx: dict):
@@ -416,53 +444,100 @@ def where(url: str) -> str:
     return f"{u.hostname}:{port}"
 
 
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
+MAX_REDIRECTS = 5
+_CHUNK = 65536
+
+
+def _origin(url: str) -> tuple:
+    u = urllib.parse.urlsplit(url)
+    return (u.scheme, u.hostname, u.port or (443 if u.scheme == "https" else 80))
+
+
 def send(ctx, method: str, url: str, *, headers: dict[str, str] | None = None, body: bytes | None = None,
          timeout: float = DEFAULT_TIMEOUT, verify: bool = True, ca_file: str | None = None,
          follow_redirects: bool = False, max_body: int = MAX_BODY) -> dict:
     """Send one request; the response as a dict (status, reason, headers,
     body bytes, truncated, elapsed, url), or :class:`HttpError` in one line.
 
-    ``timeout`` is the limit of this request; the step's remaining time
-    (``ctx.timeout``), when shorter, wins — and a request stopped by it is
-    reported with ``timeout=True``."""
+    ``timeout`` bounds the whole request, body included (not each read); the
+    step's remaining time (``ctx.timeout``), when shorter, wins — and a request
+    stopped by it is reported with ``timeout=True``.  Redirects are followed
+    only when asked, only for reads, never from https to http, and without the
+    request's headers when they lead to another origin (credentials stay home)."""
+    by_step = ctx.timeout is not None and ctx.timeout < timeout
+    limit = max(0.001, ctx.timeout if by_step else timeout)
+    started = time.monotonic()
+    deadline = started + limit
+    for name, value in (headers or {}).items():
+        if any(c in value for c in "\r\n\0") or any(ord(c) > 255 for c in value):
+            raise HttpError(f"header {name}: its value has a line break or characters HTTP headers cannot carry "
+                            "(check the inventory or the secret's source)")
+    hops = 0
+    current, current_headers = url, dict(headers or {})
+    while True:
+        resp, data = _once(ctx, method, current, current_headers, body, deadline, limit, verify, ca_file, max_body,
+                           by_step)
+        location = resp.headers.get("location")
+        if not (follow_redirects and 300 <= resp.status < 400 and location and method in READ_METHODS):
+            break
+        hops += 1
+        if hops > MAX_REDIRECTS:
+            raise HttpError(f"too many redirects from {url}")
+        target = urllib.parse.urljoin(current, location)
+        if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
+            raise HttpError(f"{current} redirects to {target.split('?')[0]!r}, which is not http(s); not followed")
+        if _origin(current)[0] == "https" and _origin(target)[0] == "http":
+            raise HttpError(f"{current} redirects from https to plain http ({where(target)}); not followed")
+        if _origin(target) != _origin(current):
+            current_headers = {}  # no inventory or step header (credentials) crosses to another origin
+        current = target
+    headers_out: dict[str, str] = {}
+    for k, v in resp.headers.items():
+        k = k.lower()
+        headers_out[k] = f"{headers_out[k]}, {v}" if k in headers_out else v
+    return {"status": resp.status, "reason": resp.reason or _reason(resp.status), "headers": headers_out,
+            "body": data[:max_body], "truncated": len(data) > max_body, "elapsed": time.monotonic() - started,
+            "url": current}
+
+
+def _once(ctx, method, url, headers, body, deadline, limit, verify, ca_file, max_body, by_step):
+    """One request (no redirect followed); the body read against the deadline."""
     import warnings
 
     import urllib3
     from urllib3 import exceptions as E
 
-    by_step = ctx.timeout is not None and ctx.timeout < timeout
-    limit = max(0.001, ctx.timeout if by_step else timeout)
     manager = pools(ctx).get(verify, ca_file)
-    retries = urllib3.Retry(total=10, connect=0, read=0, status=0, other=0, redirect=5, raise_on_redirect=True) \
-        if follow_redirects else False
-    started = time.monotonic()
     at = where(url)
+    remaining = max(0.001, deadline - time.monotonic())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", E.InsecureRequestWarning)
-            resp = manager.request(method, url, headers=headers or {}, body=body, redirect=follow_redirects,
-                                   retries=retries, timeout=urllib3.Timeout(connect=limit, read=limit),
-                                   preload_content=False)
+            resp = manager.request(method, url, headers=headers, body=body, redirect=False, retries=False,
+                                   timeout=urllib3.Timeout(connect=remaining, read=remaining), preload_content=False)
             try:
-                data = resp.read(max_body + 1, decode_content=True) if method != "HEAD" else b""
+                chunks, size = [], 0
+                while method != "HEAD" and size <= max_body:
+                    if time.monotonic() >= deadline:
+                        raise HttpError(f"{at}: the answer did not finish within {limit:g}s"
+                                        + (" (the step's timeout)" if by_step else ""), timeout=by_step)
+                    want = min(_CHUNK, max_body + 1 - size)
+                    # read1: what has arrived, so a trickling answer cannot outlast the deadline
+                    chunk = resp.read1(want) if hasattr(resp, "read1") else resp.read(want, decode_content=True)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                data = b"".join(chunks)
             finally:
                 resp.release_conn()
-    except E.MaxRetryError as exc:
-        if isinstance(exc.reason, E.ResponseError) or "redirect" in str(exc.reason).lower():
-            raise HttpError(f"too many redirects from {url}") from None
-        raise HttpError(_error(exc.reason, at, limit, verify, by_step), timeout=by_step and _is_timeout(exc.reason)) from None
     except (E.HTTPError, OSError) as exc:
-        raise HttpError(_error(exc, at, limit, verify, by_step), timeout=by_step and _is_timeout(exc)) from None
-    elapsed = time.monotonic() - started
-    headers_out: dict[str, str] = {}
-    for k, v in resp.headers.items():
-        k = k.lower()
-        headers_out[k] = f"{headers_out[k]}, {v}" if k in headers_out else v
-    final = resp.geturl() or url
-    if final and final.startswith("/"):
-        final = urllib.parse.urljoin(url, final)
-    return {"status": resp.status, "reason": resp.reason or _reason(resp.status), "headers": headers_out,
-            "body": data[:max_body], "truncated": len(data) > max_body, "elapsed": elapsed, "url": final}
+        reason = exc.reason if isinstance(exc, E.MaxRetryError) else exc
+        raise HttpError(_error(reason, at, limit, verify, by_step), timeout=by_step and _is_timeout(reason)) from None
+    except (ValueError, UnicodeError) as exc:
+        raise HttpError(f"{at}: the request could not be sent ({type(exc).__name__})") from None
+    return resp, data
 
 
 def _reason(code: int) -> str:

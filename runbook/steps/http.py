@@ -239,7 +239,8 @@ def action(step, r) -> Action:
         url = W.render_url(body["url"], r.context, query)
     for k, v in (body.get("headers") or {}).items():
         templated = isinstance(v, str) and expr.is_template(v)
-        headers[k] = W.render_secret_value(v, r.context, sensitive=W.sensitive_header(k) or templated)
+        headers[k] = W.render_secret_value(v, r.context, sensitive=W.sensitive_header(k) or templated,
+                                           credential=W.sensitive_header(k))
     payload, content_type = None, None
     if "json" in body:
         payload, content_type = W.render_json(body["json"], r.context), "application/json"
@@ -269,7 +270,7 @@ def action(step, r) -> Action:
               "verify_tls": verify, "follow_redirects": bool(body.get("follow_redirects", False)), "expect": expect}
     if ca_file:
         detail["ca_file"] = ca_file
-    act = Action(summary="\n".join(lines), targets=[W.where(url) if "<steps." not in url.split("/")[2] else url],
+    act = Action(summary="\n".join(lines), targets=[W.where(url) if "://" in url and "<steps." not in url.split("/")[2] else url],
                  detail=detail)
     act.http_send = {"headers": headers, "payload": payload, "json": "json" in body}  # the real values, revealed in run
     return act
@@ -349,7 +350,7 @@ def _check(step, expect, got: dict, why_not_json: str | None, result: StepResult
         statuses = [s] if isinstance(s, int) else s
         json_expect = expect.get("json")
         condition = expect.get("condition")
-    if statuses is None and not (200 <= code < 300) and condition is None:
+    if statuses is None and not (200 <= code < 300):  # a condition alone does not make a 503 fine
         return f"expected a 2xx status, got {_status_line(got)}{_excerpt(got)}"
     if statuses is not None and code not in statuses:
         want = str(statuses[0]) if len(statuses) == 1 else "one of " + ", ".join(map(str, statuses))
@@ -372,6 +373,8 @@ def _check(step, expect, got: dict, why_not_json: str | None, result: StepResult
 
 
 def _same(want: Any, got: Any) -> bool:
+    if want is None or got is None:
+        return want is got
     if isinstance(want, bool) and isinstance(got, bool):
         return want is got
     if isinstance(want, str) != isinstance(got, str) and not isinstance(want, (dict, list)) and not isinstance(got, (dict, list)):
@@ -394,6 +397,13 @@ def _json_diff(want: Any, got: Any, path: str) -> str | None:
             diff = _json_diff(v, got[k], p)
             if diff:
                 return diff
+        return None
+    if isinstance(want, list):  # each expected item somewhere in the list (as a subset, in any order)
+        if not isinstance(got, list):
+            return f"expected a list at {where}, got {W.one_line(jsonlib.dumps(got), 60)}"
+        for i, item in enumerate(want):
+            if not any(_json_diff(item, g, f"{path}[{i}]") is None for g in got):
+                return f"{where} has no item matching {W.one_line(jsonlib.dumps(item), 60)}"
         return None
     if not _same(want, got):
         return f"expected {where} = {jsonlib.dumps(want)}, got {W.one_line(jsonlib.dumps(got), 80)}"

@@ -10,8 +10,8 @@
       notify: {to: incidents, event: resolved, message: "Error rate back under {{ params.threshold }}"}
 
     - id: page-lead
-      notify: {to: incidents, event: escalation, message: "Still failing: @engineering-lead please take over"}
-      required: true                     # a failed post fails the step (default: a warning only)
+      notify: {to: incidents, event: escalation, message: "Still failing: @engineering-lead please take over",
+               required: true}           # a failed post fails the step (default: a warning only)
 
 * ``to``: the name of an inventory ``notify`` entry, or a channel (``#…``)
   that exactly one entry has.  The webhook URL is a secret (usually
@@ -32,7 +32,8 @@
   The step stays ``ok``, its ``error`` and output say ``not sent: …``, the
   audit log gets a ``notify_failed`` record, and ``sent`` is false.  With
   ``required: true`` the step fails instead (then ``on_failure`` applies).
-  A missing webhook secret is treated the same way.
+  A missing webhook secret is treated the same way, and so is a notifier
+  missing from the inventory in a live run (``--dry-run`` reports it).
 * ``--dry-run`` shows the payload and sends nothing; ``--server-dry-run``
   does not send either (its read steps run, but nobody should be paged by
   a rehearsal).
@@ -162,7 +163,8 @@ def run(step, act: Action, ctx) -> StepResult:
     try:
         notifier = ctx.inventory.lookup("notify", d["notifier"])
         url = str(ctx.reveal(notifier.webhook))
-        W.check_url(url)
+        ctx.redactor.add(url)  # before any check: an error must not show it
+        W.check_url(url, shown="(the webhook URL, not shown)")
     except RunbookError as exc:
         return not_sent(f"webhook of notifier '{d['notifier']}': {exc}")
     ctx.redactor.add(url)  # a webhook URL is a credential: never in output or the log

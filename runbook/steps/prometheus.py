@@ -253,11 +253,18 @@ def action(step, r) -> Action:
 # --- running ----------------------------------------------------------------
 
 
+MAX_ANSWER = 32 * 2**20
+
+
 def _api(ctx, act: Action, path_url: str) -> tuple[Any, list[str]]:
     """The ``data`` of an API answer and its warnings; HttpError in one line."""
     d = act.detail
     headers = {k: v.reveal(ctx) for k, v in act.prom_headers.items()}
-    resp = W.send(ctx, "GET", path_url, headers=headers, timeout=d["timeout"], verify=d["verify_tls"])
+    resp = W.send(ctx, "GET", path_url, headers=headers, timeout=d["timeout"], verify=d["verify_tls"],
+                  max_body=MAX_ANSWER)
+    if resp["truncated"]:
+        raise W.HttpError(f"prometheus '{d['server']}' answered with more than {MAX_ANSWER // 2**20} MiB: "
+                          "the query returns too many series; aggregate it (sum by, topk)")
     doc, why = W.parse_json(resp["body"])
     if isinstance(doc, dict) and doc.get("status") == "error":
         kind = doc.get("errorType") or "error"
@@ -304,6 +311,9 @@ def _query_result(data: Any, ranged: bool) -> tuple[dict, str]:
     first = series[0]["value"] if series else None
     if not series:
         got["value"] = NoValue("no data: the query returned no series (a typo in a label, or nothing recorded yet)")
+    elif len(series) > 1:
+        got["value"] = NoValue(f"{len(series)} series came back, so there is no single value: aggregate the query "
+                               "(sum, max, …) or read series", f"{len(series)} series")
     elif first is None:
         got["value"] = NoValue("no data: the first series has no sample")
     elif W.is_nan(first):
