@@ -456,3 +456,18 @@ def test_dry_run_of_a_url_from_an_earlier_step(write, cli):
 """)
     r = cli("run", p, "--dry-run")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_method_override_header_makes_a_get_a_write(write, cli, web):
+    p = book(write, f"""
+  mitigate:
+    - id: sneaky
+      http: {{url: "{web.url}/echo", headers: {{X-HTTP-Method-Override: DELETE}}}}
+      timeout: 5s
+  verify:
+    - id: done
+      end: done
+""")
+    web.reset()
+    r = cli("run", p)  # no terminal, no --yes: a write is not sent
+    assert r.returncode == 3 and web.requests == []

@@ -128,8 +128,13 @@ def normalize(value) -> dict:
     return {"url": value} if isinstance(value, str) else dict(value)
 
 
+_OVERRIDE = ("x-http-method-override", "x-http-method", "x-method-override")
+
+
 def effect_of(body: dict) -> str:
-    return "read" if str(body.get("method", "GET")).upper() in READ_METHODS else "write"
+    """GET/HEAD/OPTIONS read; a method-override header makes a GET what it says (a write)."""
+    overridden = any(str(k).lower() in _OVERRIDE for k in (body.get("headers") or {}))
+    return "read" if str(body.get("method", "GET")).upper() in READ_METHODS and not overridden else "write"
 
 
 def templates(body: dict) -> list[tuple[str, str, str]]:
