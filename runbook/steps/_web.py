@@ -153,6 +153,19 @@ def _url_value(done: str, value: Any, source: str, at_end: bool, next_char: str)
     return urllib.parse.quote(text, safe="")
 
 
+def inventory_entry(r, section: str, name: str, needed_by: str):
+    """An inventory http/prometheus entry whose URL can be shown (credentials go in headers)."""
+    inventory = getattr(r, "inventory", None)
+    if inventory is None:
+        raise RunbookError(f"{needed_by} needs an inventory with {section} entry '{name}' "
+                           "(use --inventory FILE or --env NAME)")
+    entry = inventory.lookup(section, name)
+    if is_secret(entry.url):
+        raise RunbookError(f"{section} entry '{name}': its url comes from a secret source and cannot be shown; "
+                           "put credentials in headers")
+    return entry
+
+
 def check_url(url: str, shown: str | None = None) -> None:
     """Refuse what is not a plain http(s) URL; ``shown`` names the URL in errors
     instead of the URL itself (a webhook URL is a credential)."""

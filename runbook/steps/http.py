@@ -65,7 +65,7 @@ from typing import Any
 from runbook import expr
 from runbook import schema as S
 from runbook.errors import RunbookError
-from runbook.secrets import MASK, LazySecret, Secret
+from runbook.secrets import MASK
 from runbook.steps import BASE_RESULT_FIELDS, Action, StepResult
 from runbook.steps import _web as W
 
@@ -207,13 +207,6 @@ def static_problems(step) -> list[tuple[str, str, str]]:
 # --- rendering --------------------------------------------------------------
 
 
-def _endpoint(r, name: str):
-    inventory = getattr(r, "inventory", None)
-    if inventory is None:
-        raise RunbookError(f"an http step with endpoint needs an inventory with http endpoint '{name}' "
-                           "(use --inventory FILE or --env NAME)")
-    return inventory.lookup("http", name)
-
 
 def action(step, r) -> Action:
     body = step.body
@@ -228,10 +221,7 @@ def action(step, r) -> Action:
     timeout, verify = W.DEFAULT_TIMEOUT, True
     if "endpoint" in body:
         name = r.text(body["endpoint"])
-        ep = _endpoint(r, name)
-        if isinstance(ep.url, (Secret, LazySecret)):
-            raise RunbookError(f"http endpoint '{name}': its url comes from a secret source and cannot be shown; "
-                               "put credentials in headers")
+        ep = W.inventory_entry(r, "http", name, "an http step with endpoint")
         path = W.render_path(body.get("path", ""), r.context)
         url = W.join_url(str(ep.url), path)
         url = W.add_query(url, query)

@@ -61,7 +61,6 @@ from typing import Any
 from runbook import expr
 from runbook import schema as S
 from runbook.errors import RunbookError
-from runbook.secrets import LazySecret, Secret
 from runbook.steps import BASE_RESULT_FIELDS, Action, StepResult
 from runbook.steps import _web as W
 
@@ -193,17 +192,6 @@ def static_problems(step) -> list[tuple[str, str, str]]:
 # --- rendering --------------------------------------------------------------
 
 
-def _server(r, name: str):
-    inventory = getattr(r, "inventory", None)
-    if inventory is None:
-        raise RunbookError(f"a prometheus step needs an inventory with prometheus server '{name}' "
-                           "(use --inventory FILE or --env NAME)")
-    server = inventory.lookup("prometheus", name)
-    if isinstance(server.url, (Secret, LazySecret)):
-        raise RunbookError(f"prometheus server '{name}': its url comes from a secret source and cannot be shown; "
-                           "put credentials in headers")
-    return server
-
 
 def _step_seconds(body: dict) -> float:
     if "step" in body:
@@ -214,7 +202,7 @@ def _step_seconds(body: dict) -> float:
 def action(step, r) -> Action:
     body = step.body
     name = r.text(body.get("server", "default"))
-    server = _server(r, name)
+    server = W.inventory_entry(r, "prometheus", name, "a prometheus step")
     base = str(server.url).rstrip("/")
     timeout = S.parse_duration(body["timeout"]) if "timeout" in body else float(server.timeout or W.DEFAULT_TIMEOUT)
     headers = {k: W.render_secret_value(v, r.context, sensitive=W.sensitive_header(k)) for k, v in (server.headers or {}).items()}
