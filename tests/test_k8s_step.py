@@ -630,19 +630,30 @@ def test_pod_oom_killed_runbook_end_to_end(cli, kubeapi, kube_inventory):
     kubeapi.add_log("production", bad["metadata"]["name"], "api", ["GC overhead", "java.lang.OutOfMemoryError"], previous=True)
     kubeapi.metrics_enabled = True
     kubeapi.pod_metrics[("production", bad["metadata"]["name"])] = {"api": {"cpu": "900m", "memory": "255Mi"}}
-    r = cli("run", "pod-oom-killed", "--path", ROOT / "playbooks", "--inventory", kube_inventory(), "--yes",
-            "-p", "deployment=api", "-p", "namespace=production", "-p", "memory_limit=1Gi", timeout=120)
+    run = ("run", "pod-oom-killed", "--path", ROOT / "playbooks", "--inventory", kube_inventory(), "--yes",
+           "-p", "deployment=api", "-p", "namespace=production")
+    # "increase" never lowers the limit, and never patches a container the Deployment does not have
+    r = cli(*run, "-p", "memory_limit=128Mi", timeout=120)
+    assert r.returncode == 1 and "run escalated" in r.stdout, r.stdout + r.stderr
+    assert "128Mi is not larger than the current memory limit of container api (256Mi)" in r.stdout, r.stdout
+    r = cli(*run, "--answer", "new-limit=256Mi", timeout=120)  # no -p memory_limit: asked, after the diagnosis
+    assert r.returncode == 1 and "Not patched: 256Mi is not larger" in r.stdout, r.stdout + r.stderr
+    r = cli(*run, "-p", "memory_limit=1Gi", "-p", "container=sidecar", timeout=120)
+    assert r.returncode == 1 and "api has no container 'sidecar' (it has: api)" in r.stdout, r.stdout + r.stderr
+    assert kubeapi.writes() == []
+    r = cli(*run, "-p", "memory_limit=1Gi", timeout=120)
     out = ok(r)
     assert "OOMKilled: " + bad["metadata"]["name"] in out
     assert "java.lang.OutOfMemoryError" in out and "255Mi" in out
     d = kubeapi.get("deployments", "api", "production")
     container = d["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["memory"] == "1Gi" and container["resources"]["requests"]["memory"] == "256Mi"
-    assert "kubectl.kubernetes.io/restartedAt" in d["spec"]["template"]["metadata"]["annotations"]
+    # the changed template rolls the pods out by itself: no second rollout from a restart
+    assert "kubectl.kubernetes.io/restartedAt" not in (d["spec"]["template"]["metadata"].get("annotations") or {})
     assert "deployment/api successfully rolled out" in out
     assert "run resolved (exit 0)" in out and "api runs with a 1Gi memory limit" in out
     assert all(p["spec"]["containers"][0]["resources"]["limits"]["memory"] == "1Gi" for p in kubeapi.all("pods"))
-    assert [w["method"] for w in kubeapi.writes()] == ["PATCH", "PATCH"]
+    assert [w["method"] for w in kubeapi.writes()] == ["PATCH"]
 
 
 def test_the_fake_server_answers_the_typed_client_like_the_real_one(kubeapi, tmp_path):
