@@ -55,6 +55,68 @@ def test_redis_session_store_crash_restarted_over_ssh(cli, lab_redis, lab_invent
     verified(cli, audit_dir)
 
 
+def test_redis_with_a_password_restarted_with_it_and_never_restarted_when_it_answers(cli, lab_redis, lab_inventory, web,
+                                                                                     audit_dir, tmp_path):
+    for i in range(3):
+        lab_redis.cli("SET", f"session:user-{i}", f"token-{i}")
+    lab_redis.cli("CONFIG", "SET", "requirepass", "s3cr3t-pw")
+    marker = tmp_path / "restarted"
+    args = ["run", "redis-session-store-crash", "--path", PLAYBOOKS, "--yes", "-p", "platform=process",
+            "-p", f"port={lab_redis.port}", "-p", f"log_file={lab_redis.log}"]
+    hook = {"LAB_WEBHOOK": f"{web.url}/hook/incidents"}
+    # up, but no password given: NOAUTH counts as answering, so no restart
+    inv = lab_inventory(groups={"redis-servers": {"vars": {"restart_command": f"touch {marker}"}}})
+    pid = lab_redis.pid()
+    r = cli(*args, "--inventory", inv, env=hook, timeout=90)
+    assert r.returncode == 1 and "NOAUTH" in r.stdout, r.stdout + r.stderr
+    assert not marker.exists() and lab_redis.pid() == pid
+    # down: restarted, and verified with the password (a secret: over stdin, never shown)
+    with open(lab_redis.conf, "a") as f:
+        f.write("requirepass s3cr3t-pw\n")
+    lab_redis.crash()
+    inv = lab_inventory(groups={"redis-servers": {"vars": {"restart_command": lab_redis.restart_command}}})
+    r = cli(*args, "--inventory", inv, env=dict(hook, RUNBOOK_PARAM_PASSWORD="s3cr3t-pw"), timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "holds 3 keys" in r.stdout
+    assert "s3cr3t-pw" not in r.stdout + r.stderr + (audit_dir / "audit.jsonl").read_text()
+
+
+def test_redis_loading_is_waited_for_not_restarted(cli, lab_inventory, web, audit_dir, tmp_path):
+    import socket
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    until = time.time() + 6  # a Redis reading its AOF/RDB for 6 seconds
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                data = c.recv(4096).upper()
+                if time.time() < until:
+                    c.sendall(b"-LOADING Redis is loading the dataset in memory\r\n")
+                else:
+                    c.sendall(b":3\r\n" if b"DBSIZE" in data else b"+PONG\r\n" if b"PING" in data else b"$-1\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    marker = tmp_path / "restarted"
+    inv = lab_inventory(groups={"redis-servers": {"vars": {"restart_command": f"touch {marker}"}}})
+    try:
+        r = cli("run", "redis-session-store-crash", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
+                "-p", "platform=process", "-p", f"port={srv.getsockname()[1]}", "-p", f"log_file={tmp_path}/none.log",
+                env={"LAB_WEBHOOK": f"{web.url}/hook/incidents"}, timeout=90)
+    finally:
+        srv.close()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not marker.exists() and "restart" not in results(audit_dir)
+    assert "holds 3 keys" in r.stdout and any("LOADING" in t for t in hook_texts(web))
+
+
 def test_service_unavailable_restarted_over_ssh_on_the_docker_path(cli, lab_api, lab_inventory, audit_dir):
     stuck = lab_api.pid()
     assert not lab_api.healthy()  # /health answers 503
