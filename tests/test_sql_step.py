@@ -344,7 +344,41 @@ def test_pool_exhaustion_playbook_end_to_end(cli, pg, pg_db, write, audit_dir):
     try:
         time.sleep(1.2)
         inv = write("inv.yaml", f"databases:\n  main: {{host: {pg.host}, port: {pg.port}, dbname: {pg_db}, user: {pg.user}}}\n")
-        r = cli("run", ROOT / "playbooks" / "db-connection-pool-exhaustion.yaml", "--inventory", inv, "--yes",
+        book = ROOT / "playbooks" / "db-connection-pool-exhaustion.yaml"
+        # more idle sessions than max_terminate: escalated, nothing terminated
+        r = cli("run", book, "--inventory", inv, "--yes", "--answer", "remedy=terminate-idle",
+                "-p", "threshold=10", "-p", "idle_seconds=1", "-p", "max_terminate=20", timeout=120)
+        assert r.returncode == 1 and "30 idle sessions, more than 20" in r.stdout, r.stdout + r.stderr
+        assert all(c.execute("SELECT 1").fetchone() == (1,) for c in idle)
+        # the database has room (threshold 100): not "resolved" from the database's count alone
+        r = cli("run", book, "--inventory", inv, "--yes", "--answer", "app-pool=escalate",
+                "-p", "threshold=100", "-p", "idle_seconds=1", timeout=120)
+        assert r.returncode == 1 and "run escalated" in r.stdout and "→ app-pool because" in r.stdout, r.stdout + r.stderr
+        # cancel-long-running: the query is cancelled (its session stays), bounded by max_cancel
+        import threading
+
+        def _run_catching(conn, sql: str) -> str:
+            try:
+                conn.execute(sql)
+                return "finished"
+            except Exception as exc:  # noqa: BLE001 - the test reads why the statement stopped
+                return str(exc)
+
+        slow = pg.connect(pg_db, application_name="slow-report")
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(_run_catching(slow, "SELECT pg_sleep(60)")), daemon=True)
+        t.start()
+        time.sleep(1.5)
+        r = cli("run", book, "--inventory", inv, "--yes", "--answer", "app-pool=cancel-long-running",
+                "-p", "threshold=100", "-p", "long_running_seconds=1", "-p", "max_cancel=1", timeout=120)
+        t.join(10)
+        assert got and "canceling statement due to user request" in got[0], (got, r.stdout)
+        res = {x["step"]: x for x in audit.read_records(audit_dir / "audit.jsonl") if x["type"] == "step_result"}
+        assert res["cancel-long-running"]["status"] == "ok" and res["long-gone"]["status"] == "ok"
+        assert slow.execute("SELECT 1").fetchone() == (1,)  # cancelled, not terminated
+        slow.close()
+        assert r.returncode == 1 and res["pool-alert-clear"]["status"] == "failed"  # no Prometheus here: the pool's alert is unknown
+        r = cli("run", book, "--inventory", inv, "--yes", "--answer", "remedy=terminate-idle",
                 "-p", "threshold=10", "-p", "idle_seconds=1", timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "Connections are back under 10" in r.stdout
