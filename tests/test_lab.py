@@ -120,11 +120,18 @@ def test_redis_loading_is_waited_for_not_restarted(cli, lab_inventory, web, audi
 def test_service_unavailable_restarted_over_ssh_on_the_docker_path(cli, lab_api, lab_inventory, audit_dir):
     stuck = lab_api.pid()
     assert not lab_api.healthy()  # /health answers 503
-    inv = lab_inventory(groups={"api-servers": {"vars": {"restart_command": lab_api.restart_command}}},
+    inv = lab_inventory(groups={"api-servers": {"vars": {"restart_command": lab_api.restart_command,
+                                                         "health_url": f"{lab_api.url}/health"}}},
                         http={"api": {"url": lab_api.url, "timeout": 5}})
+    # a service the inventory has no endpoint for is refused, not checked against the API's
+    r = cli("run", "service-unavailable", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
+            "-p", "service=worker", "-p", "platform=docker", timeout=90)
+    assert r.returncode == 1 and "no http endpoint 'worker'" in r.stdout, r.stdout + r.stderr
+    assert lab_api.pid() == stuck
     r = cli("run", "service-unavailable", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
             "-p", "service=api", "-p", "platform=docker", "--answer", "pick-remedy=restart", timeout=90)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert f"healthy: {lab_api.url}/health" in r.stdout  # the host's own health check, before any next host
     assert lab_api.healthy() and lab_api.pid() != stuck
     res = results(audit_dir)
     assert res["liveness"]["status"] == "failed" and "503" in r.stdout  # the diagnosis saw the 503 (and went on)
@@ -146,6 +153,7 @@ def test_connection_pool_exhaustion_idle_sessions_terminated(cli, pg, pg_db, mak
             db["password"] = {"env": "LAB_PG_PASSWORD"}
         inv = lab_inventory(databases={"main": db})
         r = cli("run", "db-connection-pool-exhaustion", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
+                "--answer", "remedy=terminate-idle",  # the default in a terminal; without one it must be said
                 "-p", "threshold=5", "-p", "idle_seconds=1", env={"LAB_PG_PASSWORD": pg.password or ""}, timeout=90)
         assert r.returncode == 0, r.stdout + r.stderr
         res = results(audit_dir)
