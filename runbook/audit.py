@@ -24,6 +24,7 @@ import getpass
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -78,6 +79,26 @@ def hostname() -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 time (the log's ``ts``, Alertmanager's ``startsAt``, a
+    Kubernetes timestamp) in UTC; None when absent, unreadable or Alertmanager's
+    zero time.  Reads ``Z`` and nanoseconds on every supported Python."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    m = re.match(r"(.*?\.)(\d+)(.*)$", text)
+    if m:  # at most microseconds, padded: Python < 3.11 wants exactly 3 or 6 digits
+        text = f"{m[1]}{m[2][:6].ljust(6, '0')}{m[3]}"
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    t = t.astimezone(timezone.utc)
+    return None if t.year <= 1 else t
 
 
 def _canonical(obj: Any) -> bytes:

@@ -126,7 +126,6 @@ class Options:
     step_mode: bool = False  # --step: ask before every step, read steps included
     start_at: str | None = None  # --start-at STEP
     stage: str | None = None  # --stage NAME: run that stage only
-    escalation: list = field(default_factory=list)  # [(seconds, to)], shown as the incident clock passes them
     clock_from: float | None = None  # epoch seconds the incident clock counts from (the alert, else the start)
 
 
@@ -324,7 +323,7 @@ class Engine:
                 visits[step.id] = visits.get(step.id, 0) + 1
             if total > MAX_STEP_RUNS:
                 raise RunbookError(f"the run executed {MAX_STEP_RUNS} steps; stopping (a loop without a bound?)")
-            if step.max_visits is not None and visits[step.id] > step.max_visits:
+            if step.max_visits is not None and visits.get(step.id, 0) > step.max_visits:
                 # the loop's bound: stop here rather than follow on_failure round the loop again
                 result = StepResult("failed", error=f"step '{step.id}' already ran {step.max_visits} times (max_visits); stopping the loop")
                 self._record_skip(step, result)
@@ -374,40 +373,35 @@ class Engine:
             return self.rb.by_id[target], None
         return None, self.redactor.text(f"step '{step.id}' {result.status}: {result.error or 'failed'}")
 
-    def _record_skip(self, step: Step, result: StepResult) -> None:
+    def _record_skip(self, step: Step, result: StepResult) -> StepResult:
+        """A step that did not run (not renderable, skipped, over max_visits): its result is logged, shown and kept."""
         if self.journal:
             self.journal.step_result(step=step.id, status=result.status, exit_code=None, duration=0.0, error=result.error)
         if self.ui:
             self.ui.step_finished(step, result)
+        self.steps_ctx[step.id] = result.as_context()
+        return result
 
     def _execute(self, step: Step) -> StepResult:
         r = Renderer(self.context, self.redactor, self.inventory)
         try:
             act = step.module.action(step, r)
         except RunbookError as exc:
-            result = StepResult("failed", error=f"cannot render the step: {exc}")
-            self._record_skip(step, result)
-            self.steps_ctx[step.id] = result.as_context()
-            return result
+            return self._record_skip(step, StepResult("failed", error=f"cannot render the step: {exc}"))
         shown = self.redactor.text(act.summary)
         if self.ui:
             self.ui.step_started(step, act)
         if step.effect == "write" and self.options.server_dry_run:
             if not getattr(step.module, "SERVER_DRY_RUN", False):
-                result = StepResult("skipped", error=f"--server-dry-run: a {step.kind} step cannot be dry-run by its server; not run")
-                self._record_skip(step, result)
-                self.steps_ctx[step.id] = result.as_context()
-                return result
+                return self._record_skip(step, StepResult(
+                    "skipped", error=f"--server-dry-run: a {step.kind} step cannot be dry-run by its server; not run"))
         elif step.effect == "write" or (self.options.step_mode and not self._step_mode_off):
             choice, by, how = self._approve(step, act)
             if self.journal:
                 self.journal.decision(step=step.id, approved=choice == "run", by=by, how=how,
                                       **({"choice": choice} if how in ("prompt", "step-mode") else {}))
             if choice == "skip":
-                result = StepResult("skipped", error="skipped by the operator")
-                self._record_skip(step, result)
-                self.steps_ctx[step.id] = result.as_context()
-                return result
+                return self._record_skip(step, StepResult("skipped", error="skipped by the operator"))
             if choice != "run":
                 if how == "no-terminal":
                     msg = (f"step '{step.id}' changes things ({shown}) and needs approval: run it in a terminal, "
@@ -466,10 +460,10 @@ class Engine:
 
     def _clock(self) -> None:
         """The incident clock: say once when each escalation time has passed."""
-        if not self.options.escalation or self.options.clock_from is None:
+        if not self.rb.escalation or self.options.clock_from is None:
             return
         elapsed = time.time() - self.options.clock_from
-        for after, to in self.options.escalation:
+        for after, to, _how in self.rb.escalation:
             if elapsed >= after and (after, to) not in self._escalated:
                 self._escalated.add((after, to))
                 if self.journal:

@@ -28,6 +28,8 @@ from runbook.secrets import MASK, LazySecret, Secret
 ROOTS = ("params", "steps", "inventory", "env", "run")
 
 _secret_env: contextvars.ContextVar[dict | None] = contextvars.ContextVar("secret_env", default=None)
+_marks: contextvars.ContextVar[list | None] = contextvars.ContextVar("marks", default=None)
+MARK = re.compile("\x00(\\d+)\x00")  # a value's place in render_marked's text
 
 
 class ExprError(RunbookError):
@@ -132,6 +134,12 @@ def _raw_finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
+def _marked_finalize(value: Any) -> str:
+    values = _marks.get()
+    values.append(value)
+    return f"\x00{len(values) - 1}\x00"
+
+
 @lru_cache(maxsize=None)
 def _env(mode: str):
     from jinja2 import StrictUndefined
@@ -141,7 +149,8 @@ def _env(mode: str):
         undefined=StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
-        finalize={"shell": _shell_finalize, "text": _text_finalize, "raw": _raw_finalize}[mode],
+        finalize={"shell": _shell_finalize, "text": _text_finalize, "raw": _raw_finalize,
+                  "marked": _marked_finalize}[mode],
     )
     for name in ("int", "float", "round", "abs", "string", "lower", "upper", "trim"):
         env.filters[name] = _keep_unknown(env.filters[name])
@@ -187,6 +196,20 @@ def render(source: str, ctx: dict, mode: str = "text") -> str:
         raise
     except Exception as exc:  # jinja errors of every kind become one line
         raise ExprError(f"template {source!r}: {_explain(exc)}") from None
+
+
+def render_marked(source: str, ctx: dict) -> tuple[str, list]:
+    """The template rendered with each value replaced by a marker (:data:`MARK`),
+    and the values themselves, for kinds that escape each value for where it
+    sits (a URL part, a PromQL string) rather than for a shell."""
+    if not is_template(source):
+        return source.replace("\x00", ""), []
+    values: list = []
+    token = _marks.set(values)
+    try:
+        return render(source.replace("\x00", ""), ctx, "marked"), values
+    finally:
+        _marks.reset(token)
 
 
 def render_shell(source: str, ctx: dict, secrets: Iterable[str] = ()) -> tuple[str, dict[str, Any]]:

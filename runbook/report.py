@@ -22,11 +22,12 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 from runbook import audit
+from runbook.audit import parse_time
 from runbook.errors import RunbookError
 
 TODO = "_to be filled in_"
@@ -116,20 +117,6 @@ def _cell(value: str) -> str:
 
 
 # --- Times -------------------------------------------------------------------------
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 time (audit ``ts``, Alertmanager ``startsAt``) in UTC; None when absent or unreadable."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    t = t.astimezone(timezone.utc)
-    return None if t.year <= 1 else t  # Alertmanager's zero time means "not set"
 
 
 def offset(t: datetime | None, origin: datetime | None) -> str:

@@ -48,14 +48,12 @@ def _params(rb, recorded: dict, interactive: bool) -> dict[str, str]:
     return _given_params(rb, given, interactive)
 
 
-def _restore(records: list[dict]) -> tuple[dict, dict[str, int], list[tuple[str, dict]]]:
-    """Each step's last result as the engine's context, visit counts, and the
-    results in order."""
+def _restore(records: list[dict]) -> tuple[dict, dict[str, int]]:
+    """Each step's last result as the engine's context, and visit counts."""
     from runbook.steps import StepResult
 
     ctx: dict = {}
     visits: dict[str, int] = {}
-    order: list[tuple[str, dict]] = []
     for r in records:
         if r.get("type") == "step_intent":
             visits[r["step"]] = visits.get(r["step"], 0) + 1
@@ -66,8 +64,7 @@ def _restore(records: list[dict]) -> tuple[dict, dict[str, int], list[tuple[str,
                              error=r.get("error"), data=data, outputs=dict(r.get("outputs") or {}),
                              duration=float(r.get("duration") or 0), attempts=int(r.get("attempts") or 1))
             ctx[r["step"]] = res.as_context()
-            order.append((r["step"], r))
-    return ctx, visits, order
+    return ctx, visits
 
 
 def _diff(old: str | None, new: str, path: str) -> str:
@@ -173,7 +170,7 @@ def run(args) -> int:
     try:
         if the_alert:
             locks += hold_locks(run_id, who, the_alert, False, journal, run_lock=False)
-        ctx, visits, _ = _restore(records)
+        ctx, visits = _restore(records)
 
         # a step that may or may not have run: the operator decides
         doubt = audit.in_doubt(records)
@@ -225,7 +222,7 @@ def run(args) -> int:
         options = Options(yes=args.yes, interactive=interactive, answers=parse_pairs(args.answer, "--answer"), who=who,
                           server_dry_run=bool(started.get("server_dry_run")), stage=stage,
                           step_mode=bool(started.get("step_mode")) and interactive,
-                          escalation=[(a, to) for a, to, _ in rb.escalation], clock_from=_clock_from(started, the_alert))
+                          clock_from=_clock_from(started, the_alert))
         if what == "start" and started.get("start_at") in rb.by_id:
             options.start_at = started["start_at"]
         return _live(rb, params, inventory, journal, options, run_id, redactor, shown, environment=args.env,
@@ -255,14 +252,9 @@ def _decide(args, interactive: bool, step_id: str, run_id: str, ui) -> str:
 
 
 def _clock_from(started: dict, the_alert) -> float | None:
-    from datetime import datetime
-
+    """The incident clock's zero: the alert's startsAt, else the run's start."""
+    from runbook.audit import parse_time
     from runbook.commands.run import incident_start
 
-    t = incident_start(the_alert)
-    if t is not None:
-        return t
-    try:
-        return datetime.fromisoformat(str(started.get("ts")).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    t = parse_time(started.get("ts"))
+    return incident_start(the_alert) or (t.timestamp() if t is not None else None)

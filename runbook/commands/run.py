@@ -168,7 +168,7 @@ def run(args) -> int:
 
     options = Options(dry_run=args.dry_run, server_dry_run=args.server_dry_run, yes=args.yes, interactive=interactive,
                       answers=parse_pairs(args.answer, "--answer"), who=who, step_mode=args.step_mode,
-                      start_at=args.start_at, stage=args.stage, escalation=[(a, to) for a, to, _ in rb.escalation],
+                      start_at=args.start_at, stage=args.stage,
                       clock_from=incident_start(the_alert) or time.time())
     if args.dry_run:
         engine = Engine(rb, params, inventory=inventory, options=options, run_id=run_id, redactor=redactor)
@@ -229,19 +229,10 @@ def hold_locks(run_id: str, who: str, the_alert, force: bool, journal, run_lock:
 
 def incident_start(the_alert) -> float | None:
     """Epoch seconds of the alert's startsAt (the incident clock's zero), or None."""
-    from datetime import datetime
+    from runbook.audit import parse_time
 
-    if the_alert is None or not the_alert.starts_at:
-        return None
-    text = the_alert.starts_at.replace("Z", "+00:00")
-    if "." in text:  # Alertmanager sends nanoseconds; Python reads up to micro
-        head, tail = text.split(".", 1)
-        digits = "".join(ch for ch in tail if ch.isdigit())
-        text = f"{head}.{digits[:6].ljust(6, '0')}{tail[len(digits):]}"
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
+    t = parse_time(the_alert.starts_at) if the_alert is not None else None
+    return t.timestamp() if t is not None else None
 
 
 def _live(rb, params, inventory, journal, options, run_id, redactor, shown, *, environment=None,

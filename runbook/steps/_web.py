@@ -24,13 +24,11 @@ urllib3 is imported when a request is sent, never at import time.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import math
 import re
 import time
 import urllib.parse
-from functools import lru_cache
 from typing import Any
 
 from runbook import expr
@@ -39,45 +37,6 @@ from runbook.secrets import MASK, LazySecret, Secret
 
 DEFAULT_TIMEOUT = 10.0  # seconds for one request when neither the step nor the inventory says
 MAX_BODY = 1024 * 1024  # bytes of a response body kept
-
-_marks: contextvars.ContextVar[list | None] = contextvars.ContextVar("marks", default=None)
-_MARK = re.compile("\x00(\\d+)\x00")
-
-
-def _finalize(value: Any) -> str:
-    values = _marks.get()
-    values.append(value)
-    return f"\x00{len(values) - 1}\x00"
-
-
-@lru_cache(maxsize=None)
-def _env():
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
-                                        finalize=_finalize)
-    for name in ("int", "float", "round", "abs", "string", "lower", "upper", "trim"):
-        env.filters[name] = expr._keep_unknown(env.filters[name])
-    return env
-
-
-def render_marked(source: str, ctx: dict) -> tuple[str, list]:
-    """The template rendered with each value as a marker, and the values."""
-    if not expr.is_template(source):
-        return source.replace("\x00", ""), []
-    values: list = []
-    token = _marks.set(values)
-    try:
-        text = _env().from_string(source.replace("\x00", "")).render(ctx)
-    except RunbookError:
-        raise
-    except Exception as exc:  # jinja errors of every kind become one line
-        raise expr.ExprError(f"template {source!r}: {expr._explain(exc)}") from None
-    finally:
-        _marks.reset(token)
-    return text, values
-
 
 def _plain(value: Any) -> str:
     if value is None:
@@ -99,10 +58,10 @@ _BASE = re.compile(r"^https?://[^\s?#/]+(/[^\s?#]*)?$")
 def render_url(source: str, ctx: dict, query: dict | None = None) -> str:
     """A URL from a template, each value quoted for the part it is in, with
     ``query`` (already rendered values) appended, encoded."""
-    text, values = render_marked(source, ctx)
+    text, values = expr.render_marked(source, ctx)
     out: list[str] = []
     pos = 0
-    for m in _MARK.finditer(text):
+    for m in expr.MARK.finditer(text):
         before = text[pos:m.start()]
         out.append(before)
         done = "".join(out)
@@ -284,11 +243,11 @@ def _after_regex_matcher(text: str, quote: str) -> bool:
 
 def render_promql(source: str, ctx: dict) -> str:
     """A PromQL query from a template: values escaped for the string literal they are in."""
-    text, values = render_marked(source, ctx)
+    text, values = expr.render_marked(source, ctx)
     out: list[str] = []
     state = None
     pos = 0
-    for m in _MARK.finditer(text):
+    for m in expr.MARK.finditer(text):
         before = text[pos:m.start()]
         state = _promql_scan(before, state)
         out.append(before)
@@ -360,10 +319,10 @@ def render_secret_value(source: Any, ctx: dict, sensitive: bool = False, credent
         return Value([source], sensitive, credential)
     if not isinstance(source, str):
         return Value([_plain(source)], sensitive, credential)
-    text, values = render_marked(source, ctx)
+    text, values = expr.render_marked(source, ctx)
     parts: list = []
     pos = 0
-    for m in _MARK.finditer(text):
+    for m in expr.MARK.finditer(text):
         parts.append(text[pos:m.start()])
         v = values[int(m.group(1))]
         parts.append(v if is_secret(v) or isinstance(v, expr.Unknown) else _plain(v))

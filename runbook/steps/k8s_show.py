@@ -7,6 +7,8 @@ import datetime
 import re
 from typing import Any
 
+from runbook.audit import parse_time
+
 TABLE_ROWS, TABLE_CELL = 100, 80
 SECRET_MASK = "***"
 PRESSURE = ("MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable")
@@ -18,18 +20,9 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def _parse_time(text: str | None) -> datetime.datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def age(text: str | None) -> str:
     """kubectl's short durations: 45s, 12m, 3h, 5d."""
-    t = _parse_time(text)
+    t = parse_time(text)
     if t is None:
         return "<unknown>"
     s = max(0, int((_now() - t).total_seconds()))
