@@ -169,7 +169,11 @@ def run(args) -> int:
     locks = [lock]
     try:
         if the_alert:
-            locks += hold_locks(run_id, who, the_alert, False, journal, run_lock=False)
+            try:
+                locks += hold_locks(run_id, who, the_alert, False, journal, run_lock=False)
+            except RunbookError as exc:  # the run itself stays as it was: not finished, resumable later
+                journal.event("resume_refused", who=who, reason=str(exc))
+                raise
         ctx, visits = _restore(records)
 
         # a step that may or may not have run: the operator decides

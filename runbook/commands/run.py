@@ -188,7 +188,11 @@ def run(args) -> int:
             ui.print_plan(rb, entries, shown, redactor, inventory)
         return 0
 
-    locks = hold_locks(run_id, who, the_alert, args.force, journal)
+    try:
+        locks = hold_locks(run_id, who, the_alert, args.force, journal)
+    except RunbookError:
+        journal.run_finished(status="refused", exit_code=3)  # another run has this alert
+        raise
     try:
         return _live(rb, params, inventory, journal, options, run_id, redactor, shown,
                      environment=args.env or (inventory.path.stem if inventory is not None else None),
@@ -200,7 +204,9 @@ def run(args) -> int:
 
 def hold_locks(run_id: str, who: str, the_alert, force: bool, journal, run_lock: bool = True) -> list:
     """The locks a live run holds: its run id (resume waits for it) and each
-    alert it handles (one run per alert unless --force)."""
+    alert it handles (one run per alert unless --force).  On a refusal the
+    locks taken so far are released and the RunbookError goes to the caller,
+    which says in the journal what that means for its run."""
     import sys
 
     from runbook import audit
@@ -218,7 +224,6 @@ def hold_locks(run_id: str, who: str, the_alert, force: bool, journal, run_lock:
         except RunbookError:
             for h in held:
                 h.release()
-            journal.run_finished(status="refused", exit_code=3)
             raise
         held.append(lock)
         if warning:
