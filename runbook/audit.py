@@ -81,6 +81,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# What a ``decision`` record's ``how`` says: before a step ran, or the operator's choice after it failed.
+BEFORE_STEP_HOW = ("prompt", "--yes", "no-terminal", "answer-flag", "step-mode")
+AFTER_FAILURE_HOW = ("retry", "skip", "on_failure", "abort")
+
+
 def parse_time(value: Any) -> datetime | None:
     """An RFC 3339 time (the log's ``ts``, Alertmanager's ``startsAt``, a
     Kubernetes timestamp) in UTC; None when absent, unreadable or Alertmanager's

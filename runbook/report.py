@@ -49,7 +49,7 @@ _KNOWN = {
     "plan": {"steps"},
 }
 # Ways of deciding before a step runs (a decision with another ``how`` right after a failure is about the failure).
-_BEFORE_STEP = {"prompt", "--yes", "no-terminal", "answer-flag", "step-mode"}
+_BEFORE_STEP = audit.BEFORE_STEP_HOW
 # What a decision's ``how`` means, where it is known; any other value is shown as it is.
 _HOW = {
     "prompt": "at the prompt",

@@ -77,23 +77,21 @@ def _diff(old: str | None, new: str, path: str) -> str:
     return "\n".join(list(lines)[:60])
 
 
-AFTER_FAILURE = ("retry", "skip", "on_failure", "abort")  # the operator's choice after a failed step
-BEFORE_STEP = ("prompt", "no-terminal", "step-mode")  # a decision before a step ran
-
-
 def position(records: list[dict]) -> tuple[str, str | None, dict | None, str | None]:
     """Where the run stopped, from its records: ``(what, step, result record,
     choice)`` with what = "start" (nothing ran), "declined" (the step was not
     approved: it comes next), or "result" (the step's last result and the
     operator's choice after it, if any)."""
+    from runbook.audit import AFTER_FAILURE_HOW, BEFORE_STEP_HOW
+
     last: tuple[str, str | None, dict | None, str | None] = ("start", None, None, None)
     for r in records:
         t, step = r.get("type"), r.get("step")
         if t == "step_result" and r.get("status") != "in doubt":
             last = ("result", step, r, None)
-        elif t == "decision" and last[0] == "result" and last[1] == step and r.get("how") in AFTER_FAILURE:
+        elif t == "decision" and last[0] == "result" and last[1] == step and r.get("how") in AFTER_FAILURE_HOW:
             last = ("result", step, last[2], r["how"])
-        elif t == "decision" and r.get("how") in BEFORE_STEP and not r.get("approved") and r.get("choice") != "skip":
+        elif t == "decision" and r.get("how") in BEFORE_STEP_HOW and not r.get("approved") and r.get("choice") != "skip":
             last = ("declined", step, None, None)
     return last
 
