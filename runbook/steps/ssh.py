@@ -13,8 +13,12 @@
   else ``~/.ssh/known_hosts``).  An unknown or changed key fails the step with
   the host and the fingerprint; ``host_key_policy: accept-new`` (inventory) adds
   a new key — never a changed one — and the audit log records it.
-* A step ``timeout`` stops the remote command too: it runs under coreutils
-  ``timeout``, which signals its whole process group on the remote host.
+* A step ``timeout`` stops the remote command too, even if runbook dies
+  meanwhile: it runs under coreutils ``timeout``, which signals its whole
+  process group on the remote host.  (Without a timeout, a command that writes
+  nothing outlives a killed runbook: the connection closing does not stop it.)
+  Before the command goes to a host, the audit log records the host and when
+  its timeout will have ended it (``step_process``: ``hosts``, ``deadline``).
 * Secrets never travel in the remote command line: they are written to the
   command's standard input and read into environment variables there.
 * Per-host results: ``steps.ID.hosts["api-1"].stdout`` / ``.exit_code`` /
@@ -63,6 +67,7 @@ DEFAULT_READONLY = False
 FIXED_EFFECT = None
 RESULT_FIELDS = ("hosts", "ok_hosts", "failed_hosts", "skipped_hosts", "ok_count", "failed_count")
 SHOW_OUTPUT = "head"
+COMMAND_SUMMARY = True  # the summary is the remote command line; detail["where"] the hosts
 DEFAULT_FORKS = 10
 MAX_CAPTURE = 1024 * 1024  # bytes kept per host and stream (head and tail)
 HEAD_KEEP = 64 * 1024
@@ -72,6 +77,7 @@ SHOW_LINES = 200  # the per-host table is shown whole up to this many lines
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 KILL_AFTER = 5  # seconds between TERM and KILL for a timed-out remote command
+_DEADLINE_SLACK = 2  # seconds: the remote `timeout` starts a little after the command is sent
 
 
 def normalize(value) -> dict:
@@ -189,10 +195,15 @@ def remote_command(body: dict, command: str, secret_vars: list[str], timeout: fl
         return command
     line = f"sh -c {shlex.quote(script)}"
     if timeout is not None:
-        line = f"timeout -k {KILL_AFTER} {max(1, int(timeout + 0.999))} {line}"
+        line = f"timeout -k {KILL_AFTER} {_remote_secs(timeout)} {line}"
     if body.get("sudo"):
         line = "sudo -n " + (f"-u {shlex.quote(body['user'])} " if body.get("user") else "") + "-- " + line
     return line
+
+
+def _remote_secs(timeout: float) -> int:
+    """The remote ``timeout``'s duration: whole seconds, at least 1."""
+    return max(1, int(timeout + 0.999))
 
 
 def action(step, r) -> Action:
@@ -419,8 +430,10 @@ def _connect_error(target: dict, settings: dict, exc: BaseException) -> str:
     return f"cannot connect to '{name}' ({where}): {type(exc).__name__}: {exc}"
 
 
-def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channels: set, stop: threading.Event):
-    """exit code (None if it died of a signal), stdout, stderr, timed out — over a plain session channel."""
+def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channels: set, stop: threading.Event,
+            announce=lambda: None):
+    """exit code (None if it died of a signal), stdout, stderr, timed out — over a plain session channel.
+    ``announce()`` is called just before the command is sent."""
     import select
 
     try:
@@ -430,6 +443,7 @@ def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channel
     channels.add(chan)
     try:
         chan.settimeout(0.2)
+        announce()
         chan.exec_command(line)
         if secrets:
             chan.sendall("".join(s + "\n" for s in secrets).encode())
@@ -480,6 +494,16 @@ def run(step, act: Action, ctx) -> StepResult:
     done: dict[str, dict] = act.detail.setdefault("_ok", {}) if step.until is None else {}
     results: dict[str, dict] = dict(done)
 
+    def announce(name: str) -> None:
+        """The audit record of what is about to run on a host, and until when at most.
+        One record per host, at its send: with forks below the host count, or a slow connection,
+        hosts start at different times, and a record written once for the step would understate
+        the later ones' deadlines (procs.running_lines merges them again)."""
+        until = None
+        if ctx.timeout is not None:
+            until = round(time.time() + _remote_secs(ctx.timeout) + KILL_AFTER + _DEADLINE_SLACK, 3)
+        ctx.event("step_process", step=step.id, hosts=[name], deadline=until)
+
     def one(target: dict) -> None:
         name = target["name"]
         began = time.monotonic()
@@ -495,7 +519,8 @@ def run(step, act: Action, ctx) -> StepResult:
                 error = ctx.redactor.text(_connect_error(target, settings, exc))
                 break
             try:
-                code, out, err, timed_out = _run_on(conn, act.detail["command"], secrets, deadline, channels, interrupted)
+                code, out, err, timed_out = _run_on(conn, act.detail["command"], secrets, deadline, channels, interrupted,
+                                                    lambda: announce(name))
                 error = None
                 break
             except KeyboardInterrupt:
