@@ -120,7 +120,7 @@ def one_run(n: int, variant: str, audit_dir: str | None, nosync: bool, profile: 
         if prof:
             prof.enable()
         t0 = time.perf_counter()
-        code = engine.run()
+        _status, code, _message = engine.run()
         wall = time.perf_counter() - t0
         if prof:
             prof.disable()

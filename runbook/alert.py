@@ -244,6 +244,22 @@ class RunLock:
                                f"{holder.get('run', 'RUN_ID')}) or pass --force to run anyway", exit_code=3) from None
         return f"warning: --force: {self.what} by {desc}"
 
+    def held(self) -> bool:
+        """Whether a live process holds this lock now (without taking it, or creating its file)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a lock we took
+        return False
+
     def release(self) -> None:
         """Remove the file while still holding it (a waiter that opened it
         notices and retries on a new file), then close, which unlocks."""

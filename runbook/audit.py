@@ -77,7 +77,8 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-def _now() -> str:
+def now() -> str:
+    """The current time as the log writes it (RFC 3339, UTC, microseconds)."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -177,7 +178,7 @@ class AuditLog:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
                 try:
                     prev, torn = self._tail(fd)
-                    record.setdefault("ts", _now())
+                    record.setdefault("ts", now())
                     record["prev"] = prev
                     record["v"] = VERSION
                     record.pop("hash", None)
@@ -317,14 +318,18 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 
 
 def in_doubt(records: list[dict[str, Any]]) -> list[str]:
-    """Steps of one run announced by a ``step_intent`` but with no result: they may or may not have run.
+    """Write steps of one run announced by a ``step_intent`` but with no result:
+    they may or may not have changed something.
 
-    A declined ``decision`` settles an intent too (the step did not run).
+    A declined ``decision`` settles an intent too (the step did not run).  A
+    read step without a result is not in doubt: running it again is safe.
     """
     pending: dict[tuple[str, int], str] = {}
     for r in records:
         step = str(r.get("step"))
         if r.get("type") == "step_intent":
+            if r.get("effect") == "read":
+                continue
             pending[(step, r.get("attempt", 1))] = step
         elif r.get("type") == "step_result":
             pending.pop((step, r.get("attempt", 1)), None)
@@ -454,8 +459,10 @@ class RunJournal:
         targets: list[str],
         rendered: str | dict[str, Any],
         attempt: int = 1,
+        **extra: Any,
     ) -> dict[str, Any]:
-        """Written before the step runs (write-ahead)."""
+        """Written before the step runs (write-ahead).  ``extra``: e.g. ``runner``,
+        the process that runs the step's work (pid, start time, boot id, host)."""
         return self._write(
             "step_intent",
             {
@@ -466,6 +473,7 @@ class RunJournal:
                 "targets": targets,
                 "rendered": rendered,
                 "attempt": attempt,
+                **extra,
             },
         )
 
@@ -489,6 +497,7 @@ class RunJournal:
         attempt: int = 1,
         attempts: int | None = None,
         data: dict[str, Any] | None = None,
+        **extra: Any,
     ) -> dict[str, Any]:
         """Keeps a digest, the size and the tail of the output, never all of it.
 
@@ -512,11 +521,13 @@ class RunJournal:
                 "attempt": attempt,
                 **({"attempts": attempts} if attempts is not None else {}),
                 **({"data": data} if data else {}),
+                **extra,
             },
         )
 
-    def run_finished(self, *, status: str, exit_code: int) -> dict[str, Any]:
-        return self._write("run_finished", {"status": status, "exit_code": exit_code})
+    def run_finished(self, *, status: str, exit_code: int, **extra: Any) -> dict[str, Any]:
+        """``extra``: e.g. ``signal`` (SIGINT, SIGTERM, SIGHUP) for an interrupted run."""
+        return self._write("run_finished", {"status": status, "exit_code": exit_code, **extra})
 
     def event(self, type: str, **fields: Any) -> dict[str, Any]:
         """Any other record (``run`` cannot be overridden)."""

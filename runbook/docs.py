@@ -118,7 +118,7 @@ def reference_markdown() -> str:
     ]
     for name in kinds:
         mod = steps.get(name)
-        effect = mod.FIXED_EFFECT or ("known from the step (e.g. the verb or method)" if hasattr(mod, "effect_of") else
+        effect = mod.FIXED_EFFECT or ("known from the step (e.g. the verb or method)" if steps.defines(mod, "effect_of") else
                                       ("read unless `readonly: false`" if mod.DEFAULT_READONLY else "write unless `readonly: true`"))
         lines += [f"### {name}", "", f"Effect: {effect}.", ""]
         lines += _docstring(mod)

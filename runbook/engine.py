@@ -42,6 +42,29 @@ class ParamError(RunbookError):
     pass
 
 
+class Interrupt(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or a signal that stops the run (SIGTERM, SIGHUP): the
+    run stops, and the log says which."""
+
+    def __init__(self, signame: str = "SIGINT"):
+        super().__init__(signame)
+        self.signame = signame
+
+
+_RUNNER: dict | None = None
+
+
+def _runner() -> dict:
+    """This process, as a step's intent records it: a step that runs inside
+    runbook (an API call, a query) is running while this process is."""
+    global _RUNNER
+    if _RUNNER is None or _RUNNER.get("pid") != os.getpid():
+        from runbook import procs
+
+        _RUNNER = procs.identity(os.getpid())
+    return _RUNNER
+
+
 def resolve_params(rb: Runbook, given: dict[str, str]) -> dict[str, Any]:
     """Command-line ``-p name=value`` strings → typed values (secrets wrapped)."""
     values: dict[str, Any] = {}
@@ -223,11 +246,11 @@ class Engine:
     def plan(self) -> list[PlanEntry]:
         """Render every reachable step; raise RunbookError on the first
         thing that would fail at run time for static reasons."""
-        from runbook.validate import successors, _graph, _reach
+        from runbook.graph import graph, reach as reachable, successors
 
         for s in self.rb.steps:
             self.steps_ctx[s.id] = expr.Unknown(f"steps.{s.id}")
-        reach = _reach(_graph(self.rb), self.rb.steps[0].id)
+        reach = reachable(graph(self.rb), self.rb.steps[0].id)
         entries = []
         r = Renderer(self.context, self.redactor, self.inventory)
         for s in self.rb.steps:
@@ -259,16 +282,19 @@ class Engine:
             return steps[0]
         return self.rb.steps[0]
 
-    def run(self, start: Step | None = None, visits: dict[str, int] | None = None, prepare=None) -> int:
-        """Run live from ``start`` (default: :meth:`start_step`); returns the
-        exit code. The journal is finished in every case.  ``prepare(engine)
-        -> (start, visits, again)`` lets resume restore a run inside that
-        guarantee."""
+    def restore(self, results: dict[str, dict]) -> None:
+        """Results of steps that ran before (a resumed run), as conditions see them."""
+        self.steps_ctx.update(results)
+
+    def run(self, start: Step | str | None = None, visits: dict[str, int] | None = None,
+            again: str | None = None) -> tuple[str, int, str]:
+        """Run live from ``start`` (default: :meth:`start_step`; :data:`DONE`:
+        nothing is left to run); returns ``(status, exit code, message)``.
+        The journal is finished in every case.  ``again``: a step run once more
+        on the operator's word (not counted against its max_visits)."""
         status, code, message = "failed", EXIT_FAILED, ""
-        again = None
+        extra: dict[str, Any] = {}
         try:
-            if prepare is not None:
-                start, visits, again = prepare(self)
             if start == DONE:
                 start = None
             elif start is None:
@@ -276,10 +302,13 @@ class Engine:
                 if start is not self.rb.steps[0] and self.journal:
                     self.journal.event("start_at", step=start.id, stage=self.options.stage)
             status, code, message = self._walk(start, dict(visits or {}), again)
-        except KeyboardInterrupt:
-            status, code, message = "interrupted", EXIT_INTERRUPTED, "interrupted: the run was stopped (Ctrl-C or SIGTERM)"
+        except KeyboardInterrupt as exc:
+            signame = getattr(exc, "signame", "SIGINT")
+            how = "Ctrl-C" if signame == "SIGINT" else signame
+            status, code, message = "interrupted", EXIT_INTERRUPTED, f"interrupted: the run was stopped ({how})"
+            extra = {"signal": signame}
             if self.journal:
-                self.journal.event("interrupted", step=self._current)
+                self.journal.event("interrupted", step=self._current, signal=signame)
         except RunbookError as exc:
             status, code, message = "failed", EXIT_FAILED, self.redactor.text(str(exc))
             if self.journal:
@@ -292,12 +321,13 @@ class Engine:
         finally:
             self._close_connections()
         if self.journal:
-            self.journal.run_finished(status=status, exit_code=code)
+            self.journal.run_finished(status=status, exit_code=code, **extra)
         if self.ui:
             self.ui.run_finished(status, code, message)
-        return code
+        return status, code, message
 
     _current: str | None = None
+    _interrupt: Interrupt = Interrupt("SIGINT")
 
     def _guided(self) -> bool:
         """A person answers: prompts before write steps and after failures."""
@@ -331,8 +361,8 @@ class Engine:
             result = self._execute(step)
             if result.status == "refused":
                 return "refused", EXIT_REFUSED, result.error or f"step '{step.id}' was not approved"
-            if result.status == "interrupted" and not self._guided():
-                raise KeyboardInterrupt
+            if result.status == "interrupted" and (not self._guided() or self._interrupt.signame != "SIGINT"):
+                raise self._interrupt  # without a person to ask, or a signal meant to stop us: the run stops
             if not result.ok and result.status != "skipped" and self._guided():
                 choice = self.ui.after_failure(step, result, step.on_failure if step.on_failure not in (None, "abort") else None)
                 if self.journal:
@@ -349,21 +379,22 @@ class Engine:
                     self.steps_ctx[step.id] = result.as_context()
             last_ok = result.ok or result.status == "skipped"
             if result.end:
-                end_status = step.body["status"]
+                end_status = step.module.end_status(step.body)
                 return end_status, EXIT_OK if end_status == "resolved" else EXIT_FAILED, result.data.get("message", "")
-            step, stop = self._next(step, result)
+            if (result.ok or result.status == "skipped") and result.goto and self.ui and result.data.get("why"):
+                self.ui.branch(step, result.data["why"], result.goto)
+            step, stop = self.successor(step, result)
             if stop:
                 return "failed", EXIT_FAILED, stop
         return "completed", EXIT_OK, ""
 
-    def _next(self, step: Step, result: StepResult) -> tuple[Step | None, str | None]:
+    def successor(self, step: Step, result: StepResult) -> tuple[Step | None, str | None]:
+        """(the step after ``step`` given its result, or None; why the run stops there, or None)."""
         following = self.rb.following(step)
         if result.ok or result.status == "skipped":
             if result.goto:
-                if self.ui and result.data.get("why"):
-                    self.ui.branch(step, result.data["why"], result.goto)
                 return self.rb.by_id[result.goto], None
-            if step.kind == "choose":
+            if step.module.BRANCHING:  # no branch taken: fall through
                 return following, None
             return (self.rb.by_id[step.next] if step.next else following), None
         target = step.on_failure
@@ -392,7 +423,7 @@ class Engine:
         if self.ui:
             self.ui.step_started(step, act)
         if step.effect == "write" and self.options.server_dry_run:
-            if not getattr(step.module, "SERVER_DRY_RUN", False):
+            if not step.module.SERVER_DRY_RUN:
                 return self._record_skip(step, StepResult(
                     "skipped", error=f"--server-dry-run: a {step.kind} step cannot be dry-run by its server; not run"))
         elif step.effect == "write" or (self.options.step_mode and not self._step_mode_off):
@@ -411,7 +442,7 @@ class Engine:
                 return StepResult("refused", error=msg)
         if self.journal:
             self.journal.step_intent(step=step.id, kind=step.kind, stage=step.stage, effect=step.effect,
-                                     targets=act.targets, rendered=act.summary)
+                                     targets=act.targets, rendered=act.summary, runner=_runner())
         started = time.monotonic()
         self.step_ctx.output = self.ui.output_sink(step) if self.ui and hasattr(self.ui, "output_sink") else None
         try:
@@ -421,9 +452,11 @@ class Engine:
         else:
             try:
                 result = self._attempts(step, act)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 # the kind stopped its work (a command's process group is killed); say so in the log
-                result = StepResult("interrupted", error="interrupted (Ctrl-C); the step was stopped")
+                self._interrupt = exc if isinstance(exc, Interrupt) else Interrupt("SIGINT")
+                how = "Ctrl-C" if self._interrupt.signame == "SIGINT" else self._interrupt.signame
+                result = StepResult("interrupted", error=f"interrupted ({how}); the step was stopped")
         finally:
             self.step_ctx.output = None
         result.duration = time.monotonic() - started
@@ -434,7 +467,8 @@ class Engine:
             self.journal.step_result(step=step.id, status=result.status, exit_code=result.exit_code,
                                      duration=round(result.duration, 6), output=result.stdout + result.stderr,
                                      error=result.error, outputs=result.outputs or None, attempts=result.attempts,
-                                     data=_restorable({**result.data, **({"goto": result.goto} if result.goto else {})}))
+                                     data=_restorable({**result.data, **({"goto": result.goto} if result.goto else {}),
+                                                       **({"end": step.module.end_status(step.body)} if result.end else {})}))
         if self.ui:
             self.ui.step_finished(step, result)
         return result
@@ -551,7 +585,7 @@ class Engine:
                         value = value[int(part)] if isinstance(value, list) else value[part]
                 else:
                     value = text.strip()
-                value = _convert(value, spec.get("type"))
+                value = convert(value, spec.get("type"))
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 result.status = "failed"
                 result.error = f"output '{name}': {exc}"
@@ -584,7 +618,8 @@ def _restorable(data: dict) -> dict | None:
     return json.loads(text)
 
 
-def _convert(value: Any, type_: str | None) -> Any:
+def convert(value: Any, type_: str | None) -> Any:
+    """An output's text as its declared type (ValueError when it is not one)."""
     if type_ is None or type_ == "json":
         return value
     if type_ == "integer":

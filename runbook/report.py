@@ -22,7 +22,7 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,13 +38,17 @@ _COMMON = {"type", "run", "ts", "prev", "hash", "v"}
 _KNOWN = {
     "run_started": {"runbook", "path", "sha256", "git_commit", "params", "dry_run", "server_dry_run", "who", "host",
                     "argv", "inventory", "alert", "source", "title", "severity"},  # source: the runbook's text (read for the title)
-    "step_intent": {"step", "kind", "stage", "effect", "targets", "rendered", "attempt"},
+    "step_intent": {"step", "kind", "stage", "effect", "targets", "rendered", "attempt", "runner"},
     "decision": {"step", "approved", "by", "how"},
     "step_result": {"step", "status", "exit_code", "duration", "output_sha256", "output_bytes", "output_excerpt",
-                    "error", "outputs", "attempt", "attempts", "data"},  # data: the engine's state for a resume
-    "run_finished": {"status", "exit_code"},
+                    "error", "outputs", "attempt", "attempts", "data", "marked_done_by", "observed"},  # data: the engine's state for a resume
+    "run_finished": {"status", "exit_code", "signal"},
     "retry": {"step", "attempt", "status", "error"},
-    "interrupted": {"step"},
+    "interrupted": {"step", "signal"},
+    "resumed": {"who", "host", "argv", "previous_status"},
+    "step_process": {"step", "pid", "pgid", "start_ticks", "boot_id", "host", "hosts", "deadline"},
+    "resume_refused": {"who", "reason", "step"},
+    "resume_declined": {"who", "step"},
     "error": {"step", "error"},
     "plan": {"steps"},
 }
@@ -57,6 +61,8 @@ _HOW = {
     "no-terminal": "no terminal to ask, and no --yes",
     "answer-flag": "with --answer",
 }
+# Decisions on resume about a write step that was in doubt.
+_SETTLE_HOW = ("mark-done", "rerun")
 _OUTCOME = {
     "resolved": "resolved",
     "completed": "completed (the last step ran; no end step)",
@@ -241,14 +247,34 @@ class _Step:
     next_step: str | None = None  # the step that ran after this one
     settled: bool = False  # an open intent closed by a later declined decision
     after: dict[str, Any] | None = None  # the operator's decision after the step failed
+    settlement: dict[str, Any] | None = None  # on resume: the step was in doubt; marked done or run again
+    marked: dict[str, Any] | None = None  # the result written when it was marked done (not observed)
 
     @property
     def stage(self) -> str:
         return str((self.intent or {}).get("stage") or "")
 
     @property
+    def reads(self) -> bool:
+        return (self.intent or {}).get("effect") == "read"
+
+    @property
     def in_doubt(self) -> bool:
-        return self.intent is not None and self.result is None and not self.settled
+        """A write step announced with no result: it may or may not have changed something."""
+        return self.intent is not None and self.result is None and not self.settled and not self.reads
+
+    @property
+    def cut_short(self) -> bool:
+        """A read step announced with no result: resume runs it again."""
+        return self.intent is not None and self.result is None and not self.settled and self.reads
+
+    @property
+    def marked_by(self) -> str | None:
+        """Who marked this in-doubt step done on resume, without anyone observing it run."""
+        for r in (self.marked, self.result):
+            if r is not None and r.get("marked_done_by"):
+                return str(r["marked_done_by"])
+        return None
 
 
 @dataclass
@@ -270,12 +296,23 @@ class _Run:
         run = cls(records, started, finished)
         pending: dict[tuple[str, Any], _Step] = {}  # intents waiting for their result
         decided: dict[str, _Step] = {}  # decisions waiting for their step to start
+        settling: dict[str, _Step] = {}  # steps in doubt settled on resume, waiting for the result that says how
         last: _Step | None = None  # the execution of the previous step record
         for r in records:
-            kind, step = r.get("type"), str(r.get("step"))
-            if kind not in ("decision", "step_intent", "step_result") or "step" not in r:
+            rtype, step = r.get("type"), str(r.get("step"))
+            if rtype not in ("decision", "step_intent", "step_result") or "step" not in r:
                 continue
-            if kind == "decision":
+            if rtype == "decision" and r.get("how") in _SETTLE_HOW:
+                ex = next((pending[k] for k in reversed(list(pending)) if k[0] == step), None) or next(
+                    (e for e in reversed(run.executions) if e.id == step), None)
+                if ex is None:
+                    ex = _Step(step)
+                    run._add(ex, r)
+                ex.settlement = r
+                run.by_record[id(r)] = ex
+                settling[step] = ex
+                continue
+            if rtype == "decision":
                 if (last is not None and last.id == step and last.result is not None and last.after is None
                         and last.result.get("status") != "ok" and r.get("how") not in _BEFORE_STEP):
                     last.after = r
@@ -287,7 +324,7 @@ class _Run:
                 if not r.get("approved"):
                     for key in [k for k in pending if k[0] == step]:
                         pending.pop(key).settled = True
-            elif kind == "step_intent":
+            elif rtype == "step_intent":
                 ex = decided.pop(step, None)
                 if ex is None:
                     ex = _Step(step)
@@ -295,6 +332,14 @@ class _Run:
                 ex.intent = r
                 run.by_record[id(r)] = ex
                 pending[(step, r.get("attempt", 1))] = ex
+            elif step in settling:  # the result that settles a step in doubt (marked done, or closed to run again)
+                ex = settling.pop(step)
+                pending.pop((step, r.get("attempt", 1)), None)
+                if ex.result is None:
+                    ex.result = r
+                else:
+                    ex.marked = r
+                run.by_record[id(r)] = ex
             else:
                 ex = pending.pop((step, r.get("attempt", 1)), None) or decided.pop(step, None)
                 if ex is None:  # a result without an intent: a step stopped before it started
@@ -351,8 +396,19 @@ def render(records: list[dict[str, Any]], *, problem: Problem | None = None,
     out.append("")
     if fired_at:
         out.append(f"- **{offset(fired_at, origin)}** ({_clock(fired_at)}) — alert {code(alert.get('name'))} fired")
+    previous: dict[str, Any] | None = None
+    open_writes: dict[tuple[str, Any], str] = {}  # write steps announced and not yet settled, at each point
     for r in records:
+        if r.get("type") in _RESUME_RECORDS and previous is not None and previous.get("type") not in _CLEAN_STOPS:
+            out += _stopped_entry(previous, list(dict.fromkeys(open_writes.values())), origin)
         out += _timeline_entry(r, run, origin)
+        step = str(r.get("step"))
+        if r.get("type") == "step_intent" and r.get("effect") != "read":
+            open_writes[(step, r.get("attempt", 1))] = step
+        elif r.get("type") == "step_result" or (r.get("type") == "decision" and not r.get("approved")):
+            for key in [k for k in open_writes if k[0] == step]:
+                del open_writes[key]
+        previous = r
     if run.finished is None:
         last = parse_time(records[-1].get("ts")) if records else None
         doubt = [ex.id for ex in run.executions if ex.in_doubt]
@@ -368,6 +424,29 @@ def render(records: list[dict[str, Any]], *, problem: Problem | None = None,
     out += ["## Lessons learned", "", f"- What went well: {TODO}", f"- What went wrong: {TODO}",
             f"- Where we got lucky: {TODO}", f"- Was the runbook right? {TODO}", ""]
     return "\n".join(out)
+
+
+# Records after which a run has stopped on purpose (not a crash) before a resume.
+_CLEAN_STOPS = ("run_finished", "resume_refused", "resume_declined")
+_RESUME_RECORDS = ("resumed", "resume_refused", "resume_declined")  # an operator came back to the run
+
+
+def _stopped_entry(last: dict[str, Any], doubt: list[str], origin: datetime | None) -> list[str]:
+    """The crash before a resume: the run's process ended with no record of it (killed, crashed, machine lost)."""
+    t = parse_time(last.get("ts"))
+    line = (f"- **{offset(t, origin)}** ({_clock(t)}) — **the run stopped without finishing**: the record above is "
+            "its last before anyone came back to it (its process was killed, crashed, or lost its machine)")
+    if doubt:
+        line += f"; {_names(doubt)} may or may not have run"
+    return [line]
+
+
+def _outcome(finished: dict[str, Any]) -> str:
+    status = str(finished.get("status"))
+    if status == "interrupted" and finished.get("signal"):
+        sig = str(finished["signal"])
+        return f"interrupted ({'Ctrl-C' if sig == 'SIGINT' else sig})"
+    return _OUTCOME.get(status, status)
 
 
 def _summary_table(run: _Run, run_id: str, meta: dict[str, Any], started_at: datetime | None,
@@ -412,8 +491,7 @@ def _summary_table(run: _Run, run_id: str, meta: dict[str, Any], started_at: dat
         rows.append(("Duration", duration(spent)))
         if fired_at and finished_at:
             rows.append(("Alert to end of run", duration((finished_at - fired_at).total_seconds())))
-        status = str(run.finished.get("status"))
-        rows.append(("Outcome", f"**{text(_OUTCOME.get(status, status))}** (exit {text(run.finished.get('exit_code'))})"))
+        rows.append(("Outcome", f"**{text(_outcome(run.finished))}** (exit {text(run.finished.get('exit_code'))})"))
     else:
         rows.append(("Finished", "no record: the run did not finish cleanly, or is still running"))
         rows.append(("Duration", "unknown"))
@@ -425,6 +503,11 @@ def _summary_table(run: _Run, run_id: str, meta: dict[str, Any], started_at: dat
     lines = ["| | |", "|---|---|"]
     lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in rows]
     return lines + [""]
+
+
+def _data(r: dict[str, Any]) -> dict[str, Any]:
+    """A result's ``data`` (the engine's kind-specific fields: goto, why, end, …), or {} when it is not a mapping."""
+    return r["data"] if isinstance(r.get("data"), dict) else {}
 
 
 def _plain(v: Any) -> str:
@@ -457,16 +540,16 @@ def _rendered(value: Any, indent: str) -> tuple[str, list[str]]:
 def _timeline_entry(r: dict[str, Any], run: _Run, origin: datetime | None) -> list[str]:
     t = parse_time(r.get("ts"))
     head = f"- **{offset(t, origin)}** ({_clock(t)}) — "
-    kind = r.get("type")
+    rtype = r.get("type")
     step = code(r.get("step")) if "step" in r else None
-    known = _KNOWN.get(str(kind), set())
-    if kind == "run_started":
+    known = _KNOWN.get(str(rtype), set())
+    if rtype == "run_started":
         mode = " (dry-run)" if r.get("dry_run") else ""
         line = f"run started{mode} by {text(r.get('who') or '?')} on {code(r.get('host') or '?')}"
         if isinstance(r.get("argv"), list):
             line += f": {code('runbook ' + shlex.join(str(a) for a in r['argv']))}"
         return [head + line + _extras(r, known)]
-    if kind == "step_intent":
+    if rtype == "step_intent":
         ex = run.by_record.get(id(r))
         targets = r.get("targets") if isinstance(r.get("targets"), list) else []
         attempt = f", attempt {text(r['attempt'])}" if r.get("attempt", 1) != 1 else ""
@@ -477,8 +560,14 @@ def _timeline_entry(r: dict[str, Any], run: _Run, origin: datetime | None) -> li
         if ex is not None and ex.in_doubt:
             lines.append(f"  - **In doubt:** no result was recorded for {step}: it may or may not have run. "
                          "Check the system before running it again.")
+        elif ex is not None and ex.cut_short:
+            lines.append(f"  - **Cut short:** no result was recorded for {step}; it only reads, so a resume runs it again.")
         return lines
-    if kind == "decision":
+    if rtype == "decision" and r.get("how") in _SETTLE_HOW:
+        what = "marked done" if r.get("how") == "mark-done" else "to be run again"
+        return [head + f"step {step or '?'} was in doubt: **{what}** by {text(r.get('by') or '?')} on resume"
+                + _extras(r, known)]
+    if rtype == "decision":
         step = step or "?"
         how = str(r.get("how"))
         gloss = _HOW.get(how)
@@ -487,23 +576,48 @@ def _timeline_entry(r: dict[str, Any], run: _Run, origin: datetime | None) -> li
         if not r.get("approved"):
             line += "; it did not run"
         return [head + line + _extras(r, known)]
-    if kind == "step_result":
+    if rtype == "step_result":
         return _result_entry(head, r, run, step or "?", known)
-    if kind == "run_finished":
+    if rtype == "run_finished":
         return [head + f"**run {text(r.get('status') or '?')}** (exit {text(r.get('exit_code'))})" + _extras(r, known)]
-    if kind == "retry":
+    if rtype == "retry":
         line = (f"step {step} attempt {text(r.get('attempt'))} {text(r.get('status') or 'failed')}"
                 + (f": {text(r['error'])}" if r.get("error") else "") + "; retrying")
         return [head + line + _extras(r, known)]
-    if kind == "interrupted":
-        return [head + "**run interrupted** (Ctrl-C or SIGTERM)" + (f" during step {step}" if step else "") + _extras(r, known)]
-    if kind == "error":
+    if rtype == "interrupted":
+        sig = str(r.get("signal") or "")
+        how = "Ctrl-C" if sig == "SIGINT" else (sig or "Ctrl-C or SIGTERM")
+        return [head + f"**run interrupted** ({text(how)})" + (f" during step {step}" if step else "") + _extras(r, known)]
+    if rtype == "resumed":
+        line = f"**run resumed** by {text(r.get('who') or '?')} on {code(r.get('host') or '?')}"
+        if isinstance(r.get("argv"), list):
+            line += f": {code('runbook ' + shlex.join(str(a) for a in r['argv']))}"
+        if r.get("previous_status"):
+            line += f" (it was {text(r['previous_status'])})"
+        return [head + line + _extras(r, known)]
+    if rtype == "step_process":
+        if isinstance(r.get("hosts"), list):
+            until = r.get("deadline")
+            when = (f", stopped by its timeout by {_clock(datetime.fromtimestamp(until, timezone.utc))}"
+                    if isinstance(until, (int, float)) else "")
+            line = f"step {step or '?'} sent its command to {', '.join(code(h) for h in r['hosts'])}{when}"
+        else:
+            line = (f"step {step or '?'} runs as pid {text(r.get('pid'))} (process group {text(r.get('pgid'))}) "
+                    f"on {code(r.get('host') or '?')}")
+        return [head + line + _extras(r, known)]
+    if rtype == "resume_refused":
+        return [head + f"**resume refused** (asked by {text(r.get('who') or '?')}): {text(r.get('reason') or '?')}"
+                + _extras(r, known)]
+    if rtype == "resume_declined":
+        return [head + f"resume declined by {text(r.get('who') or '?')}: step {step or '?'} is still in doubt"
+                + _extras(r, known)]
+    if rtype == "error":
         return [head + "**error**" + (f" in step {step}" if step else "") + f": {text(r.get('error'))}" + _extras(r, known)]
-    if kind == "plan":
+    if rtype == "plan":
         steps = r.get("steps") if isinstance(r.get("steps"), list) else []
         return [head + f"dry-run plan: {_names([str(x) for x in steps]) or 'no steps'}" + _extras(r, known)]
     # any other record: an event, with all its fields
-    line = f"event {code(kind if kind is not None else '?')}" + (f" (step {step})" if step else "")
+    line = f"event {code(rtype if rtype is not None else '?')}" + (f" (step {step})" if step else "")
     rest = _extras(r, {"step"})
     return [head + line + (":" + rest[1:] if rest else "")]
 
@@ -511,6 +625,15 @@ def _timeline_entry(r: dict[str, Any], run: _Run, origin: datetime | None) -> li
 def _result_entry(head: str, r: dict[str, Any], run: _Run, step: str | None, known: set[str]) -> list[str]:
     ex = run.by_record.get(id(r))
     status = str(r.get("status"))
+    if r.get("marked_done_by"):
+        outputs = r.get("outputs") if isinstance(r.get("outputs"), dict) else {}
+        line = f"step {step} **marked done by {text(r['marked_done_by'])} (not observed)**"
+        if outputs:
+            line += "; outputs given: " + ", ".join(f"{code(k)} = {code(_plain(v))}" for k, v in outputs.items())
+        return [head + line + _extras(r, known | {"error"})]
+    if status == "in doubt":
+        return [head + f"step {step} **in doubt**: its earlier run is closed unobserved, to be run again"
+                + _extras(r, known | {"error"})]
     ok = status == "ok"
     facts = []
     if r.get("duration") is not None:
@@ -529,14 +652,14 @@ def _result_entry(head: str, r: dict[str, Any], run: _Run, step: str | None, kno
     outputs = r.get("outputs") if isinstance(r.get("outputs"), dict) else {}
     if outputs:
         line += "; outputs: " + ", ".join(f"{code(k)} = {code(_plain(v))}" for k, v in outputs.items())
-    intent = (ex.intent if ex else None) or {}
     excerpt = str(r.get("output_excerpt") or "")
-    if ok and intent.get("kind") == "choose" and excerpt.strip():
-        line += f"; went to {code(excerpt.strip())}"
-        why = (r.get("data") or {}).get("why") if isinstance(r.get("data"), dict) else None
+    data = _data(r)
+    if ok and data.get("goto"):  # a branch taken
+        line += f"; went to {code(str(data['goto']))}"
+        why = data.get("why")
         if why:
             line += f" because {code(str(why))}"
-    elif ok and intent.get("kind") == "end" and excerpt.strip():
+    elif ok and data.get("end") and excerpt.strip():  # the run's end, with its message
         line += f": {text(excerpt)}"
     if not ok and ex is not None and ex.next_step and ex.next_step != ex.id:
         line += f"; the run went on to {code(ex.next_step)}"
@@ -574,12 +697,12 @@ def _root_cause(run: _Run) -> list[str]:
             continue
         r = ex.result
         outputs = r.get("outputs") if isinstance(r.get("outputs"), dict) else {}
-        kind = (ex.intent or {}).get("kind")
+        data = _data(r)
         bits = []
         if outputs:
             bits.append(", ".join(f"{code(k)} = {code(_plain(v))}" for k, v in outputs.items()))
-        if kind == "choose" and str(r.get("output_excerpt") or "").strip():
-            bits.append(f"went to {code(str(r['output_excerpt']).strip())}")
+        if data.get("goto"):
+            bits.append(f"went to {code(str(data['goto']))}")
         if r.get("status") != "ok":
             bits.append(f"**{text(r.get('status'))}**" + (f": {text(r['error'])}" if r.get("error") else ""))
         if bits:
@@ -603,12 +726,11 @@ def _resolution(run: _Run) -> list[str]:
     if declined:
         out += ["Declined, so not run:", "", *declined, ""]
     checks = [ex for ex in run.executions if ex.stage == "verify" and ex.result is not None
-              and (ex.intent or {}).get("kind") != "end"]
+              and not _data(ex.result).get("end")]
     if checks:
         out += ["Verification:", "", *("- " + _step_summary(ex) for ex in checks), ""]
     if run.finished is not None:
-        status = str(run.finished.get("status"))
-        out += [f"Outcome: **{text(_OUTCOME.get(status, status))}** (exit {text(run.finished.get('exit_code'))}).", ""]
+        out += [f"Outcome: **{text(_outcome(run.finished))}** (exit {text(run.finished.get('exit_code'))}).", ""]
     else:
         out += ["Outcome: **unknown**: the log has no record of the run finishing.", ""]
     return out
@@ -619,6 +741,8 @@ def _step_summary(ex: _Step) -> str:
     parts = [code(ex.id)]
     if ex.in_doubt:
         parts.append("**in doubt** (started, no result recorded)")
+    elif ex.marked_by:
+        parts.append(f"**in doubt, marked done by {text(ex.marked_by)} (not observed)**")
     elif result:
         attempts = result.get("attempts")
         parts.append(f"**{text(result.get('status'))}**" + (f" after {attempts} attempts" if isinstance(attempts, int) and attempts > 1 else ""))
@@ -652,6 +776,13 @@ def _action_items(run: _Run) -> list[str]:
         if ex.in_doubt:
             items.append(f"{code(ex.id)} is in doubt: it was started but no result was recorded, so it may or may not "
                          "have run. Check its effect on the system, and why the run stopped.")
+        elif ex.marked_by:
+            items.append(f"{code(ex.id)} was in doubt (the run stopped while it ran) and was marked done by "
+                         f"{text(ex.marked_by)} on resume, not observed: check that it did its work, and only once; "
+                         "find out why the run stopped.")
+        elif result is not None and result.get("status") == "in doubt":
+            items.append(f"{code(ex.id)} was in doubt (the run stopped while it ran) and was run again on resume: "
+                         "check that running it twice did no harm; find out why the run stopped.")
         elif result is not None and result.get("status") != "ok":
             status = str(result.get("status"))
             what = "was skipped" if status == "skipped" else f"ended **{text(status)}**"

@@ -233,7 +233,7 @@ class Step:
             return mod.FIXED_EFFECT
         # kinds that know their effect from the step's body (a k8s get, an HTTP GET);
         # an author's readonly: false still makes a step confirmed (a GET that changes state)
-        known = mod.effect_of(self.body) if hasattr(mod, "effect_of") else None
+        known = mod.effect_of(self.body)
         if known:
             return "write" if self.readonly is False else known
         readonly = mod.DEFAULT_READONLY if self.readonly is None else self.readonly

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from functools import lru_cache
+from typing import Protocol
 
 
 def _width() -> int | None:
@@ -83,15 +84,16 @@ def print_plan(rb, entries, params_shown: dict, redactor, inventory=None) -> Non
         targets = f" → {esc(', '.join(e.action.targets))}" if e.action and e.action.targets else ""
         title = f"  [dim]{esc(s.title)}[/]" if s.title else ""
         c.print(f"{n:>3}. [bold]{esc(s.id)}[/]  {s.kind}  {eff}{targets}{title}")
-        if e.action:
+        mod = s.module
+        if e.action and mod.PLAN_SUMMARY:
             text = redactor.text(e.action.summary)
-            if s.kind in ("shell", "ssh"):
+            if mod.COMMAND_SUMMARY:
                 c.print(f"     $ {esc(text)}", soft_wrap=True)
-                where = e.action.detail.get("where") if s.kind == "ssh" else None
+                where = e.action.detail.get("where")
                 if where:
                     more = f" and {len(where) - 10} more" if len(where) > 10 else ""
                     c.print(f"     [dim]on {esc(', '.join(where[:10]))}{more}[/]", soft_wrap=True)
-            elif s.kind != "choose":
+            else:
                 c.print("     " + esc(text.strip()).replace("\n", "\n     "), soft_wrap=True)
         extras = []
         if s.timeout:
@@ -108,7 +110,7 @@ def print_plan(rb, entries, params_shown: dict, redactor, inventory=None) -> Non
             if label == "next" and len(e.successors) == 1 and entries[n:] and entries[n].step.id == target:
                 continue
             c.print(f"     [yellow]{esc(label)}[/] → {esc(target)}")
-        if s.kind == "end" or (not e.successors):
+        if mod.ENDS_RUN or not e.successors:
             c.print("     [dim](the run ends here)[/]")
     c.print(f"\n{len(entries)} steps, {sum(1 for e in entries if e.step.effect == 'write')} write steps. Nothing was run.")
 
@@ -142,7 +144,11 @@ class ConsoleUI:
     step with its output streamed as it comes, and choices before write steps
     and after failures.  Elsewhere: plain lines, no colour, no boxes."""
 
-    def __init__(self, redactor, verbose: bool = False):
+    def __init__(self, redactor=None, verbose: bool = False):
+        if redactor is None:
+            from runbook.secrets import Redactor
+
+            redactor = Redactor()
         self.redactor = redactor
         self.c = out()
         self.verbose = verbose
@@ -205,17 +211,20 @@ class ConsoleUI:
             text = step.description if key == "description" else step.raw.get(key)
             if text:
                 self.c.print(f"  [dim]{label}:[/] {esc(str(text).strip())}", soft_wrap=True)
-        if action.targets and step.kind not in ("manual", "ask", "choose", "wait", "end"):
+        mod = step.module
+        if action.targets and mod.CARD_TARGETS:
             self.c.print(f"  [dim]on:[/] {self._r(', '.join(action.targets))}", soft_wrap=True)
-        if step.kind in ("shell", "ssh"):
+        if not mod.CARD_SUMMARY:
+            return  # the kind shows itself when it runs (a prompt, a panel, the branch taken)
+        if mod.COMMAND_SUMMARY:
             self.c.print(f"  $ {self._r(action.summary)}", soft_wrap=True)
-        elif step.kind not in ("manual", "ask", "choose", "end"):
+        else:
             self.c.print("[dim]  " + self._r(action.summary).replace("\n", "\n  ") + "[/]", soft_wrap=True)
 
     def output_sink(self, step):
         """A callable(stream, bytes) printing a step's output line by line as it
         comes (redacted per whole line), or None when the kind shows no output."""
-        if not getattr(step.module, "SHOW_OUTPUT", False) or step.module.SHOW_OUTPUT == "head":
+        if not step.module.SHOW_OUTPUT or step.module.SHOW_OUTPUT == "head":
             return None
         pending = {"stdout": b"", "stderr": b""}
         limit = 200  # lines; the rest is in the step's result
@@ -344,9 +353,9 @@ class ConsoleUI:
         extra = f"  {self._r(result.error)}" if result.error and result.status not in ("ok", "refused") else ""
         self.c.print(f"  [{style}]{mark} {result.status}[/] [dim]{result.duration:.2f}s[/]{extra}")
         text = result.stdout if result.ok else (result.stdout + result.stderr)
-        show = getattr(step.module, "SHOW_OUTPUT", False)
+        show = step.module.SHOW_OUTPUT
         if text.strip() and show and not self._streamed:
-            lines = getattr(step.module, "SHOW_LINES", 25)
+            lines = step.module.SHOW_LINES
             excerpt = _excerpt(text, lines, head=True) if show == "head" else _excerpt(text)
             self.c.print("[dim]" + self._r(excerpt) + "[/]", soft_wrap=True)
         self._streamed = False
@@ -357,3 +366,66 @@ class ConsoleUI:
         style = "green" if code == 0 else ("yellow" if code == 3 else "red")
         tail = f": {self._r(message)}" if message else ""
         self.c.print(f"\n[{style}]■ run {status}[/] (exit {code}){tail}  [dim]{self._elapsed()}[/]")
+
+    # --- the run's life (runbook.session): before and around the engine ---
+
+    def attach(self, redactor) -> None:
+        """The run's redactor, known once its parameters are: every later line is masked with it."""
+        self.redactor = redactor
+
+    def notice(self, text: str) -> None:
+        """A warning or a note about the run (standard error, one message)."""
+        print(f"runbook: {self.redactor.text(text)}", file=sys.stderr)
+
+    def secret(self, prompt: str) -> str | None:
+        """A secret parameter, not echoed; None when the input is closed."""
+        import getpass
+
+        try:
+            return getpass.getpass(prompt)
+        except EOFError:
+            return None
+
+    def in_doubt(self, step, step_id: str, run_id: str) -> str:
+        """mark-done, rerun or abort for a write step that may or may not have run."""
+        self.c.print(f"[yellow]step {esc(step_id)} is in doubt[/]: it was running when run {run_id} stopped, and no "
+                     "result says it finished; it may or may not have done its work. Check its targets before you decide.")
+        return _choice(self.c, "Is it done?", {"mark done": "mark-done", "run again": "rerun", "abort": "abort"})
+
+    def output_value(self, step, name: str) -> str | None:
+        """The value of an output of a step marked done (later steps read it); None: not given."""
+        self.c.print(f"Later steps read [bold]steps.{esc(step.id)}.outputs.{esc(name)}[/]: give the value the step "
+                     "would have found (check the system first).")
+        try:
+            value = self.c.input(f"{esc(step.id)}.{esc(name)} = ").strip()
+        except EOFError:
+            return None
+        return value or None
+
+
+class UI(Protocol):
+    """What a run's host provides: the engine and :mod:`runbook.session` talk to
+    the operator only through these methods (:class:`ConsoleUI` on a terminal
+    or a pipe; a worker or a test brings its own).  Prompts are only called when
+    the run is ``interactive``."""
+
+    def attach(self, redactor) -> None: ...
+    def notice(self, text: str) -> None: ...
+    def secret(self, prompt: str) -> str | None: ...
+    def in_doubt(self, step, step_id: str, run_id: str) -> str: ...  # mark-done | rerun | abort
+    def output_value(self, step, name: str) -> str | None: ...
+    def run_started(self, rb, run_id: str, params_shown: dict, *, environment: str | None = None,
+                    clock_from: float | None = None, clock_label: str | None = None, resumed: bool = False) -> None: ...
+    def step_started(self, step, action) -> None: ...
+    def output_sink(self, step): ...  # callable(stream, bytes | None) or None
+    def confirm(self, step, action) -> str: ...  # run | skip | abort
+    def step_prompt(self, step, action) -> str: ...  # run | skip | continue | abort
+    def after_failure(self, step, result, on_failure: str | None) -> str: ...  # retry | skip | on_failure | abort
+    def manual(self, step, action) -> bool: ...
+    def ask(self, step, prompt: str, choices, default) -> str | None: ...
+    def branch(self, step, why: str, goto: str) -> None: ...
+    def escalation_due(self, to: str, after: float, elapsed: float) -> None: ...
+    def polling(self, step, result, attempt: int) -> None: ...
+    def retrying(self, step, result, attempt: int, delay: float) -> None: ...
+    def step_finished(self, step, result) -> None: ...
+    def run_finished(self, status: str, code: int, message: str) -> None: ...

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from runbook import expr
+from runbook import graph as G
 from runbook.errors import Problem
 from runbook.schema import suggest
 from runbook.spec import SPECIAL_TARGETS, Runbook, Step
+
 
 # id -> (name, default severity, what it means)
 RULES: dict[str, tuple[str, str, str]] = {
@@ -106,87 +108,7 @@ class Result:
         return not any(p.severity == "error" for p in self.problems)
 
 
-# --- graph -----------------------------------------------------------------
-
-
-def successors(rb: Runbook, step: Step) -> list[tuple[str, str]]:
-    """(label, step id) of every step that may run after ``step``."""
-    out: list[tuple[str, str]] = []
-    if step.kind == "end":
-        return out
-    branches = step.module.edges(step.body)
-    out.extend(branches)
-    following = rb.following(step)
-    if step.kind == "choose":
-        if not step.body.get("default") and following:
-            out.append(("otherwise", following.id))
-    elif step.next:
-        out.append(("next", step.next))
-    elif following:
-        out.append(("next", following.id))
-    # on_failure: continue goes where success goes; abort ends the run
-    if step.on_failure and step.on_failure not in SPECIAL_TARGETS:
-        out.append(("on failure", step.on_failure))
-    return out
-
-
-def _graph(rb: Runbook) -> dict[str, list[str]]:
-    return {s.id: [t for _, t in successors(rb, s) if t in rb.by_id] for s in rb.steps}
-
-
-def _reach(graph: dict[str, list[str]], start: str) -> set[str]:
-    seen = {start}
-    todo = [start]
-    while todo:
-        for n in graph.get(todo.pop(), ()):
-            if n not in seen:
-                seen.add(n)
-                todo.append(n)
-    return seen
-
-
-def _sccs(graph: dict[str, list[str]]) -> list[list[str]]:
-    """Tarjan's strongly connected components (iterative)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on: set[str] = set()
-    stack: list[str] = []
-    out: list[list[str]] = []
-    counter = 0
-    for root in graph:
-        if root in index:
-            continue
-        work = [(root, iter(graph[root]))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on.add(root)
-        while work:
-            node, it = work[-1]
-            for nxt in it:
-                if nxt not in index:
-                    index[nxt] = low[nxt] = counter
-                    counter += 1
-                    stack.append(nxt)
-                    on.add(nxt)
-                    work.append((nxt, iter(graph[nxt])))
-                    break
-                if nxt in on:
-                    low[node] = min(low[node], index[nxt])
-            else:
-                work.pop()
-                if work:
-                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
-                if low[node] == index[node]:
-                    comp = []
-                    while True:
-                        w = stack.pop()
-                        on.discard(w)
-                        comp.append(w)
-                        if w == node:
-                            break
-                    out.append(comp)
-    return out
+# --- graph (successors, reachability, loops: runbook.graph) -----------------
 
 
 def _bounded(step: Step) -> bool:
@@ -256,7 +178,7 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
     ids = list(rb.by_id)
     for s in rb.steps:
         refs = [("next", s.next), ("on_failure", s.on_failure)]
-        refs += [(f"choose → {t}", t) for _, t in s.module.edges(s.body)]
+        refs += [(f"{s.kind} → {t}", t) for _, t in s.module.edges(s.body)]
         for key, target in refs:
             if target is None or (key == "on_failure" and target in SPECIAL_TARGETS):
                 continue
@@ -269,14 +191,14 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
 
     if len(seen) != len(rb.steps):
         return res  # the graph checks would only repeat the confusion of duplicate ids
-    graph = _graph(rb)
-    reach = _reach(graph, rb.steps[0].id)
+    graph = G.graph(rb)
+    reach = G.reach(graph, rb.steps[0].id)
     for s in rb.steps:
         if s.id not in reach:
             problem(s.pos, f"step '{s.id}' can never be reached (no step leads to it; give a previous step next/goto/on_failure, or remove it)")
 
     # loops
-    for comp in _sccs(graph):
+    for comp in G.sccs(graph):
         is_cycle = len(comp) > 1 or comp[0] in graph[comp[0]]
         if is_cycle and not any(_bounded(rb.by_id[i]) for i in comp):
             order = [s.id for s in rb.steps if s.id in comp]
@@ -291,7 +213,7 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
         if ancestors is None:
             ancestors = {i: set() for i in graph}
             for i in graph:
-                for j in _reach(graph, i):
+                for j in G.reach(graph, i):
                     if j != i or i in graph[i]:
                         ancestors[j].add(i)
         return src in ancestors.get(dst, ())
@@ -318,9 +240,9 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
                     re.compile(spec["regex"])
                 except re.error as exc:
                     problem(s.raw["outputs"].vpos(o), f"step '{s.id}': output '{o}': invalid regex: {exc}")
-        for field_name, source, mode in _templates(s):
+        for field_name, source, mode in step_templates(s):
             _check_template(rb, s, field_name, source, mode, problem, can_run_before, secret_params)
-        for field_name, source, mode in _templates(s):
+        for field_name, source, mode in step_templates(s):
             if mode != "shell":
                 continue
             for why in expr.shell_quoting_problems(source):
@@ -329,17 +251,16 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
                 problem(_template_pos(s, field_name, mode), f"step '{s.id}' {field_name}: secret parameter '{name}' is used inside an expression or filter, "
                         f"which would put it in the command line; use {{{{ params.{name} }}}} alone (it is passed as an environment variable)", rule="RB105")
         mod = s.module
-        for key, message, rule in getattr(mod, "static_problems", lambda step: [])(s):
+        for key, message, rule in mod.static_problems(s):
             body = s.raw.get(s.kind)
             pos = body.vpos(key) if hasattr(body, "vpos") and key in body else s.raw.vpos(s.kind)
             problem(pos, f"step '{s.id}' {s.kind}.{key}: {message}", rule=rule)
-        fanout = getattr(mod, "fanout", None)
-        if fanout and fanout(s.body) is False:
+        if mod.fanout(s.body) is False:
             problem(s.raw.vpos(s.kind), f"step '{s.id}' fans out over several hosts without forks: say how many hosts at once (forks: 10)", rule="RB104")
         if inventory is not None:
-            for field_name, source, mode in _templates(s):
+            for field_name, source, mode in step_templates(s):
                 _check_inventory_refs(s, source, mode, inventory, problem)
-        if inventory is not None and hasattr(mod, "inventory_targets"):
+        if inventory is not None:
             for kind, name, key in mod.inventory_targets(s.body):
                 if expr.is_template(name):
                     continue
@@ -350,7 +271,7 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
     for s in rb.steps:
         if s.stage == "diagnose" and s.effect == "write":
             problem(s.pos, f"step '{s.id}' writes in the diagnose stage; mark it readonly: true if it only looks, or move it to mitigate", rule="RB101")
-        if s.effect == "write" and s.timeout is None and s.kind not in ("manual",):
+        if s.effect == "write" and s.timeout is None and s.module.WRITE_NEEDS_TIMEOUT:
             problem(s.pos, f"step '{s.id}' writes and has no timeout; add timeout: 5m (or what fits)", rule="RB103")
     if rb.stage("mitigate") and not rb.stage("verify"):
         problem(rb.data["stages"].kpos("mitigate"), "the mitigate stage has no verify stage after it: add verify steps that prove the system is healthy again", rule="RB102")
@@ -392,7 +313,7 @@ def _check_result_path(target: Step, path: tuple, pos, where: str, problem) -> N
     if path[0] not in fields:
         problem(pos, f"{where}: step '{target.id}' has no result field '{path[0]}'{suggest(path[0], fields) or ' (fields: ' + ', '.join(fields) + ')'}")
     elif path[0] == "outputs" and len(path) > 1 and isinstance(path[1], str):
-        declared = list(target.outputs) + (["answer"] if target.kind == "ask" else [])
+        declared = list(target.outputs) + [o for o in target.module.IMPLICIT_OUTPUTS if o not in target.outputs]
         if path[1] not in declared:
             hint = suggest(path[1], declared) or (f" (it declares: {', '.join(declared)})" if declared else " (declare it under outputs:)")
             problem(pos, f"{where}: step '{target.id}' has no output '{path[1]}'{hint}")
@@ -419,7 +340,8 @@ def _param_key_pos(rb: Runbook, name: str, key: str):
     return entry.vpos(key)
 
 
-def _templates(s: Step):
+def step_templates(s: Step):
+    """(field, source, mode) of every template of a step: its kind's, its title and description, its until."""
     for item in s.module.templates(s.body):
         yield item
     for key, mode in (("title", "text"), ("description", "text")):

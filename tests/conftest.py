@@ -71,3 +71,31 @@ def cli(tmp_path):
         )
 
     return _cli
+
+
+@pytest.fixture
+def main(tmp_path, monkeypatch, capsys):
+    """main(*args, cwd=..., env=...) -> CompletedProcess of the CLI run in this process: the
+    same code path as `runbook ...` without starting an interpreter (use `cli` for what only
+    a real process shows: signals, terminals, exit on a crash)."""
+    from runbook.cli import main as runbook_main
+
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def _main(*args, cwd=None, env=None, input=None, timeout=None):
+        import io
+
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.chdir(cwd or tmp_path)
+        monkeypatch.setattr("sys.stdin", io.StringIO(input or ""))
+        monkeypatch.setattr("sys.argv", ["runbook", *map(str, args)])
+        capsys.readouterr()
+        try:
+            code = runbook_main([str(a) for a in args])
+        except SystemExit as exc:  # argparse: usage errors, --help
+            code = exc.code if isinstance(exc.code, int) else 2
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return _main

@@ -83,90 +83,90 @@ def records(audit_dir):
     return [json.loads(line) for line in (audit_dir / "audit.jsonl").read_text().splitlines()]
 
 
-def test_chosen_by_alert_name_and_labels_become_params(cli, write, tmp_path):
+def test_chosen_by_alert_name_and_labels_become_params(main, write, tmp_path):
     books(write, ERROR_RATE, SLOW)
-    r = cli("run", "--alert", payload(tmp_path), "--dry-run")
+    r = main("run", "--alert", payload(tmp_path), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "alert HighErrorRate (c3b0e1f2a4d5e6f7, firing since 2026-11-26T03:02:11.123Z) → runbook error-rate" in r.stderr
     assert "service=api (label job)" in r.stderr
     assert "echo looking at api in production" in r.stdout
 
 
-def test_chosen_by_runbook_annotation_over_the_alerts_list(cli, write, tmp_path):
+def test_chosen_by_runbook_annotation_over_the_alerts_list(main, write, tmp_path):
     books(write, ERROR_RATE, SLOW.replace("[DiskFull]", "[HighErrorRate]"))
     doc = copy.deepcopy(PAYLOAD)
     doc["alerts"][0]["annotations"]["runbook"] = "error-rate"
-    r = cli("run", "--alert", payload(tmp_path, doc), "--dry-run")
+    r = main("run", "--alert", payload(tmp_path, doc), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "its 'runbook' annotation (error-rate)" in r.stderr
     # a runbook_url whose last segment names a runbook works too
     doc["alerts"][0]["annotations"] = {"runbook_url": "https://wiki.example/runbooks/error-rate.md"}
-    r = cli("run", "--alert", payload(tmp_path, doc), "--dry-run")
+    r = main("run", "--alert", payload(tmp_path, doc), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "its 'runbook_url' annotation" in r.stderr
 
 
-def test_annotation_naming_no_runbook_or_a_path_is_refused(cli, write, tmp_path):
+def test_annotation_naming_no_runbook_or_a_path_is_refused(main, write, tmp_path):
     books(write, ERROR_RATE)
     doc = copy.deepcopy(PAYLOAD)
     for ref in ("nope", "../../etc/evil.yaml"):
         doc["alerts"][0]["annotations"]["runbook"] = ref
-        r = cli("run", "--alert", payload(tmp_path, doc), "--dry-run")
+        r = main("run", "--alert", payload(tmp_path, doc), "--dry-run")
         assert r.returncode == 1
         assert f"'runbook' annotation names '{ref}', which is not a runbook" in r.stderr
         assert "Traceback" not in r.stderr
 
 
-def test_no_runbook_answers_the_alert(cli, write, tmp_path):
+def test_no_runbook_answers_the_alert(main, write, tmp_path):
     books(write, SLOW)
-    r = cli("run", "--alert", payload(tmp_path), "--dry-run")
+    r = main("run", "--alert", payload(tmp_path), "--dry-run")
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("runbook: error: no runbook answers alert HighErrorRate")
 
 
-def test_two_runbooks_answer_the_alert(cli, write, tmp_path):
+def test_two_runbooks_answer_the_alert(main, write, tmp_path):
     books(write, ERROR_RATE, ERROR_RATE.replace("name: error-rate", "name: error-rate-2"))
-    r = cli("run", "--alert", payload(tmp_path), "--dry-run")
+    r = main("run", "--alert", payload(tmp_path), "--dry-run")
     assert r.returncode == 1
     assert "alert HighErrorRate is answered by 2 runbooks (error-rate, error-rate-2); choose one" in r.stderr
     # naming the runbook settles it, and the labels still fill its parameters
-    r = cli("run", "error-rate-2", "--alert", payload(tmp_path), "--dry-run")
+    r = main("run", "error-rate-2", "--alert", payload(tmp_path), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "echo looking at api in production" in r.stdout
 
 
-def test_resolved_alert_and_bad_payloads(cli, write, tmp_path):
+def test_resolved_alert_and_bad_payloads(main, write, tmp_path):
     books(write, ERROR_RATE)
     doc = copy.deepcopy(PAYLOAD)
     doc["alerts"][0]["status"] = "resolved"
-    r = cli("run", "--alert", payload(tmp_path, doc), "--dry-run")
+    r = main("run", "--alert", payload(tmp_path, doc), "--dry-run")
     assert r.returncode == 1 and "no firing alert (HighErrorRate: resolved)" in r.stderr
     (tmp_path / "bad.json").write_text('{"alerts": [\n  {"labels": }\n]}')
-    r = cli("run", "--alert", tmp_path / "bad.json", "--dry-run")
+    r = main("run", "--alert", tmp_path / "bad.json", "--dry-run")
     assert r.returncode == 2 and "not JSON (line 2, column 14" in r.stderr
     (tmp_path / "other.json").write_text('{"hello": 1}')
-    r = cli("run", "--alert", tmp_path / "other.json", "--dry-run")
+    r = main("run", "--alert", tmp_path / "other.json", "--dry-run")
     assert r.returncode == 2 and "not an Alertmanager webhook payload" in r.stderr
-    r = cli("run", "--alert", tmp_path / "missing.json")
+    r = main("run", "--alert", tmp_path / "missing.json")
     assert r.returncode == 2 and "cannot read it" in r.stderr
 
 
-def test_label_values_must_pass_the_parameter_checks(cli, write, tmp_path):
+def test_label_values_must_pass_the_parameter_checks(main, write, tmp_path):
     books(write, ERROR_RATE)
     doc = copy.deepcopy(PAYLOAD)
     doc["alerts"][0]["labels"]["job"] = "api; rm -rf /"
-    r = cli("run", "--alert", payload(tmp_path, doc), "--dry-run")
+    r = main("run", "--alert", payload(tmp_path, doc), "--dry-run")
     assert r.returncode == 1
     assert "parameter 'service'" in r.stderr and "does not match" in r.stderr
     # -p wins over a label
-    r = cli("run", "--alert", payload(tmp_path, doc), "--dry-run", "-p", "service=web")
+    r = main("run", "--alert", payload(tmp_path, doc), "--dry-run", "-p", "service=web")
     assert r.returncode == 0, r.stderr
     assert "echo looking at web in production" in r.stdout
 
 
-def test_payload_on_standard_input_and_alert_in_the_audit_log(cli, write, tmp_path, audit_dir):
+def test_payload_on_standard_input_and_alert_in_the_audit_log(main, write, tmp_path, audit_dir):
     books(write, ERROR_RATE)
-    r = cli("run", "--alert", "-", input=json.dumps(PAYLOAD))
+    r = main("run", "--alert", "-", input=json.dumps(PAYLOAD))
     assert r.returncode == 0, r.stderr
     started = [x for x in records(audit_dir) if x["type"] == "run_started"][0]
     assert started["alert"] == {
@@ -175,10 +175,10 @@ def test_payload_on_standard_input_and_alert_in_the_audit_log(cli, write, tmp_pa
         "labels": PAYLOAD["alerts"][0]["labels"],
     }
     assert started["params"] == {"service": "api", "namespace": "production"}
-    assert cli("audit", "verify").returncode == 0
+    assert main("audit", "verify").returncode == 0
 
 
-def test_group_of_alerts(cli, write, tmp_path):
+def test_group_of_alerts(main, write, tmp_path):
     books(write, ERROR_RATE)
     doc = copy.deepcopy(PAYLOAD)
     second = copy.deepcopy(doc["alerts"][0])
@@ -186,22 +186,22 @@ def test_group_of_alerts(cli, write, tmp_path):
     second["startsAt"] = "2026-11-26T03:00:00Z"
     doc["alerts"].append(second)
     # same parameters: one run, for the earliest alert
-    r = cli("run", "--alert", payload(tmp_path, doc), "--dry-run")
+    r = main("run", "--alert", payload(tmp_path, doc), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "alert HighErrorRate (0000000000000002, firing since 2026-11-26T03:00:00Z) and 1 more" in r.stderr
     # different parameters: refused, and --fingerprint picks one
     second["labels"]["job"] = "web"
-    r = cli("run", "--alert", payload(tmp_path, doc), "--dry-run")
+    r = main("run", "--alert", payload(tmp_path, doc), "--dry-run")
     assert r.returncode == 1 and "give different parameters" in r.stderr and "--fingerprint" in r.stderr
-    r = cli("run", "--alert", payload(tmp_path, doc), "--dry-run", "--fingerprint", "0000000000000002")
+    r = main("run", "--alert", payload(tmp_path, doc), "--dry-run", "--fingerprint", "0000000000000002")
     assert r.returncode == 0 and "echo looking at web" in r.stdout
-    r = cli("run", "--alert", payload(tmp_path, doc), "--dry-run", "--fingerprint", "ffff")
+    r = main("run", "--alert", payload(tmp_path, doc), "--dry-run", "--fingerprint", "ffff")
     assert r.returncode == 2 and "no such alert" in r.stderr
 
 
-def test_params_from_labels_is_validated(cli, write):
+def test_params_from_labels_is_validated(main, write):
     write("playbooks/x.yaml", ERROR_RATE.replace("{service: job,", "{servise: job,"))
-    r = cli("validate", "playbooks")
+    r = main("validate", "playbooks")
     assert r.returncode == 1
     assert "params_from_labels names parameter 'servise', which the runbook does not declare (did you mean 'service'?)" in r.stdout
 

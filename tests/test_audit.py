@@ -451,7 +451,7 @@ def test_default_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 # --- the command line --------------------------------------------------------------
 
 
-def cli(*args: str, audit_dir: Path) -> subprocess.CompletedProcess[str]:
+def main(*args: str, audit_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RUNBOOK_AUDIT_DIR": str(audit_dir), "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "runbook", "audit", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
@@ -460,19 +460,19 @@ def cli(*args: str, audit_dir: Path) -> subprocess.CompletedProcess[str]:
 
 def test_cli_verify(tmp_path: Path) -> None:
     path = fill(tmp_path, 5)
-    ok = cli("verify", str(path), audit_dir=tmp_path / "elsewhere")
+    ok = main("verify", str(path), audit_dir=tmp_path / "elsewhere")
     assert (ok.returncode, ok.stdout.strip()) == (0, "ok: 5 records, chain intact"), ok.stderr
-    assert cli("verify", audit_dir=tmp_path).returncode == 0  # the default log
+    assert main("verify", audit_dir=tmp_path).returncode == 0  # the default log
 
     lines = lines_of(path)
     del lines[2]
     path.write_bytes(b"".join(lines))
-    bad = cli("verify", str(path), audit_dir=tmp_path)
+    bad = main("verify", str(path), audit_dir=tmp_path)
     assert bad.returncode == 1
     assert f"{path}:3: error: chain broken" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stderr
 
-    missing = cli("verify", str(tmp_path / "nope.jsonl"), audit_dir=tmp_path)
+    missing = main("verify", str(tmp_path / "nope.jsonl"), audit_dir=tmp_path)
     assert missing.returncode == 1
     assert "nope.jsonl" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
 
@@ -492,19 +492,19 @@ def test_cli_list_and_show(tmp_path: Path) -> None:
         j.decision(step="restart", approved=True, by="alice", how="--yes")
         j.step_result(step="restart", status="ok", exit_code=0, duration=0.2, output="restarted\n")
         j.run_finished(status="succeeded", exit_code=0)
-    listed = cli("list", audit_dir=tmp_path)
+    listed = main("list", audit_dir=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert j.run_id in listed.stdout and "restart-api" in listed.stdout and "live" in listed.stdout
-    as_json = json.loads(cli("list", "--format", "json", audit_dir=tmp_path).stdout)
+    as_json = json.loads(main("list", "--format", "json", audit_dir=tmp_path).stdout)
     assert [r["run"] for r in as_json] == [j.run_id]
 
-    shown = cli("show", j.run_id[:-3], audit_dir=tmp_path)
+    shown = main("show", j.run_id[:-3], audit_dir=tmp_path)
     assert shown.returncode == 0, shown.stderr
     for text in (j.run_id, "step_intent", "systemctl restart [bold]api", "restarted", "approved"):
         assert text in shown.stdout
-    shown_json = cli("show", j.run_id, "--format", "json", "--dir", str(tmp_path), audit_dir=tmp_path / "elsewhere")
+    shown_json = main("show", j.run_id, "--format", "json", "--dir", str(tmp_path), audit_dir=tmp_path / "elsewhere")
     records = json.loads(shown_json.stdout)
     assert [r["type"] for r in records] == ["run_started", "step_intent", "decision", "step_result", "run_finished"]
 
-    unknown = cli("show", "1999", audit_dir=tmp_path)
+    unknown = main("show", "1999", audit_dir=tmp_path)
     assert unknown.returncode == 1 and "no run" in unknown.stderr and "Traceback" not in unknown.stderr

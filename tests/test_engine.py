@@ -1,4 +1,5 @@
-"""The live engine, end to end through the CLI: real processes, real audit log."""
+"""The live engine, end to end through the CLI code run in-process (the `main` fixture): real
+local commands, a real audit log; signals go to a real process."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def records(audit_dir: Path) -> list[dict]:
 rb = book  # write a runbook file
 
 
-def test_read_steps_run_and_outputs_flow_to_later_steps(write, cli, tmp_path, audit_dir):
+def test_read_steps_run_and_outputs_flow_to_later_steps(write, main, tmp_path, audit_dir):
     p = rb(write, """
   diagnose:
     - id: count
@@ -48,7 +49,7 @@ def test_read_steps_run_and_outputs_flow_to_later_steps(write, cli, tmp_path, au
       end: "high {{ steps.count.outputs.n }}"
 """, head="params:\n  out: {type: string}\n")
     out = tmp_path / "result.txt"
-    r = cli("run", p, "-p", f"out={out}")
+    r = main("run", p, "-p", f"out={out}")
     assert r.returncode == 0, r.stdout + r.stderr
     assert out.read_text() == "n=142 first=api-1\n"
     assert "high 142" in r.stdout
@@ -56,7 +57,7 @@ def test_read_steps_run_and_outputs_flow_to_later_steps(write, cli, tmp_path, au
     assert types[0] == "run_started" and types[-1] == "run_finished"
 
 
-def test_write_step_without_terminal_and_without_yes_stops_before_it(write, cli, tmp_path, audit_dir):
+def test_write_step_without_terminal_and_without_yes_stops_before_it(write, main, tmp_path, audit_dir):
     marker = tmp_path / "written"
     p = rb(write, f"""
   diagnose:
@@ -72,7 +73,7 @@ def test_write_step_without_terminal_and_without_yes_stops_before_it(write, cli,
       shell: "test -f {marker}"
       readonly: true
 """)
-    r = cli("run", p)
+    r = main("run", p)
     assert r.returncode == 3, r.stdout + r.stderr
     assert not marker.exists() and (tmp_path / "looked").exists()
     assert "--yes" in r.stdout
@@ -82,23 +83,23 @@ def test_write_step_without_terminal_and_without_yes_stops_before_it(write, cli,
     assert not any(x["type"] == "step_intent" and x["step"] == "fix" for x in recs)
     assert recs[-1]["type"] == "run_finished" and recs[-1]["exit_code"] == 3
 
-    r = cli("run", p, "--yes")
+    r = main("run", p, "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
     assert marker.exists()
     recs = records(audit_dir)
     # write-ahead: the decision and the intent are logged before the result
     fix = [x["type"] for x in recs if x.get("step") == "fix" and x["run"] == recs[-1]["run"]]
-    assert fix == ["decision", "step_intent", "step_result"]
+    assert fix == ["decision", "step_intent", "step_process", "step_result"]
 
 
-def test_failure_without_handler_exits_1_and_on_failure_branches(write, cli):
+def test_failure_without_handler_exits_1_and_on_failure_branches(write, main):
     p = rb(write, """
   diagnose:
     - id: boom
       shell: "echo oops >&2; exit 4"
       readonly: true
 """)
-    r = cli("run", p)
+    r = main("run", p)
     assert r.returncode == 1
     assert "step 'boom' failed: exit code 4" in r.stdout
     p = rb(write, """
@@ -113,7 +114,7 @@ def test_failure_without_handler_exits_1_and_on_failure_branches(write, cli):
     - id: handle
       end: {status: escalated, message: "handled {{ steps.boom.exit_code }}"}
 """, name="t2.yaml")
-    r = cli("run", p)
+    r = main("run", p)
     assert r.returncode == 1 and "handled 4" in r.stdout and "escalated" in r.stdout
     p = rb(write, """
   diagnose:
@@ -125,11 +126,11 @@ def test_failure_without_handler_exits_1_and_on_failure_branches(write, cli):
       shell: "echo after-ran"
       readonly: true
 """, name="t3.yaml")
-    r = cli("run", p)
+    r = main("run", p)
     assert r.returncode == 0 and "after-ran" in r.stdout
 
 
-def test_retries_with_delay(write, cli, tmp_path):
+def test_retries_with_delay(write, main, tmp_path):
     counter = tmp_path / "n"
     p = rb(write, f"""
   diagnose:
@@ -139,15 +140,15 @@ def test_retries_with_delay(write, cli, tmp_path):
       retries: 3
       retry_delay: 0.1s
 """)
-    r = cli("run", p)
+    r = main("run", p)
     assert r.returncode == 0, r.stdout
     assert counter.read_text().strip() == "3"
     counter.write_text("-10")
-    r = cli("run", p)
+    r = main("run", p)
     assert r.returncode == 1 and counter.read_text().strip() == "-6"  # 1 try + 3 retries
 
 
-def test_until_polls_until_the_condition_holds_and_times_out(write, cli, tmp_path):
+def test_until_polls_until_the_condition_holds_and_times_out(write, main, tmp_path):
     counter = tmp_path / "n"
     p = rb(write, f"""
   verify:
@@ -160,7 +161,7 @@ def test_until_polls_until_the_condition_holds_and_times_out(write, cli, tmp_pat
       every: 0.1s
       timeout: 10s
 """)
-    r = cli("run", p)
+    r = main("run", p)
     assert r.returncode == 0, r.stdout
     assert counter.read_text().strip() == "3"
     p = rb(write, """
@@ -173,14 +174,14 @@ def test_until_polls_until_the_condition_holds_and_times_out(write, cli, tmp_pat
       timeout: 1s
 """, name="t2.yaml")
     started = time.monotonic()
-    r = cli("run", p)
+    r = main("run", p)
     took = time.monotonic() - started
     assert r.returncode == 1
     assert "condition 'stdout.strip() == '2'' not met after 1s" in r.stdout
     assert took < 8
 
 
-def test_timeout_kills_the_whole_process_group(write, cli, tmp_path):
+def test_timeout_kills_the_whole_process_group(write, main, tmp_path):
     pidfile = tmp_path / "pid"
     p = rb(write, f"""
   diagnose:
@@ -190,7 +191,7 @@ def test_timeout_kills_the_whole_process_group(write, cli, tmp_path):
       timeout: 1s
 """)
     started = time.monotonic()
-    r = cli("run", p)
+    r = main("run", p)
     assert r.returncode == 1
     assert time.monotonic() - started < 10
     assert "timed out after 1s" in r.stdout
@@ -199,7 +200,7 @@ def test_timeout_kills_the_whole_process_group(write, cli, tmp_path):
     assert not alive(pid)
 
 
-def test_parameter_injection_runs_nothing(write, cli, tmp_path):
+def test_parameter_injection_runs_nothing(write, main, tmp_path):
     pwned = tmp_path / "pwned"
     p = rb(write, """
   diagnose:
@@ -208,16 +209,16 @@ def test_parameter_injection_runs_nothing(write, cli, tmp_path):
       readonly: true
 """, head="params:\n  service: {type: string}\n")
     value = f"x; touch {pwned}"
-    r = cli("run", p, "-p", f"service={value}")
+    r = main("run", p, "-p", f"service={value}")
     assert r.returncode == 0, r.stdout
     assert not pwned.exists()
     assert value in r.stdout
     for evil in (f"$(touch {pwned})", f"`touch {pwned}`", f"x' ; touch {pwned}; echo '", f"a\ntouch {pwned}"):
-        assert cli("run", p, "-p", f"service={evil}").returncode == 0
+        assert main("run", p, "-p", f"service={evil}").returncode == 0
         assert not pwned.exists(), evil
 
 
-def test_secrets_are_masked_and_never_in_argument_lists(write, cli, tmp_path, audit_dir):
+def test_secrets_are_masked_and_never_in_argument_lists(write, main, tmp_path, audit_dir):
     seen = tmp_path / "seen"
     p = rb(write, f"""
   diagnose:
@@ -228,17 +229,17 @@ def test_secrets_are_masked_and_never_in_argument_lists(write, cli, tmp_path, au
       shell: "echo {{{{ params.token }}}} >&2; exit 1"
       readonly: true
 """, head="params:\n  token: {secret: true}\n")
-    r = cli("run", p, "-p", "token=hunter2-xyz")
+    r = main("run", p, "-p", "token=hunter2-xyz")
     assert seen.read_text() == "hunter2-xyz"  # the command did get the secret
     assert "hunter2-xyz" not in (tmp_path / "argv").read_text()  # but not through its argv
     assert "hunter2-xyz" not in r.stdout + r.stderr
     assert "token=***" in r.stdout
     assert b"hunter2-xyz" not in (audit_dir / "audit.jsonl").read_bytes()
-    d = cli("run", p, "-p", "token=hunter2-xyz", "--dry-run", "--format", "json")
+    d = main("run", p, "-p", "token=hunter2-xyz", "--dry-run", "--format", "json")
     assert "hunter2-xyz" not in d.stdout and d.returncode == 0
 
 
-def test_ask_and_manual_without_terminal_use_answers(write, cli):
+def test_ask_and_manual_without_terminal_use_answers(write, main):
     p = rb(write, """
   diagnose:
     - id: region
@@ -248,17 +249,17 @@ def test_ask_and_manual_without_terminal_use_answers(write, cli):
     - id: done
       end: "region {{ steps.region.answer }}"
 """)
-    r = cli("run", p)
+    r = main("run", p)
     assert r.returncode == 3 and "--answer region=VALUE (one of: eu, us)" in r.stdout
-    r = cli("run", p, "--answer", "region=us")
+    r = main("run", p, "--answer", "region=us")
     assert r.returncode == 3 and "--answer look=done" in r.stdout
-    r = cli("run", p, "--answer", "region=us", "--answer", "look=done")
+    r = main("run", p, "--answer", "region=us", "--answer", "look=done")
     assert r.returncode == 0 and "region us" in r.stdout
-    r = cli("run", p, "--answer", "region=mars", "--answer", "look=done")
+    r = main("run", p, "--answer", "region=mars", "--answer", "look=done")
     assert r.returncode == 1 and "not one of eu, us" in r.stdout
 
 
-def test_wait_end_and_max_visits(write, cli, tmp_path):
+def test_wait_end_and_max_visits(write, main, tmp_path):
     counter = tmp_path / "n"
     p = rb(write, f"""
   diagnose:
@@ -270,13 +271,13 @@ def test_wait_end_and_max_visits(write, cli, tmp_path):
       max_visits: 3
       on_failure: settle
 """)
-    r = cli("run", p)
+    r = main("run", p)
     assert r.returncode == 1
     assert counter.read_text().count("x") == 3
     assert "already ran 3 times" in r.stdout
 
 
-def test_missing_and_bad_parameters_are_one_line(write, cli):
+def test_missing_and_bad_parameters_are_one_line(write, main):
     p = rb(write, """
   diagnose:
     - id: a
@@ -287,7 +288,7 @@ def test_missing_and_bad_parameters_are_one_line(write, cli):
                       (["-p", "n=ten"], "parameter 'n': expected an integer, got 'ten'"),
                       (["-p", "m=1"], "has no parameter 'm' (parameters: n)"),
                       (["-p", "oops"], "-p takes key=value")):
-        r = cli("run", p, *args)
+        r = main("run", p, *args)
         assert r.returncode in (1, 2) and msg in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
@@ -342,14 +343,14 @@ def test_sigterm_is_handled_like_ctrl_c(write, tmp_path, audit_dir):
     assert records(audit_dir)[-1]["status"] == "interrupted"
 
 
-def test_audit_records_of_a_run(write, cli, audit_dir):
+def test_audit_records_of_a_run(write, main, audit_dir):
     p = rb(write, """
   diagnose:
     - id: hello
       shell: "echo hello"
       readonly: true
 """, head="params:\n  who: {default: me}\n")
-    assert cli("run", p).returncode == 0
+    assert main("run", p).returncode == 0
     recs = records(audit_dir)
     start = recs[0]
     import hashlib
@@ -361,13 +362,13 @@ def test_audit_records_of_a_run(write, cli, audit_dir):
     assert result["status"] == "ok" and result["exit_code"] == 0 and "hello" in result["output_excerpt"]
     assert result["output_sha256"] == hashlib.sha256(b"hello\n").hexdigest()
     # dry-runs are recorded too
-    assert cli("run", p, "--dry-run").returncode == 0
+    assert main("run", p, "--dry-run").returncode == 0
     last = [x for x in records(audit_dir) if x["run"] == records(audit_dir)[-1]["run"]]
     assert last[0]["dry_run"] is True and last[-1]["type"] == "run_finished"
     assert audit.verify(audit_dir / "audit.jsonl").ok
 
 
-def test_a_condition_that_cannot_be_evaluated_fails_the_step_and_follows_on_failure(write, cli):
+def test_a_condition_that_cannot_be_evaluated_fails_the_step_and_follows_on_failure(write, main):
     p = rb(write, """
   diagnose:
     - id: probe
@@ -385,11 +386,11 @@ def test_a_condition_that_cannot_be_evaluated_fails_the_step_and_follows_on_fail
     - id: handled
       end: {status: escalated, message: "condition failed, handled"}
 """)
-    r = cli("run", p)
+    r = main("run", p)
     assert r.returncode == 1 and "condition failed, handled" in r.stdout
 
 
-def test_until_sees_outputs_and_decides_even_on_a_failing_command(write, cli, tmp_path):
+def test_until_sees_outputs_and_decides_even_on_a_failing_command(write, main, tmp_path):
     counter = tmp_path / "n"
     p = rb(write, f"""
   verify:
@@ -408,12 +409,12 @@ def test_until_sees_outputs_and_decides_even_on_a_failing_command(write, cli, tm
       every: 0.05s
       timeout: 5s
 """)
-    r = cli("run", p)
+    r = main("run", p)
     assert r.returncode == 0, r.stdout
     assert counter.read_text().strip() == "2"
 
 
-def test_dry_run_renders_arithmetic_on_run_time_values(write, cli):
+def test_dry_run_renders_arithmetic_on_run_time_values(write, main):
     p = rb(write, """
   diagnose:
     - id: probe
@@ -429,6 +430,6 @@ def test_dry_run_renders_arithmetic_on_run_time_values(write, cli):
     - id: ok
       end: done
 """)
-    r = cli("run", p, "--dry-run")
+    r = main("run", p, "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "--replicas=<steps.probe.outputs.n * 2>" in r.stdout

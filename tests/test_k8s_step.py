@@ -18,12 +18,12 @@ from runbook.steps import k8s, k8s_parse
 
 
 @pytest.fixture
-def run_k8s(write, cli, kube_inventory):
+def run_k8s(write, main, kube_inventory):
     """run_k8s(stages, *cli args, head=..., inventory=...) -> CompletedProcess of `runbook run --yes`."""
 
     def _run(steps: str, *args, head: str = "", inventory=None, yes=True, env_token=None):
         p = book(write, steps, head)
-        return cli("run", p, "--inventory", inventory or kube_inventory(), *(["--yes"] if yes else []), *args,
+        return main("run", p, "--inventory", inventory or kube_inventory(), *(["--yes"] if yes else []), *args,
                    env={"RUNBOOK_PARAM_TOKEN": env_token} if env_token else None)
 
     return _run
@@ -88,7 +88,7 @@ def test_shorthand_injection_stays_one_value(run_k8s, kubeapi):
     assert kubeapi.requests == []  # nothing was sent anywhere, kube-system least of all
 
 
-def test_validator_rejects_bad_shorthand_and_bodies_precisely(write, cli):
+def test_validator_rejects_bad_shorthand_and_bodies_precisely(write, main):
     p = book(write, """
   diagnose:
     - id: verb
@@ -127,7 +127,7 @@ def test_validator_rejects_bad_shorthand_and_bodies_precisely(write, cli):
     - id: fine
       k8s: "rollout status deployment/api"
 """, head="params:\n  verb: {type: string}\n  kind: {type: string}\n  spec: {type: string}\n")
-    r = cli("validate", p)
+    r = main("validate", p)
     out = r.stdout
     assert r.returncode == 1
     expect = [
@@ -160,21 +160,21 @@ def test_effects():
     assert k8s.effect_of(k8s.normalize("nonsense")) is None  # a broken step counts as a write
 
 
-def test_write_in_diagnose_is_a_safety_problem(write, cli):
+def test_write_in_diagnose_is_a_safety_problem(write, main):
     p = book(write, """
   diagnose:
     - id: restart
       k8s: "rollout restart deployment/api"
       timeout: 1m
 """)
-    r = cli("validate", p)
+    r = main("validate", p)
     assert r.returncode == 1 and "step 'restart' writes in the diagnose stage" in r.stdout and "[RB101]" in r.stdout
 
 
 # --- dry-run ------------------------------------------------------------------
 
 
-def test_dry_run_shows_the_exact_api_calls_and_contacts_nothing(write, cli, kubeapi, kube_inventory):
+def test_dry_run_shows_the_exact_api_calls_and_contacts_nothing(write, main, kubeapi, kube_inventory):
     p = book(write, """
   diagnose:
     - id: pods
@@ -198,7 +198,7 @@ def test_dry_run_shows_the_exact_api_calls_and_contacts_nothing(write, cli, kube
     - id: done
       end: done
 """, head="params:\n  service: {type: string, default: api}\n  n: {type: integer, default: 3}\n")
-    r = cli("run", p, "--dry-run", "--format", "json", "--inventory", kube_inventory())
+    r = main("run", p, "--dry-run", "--format", "json", "--inventory", kube_inventory())
     assert r.returncode == 0, r.stderr
     steps = {s["id"]: s for s in json.loads(r.stdout)["steps"]}
     assert steps["pods"]["detail"]["calls"] == [
@@ -216,7 +216,7 @@ def test_dry_run_shows_the_exact_api_calls_and_contacts_nothing(write, cli, kube
                                                    "body": {"spec": {"unschedulable": True}},
                                                    "content_type": "application/strategic-merge-patch+json"}]
     assert steps["restart"]["effect"] == "write" and steps["pods"]["effect"] == "read"
-    r = cli("run", p, "--dry-run", "--inventory", kube_inventory())
+    r = main("run", p, "--dry-run", "--inventory", kube_inventory())
     assert "rollout restart deployment/api -n production  (PATCH /apis/apps/v1/namespaces/production/deployments/api)" in r.stdout
     assert kubeapi.requests == []
 
@@ -610,20 +610,20 @@ def test_validate_and_dry_run_import_no_kubernetes(tmp_path, kube_inventory):
     assert "HEAVY []" in r.stdout, r.stdout + r.stderr
 
 
-def test_shipped_playbooks_validate_and_dry_run(cli):
-    r = cli("validate", ROOT / "playbooks/pod-oom-killed.yaml", ROOT / "playbooks/service-unavailable.yaml",
+def test_shipped_playbooks_validate_and_dry_run(main):
+    r = main("validate", ROOT / "playbooks/pod-oom-killed.yaml", ROOT / "playbooks/service-unavailable.yaml",
             "--inventory", ROOT / "inventory/production.yaml")
     assert r.returncode == 0 and "2 files checked: all valid" in r.stdout + r.stderr, r.stdout + r.stderr
-    r = cli("run", "service-unavailable", "--dry-run", "-p", "service=api", cwd=ROOT)  # the README's command
+    r = main("run", "service-unavailable", "--dry-run", "-p", "service=api", cwd=ROOT)  # the README's command
     assert r.returncode == 0, r.stderr
     assert "rollout restart deployment/api -n production  (PATCH /apis/apps/v1/namespaces/production/deployments/api)" in r.stdout
-    r = cli("run", "pod-oom-killed", "--dry-run", "-p", "deployment=valeo-app", "--env", "production", cwd=ROOT)
+    r = main("run", "pod-oom-killed", "--dry-run", "-p", "deployment=valeo-app", "--env", "production", cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "top pod -n valeo-erp  (GET /apis/metrics.k8s.io/v1beta1/namespaces/valeo-erp/pods)" in r.stdout
     assert "cluster main (kubeconfig ~/.kube/config, context prod-eu)" in r.stdout
 
 
-def test_pod_oom_killed_runbook_end_to_end(cli, kubeapi, kube_inventory):
+def test_pod_oom_killed_runbook_end_to_end(main, kubeapi, kube_inventory):
     deployment(kubeapi, "api", "production", replicas=2, oom=True, memory="256Mi")
     node(kubeapi, "node-1")
     bad = next(p for p in kubeapi.all("pods") if p["status"]["containerStatuses"][0]["restartCount"])
@@ -633,15 +633,15 @@ def test_pod_oom_killed_runbook_end_to_end(cli, kubeapi, kube_inventory):
     run = ("run", "pod-oom-killed", "--path", ROOT / "playbooks", "--inventory", kube_inventory(), "--yes",
            "-p", "deployment=api", "-p", "namespace=production")
     # "increase" never lowers the limit, and never patches a container the Deployment does not have
-    r = cli(*run, "-p", "memory_limit=128Mi", timeout=120)
+    r = main(*run, "-p", "memory_limit=128Mi", timeout=120)
     assert r.returncode == 1 and "run escalated" in r.stdout, r.stdout + r.stderr
     assert "128Mi is not larger than the current memory limit of container api (256Mi)" in r.stdout, r.stdout
-    r = cli(*run, "--answer", "new-limit=256Mi", timeout=120)  # no -p memory_limit: asked, after the diagnosis
+    r = main(*run, "--answer", "new-limit=256Mi", timeout=120)  # no -p memory_limit: asked, after the diagnosis
     assert r.returncode == 1 and "Not patched: 256Mi is not larger" in r.stdout, r.stdout + r.stderr
-    r = cli(*run, "-p", "memory_limit=1Gi", "-p", "container=sidecar", timeout=120)
+    r = main(*run, "-p", "memory_limit=1Gi", "-p", "container=sidecar", timeout=120)
     assert r.returncode == 1 and "api has no container 'sidecar' (it has: api)" in r.stdout, r.stdout + r.stderr
     assert kubeapi.writes() == []
-    r = cli(*run, "-p", "memory_limit=1Gi", timeout=120)
+    r = main(*run, "-p", "memory_limit=1Gi", timeout=120)
     out = ok(r)
     assert "OOMKilled: " + bad["metadata"]["name"] in out
     assert "java.lang.OutOfMemoryError" in out and "255Mi" in out
@@ -718,7 +718,7 @@ def test_names_are_one_path_segment_even_without_the_checks():
     assert k8s.object_path("pods", "prod", "a/../b?x#y") == "/api/v1/namespaces/prod/pods/a%2F..%2Fb%3Fx%23y"
 
 
-def test_json_patch_paths_and_ops_are_not_templated(write, cli):
+def test_json_patch_paths_and_ops_are_not_templated(write, main):
     p = book(write, """
   mitigate:
     - id: p
@@ -731,7 +731,7 @@ def test_json_patch_paths_and_ops_are_not_templated(write, cli):
     - id: done
       end: done
 """, "params:\n  field: {type: string, default: image}\n")
-    r = cli("validate", p)
+    r = main("validate", p)
     assert r.returncode == 1 and "op, path and from must be written out, not templated" in r.stdout
 
 

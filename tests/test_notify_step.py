@@ -32,7 +32,7 @@ def _records(audit_dir) -> list[dict]:
     return list(audit.read_records(audit_dir / "audit.jsonl"))
 
 
-def test_posts_slack_and_json_payloads(write, cli, web, inv, hooks, audit_dir):
+def test_posts_slack_and_json_payloads(write, main, web, inv, hooks, audit_dir):
     p = book(write, """
   diagnose:
     - id: started
@@ -50,7 +50,7 @@ def test_posts_slack_and_json_payloads(write, cli, web, inv, hooks, audit_dir):
     - id: done
       end: ok
 """, head="params:\n  service: {default: api}\n")
-    r = cli("run", p, "--inventory", inv(), env=hooks)
+    r = main("run", p, "--inventory", inv(), env=hooks)
     assert r.returncode == 0, r.stdout + r.stderr
     run_id = next(x["run"] for x in _records(audit_dir) if x["type"] == "run_started")
     assert [h["path"] for h in web.hooks] == ["/hook/incidents/T000/B000/s3cr3t-path"] * 2 + ["/hook/generic"]
@@ -64,24 +64,24 @@ def test_posts_slack_and_json_payloads(write, cli, web, inv, hooks, audit_dir):
     assert "sent to incidents (#incidents)" in r.stdout
 
 
-def test_dry_run_shows_the_payload_and_sends_nothing(write, cli, web, inv, hooks):
+def test_dry_run_shows_the_payload_and_sends_nothing(write, main, web, inv, hooks):
     p = book(write, """
   diagnose:
     - id: started
       notify: {to: incidents, event: started, message: "Investigating {{ params.service }}"}
 """, head="params:\n  service: {default: api}\n")
-    r = cli("run", p, "--inventory", inv(), "--dry-run", env=hooks)
+    r = main("run", p, "--inventory", inv(), "--dry-run", env=hooks)
     assert r.returncode == 0, r.stderr
     assert 'POST to notifier incidents (#incidents): {"text": "*STARTED* Investigating api' in r.stdout
     assert '"channel": "#incidents"' in r.stdout
     assert "s3cr3t-path" not in r.stdout
-    r = cli("run", p, "--inventory", inv(), "--dry-run", "--format", "json", env=hooks)
+    r = main("run", p, "--inventory", inv(), "--dry-run", "--format", "json", env=hooks)
     step = json.loads(r.stdout)["steps"][0]
     assert step["effect"] == "read" and step["detail"]["payload"]["text"].startswith("*STARTED* Investigating api")
     assert web.hooks == [] and web.requests == []
 
 
-def test_a_failing_webhook_warns_and_the_run_goes_on(write, cli, web, inv, hooks, audit_dir):
+def test_a_failing_webhook_warns_and_the_run_goes_on(write, main, web, inv, hooks, audit_dir):
     p = book(write, """
   diagnose:
     - id: tell
@@ -92,7 +92,7 @@ def test_a_failing_webhook_warns_and_the_run_goes_on(write, cli, web, inv, hooks
       end: "went on"
 """)
     env = {k: v for k, v in hooks.items() if k != "HOOK_GENERIC"}
-    r = cli("run", p, "--inventory", inv(), env=env)
+    r = main("run", p, "--inventory", inv(), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "NOT SENT to broken: the webhook answered 500 Internal Server Error: internal error" in r.stdout
     assert "NOT SENT to generic: webhook of notifier 'generic':" in r.stdout
@@ -106,7 +106,7 @@ def test_a_failing_webhook_warns_and_the_run_goes_on(write, cli, web, inv, hooks
     assert len(web.hooks) == 1  # the broken receiver got the post and answered 500
 
 
-def test_required_makes_a_failed_post_fail_the_step(write, cli, web, inv, hooks, closed_port):
+def test_required_makes_a_failed_post_fail_the_step(write, main, web, inv, hooks, closed_port):
     p = book(write, f"""
   diagnose:
     - id: page
@@ -118,27 +118,27 @@ def test_required_makes_a_failed_post_fail_the_step(write, cli, web, inv, hooks,
       notify: {{to: gone, message: "x", required: true}}
 """)
     inv_file = inv(extra=f'  gone: {{webhook: "http://127.0.0.1:{closed_port}/hook"}}')
-    r = cli("run", p, "--inventory", inv_file, env=hooks)
+    r = main("run", p, "--inventory", inv_file, env=hooks)
     assert r.returncode == 1
     assert "✗ failed" in r.stdout and "not sent: the webhook answered 500 Internal Server Error" in r.stdout
     assert (f"step 'down' failed: not sent: cannot connect to the webhook of 'gone': connection refused") in r.stdout
 
 
-def test_webhook_url_never_shows(write, cli, web, inv, hooks, audit_dir, closed_port):
+def test_webhook_url_never_shows(write, main, web, inv, hooks, audit_dir, closed_port):
     p = book(write, """
   diagnose:
     - id: tell
       notify: {to: incidents, message: "hi", timeout: 2s}
 """)
     env = dict(hooks, HOOK_INCIDENTS=f"http://127.0.0.1:{closed_port}/services/T000/s3cr3t-path")
-    r = cli("run", p, "--inventory", inv(), env=env)
+    r = main("run", p, "--inventory", inv(), env=env)
     assert r.returncode == 0
     assert "NOT SENT to incidents: cannot connect to the webhook of 'incidents': connection refused" in r.stdout
     out = r.stdout + r.stderr + (audit_dir / "audit.jsonl").read_text()
     assert "s3cr3t-path" not in out
 
 
-def test_readonly_false_makes_it_a_confirmed_write(write, cli, web, inv, hooks):
+def test_readonly_false_makes_it_a_confirmed_write(write, main, web, inv, hooks):
     p = book(write, """
   mitigate:
     - id: customers
@@ -149,9 +149,9 @@ def test_readonly_false_makes_it_a_confirmed_write(write, cli, web, inv, hooks):
     - id: done
       end: ok
 """)
-    r = cli("run", p, "--inventory", inv(), env=hooks)
+    r = main("run", p, "--inventory", inv(), env=hooks)
     assert r.returncode == 3 and web.hooks == []
-    r = cli("run", p, "--inventory", inv(), "--yes", env=hooks)
+    r = main("run", p, "--inventory", inv(), "--yes", env=hooks)
     assert r.returncode == 0 and len(web.hooks) == 1
 
 
@@ -162,29 +162,29 @@ def test_readonly_false_makes_it_a_confirmed_write(write, cli, web, inv, hooks):
     ("{to: incidents, message: x, format: xml}", "'xml' is not one of slack, json"),
     ("{to: incidents, message: '{{ params.nope }}'}", "parameter 'nope' is not defined"),
 ])
-def test_validation_errors(write, cli, inv, body, message):
+def test_validation_errors(write, main, inv, body, message):
     p = book(write, f"""
   diagnose:
     - id: n
       notify: {body}
 """)
-    r = cli("validate", p, "--inventory", inv())
+    r = main("validate", p, "--inventory", inv())
     assert r.returncode == 1
     assert message in r.stdout, r.stdout
 
 
-def test_unknown_or_ambiguous_channel(write, cli, inv, hooks):
+def test_unknown_or_ambiguous_channel(write, main, inv, hooks):
     p = book(write, """
   diagnose:
     - id: n
       notify: {to: "#nowhere", message: x}
 """)
-    r = cli("run", p, "--inventory", inv(), "--dry-run", env=hooks)
+    r = main("run", p, "--inventory", inv(), "--dry-run", env=hooks)
     assert r.returncode == 1
     assert "no notifier in" in r.stderr and "posts to #nowhere (notifiers with channels: incidents (#incidents), broken (#broken))" in r.stderr
 
 
-def test_a_notifier_missing_from_the_inventory_warns_in_a_live_run_but_fails_the_plan(cli, write, tmp_path, audit_dir):
+def test_a_notifier_missing_from_the_inventory_warns_in_a_live_run_but_fails_the_plan(main, write, tmp_path, audit_dir):
     import json
 
     inv = write("inv-empty.yaml", "hosts: {}\n")
@@ -199,9 +199,9 @@ def test_a_notifier_missing_from_the_inventory_warns_in_a_live_run_but_fails_the
               shell: "echo went on"
               readonly: true
         """)
-    r = cli("run", p, "--inventory", inv, "--dry-run")
+    r = main("run", p, "--inventory", inv, "--dry-run")
     assert r.returncode == 1 and "incidents" in r.stderr  # CI catches it
-    r = cli("run", p, "--inventory", inv)
+    r = main("run", p, "--inventory", inv)
     assert r.returncode == 0, r.stdout + r.stderr  # at 3am the response goes on
     assert "NOT SENT" in r.stdout and "went on" in r.stdout
     recs = [json.loads(x) for x in (audit_dir / "audit.jsonl").read_text().splitlines()]

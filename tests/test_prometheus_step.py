@@ -54,7 +54,7 @@ def results(audit_dir: Path) -> dict:
     return {r["step"]: r for r in audit.read_records(audit_dir / "audit.jsonl") if r["type"] == "step_result"}
 
 
-def test_instant_query_value_and_series(write, cli, inv, prom, exporter):
+def test_instant_query_value_and_series(write, main, inv, prom, exporter):
     wait_for(prom, RATIO.format(s="p-inst"), lambda v: abs(v - 0.1) < 1e-9)
     p = book(write, f"""
   diagnose:
@@ -71,13 +71,13 @@ def test_instant_query_value_and_series(write, cli, inv, prom, exporter):
     - id: high
       end: "error ratio {{{{ steps.err.value | round(3) }}}} ({{{{ steps['by-code'].series[0].labels.status_code }}}} first)"
 """)
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert r.returncode == 0, r.stdout + r.stderr
     assert "error ratio 0.1 (" in r.stdout
     assert '{status_code="200"}  ' in r.stdout and '{status_code="500"}  ' in r.stdout  # the series table
 
 
-def test_verify_waits_until_the_rate_falls_and_holds_for_three_checks(write, cli, inv, prom, exporter, audit_dir):
+def test_verify_waits_until_the_rate_falls_and_holds_for_three_checks(write, main, inv, prom, exporter, audit_dir):
     wait_for(prom, RATIO.format(s="p-verify"), lambda v: v > 0.1)
     exporter.set("p-verify", requests=100, errors=0)  # the fix is out: the 3s window drains in a few seconds
     p = book(write, f"""
@@ -91,7 +91,7 @@ def test_verify_waits_until_the_rate_falls_and_holds_for_three_checks(write, cli
       timeout: 20s
 """)
     started = time.monotonic()
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert r.returncode == 0, r.stdout + r.stderr
     res = results(audit_dir)["error-rate-ok"]
     assert res["status"] == "ok"
@@ -100,7 +100,7 @@ def test_verify_waits_until_the_rate_falls_and_holds_for_three_checks(write, cli
     assert time.monotonic() - started < 20
 
 
-def test_for_counts_consecutive_checks(write, cli, inv, prom, audit_dir):
+def test_for_counts_consecutive_checks(write, main, inv, prom, audit_dir):
     p = book(write, """
   verify:
     - id: up
@@ -109,12 +109,12 @@ def test_for_counts_consecutive_checks(write, cli, inv, prom, audit_dir):
       every: 0.2s
       timeout: 10s
 """)
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert r.returncode == 0, r.stdout + r.stderr
     assert results(audit_dir)["up"]["attempts"] == 3  # held on the first check, needed three in a row
 
 
-def test_verify_times_out_when_the_rate_never_falls(write, cli, inv, prom, exporter):
+def test_verify_times_out_when_the_rate_never_falls(write, main, inv, prom, exporter):
     wait_for(prom, RATIO.format(s="p-bad"), lambda v: v > 0.1)
     p = book(write, f"""
   verify:
@@ -130,7 +130,7 @@ def test_verify_times_out_when_the_rate_never_falls(write, cli, inv, prom, expor
       end: {{status: escalated, message: "still {{{{ steps['error-rate-ok'].value }}}}"}}
 """)
     started = time.monotonic()
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     took = time.monotonic() - started
     assert r.returncode == 1
     assert re.search(r"condition 'value < 0.01' not met after 2s \(\d checks\)", r.stdout), r.stdout
@@ -138,7 +138,7 @@ def test_verify_times_out_when_the_rate_never_falls(write, cli, inv, prom, expor
     assert took < 10
 
 
-def test_no_data_and_nan_are_said_plainly(write, cli, inv, prom, exporter):
+def test_no_data_and_nan_are_said_plainly(write, main, inv, prom, exporter):
     wait_for(prom, RATIO.format(s="p-idle"), math.isnan)  # unchanged counters: the ratio is 0/0
     p = book(write, f"""
   diagnose:
@@ -149,7 +149,7 @@ def test_no_data_and_nan_are_said_plainly(write, cli, inv, prom, exporter):
     - id: show
       end: "nothing={{{{ steps.nothing.value }}}} has={{{{ steps.nothing.has_value }}}} idle={{{{ steps.idle.value }}}}"
 """)
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert r.returncode == 0, r.stdout
     assert "nothing=no data has=False idle=NaN" in r.stdout
     assert "no data (the query returned no series)" in r.stdout and "{}  NaN" in r.stdout
@@ -164,7 +164,7 @@ def test_no_data_and_nan_are_said_plainly(write, cli, inv, prom, exporter):
     - id: high
       end: "high"
 """)
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert r.returncode == 1
     assert "step 'decide' failed: no data: the query returned no series" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
@@ -176,12 +176,12 @@ def test_no_data_and_nan_are_said_plainly(write, cli, inv, prom, exporter):
       every: 0.3s
       timeout: 1s
 """)
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert r.returncode == 1
     assert "last: the query returned NaN (e.g. 0/0: no requests in the window)" in r.stdout
 
 
-def test_errors_are_one_line(write, cli, inv, closed_port, web):
+def test_errors_are_one_line(write, main, inv, closed_port, web):
     p = book(write, """
   diagnose:
     - id: bad
@@ -194,7 +194,7 @@ def test_errors_are_one_line(write, cli, inv, closed_port, web):
       prometheus: {server: web, query: up}
 """)
     extra = f'  down: {{url: "http://127.0.0.1:{closed_port}"}}\n  web: {{url: "{web.url}/status/404"}}\n'
-    r = cli("run", p, "--inventory", inv(extra=extra))
+    r = main("run", p, "--inventory", inv(extra=extra))
     assert r.returncode == 1
     failed = [x for x in r.stdout.splitlines() if "✗ failed" in x]
     assert len(failed) == 3, r.stdout
@@ -203,7 +203,7 @@ def test_errors_are_one_line(write, cli, inv, closed_port, web):
     assert "prometheus 'web' at 127.0.0.1" in failed[2] and "answered 404 Not Found — not the Prometheus API?" in failed[2]
 
 
-def test_range_query(write, cli, inv, prom):
+def test_range_query(write, main, inv, prom):
     wait_for(prom, 'count_over_time(up{job="app"}[10s])', lambda v: v >= 3)
     p = book(write, """
   diagnose:
@@ -218,12 +218,12 @@ def test_range_query(write, cli, inv, prom):
     - id: ok
       end: "up {{ steps.rps.value }}"
 """)
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert r.returncode == 0, r.stdout + r.stderr
     assert "samples)" in r.stdout and "up 1.0" in r.stdout
 
 
-def test_alerts(write, cli, inv, prom, exporter):
+def test_alerts(write, main, inv, prom, exporter):
     p = book(write, """
   diagnose:
     - id: high
@@ -244,13 +244,13 @@ def test_alerts(write, cli, inv, prom, exporter):
     - id: ok
       end: "alerts as expected"
 """)
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert r.returncode == 0, r.stdout + r.stderr
     assert "FIRING   HighErrorRate" in r.stdout
     assert "not firing: HighErrorRate, APIErrorRateSLOCritical" in r.stdout
 
 
-def test_promql_values_are_escaped_not_pasted(write, cli, inv, prom, exporter):
+def test_promql_values_are_escaped_not_pasted(write, main, inv, prom, exporter):
     wait_for(prom, 'count(http_requests_total{service="p-esc"})', lambda v: v == 2)
     p = book(write, """
   diagnose:
@@ -260,25 +260,25 @@ def test_promql_values_are_escaped_not_pasted(write, cli, inv, prom, exporter):
       end: "has={{ steps.q.has_value }}"
 """, head="params:\n  service: {type: string}\n")
     evil = 'p-esc"} or vector(42) or up{job="'
-    r = cli("run", p, "--inventory", inv(), "-p", f"service={evil}")
+    r = main("run", p, "--inventory", inv(), "-p", f"service={evil}")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "has=False" in r.stdout  # one (odd) label value, no injected vector(42)
     assert r'service="p-esc\"} or vector(42) or up{job=\""' in r.stdout
-    r = cli("run", p, "--inventory", inv(), "-p", "service=p-esc")
+    r = main("run", p, "--inventory", inv(), "-p", "service=p-esc")
     assert "has=True" in r.stdout
     p = book(write, """
   diagnose:
     - id: q
       prometheus: 'sum(rate(http_requests_total[{{ params.window }}]))'
 """, head="params:\n  window: {type: string}\n")
-    r = cli("run", p, "--inventory", inv(), "--dry-run", "-p", "window=5m")
+    r = main("run", p, "--inventory", inv(), "--dry-run", "-p", "window=5m")
     assert r.returncode == 0 and "[5m]" in r.stdout
-    r = cli("run", p, "--inventory", inv(), "--dry-run", "-p", "window=5m])) or vector(1) #")
+    r = main("run", p, "--inventory", inv(), "--dry-run", "-p", "window=5m])) or vector(1) #")
     assert r.returncode == 1
     assert "would be pasted into the PromQL query outside a string literal" in r.stderr
 
 
-def test_dry_run_contacts_nothing(write, cli, inv, web):
+def test_dry_run_contacts_nothing(write, main, inv, web):
     p = book(write, """
   diagnose:
     - id: q
@@ -286,7 +286,7 @@ def test_dry_run_contacts_nothing(write, cli, inv, web):
     - id: a
       prometheus: {alerts: [HighErrorRate]}
 """)
-    r = cli("run", p, "--inventory", inv(url=web.url), "--dry-run")
+    r = main("run", p, "--inventory", inv(url=web.url), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "PromQL range 300s (step 5s) on prometheus 'default': up" in r.stdout
     assert "alerts firing on prometheus 'default': HighErrorRate" in r.stdout
@@ -304,14 +304,14 @@ def test_dry_run_contacts_nothing(write, cli, inv, web):
     ("{server: other, query: up}", None, "prometheus 'other' is not in"),
     ("{query: up, for: 0}", None, "0 is out of range"),
 ])
-def test_validation_errors(write, cli, inv, body, until, message):
+def test_validation_errors(write, main, inv, body, until, message):
     extra = f'      until: "{until}"\n      timeout: 10s\n' if until else ""
     p = book(write, f"""
   diagnose:
     - id: q
       prometheus: {body}
 {extra}""")
-    r = cli("validate", p, "--inventory", inv())
+    r = main("validate", p, "--inventory", inv())
     assert r.returncode == 1
     assert message in r.stdout, r.stdout
 
@@ -337,11 +337,11 @@ def _playbook(write, prom, web, service_timing: str = "") -> tuple[Path, str]:
     return p, str(inv)
 
 
-def test_high_error_rate_playbook_resolves(write, cli, prom, web, exporter, audit_dir):
+def test_high_error_rate_playbook_resolves(write, main, prom, web, exporter, audit_dir):
     wait_for(prom, RATIO.format(s="e2e-ok"), lambda v: v < 0.01)
     p, inv = _playbook(write, prom, web)
     env = {"API_TOKEN": "tok-e2e-1", "HOOK_INCIDENTS": f"{web.url}/hook/incidents-secret-path"}
-    r = cli("run", p, "--inventory", inv, "-p", "service=e2e-ok", "--answer", "cause=external",
+    r = main("run", p, "--inventory", inv, "-p", "service=e2e-ok", "--answer", "cause=external",
             "--answer", "external=done", env=env, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     res = results(audit_dir)
@@ -358,11 +358,11 @@ def test_high_error_rate_playbook_resolves(write, cli, prom, web, exporter, audi
         assert secret not in logged and secret not in r.stdout + r.stderr
 
 
-def test_high_error_rate_playbook_escalates(write, cli, prom, web, exporter, audit_dir):
+def test_high_error_rate_playbook_escalates(write, main, prom, web, exporter, audit_dir):
     wait_for(prom, RATIO.format(s="e2e-bad"), lambda v: v > 0.2)
     p, inv = _playbook(write, prom, web)
     env = {"API_TOKEN": "tok", "HOOK_INCIDENTS": f"{web.url}/hook/incidents"}
-    r = cli("run", p, "--inventory", inv, "-p", "service=e2e-bad", "--answer", "cause=external",
+    r = main("run", p, "--inventory", inv, "-p", "service=e2e-bad", "--answer", "cause=external",
             "--answer", "external=done", env=env, timeout=60)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "run escalated" in r.stdout

@@ -217,8 +217,8 @@ def test_unknown_record_types_and_guided_decisions(tmp_path: Path) -> None:
         ("run_finished", {"status": "aborted", "exit_code": 1}),
     ])
     md = report.report(path, "R-guided", meta=lambda s: {})
-    assert "event `resumed`: from\\_run: `R-earlier`" in md
-    assert "step `a` **approved** by dana (`mark-done`)" in md
+    assert "**run resumed** by ? on `?`; from\\_run: `R-earlier`" in md
+    assert "step `a` was in doubt: **marked done** by dana on resume" in md
     assert "  ```\n  multi\n  line `cmd`\n  ```" in md
     assert "data" not in md.split("## Timeline")[1].split("## Impact")[0].replace("date", "")
     assert "step `b` **approved** by dana (`retry`)" in md
@@ -297,22 +297,22 @@ params:
 """
 
 
-def _live_run(cli, write, tmp_path: Path) -> str:
+def _live_run(main, write, tmp_path: Path) -> str:
     book(write, STEPS, head=HEAD)
-    r = cli("run", "t.yaml", "--yes", env={"RUNBOOK_PARAM_TOKEN": "tok-SECRET-42"})
+    r = main("run", "t.yaml", "--yes", env={"RUNBOOK_PARAM_TOKEN": "tok-SECRET-42"})
     assert r.returncode == 0, r.stderr
     runs = audit.list_runs(Path(os.environ["RUNBOOK_AUDIT_DIR"]) / audit.LOG_NAME)
     assert len(runs) == 1
     return runs[0]["run"]
 
 
-def test_cli_report_of_a_live_run(cli, write, tmp_path: Path) -> None:
-    run_id = _live_run(cli, write, tmp_path)
-    r = cli("report", "last")
+def test_cli_report_of_a_live_run(main, write, tmp_path: Path) -> None:
+    run_id = _live_run(main, write, tmp_path)
+    r = main("report", "last")
     assert r.returncode == 0, r.stderr
     md = r.stdout
     assert md.startswith("# Incident report: T\n\nRun `" + run_id + "`")  # the title, from the unchanged file
-    assert cli("report", run_id[:12]).stdout == md
+    assert main("report", run_id[:12]).stdout == md
     lines = md.splitlines()
 
     def line(fragment: str) -> str:
@@ -342,30 +342,30 @@ def test_cli_report_of_a_live_run(cli, write, tmp_path: Path) -> None:
     assert "Warning" not in md
 
     out = tmp_path / "pm.md"
-    r = cli("report", run_id, "-o", out)
+    r = main("report", run_id, "-o", out)
     assert r.returncode == 0 and r.stdout == ""
     assert out.read_text() == md
     assert "report written to" in r.stderr
 
 
-def test_cli_unknown_and_ambiguous_ids(cli, write, tmp_path: Path) -> None:
-    r = cli("report", "last")
+def test_cli_unknown_and_ambiguous_ids(main, write, tmp_path: Path) -> None:
+    r = main("report", "last")
     assert r.returncode == 1
     assert r.stderr.startswith("runbook: error: no runs recorded in ") and r.stderr.count("\n") == 1
-    _live_run(cli, write, tmp_path)
-    r = cli("report", "nope")
+    _live_run(main, write, tmp_path)
+    r = main("report", "nope")
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.startswith("runbook: error: no run 'nope' in the audit log") and r.stderr.count("\n") == 1
     assert "Traceback" not in r.stderr
-    assert cli("run", "t.yaml", "--dry-run").returncode == 0
-    r = cli("report", "20")
+    assert main("run", "t.yaml", "--dry-run").returncode == 0
+    r = main("report", "20")
     assert r.returncode == 1 and "ambiguous" in r.stderr and r.stderr.count("\n") == 1
-    r = cli("report")
+    r = main("report")
     assert r.returncode == 2 and "RUN_ID" in r.stderr
 
 
-def test_cli_tampered_log_warns_but_reports(cli, write, tmp_path: Path) -> None:
-    run_id = _live_run(cli, write, tmp_path)
+def test_cli_tampered_log_warns_but_reports(main, write, tmp_path: Path) -> None:
+    run_id = _live_run(main, write, tmp_path)
     path = Path(os.environ["RUNBOOK_AUDIT_DIR"]) / audit.LOG_NAME
     lines = path.read_text().splitlines(keepends=True)
     number = next(i for i, x in enumerate(lines) if '"step":"restart"' in x and '"step_result"' in x)
@@ -373,8 +373,8 @@ def test_cli_tampered_log_warns_but_reports(cli, write, tmp_path: Path) -> None:
     record["status"] = "ok"  # someone hides the failure
     lines[number] = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
     path.write_text("".join(lines))
-    assert cli("audit", "verify").returncode == 1
-    r = cli("report", "last")
+    assert main("audit", "verify").returncode == 1
+    r = main("report", "last")
     assert r.returncode == 0, r.stderr
     warning = r.stdout.splitlines()[4]
     assert warning.startswith(f"> **Warning: the audit log does not verify** at `{path}:{number + 1}` (a record of this run): "
@@ -382,11 +382,11 @@ def test_cli_tampered_log_warns_but_reports(cli, write, tmp_path: Path) -> None:
     assert "## Timeline" in r.stdout and run_id in r.stdout
 
 
-def test_report_copied_log_elsewhere_with_dir(cli, tmp_path: Path) -> None:
+def test_report_copied_log_elsewhere_with_dir(main, tmp_path: Path) -> None:
     d = tmp_path / "copy"
     d.mkdir()
     shutil.copyfile(LOG, d / audit.LOG_NAME)
-    r = cli("report", "--dir", d, "20261126T17")
+    r = main("report", "--dir", d, "20261126T17")
     assert r.returncode == 0, r.stderr
     assert "may or may not have run" in r.stdout
 
@@ -406,7 +406,7 @@ def test_title_from_the_recorded_source_or_the_unchanged_file(tmp_path: Path) ->
     assert report.runbook_meta({}) == {}
 
 
-def test_cli_report_of_a_run_from_an_alert(cli, write, tmp_path: Path) -> None:
+def test_cli_report_of_a_run_from_an_alert(main, write, tmp_path: Path) -> None:
     from datetime import datetime, timedelta, timezone
 
     write("books/t.yaml", "name: t\ntitle: T\nalerts: [HighErrorRate]\nparams_from_labels: {service: job}\n"
@@ -417,9 +417,9 @@ def test_cli_report_of_a_run_from_an_alert(cli, write, tmp_path: Path) -> None:
         "startsAt": fired.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "endsAt": "0001-01-01T00:00:00Z",
         "fingerprint": "f1f2f3", "generatorURL": "http://prometheus/graph?g0.expr=x|y"}]}
     write("alert.json", json.dumps(payload))
-    r = cli("run", "--alert", "alert.json", "--path", "books", "--yes")
+    r = main("run", "--alert", "alert.json", "--path", "books", "--yes")
     assert r.returncode == 0, r.stderr
-    md = cli("report", "last").stdout
+    md = main("report", "last").stdout
     assert f"Offsets are from the alert's `startsAt` ({fired:%Y-%m-%d %H:%M:%S} UTC)" in md
     assert f"- **T+00:00:00** ({fired:%H:%M:%S}) — alert `HighErrorRate` fired" in md
     assert re.search(r"^- \*\*T\+00:0[23]:\d\d\*\* \(\d\d:\d\d:\d\d\) — run started by ", md, re.M)

@@ -30,7 +30,7 @@ def table(pg, pg_db):
     return "t"
 
 
-def test_readonly_step_reads_rows_usable_in_conditions(write, cli, inv, table):
+def test_readonly_step_reads_rows_usable_in_conditions(write, main, inv, table):
     p = book(write, """
   diagnose:
     - id: count
@@ -45,27 +45,27 @@ def test_readonly_step_reads_rows_usable_in_conditions(write, cli, inv, table):
     - id: five
       end: "five rows, last {{ steps.count.rows[0].last }}"
 """)
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert r.returncode == 0, r.stdout + r.stderr
     assert "five rows, last row5" in r.stdout
     assert "n  last" in r.stdout and "(1 row)" in r.stdout  # the result table
 
 
-def test_readonly_update_is_refused_by_the_server(write, cli, inv, table, pg, pg_db):
+def test_readonly_update_is_refused_by_the_server(write, main, inv, table, pg, pg_db):
     p = book(write, """
   diagnose:
     - id: sneaky
       sql: {database: main, query: "UPDATE t SET n = 1"}
       readonly: true
 """)
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert r.returncode == 1
     assert "the database refused a write in a read-only step (SQLSTATE 25006" in r.stdout
     with pg.connect(pg_db) as conn:
         assert conn.execute("SELECT sum(n) FROM t").fetchone()[0] == 0
 
 
-def test_side_effect_functions_are_refused_in_readonly_steps(write, cli, inv):
+def test_side_effect_functions_are_refused_in_readonly_steps(write, main, inv):
     p = book(write, """
   diagnose:
     - id: kill
@@ -75,7 +75,7 @@ def test_side_effect_functions_are_refused_in_readonly_steps(write, cli, inv):
       sql: {database: main, query: "SELECT 'pg_terminate_backend(1)' AS just_text -- pg_cancel_backend(2)"}
       readonly: true
 """)
-    r = cli("validate", p)
+    r = main("validate", p)
     assert r.returncode == 1
     assert "step 'kill' sql.query: a read-only step may not use pg_terminate_backend" in r.stdout
     assert "step 'fine'" not in r.stdout
@@ -96,7 +96,7 @@ def test_side_effect_functions_are_refused_in_readonly_steps(write, cli, inv):
     assert sql.side_effects("SELECT pg_catalog . pg_cancel_backend (1)") == ["pg_cancel_backend"]
 
 
-def test_statement_timeout_cancels_a_long_query(write, cli, inv):
+def test_statement_timeout_cancels_a_long_query(write, main, inv):
     p = book(write, """
   diagnose:
     - id: slow
@@ -104,13 +104,13 @@ def test_statement_timeout_cancels_a_long_query(write, cli, inv):
       readonly: true
 """)
     started = time.monotonic()
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert r.returncode == 1
     assert "statement timeout: cancelled by the server after 1s (SQLSTATE 57014)" in r.stdout
     assert time.monotonic() - started < 15
 
 
-def test_injection_attempt_is_stored_literally(write, cli, inv, table, pg, pg_db):
+def test_injection_attempt_is_stored_literally(write, main, inv, table, pg, pg_db):
     p = book(write, """
   mitigate:
     - id: insert
@@ -125,14 +125,14 @@ def test_injection_attempt_is_stored_literally(write, cli, inv, table, pg, pg_db
       readonly: true
 """, head="params:\n  name: {}\n")
     evil = "'; DROP TABLE t; --"
-    r = cli("run", p, "--inventory", inv(), "--yes", "-p", f"name={evil}")
+    r = main("run", p, "--inventory", inv(), "--yes", "-p", f"name={evil}")
     assert r.returncode == 0, r.stdout + r.stderr
     with pg.connect(pg_db) as conn:
         assert conn.execute("SELECT count(*) FROM t WHERE name = %s", (evil,)).fetchone()[0] == 1
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 6
 
 
-def test_templates_in_sql_text_are_refused(write, cli):
+def test_templates_in_sql_text_are_refused(write, main):
     p = book(write, """
   diagnose:
     - id: bad
@@ -142,14 +142,14 @@ def test_templates_in_sql_text_are_refused(write, cli):
       sql: {database: main, query: "SELECT %(a)s, %(b)s", args: {a: 1, c: 2}}
       readonly: true
 """, head="params:\n  name: {default: x}\n")
-    r = cli("validate", p)
+    r = main("validate", p)
     assert r.returncode == 1
     assert "the SQL text may not contain templates" in r.stdout
     assert "placeholder %(b)s has no value under args" in r.stdout
     assert "args.c is not used by the query" in r.stdout
 
 
-def test_expect_rows_rolls_back(write, cli, inv, table, pg, pg_db):
+def test_expect_rows_rolls_back(write, main, inv, table, pg, pg_db):
     p = book(write, """
   mitigate:
     - id: bump
@@ -160,7 +160,7 @@ def test_expect_rows_rolls_back(write, cli, inv, table, pg, pg_db):
       sql: {database: main, query: "SELECT 1 AS one"}
       readonly: true
 """)
-    r = cli("run", p, "--inventory", inv(), "--yes")
+    r = main("run", p, "--inventory", inv(), "--yes")
     assert r.returncode == 1
     assert "expected at most 3 rows, the statement touched 5; rolled back" in r.stdout
     with pg.connect(pg_db) as conn:
@@ -175,12 +175,12 @@ def test_expect_rows_rolls_back(write, cli, inv, table, pg, pg_db):
       sql: {database: main, query: "SELECT 1 AS one"}
       readonly: true
 """, name="b2.yaml")
-    assert cli("run", p2, "--inventory", inv(), "--yes").returncode == 0
+    assert main("run", p2, "--inventory", inv(), "--yes").returncode == 0
     with pg.connect(pg_db) as conn:
         assert conn.execute("SELECT sum(n) FROM t").fetchone()[0] == 5
 
 
-def test_write_needs_confirmation_and_terminate_ends_a_real_session(write, cli, inv, pg, pg_db):
+def test_write_needs_confirmation_and_terminate_ends_a_real_session(write, main, inv, pg, pg_db):
     victim = pg.connect(pg_db)
     pid = victim.info.backend_pid
     p = book(write, """
@@ -202,10 +202,10 @@ def test_write_needs_confirmation_and_terminate_ends_a_real_session(write, cli, 
       every: 0.2s
       timeout: 10s
 """, head="params:\n  pid: {type: integer}\n")
-    r = cli("run", p, "--inventory", inv(), "-p", f"pid={pid}")
+    r = main("run", p, "--inventory", inv(), "-p", f"pid={pid}")
     assert r.returncode == 3 and "SELECT pg_terminate_backend(%(pid)s)" in r.stdout and f"pid={pid}" in r.stdout
     assert victim.execute("SELECT 1").fetchone() == (1,)  # untouched without approval
-    r = cli("run", p, "--inventory", inv(), "-p", f"pid={pid}", "--yes")
+    r = main("run", p, "--inventory", inv(), "-p", f"pid={pid}", "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
     import psycopg
 
@@ -214,7 +214,7 @@ def test_write_needs_confirmation_and_terminate_ends_a_real_session(write, cli, 
     victim.close()
 
 
-def test_one_connection_per_run_with_application_name_and_readonly_role(write, cli, inv, make_pg_role, pg, pg_db, audit_dir):
+def test_one_connection_per_run_with_application_name_and_readonly_role(write, main, inv, make_pg_role, pg, pg_db, audit_dir):
     role = make_pg_role()
     with pg.connect(pg_db) as conn:
         conn.execute(f'GRANT CONNECT ON DATABASE "{pg_db}" TO "{role}"')
@@ -235,13 +235,13 @@ def test_one_connection_per_run_with_application_name_and_readonly_role(write, c
     - id: ok
       end: "who={{ steps.first.rows[0].who }} app={{ steps.first.rows[0].app }}"
 """)
-    r = cli("run", p, "--inventory", inv(readonly_role=role))
+    r = main("run", p, "--inventory", inv(readonly_role=role))
     assert r.returncode == 0, r.stdout + r.stderr
     run_id = list(audit.read_records(audit_dir / "audit.jsonl"))[0]["run"]
     assert f"who={role} app=runbook:{run_id}" in r.stdout
 
 
-def test_dry_run_contacts_nothing_and_shows_bound_values(write, cli, tmp_path):
+def test_dry_run_contacts_nothing_and_shows_bound_values(write, main, tmp_path):
     inv = write("inv.yaml", "databases:\n  main: {host: 127.0.0.1, port: 1, dbname: nowhere, user: nobody}\n")
     p = book(write, """
   mitigate:
@@ -255,17 +255,17 @@ def test_dry_run_contacts_nothing_and_shows_bound_values(write, cli, tmp_path):
     - id: ok
       end: done
 """, head="params:\n  user: {default: app}\n")
-    r = cli("run", p, "--inventory", inv, "--dry-run")
+    r = main("run", p, "--inventory", inv, "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "WHERE usename = %(user)s" in r.stdout and "-- args: user='app'" in r.stdout
     assert "database main (nobody@127.0.0.1:1/nowhere)" in r.stdout
-    r = cli("run", p, "--dry-run")  # no inventory at all
+    r = main("run", p, "--dry-run")  # no inventory at all
     assert r.returncode == 1 and "a sql step needs an inventory with database 'main'" in r.stderr
-    r = cli("validate", p, "--inventory", write("other.yaml", "databases:\n  mian: {host: x}\n"))
+    r = main("validate", p, "--inventory", write("other.yaml", "databases:\n  mian: {host: x}\n"))
     assert r.returncode == 1 and "database 'main' is not in" in r.stdout and "did you mean 'mian'" in r.stdout
 
 
-def test_clear_errors_for_connection_and_syntax_problems(write, cli, inv, pg, pg_password, audit_dir):
+def test_clear_errors_for_connection_and_syntax_problems(write, main, inv, pg, pg_password, audit_dir):
     p = book(write, """
   diagnose:
     - id: q
@@ -276,7 +276,7 @@ def test_clear_errors_for_connection_and_syntax_problems(write, cli, inv, pg, pg
           FROM nowhere WHERE WHERE
       readonly: true
 """)
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert "SQL syntax error at line 2, column 20" in r.stdout and "SQLSTATE 42601" in r.stdout
     ok = book(write, """
   diagnose:
@@ -284,25 +284,25 @@ def test_clear_errors_for_connection_and_syntax_problems(write, cli, inv, pg, pg
       sql: {database: main, query: "SELECT 1 AS one"}
       readonly: true
 """, name="ok.yaml")
-    r = cli("run", ok, "--inventory", inv(port=1))
+    r = main("run", ok, "--inventory", inv(port=1))
     assert r.returncode == 1 and f"cannot connect to database 'main' at {pg.host}:1: connection refused" in r.stdout
-    r = cli("run", ok, "--inventory", inv(dbname="no_such_db"))
+    r = main("run", ok, "--inventory", inv(dbname="no_such_db"))
     assert "the server at" in r.stdout and "has no database 'no_such_db'" in r.stdout
     # a password in a DSN never reaches the screen or the audit log
     wrong = f"postgresql://postgres:Wr0ngPw-123@{pg_password.host}:{pg_password.port}/postgres"
     inv_dsn = write("dsn.yaml", "databases:\n  main: {dsn: " + json.dumps(wrong) + "}\n")
-    r = cli("run", ok, "--inventory", inv_dsn)
+    r = main("run", ok, "--inventory", inv_dsn)
     assert r.returncode == 1 and "password authentication failed for user" in r.stdout
     right = f"postgresql://postgres:{pg_password.password}@{pg_password.host}:{pg_password.port}/postgres"
     inv_dsn = write("dsn.yaml", "databases:\n  main: {dsn: " + json.dumps(right) + "}\n")
-    r = cli("run", ok, "--inventory", inv_dsn)
+    r = main("run", ok, "--inventory", inv_dsn)
     assert r.returncode == 0, r.stdout + r.stderr
     log = (audit_dir / "audit.jsonl").read_text()
     for secret in ("Wr0ngPw-123", pg_password.password):
         assert secret not in r.stdout + r.stderr and secret not in log
 
 
-def test_password_from_the_environment(write, cli, pg_password):
+def test_password_from_the_environment(write, main, pg_password):
     p = book(write, """
   diagnose:
     - id: q
@@ -313,13 +313,13 @@ def test_password_from_the_environment(write, cli, pg_password):
 """)
     inv = write("inv.yaml", f"databases:\n  main: {{host: {pg_password.host}, port: {pg_password.port}, dbname: postgres, "
                             f"user: postgres, password: {{env: PG_TEST_PW}}}}\n")
-    r = cli("run", p, "--inventory", inv)
+    r = main("run", p, "--inventory", inv)
     assert r.returncode == 1 and "environment variable PG_TEST_PW is not set" in r.stdout
-    r = cli("run", p, "--inventory", inv, env={"PG_TEST_PW": pg_password.password})
+    r = main("run", p, "--inventory", inv, env={"PG_TEST_PW": pg_password.password})
     assert r.returncode == 0 and "resolved" in r.stdout, r.stdout
 
 
-def test_wide_and_long_results_stay_readable(write, cli, inv):
+def test_wide_and_long_results_stay_readable(write, main, inv):
     p = book(write, """
   diagnose:
     - id: many
@@ -328,7 +328,7 @@ def test_wide_and_long_results_stay_readable(write, cli, inv):
       outputs:
         more: {regex: '… (\\d+) more rows', type: integer}
 """)
-    r = cli("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())
     assert r.returncode == 0, r.stdout
     assert "x" * 59 + "…" in r.stdout and "x" * 61 not in r.stdout
     from runbook.steps.sql import _table
@@ -337,7 +337,7 @@ def test_wide_and_long_results_stay_readable(write, cli, inv):
     assert text.splitlines()[-1] == "… 50 more rows not shown (100 in all)"
 
 
-def test_pool_exhaustion_playbook_end_to_end(cli, pg, pg_db, write, audit_dir):
+def test_pool_exhaustion_playbook_end_to_end(main, pg, pg_db, write, audit_dir):
     from conftest import ROOT
 
     idle = [pg.connect(pg_db) for _ in range(30)]
@@ -346,12 +346,12 @@ def test_pool_exhaustion_playbook_end_to_end(cli, pg, pg_db, write, audit_dir):
         inv = write("inv.yaml", f"databases:\n  main: {{host: {pg.host}, port: {pg.port}, dbname: {pg_db}, user: {pg.user}}}\n")
         book = ROOT / "playbooks" / "db-connection-pool-exhaustion.yaml"
         # more idle sessions than max_terminate: escalated, nothing terminated
-        r = cli("run", book, "--inventory", inv, "--yes", "--answer", "remedy=terminate-idle",
+        r = main("run", book, "--inventory", inv, "--yes", "--answer", "remedy=terminate-idle",
                 "-p", "threshold=10", "-p", "idle_seconds=1", "-p", "max_terminate=20", timeout=120)
         assert r.returncode == 1 and "30 idle sessions, more than 20" in r.stdout, r.stdout + r.stderr
         assert all(c.execute("SELECT 1").fetchone() == (1,) for c in idle)
         # the database has room (threshold 100): not "resolved" from the database's count alone
-        r = cli("run", book, "--inventory", inv, "--yes", "--answer", "app-pool=escalate",
+        r = main("run", book, "--inventory", inv, "--yes", "--answer", "app-pool=escalate",
                 "-p", "threshold=100", "-p", "idle_seconds=1", timeout=120)
         assert r.returncode == 1 and "run escalated" in r.stdout and "→ app-pool because" in r.stdout, r.stdout + r.stderr
         # cancel-long-running: the query is cancelled (its session stays), bounded by max_cancel
@@ -369,7 +369,7 @@ def test_pool_exhaustion_playbook_end_to_end(cli, pg, pg_db, write, audit_dir):
         t = threading.Thread(target=lambda: got.append(_run_catching(slow, "SELECT pg_sleep(60)")), daemon=True)
         t.start()
         time.sleep(1.5)
-        r = cli("run", book, "--inventory", inv, "--yes", "--answer", "app-pool=cancel-long-running",
+        r = main("run", book, "--inventory", inv, "--yes", "--answer", "app-pool=cancel-long-running",
                 "-p", "threshold=100", "-p", "long_running_seconds=1", "-p", "max_cancel=1", timeout=120)
         t.join(10)
         assert got and "canceling statement due to user request" in got[0], (got, r.stdout)
@@ -378,7 +378,7 @@ def test_pool_exhaustion_playbook_end_to_end(cli, pg, pg_db, write, audit_dir):
         assert slow.execute("SELECT 1").fetchone() == (1,)  # cancelled, not terminated
         slow.close()
         assert r.returncode == 1 and res["pool-alert-clear"]["status"] == "failed"  # no Prometheus here: the pool's alert is unknown
-        r = cli("run", book, "--inventory", inv, "--yes", "--answer", "remedy=terminate-idle",
+        r = main("run", book, "--inventory", inv, "--yes", "--answer", "remedy=terminate-idle",
                 "-p", "threshold=10", "-p", "idle_seconds=1", timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "Connections are back under 10" in r.stdout
@@ -403,7 +403,7 @@ def test_pool_exhaustion_playbook_end_to_end(cli, pg, pg_db, write, audit_dir):
             c.close()
 
 
-def test_reviewed_edge_cases(write, cli, inv, pg, pg_db, make_pg_role, audit_dir):
+def test_reviewed_edge_cases(write, main, inv, pg, pg_db, make_pg_role, audit_dir):
     """Types read as text, duplicate columns, intervals as seconds, secrets bound as args, dead connections."""
     role = make_pg_role()
     with pg.connect(pg_db) as conn:
@@ -436,14 +436,14 @@ def test_reviewed_edge_cases(write, cli, inv, pg, pg_db, make_pg_role, audit_dir
     - id: done
       end: "again as {{ steps.again.rows[0].who }}"
 """, head="params:\n  token: {secret: true}\n  role: {}\n")
-    r = cli("run", p, "--inventory", inv(readonly_role=role), "--yes", "-p", f"role={role}",
+    r = main("run", p, "--inventory", inv(readonly_role=role), "--yes", "-p", f"role={role}",
             env={"RUNBOOK_PARAM_TOKEN": "s3cret-arg"})
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"again as {role}" in r.stdout  # the read-only connection was ended, and replaced
     assert "s3cret-arg" not in r.stdout and b"s3cret-arg" not in (audit_dir / "audit.jsonl").read_bytes()
 
 
-def test_write_step_timeout_is_a_timeout_and_autocommit_guards(write, cli, inv):
+def test_write_step_timeout_is_a_timeout_and_autocommit_guards(write, main, inv):
     p = book(write, """
   mitigate:
     - id: slow
@@ -453,7 +453,7 @@ def test_write_step_timeout_is_a_timeout_and_autocommit_guards(write, cli, inv):
     - id: ok
       end: done
 """)
-    r = cli("run", p, "--inventory", inv(), "--yes")
+    r = main("run", p, "--inventory", inv(), "--yes")
     assert r.returncode == 1 and "step 'slow' timeout" in r.stdout
     p = book(write, """
   mitigate:
@@ -467,12 +467,12 @@ def test_write_step_timeout_is_a_timeout_and_autocommit_guards(write, cli, inv):
     - id: ok
       end: done
 """, name="b2.yaml")
-    r = cli("validate", p)
+    r = main("validate", p)
     assert "expect_rows cannot roll back an autocommit statement" in r.stdout
     assert "expect_rows cannot undo pg_terminate_backend" in r.stdout
 
 
-def test_a_dsn_that_cannot_be_parsed_is_not_echoed(write, cli):
+def test_a_dsn_that_cannot_be_parsed_is_not_echoed(write, main):
     inv = write("inv.yaml", 'databases:\n  main: {dsn: "postgresql://postgres:Pa%zz55word@127.0.0.1:1/x"}\n')
     p = book(write, """
   diagnose:
@@ -480,8 +480,8 @@ def test_a_dsn_that_cannot_be_parsed_is_not_echoed(write, cli):
       sql: {database: main, query: "SELECT 1 AS one"}
       readonly: true
 """)
-    r = cli("run", p, "--inventory", inv)
+    r = main("run", p, "--inventory", inv)
     assert r.returncode == 1 and "its dsn cannot be parsed" in r.stdout
     assert "Pa%zz55word" not in r.stdout + r.stderr
-    r = cli("run", p, "--inventory", inv, "--dry-run")
+    r = main("run", p, "--inventory", inv, "--dry-run")
     assert "Pa%zz55word" not in r.stdout and "postgres@127.0.0.1:1/x" in r.stdout

@@ -208,7 +208,7 @@ def test_secret_in_shell_command_is_fine():
     assert ps == []
 
 
-def test_rule_severity_is_tunable(write, cli, tmp_path):
+def test_rule_severity_is_tunable(write, main, tmp_path):
     body = doc("""
         diagnose:
           - id: fix
@@ -218,13 +218,13 @@ def test_rule_severity_is_tunable(write, cli, tmp_path):
     assert not any("[RB101]" in p for p in problems(body, Config({"RB101": "off"})))
     # and from the project's config file, by id or by name
     write("playbooks/x.yaml", body)
-    assert cli("validate").returncode == 1
+    assert main("validate").returncode == 1
     write(".runbook.yaml", "rules:\n  write-in-diagnose: warning\n  RB103: off\n")
-    r = cli("validate")
+    r = main("validate")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "warning" in r.stdout and "RB103" not in r.stdout
     write(".runbook.yaml", "rules:\n  RB999: off\n")
-    r = cli("validate")
+    r = main("validate")
     assert r.returncode == 1 and ".runbook.yaml:2:3: error: config: unknown rule 'RB999'" in r.stdout
 
 
@@ -240,40 +240,40 @@ stages:
 """
 
 
-def test_cli_exit_codes_and_formats(write, cli, tmp_path):
+def test_cli_exit_codes_and_formats(write, main, tmp_path):
     good = write("rb/good.yaml", HEAD + "  diagnose:\n    - id: a\n      shell: 'true'\n      readonly: true\n")
     bad = write("rb/bad.yaml", BROKEN)
-    r = cli("validate", good)
+    r = main("validate", good)
     assert r.returncode == 0 and "all valid" in r.stderr
-    r = cli("validate", tmp_path / "rb")
+    r = main("validate", tmp_path / "rb")
     assert r.returncode == 1
     assert r.stdout.splitlines() == [f"{bad}:8:13: error: step 'a': next names step 'nowhere', which does not exist"]
-    r = cli("validate", "does-not-exist.yaml")
+    r = main("validate", "does-not-exist.yaml")
     assert r.returncode == 2 and "no such file" in r.stderr
-    r = cli("validate", "--format", "json", bad)
+    r = main("validate", "--format", "json", bad)
     data = json.loads(r.stdout)
     assert data["valid"] is False and data["problems"][0]["line"] == 8
-    r = cli("validate", "--format", "github", bad)
+    r = main("validate", "--format", "github", bad)
     assert r.stdout.startswith(f"::error file={bad},line=8,col=13,title=runbook::step 'a'")
-    r = cli("validate", "--format", "sarif", bad)
+    r = main("validate", "--format", "sarif", bad)
     sarif = json.loads(r.stdout)
     res = sarif["runs"][0]["results"][0]
     assert sarif["version"] == "2.1.0" and res["locations"][0]["physicalLocation"]["region"]["startLine"] == 8
-    r = cli("validate", "--format", "nope")
+    r = main("validate", "--format", "nope")
     assert r.returncode == 2
 
 
-def test_yaml_error_through_cli(write, cli):
+def test_yaml_error_through_cli(write, main):
     p = write("x.yaml", "name: x\ntitle: 'unclosed\nstages: {}\n")
-    r = cli("validate", p)
+    r = main("validate", p)
     assert r.returncode == 1
     assert r.stdout.startswith(f"{p}:") and "YAML" in r.stdout and "Traceback" not in r.stdout + r.stderr
 
 
-def test_shipped_playbooks_are_valid(cli):
+def test_shipped_playbooks_are_valid(main):
     from conftest import ROOT
 
-    r = cli("validate", ROOT / "playbooks")
+    r = main("validate", ROOT / "playbooks")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout == ""
 
@@ -309,7 +309,7 @@ def test_zero_timeout_and_every_are_refused():
     assert any("timeout: must be more than 0" in m for m in msgs) and any("every: must be more than 0" in m for m in msgs)
 
 
-def test_numbers_where_text_is_expected_are_clean_errors(write, cli):
+def test_numbers_where_text_is_expected_are_clean_errors(write, main):
     p = write("n.yaml", """
         name: n
         title: N
@@ -325,7 +325,7 @@ def test_numbers_where_text_is_expected_are_clean_errors(write, cli):
               outputs:
                 v: {regex: 5}
     """)
-    r = cli("validate", p)
+    r = main("validate", p)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr
     for where in ("params.x.pattern: expected a string", "cwd: expected a string", "until: expected a string", "regex: expected a string"):
         assert where in r.stdout, r.stdout

@@ -17,9 +17,19 @@ def _q(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def _shape(step) -> str:
+    """A step that picks its successor is a decision; one that ends the run, a terminal."""
+    mod = step.module
+    return "decision" if mod.BRANCHING else ("terminal" if mod.ENDS_RUN else "box")
+
+
+MERMAID_SHAPES = {"decision": ('{"', '"}'), "terminal": ('(["', '"])'), "box": ('["', '"]')}
+DOT_SHAPES = {"decision": "diamond", "terminal": "oval", "box": "box"}
+
+
 def mermaid(rb) -> str:
+    from runbook.graph import successors
     from runbook.spec import STAGES
-    from runbook.validate import successors
 
     node = {s.id: f"s{i}" for i, s in enumerate(rb.steps)}
     lines = ["flowchart TD"]
@@ -30,7 +40,7 @@ def mermaid(rb) -> str:
         lines.append(f"  subgraph {stage}")
         for s in steps:
             label = _q(f"{s.id}<br/>{s.kind} · {s.effect}").replace('\\"', "#quot;")
-            shape = ('{"', '"}') if s.kind == "choose" else (('(["', '"])') if s.kind == "end" else ('["', '"]'))
+            shape = MERMAID_SHAPES[_shape(s)]
             lines.append(f"    {node[s.id]}{shape[0]}{label}{shape[1]}")
         lines.append("  end")
     for s in rb.steps:
@@ -44,8 +54,8 @@ def mermaid(rb) -> str:
 
 
 def dot(rb) -> str:
+    from runbook.graph import successors
     from runbook.spec import STAGES
-    from runbook.validate import successors
 
     lines = [f'digraph "{_q(rb.name)}" {{', "  rankdir=TB;", '  node [shape=box, fontname="Helvetica"];']
     for stage in STAGES:
@@ -55,7 +65,7 @@ def dot(rb) -> str:
         lines.append(f'  subgraph "cluster_{stage}" {{')
         lines.append(f'    label="{stage}";')
         for s in steps:
-            shape = "diamond" if s.kind == "choose" else ("oval" if s.kind == "end" else "box")
+            shape = DOT_SHAPES[_shape(s)]
             color = ', color="magenta"' if s.effect == "write" else ""
             lines.append(f'    "{_q(s.id)}" [label="{_q(s.id)}\\n{s.kind} · {s.effect}", shape={shape}{color}];')
         lines.append("  }")

@@ -47,23 +47,11 @@ def run(args) -> int:
             t.add_column(col, no_wrap=True)
         t.add_column("WHAT", ratio=1)
         t.add_column("THEN", ratio=1, overflow="fold")
-        from runbook.validate import successors
+        from runbook.graph import successors
 
         for s in steps:
-            what = s.title or _summary(s)
+            what = s.title or s.module.outline(s.body)
             then = "; ".join(f"{label} → {target}" for label, target in successors(rb, s)) or "end"
             t.add_row(esc(s.id), s.kind, s.effect, esc(what), esc(then))
         c.print(t)
     return 0
-
-
-def _summary(s) -> str:
-    b = s.body
-    for key in ("command", "instructions", "prompt", "message"):
-        if key in b and b[key]:
-            return str(b[key]).strip().splitlines()[0]
-    if s.kind == "wait":
-        return f"wait {b['duration']}"
-    if s.kind == "choose":
-        return "branch"
-    return ""

@@ -1,8 +1,15 @@
 """Step kinds: one module per kind, each satisfying :class:`StepKind`.
 
-Adding a kind is one module here and one line in ``KINDS``.  Kind modules
-are imported when a runbook uses them; a module that needs a heavy client
-library (fabric, kubernetes, psycopg) imports it inside ``run`` only.
+Adding a kind is one module here and one line in ``KINDS``.  The module
+defines the required hooks (``SCHEMA``, ``normalize``, ``templates``,
+``action``, ``run``) and whichever optional ones it needs; every optional
+hook and its default is documented in :mod:`runbook.steps.base`, and
+:func:`get` fills in the defaults.  Nothing outside this package compares a
+kind's name: it asks the kind's hooks.
+
+Kind modules are imported when a runbook uses them; a module that needs a
+heavy client library (fabric, kubernetes, psycopg) imports it inside ``run``
+only.
 """
 
 from __future__ import annotations
@@ -71,12 +78,12 @@ class StepResult:
 
 
 class StepKind(Protocol):
-    """What a step-kind module provides (module-level names)."""
+    """What a step-kind module provides (module-level names).  The first five
+    are required; :func:`get` fills every other one a module does not define
+    with its default from :mod:`runbook.steps.base`, which documents them all."""
 
+    # required
     SCHEMA: Any  # runbook.schema.Node for the value under the kind's key
-    DEFAULT_READONLY: bool  # the effect when the author does not say: True = read
-    FIXED_EFFECT: str | None  # "read"/"write" when the kind knows its effect for sure
-    RESULT_FIELDS: tuple[str, ...]  # kind-specific fields of its result
 
     def normalize(self, value: Any) -> dict: ...  # shorthand -> mapping
 
@@ -84,18 +91,79 @@ class StepKind(Protocol):
     # "env"/"value" (handed to a process or bound as a value, masked when shown), "expr" (a condition)
     def templates(self, body: dict) -> list[tuple[str, str, str]]: ...
 
-    def edges(self, body: dict) -> list[tuple[str, str]]: ...  # (label, step id) branches
-
     def action(self, step, render) -> Action: ...  # render the step (no side effects)
 
     def run(self, step, action: Action, ctx) -> StepResult: ...
 
+    # effect and result (defaults in base)
+    DEFAULT_READONLY: bool  # the effect when the author does not say: True = read
+    FIXED_EFFECT: str | None  # "read"/"write" when the kind knows its effect for sure
+    RESULT_FIELDS: tuple[str, ...]  # kind-specific fields of its result
+    IMPLICIT_OUTPUTS: tuple[str, ...]  # outputs it has without declaring them (ask: answer)
+    WRITE_NEEDS_TIMEOUT: bool  # rule RB103 applies to its write steps
+    SERVER_DRY_RUN: bool  # --server-dry-run can send its writes as server-side dry-runs
+
+    def effect_of(self, body: dict) -> str | None: ...  # the effect when the body tells
+
+    def static_problems(self, step) -> list[tuple[str, str, str]]: ...  # (key, message, rule)
+
+    def fanout(self, body: dict) -> bool | None: ...  # False: several hosts, no forks (RB104)
+
+    def inventory_targets(self, body: dict) -> list[tuple[str, str, str]]: ...  # (inventory kind, name, key)
+
+    # the step graph (runbook.graph)
+    def edges(self, body: dict) -> list[tuple[str, str]]: ...  # (label, step id) branches
+
+    BRANCHING: bool  # picks its successor itself (edges), else the following step; next: does not apply
+    ENDS_RUN: bool  # the run ends at this step
+
+    def falls_through(self, body: dict) -> bool: ...  # BRANCHING: may take none of its edges
+
+    def end_status(self, body: dict) -> str: ...  # ENDS_RUN: the run's status
+
+    # display (runbook.ui, runbook graph, runbook show)
+    SHOW_OUTPUT: bool | str  # True: stream the output; "head": its first SHOW_LINES lines at the end
+    SHOW_LINES: int
+    COMMAND_SUMMARY: bool  # the summary is a command line ($ …)
+    PLAN_SUMMARY: bool  # the plan shows the summary
+    CARD_SUMMARY: bool  # the live step card shows the summary
+    CARD_TARGETS: bool  # the live step card shows the targets
+
+    def outline(self, body: dict) -> str: ...  # one line for `runbook show` when the step has no title
+
 
 _loaded: dict[str, ModuleType] = {}
+_FILLED = "_hooks_from_base"  # module attribute: the names fill() gave the module
 
 
 def get(kind: str) -> ModuleType:
+    """The module of a step kind, every optional hook filled in (see :mod:`runbook.steps.base`)."""
     mod = _loaded.get(kind)
     if mod is None:
-        mod = _loaded[kind] = importlib.import_module(KINDS[kind])
+        mod = fill(importlib.import_module(KINDS[kind]))
+        _loaded[kind] = mod
     return mod
+
+
+def fill(mod: ModuleType) -> ModuleType:
+    """Give a kind module the default of every hook it does not define;
+    a module without a required hook is a programming error."""
+    from runbook.steps import base
+
+    missing = [h for h in base.REQUIRED if not hasattr(mod, h)]
+    if missing:
+        raise TypeError(f"step kind module {mod.__name__} does not define {', '.join(missing)} "
+                        "(the required hooks: see runbook/steps/base.py)")
+    if not hasattr(mod, _FILLED):
+        filled = []
+        for name, default in base.defaults().items():
+            if not hasattr(mod, name):
+                setattr(mod, name, default)
+                filled.append(name)
+        setattr(mod, _FILLED, frozenset(filled))
+    return mod
+
+
+def defines(mod: ModuleType, hook: str) -> bool:
+    """True when the kind module defines ``hook`` itself (not the default from base)."""
+    return hasattr(mod, hook) and hook not in getattr(mod, _FILLED, frozenset())

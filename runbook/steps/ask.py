@@ -30,6 +30,9 @@ SCHEMA = S.OneOf(
 DEFAULT_READONLY = True
 FIXED_EFFECT = "read"
 RESULT_FIELDS = ("answer",)
+IMPLICIT_OUTPUTS = ("answer",)  # steps.ID.outputs.answer without declaring it
+CARD_SUMMARY = False  # the UI shows the question as its prompt
+CARD_TARGETS = False  # the operator
 
 
 def normalize(value) -> dict:

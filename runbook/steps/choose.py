@@ -41,6 +41,10 @@ SCHEMA = S.List(_Branch(), min_items=1, doc="Branch on conditions")
 DEFAULT_READONLY = True
 FIXED_EFFECT = "read"
 RESULT_FIELDS = ("branch", "why")
+BRANCHING = True  # goes to a branch's goto, the default, or the following step
+PLAN_SUMMARY = False  # the plan lists the branches as successors
+CARD_SUMMARY = False  # the UI shows the branch taken
+CARD_TARGETS = False
 
 
 def normalize(value) -> dict:
@@ -62,6 +66,14 @@ def edges(body):
     if body["default"]:
         out.append(("default", body["default"]))
     return out
+
+
+def falls_through(body) -> bool:
+    return not body["default"]
+
+
+def outline(body) -> str:
+    return "branch"
 
 
 def action(step, r) -> Action:

@@ -25,6 +25,9 @@ SCHEMA = S.OneOf(
 DEFAULT_READONLY = True
 FIXED_EFFECT = "read"
 RESULT_FIELDS = ("message",)
+ENDS_RUN = True
+CARD_SUMMARY = False  # the run's last line shows the status and message
+CARD_TARGETS = False
 
 
 def normalize(value) -> dict:
@@ -39,6 +42,10 @@ def templates(body):
 
 def edges(body):
     return []
+
+
+def end_status(body) -> str:
+    return body["status"]
 
 
 def action(step, r) -> Action:

@@ -23,6 +23,9 @@ SCHEMA = S.OneOf(
 DEFAULT_READONLY = True
 FIXED_EFFECT = None
 RESULT_FIELDS = ("answer",)
+WRITE_NEEDS_TIMEOUT = False  # a person carries it out: a timeout would cut them off
+CARD_SUMMARY = False  # the UI shows the instructions in their own panel
+CARD_TARGETS = False  # the operator
 
 
 def normalize(value) -> dict:

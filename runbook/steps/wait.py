@@ -23,6 +23,7 @@ SCHEMA = S.OneOf(
 DEFAULT_READONLY = True
 FIXED_EFFECT = "read"
 RESULT_FIELDS = ()
+CARD_TARGETS = False
 
 
 def normalize(value) -> dict:
@@ -35,6 +36,10 @@ def templates(body):
 
 def edges(body):
     return []
+
+
+def outline(body) -> str:
+    return f"wait {body['duration']}"
 
 
 def action(step, r) -> Action:

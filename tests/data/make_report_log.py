@@ -96,7 +96,9 @@ def _alert_run(log: FixedClockLog) -> None:
     j.step_intent(step="decide", kind="choose", stage="diagnose", effect="read", targets=[],
                   rendered="steps.db-connections.outputs.n > 400 → scale; default → restart")
     _at(log, "14:35:06.501000")
-    j.step_result(step="decide", status="ok", exit_code=None, duration=0.0004, output="restart", attempts=1)
+    j.step_result(step="decide", status="ok", exit_code=None, duration=0.0004, output="restart", attempts=1,
+                  data={"branch": "default", "why": "no condition held (steps.db-connections.outputs.n = 152)",
+                        "goto": "restart"})
     _at(log, "14:36:10.000000")
     j.event("escalation_due", to="database-oncall", after=300, elapsed=300)
     _at(log, "14:36:40.000000")
@@ -132,7 +134,7 @@ def _alert_run(log: FixedClockLog) -> None:
                   rendered="end: resolved — error rate back under 1%")
     _at(log, "14:41:14.600500")
     j.step_result(step="resolved", status="ok", exit_code=None, duration=0.00001, output="error rate back under 1%",
-                  attempts=1)
+                  attempts=1, data={"message": "error rate back under 1%", "end": "resolved"})
     _at(log, "14:41:14.700000")
     j.run_finished(status="resolved", exit_code=0)
 

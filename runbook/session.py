@@ -1,0 +1,748 @@
+"""A run's life: start it (a plan or a live run), resume it, settle the steps
+left in doubt, finish it.
+
+This is the one path that ``runbook run``, ``runbook resume`` and any other
+host of a run (a worker, a test) take; ``runbook/commands/`` only turns
+arguments into a :class:`RunRequest` or :class:`ResumeRequest`.  Nothing
+here assumes a terminal or a command line: whatever a person is asked (a
+secret, whether a step in doubt is done, an output) goes through the UI
+object (:class:`runbook.ui.UI`), and ``interactive`` says whether anybody is
+there to answer.
+
+The promises kept here:
+
+* one run per alert, across crashes: a live run holds a lock per alert
+  fingerprint, and a new run for an alert whose last run stopped without
+  finishing is refused (exit 3) until that run is resumed, unless ``force``;
+* the journal is written ahead and finished in every case (the engine);
+* resume never runs a step twice by surprise: a *write* step that may or
+  may not have run is in doubt and the operator settles it (mark done, with
+  the outputs later steps read, or run again); a step whose recorded process
+  is still running is never run again; a read step is simply run again;
+* every refusal to resume is recorded in the run's journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runbook import audit
+from runbook.errors import RunbookError
+from runbook.secrets import Redactor
+
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 3, 130
+FINISHED = ("completed", "resolved", "escalated")  # a run that ended where its runbook ends
+
+
+@dataclass
+class RunRequest:
+    """What starts a run.  ``params`` are strings as given (-p, alert labels);
+    missing ones come from ``RUNBOOK_PARAM_<NAME>`` or, for a required secret
+    with a person at hand, from the UI."""
+
+    runbook: Any  # runbook.spec.Runbook
+    params: dict[str, str] = field(default_factory=dict)
+    inventory_file: str | None = None
+    env: str | None = None
+    dry_run: bool = False
+    server_dry_run: bool = False
+    yes: bool = False
+    answers: dict[str, str] = field(default_factory=dict)
+    step_mode: bool = False
+    start_at: str | None = None
+    stage: str | None = None
+    alert: Any = None  # runbook.alert.Alert
+    force: bool = False
+    interactive: bool = False
+    argv: list[str] = field(default_factory=list)
+    who: str | None = None
+    audit_dir: Path | None = None
+
+
+@dataclass
+class ResumeRequest:
+    run_id: str  # or a unique prefix
+    yes: bool = False
+    answers: dict[str, str] = field(default_factory=dict)
+    mark_done: bool = False
+    rerun: bool = False
+    outputs: dict[str, str] = field(default_factory=dict)  # "STEP.NAME" -> value, for --mark-done
+    force: bool = False
+    inventory_file: str | None = None
+    env: str | None = None
+    interactive: bool = False
+    argv: list[str] = field(default_factory=list)
+    who: str | None = None
+    audit_dir: Path | None = None
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str
+    exit_code: int
+    message: str = ""
+    note: str = ""  # why nothing ran (a run already finished), for the operator
+    plan: list | None = None  # a dry-run's PlanEntry list
+    params_shown: dict[str, Any] = field(default_factory=dict)
+    redactor: Redactor = field(default_factory=Redactor)
+    inventory: Any = None
+
+
+# --- parameters and secrets ------------------------------------------------------------------
+
+
+def given_params(rb, given: dict[str, str], interactive: bool, ui) -> dict[str, str]:
+    """``given`` (-p), then ``RUNBOOK_PARAM_<NAME>``, then the UI's secret prompt
+    for a required secret when a person is there.  Secrets belong in the
+    environment or the prompt: an argument list can be read by every user of
+    the machine (ps)."""
+    for name in given:
+        if name in rb.params and rb.params[name].secret:
+            ui.notice(f"warning: secret parameter '{name}' was given with -p, where other users of this machine "
+                      f"can read it (ps); prefer RUNBOOK_PARAM_{name.upper()}=… in the environment")
+    out = dict(given)
+    for name, p in rb.params.items():
+        if name in out:
+            continue
+        env_name = f"RUNBOOK_PARAM_{name.upper()}"
+        if env_name in os.environ:
+            out[name] = os.environ[env_name]
+        elif p.secret and p.required and not p.has_default and interactive:
+            value = ui.secret(f"{name} (secret, not echoed): ")
+            if value is not None:
+                out[name] = value
+    return out
+
+
+def run_redactor(rb, params: dict, inventory) -> Redactor:
+    """A run's redactor: every secret of the inventory and of the parameters."""
+    redactor = Redactor()
+    if inventory is not None:
+        for v in inventory.secret_values():
+            redactor.add(v)
+    for k, v in params.items():
+        if rb.params[k].secret and v is not None:
+            redactor.add(v)
+    return redactor
+
+
+def _git_commit(path: str) -> str | None:
+    import subprocess
+
+    d = Path(path).resolve().parent
+    if not any((q / ".git").exists() for q in (d, *d.parents)):
+        return None
+    try:
+        r = subprocess.run(["git", "-C", str(d), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def _source(path: str) -> str | None:
+    """The runbook's text as it ran, so that resume can show what changed since."""
+    try:
+        with open(path, "rb") as f:  # bytes: CRLF kept, as the sha256 saw it
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def incident_start(the_alert) -> float | None:
+    """Epoch seconds of the alert's startsAt (the incident clock's zero), or None."""
+    t = audit.parse_time(the_alert.starts_at) if the_alert is not None else None
+    return t.timestamp() if t is not None else None
+
+
+# --- alerts ------------------------------------------------------------------------------------
+
+
+def from_alert(doc: dict, fingerprint: str | None, name: str | None, path: list[Path], given: dict[str, str]):
+    """The runbook, the alert and the parameters (labels, then ``given``) for a
+    webhook payload; and one line saying how they were chosen."""
+    from runbook import alert, spec
+
+    alerts = alert.firing(doc, fingerprint)
+    if name:
+        ref, why = name, "named on the command line"
+    else:
+        ref, why = alert.choose_runbook(alerts, path)
+    rb = spec.find(ref, path)
+    chosen, from_labels = alert.group_params(rb, alerts)
+    mapped = ", ".join(f"{k}={v} (label {rb.params_from_labels[k]})" for k, v in from_labels.items() if k not in given)
+    since = f", firing since {chosen.starts_at}" if chosen.starts_at else ""
+    more = f" and {len(chosen.others)} more of its group" if chosen.others else ""
+    line = (f"alert {chosen.name} ({chosen.fingerprint}{since}){more} → runbook {rb.name}: {why}"
+            + (f"; {mapped}" if mapped else ""))
+    return rb, chosen, {**from_labels, **given}, line  # a given value wins over a label
+
+
+def _alert_of(started: dict):
+    from runbook.alert import Alert
+
+    a = started.get("alert")
+    if not isinstance(a, dict):
+        return None
+    return Alert(name=a.get("name", "?"), status=a.get("status", "firing"), labels=a.get("labels") or {},
+                 annotations={}, starts_at=a.get("startsAt"), fingerprint=a.get("fingerprint", ""),
+                 others=list(a.get("also") or []))
+
+
+def unfinished_alert_run(log_path: Path, fingerprints: list[str], this_run: str) -> dict | None:
+    """The summary of the last live run for any of ``fingerprints`` when it
+    stopped without finishing (a crash, a kill): a new run for the alert must
+    not start beside it.  A run still going (its process holds its run lock)
+    has not stopped."""
+    from runbook.alert import RunLock
+
+    runs: dict[str, list[dict]] = {}
+    wanted = set(fingerprints)
+    for r in audit.read_records(log_path):
+        rid = str(r.get("run"))
+        if rid == this_run:
+            continue
+        if r.get("type") == "run_started":
+            a = r.get("alert") if isinstance(r.get("alert"), dict) else {}
+            fps = {a.get("fingerprint"), *(a.get("also") or [])}
+            if not r.get("dry_run") and fps & wanted:
+                runs.pop(rid, None)
+                runs[rid] = [r]  # insertion order: the last started run comes last
+        elif rid in runs:
+            runs[rid].append(r)
+    for records in reversed(list(runs.values())):
+        summary = audit.summarize(records)
+        if summary["finished"] is None:
+            if RunLock(log_path.parent, f"run-{summary['run']}").held():
+                return None  # still going: the alert lock (or --force) decides
+            return summary
+        if summary["steps"]:  # a later run finished after doing something: the alert was handled since
+            return None
+        # a run refused before its first step (another run had the alert) says nothing: look further back
+    return None
+
+
+# --- locks -------------------------------------------------------------------------------------
+
+
+def hold_locks(directory: Path, run_id: str, who: str, the_alert, force: bool, journal, ui,
+               run_lock: bool = True) -> list:
+    """The locks a live run holds: its run id (resume waits for it) and each
+    alert it handles (one run per alert unless ``force``).  On a refusal the
+    locks taken so far are released and the RunbookError goes to the caller,
+    which says in the journal what that means for its run."""
+    from runbook.alert import RunLock
+
+    started = audit.now()
+    wanted = [RunLock(directory, f"run-{run_id}", f"run {run_id} is still going")] if run_lock else []
+    if the_alert is not None:
+        wanted += [RunLock(directory, f"alert-{fp}") for fp in [the_alert.fingerprint, *the_alert.others]]
+    held = []
+    for lock in wanted:
+        try:
+            warning = lock.acquire(run_id, who, started, force)
+        except RunbookError:
+            release(held)
+            raise
+        held.append(lock)
+        if warning:
+            journal.event("forced", lock=lock.path.stem, warning=warning)
+            ui.notice(warning)
+    return held
+
+
+def release(locks: list) -> None:
+    for lock in locks:
+        lock.release()
+
+
+def _guard_alert(log_path: Path, run_id: str, the_alert, force: bool, journal, ui) -> None:
+    """Refuse a new run for an alert whose last run stopped without finishing."""
+    fps = [the_alert.fingerprint, *the_alert.others]
+    last = unfinished_alert_run(log_path, fps, run_id)
+    if last is None:
+        return
+    what = (f"with step {', '.join(last['in_doubt'])} in doubt" if last["in_doubt"]
+            else "between steps")
+    desc = (f"the last run for alert {the_alert.name} ({the_alert.fingerprint}), run {last['run']} started by "
+            f"{last['who']} at {last['started']}, stopped without finishing ({what})")
+    if not force:
+        raise RunbookError(f"{desc}; settle it first: runbook resume {last['run']} (or pass --force to start "
+                           "another run anyway)", exit_code=EXIT_REFUSED)
+    warning = f"warning: --force: {desc}; starting another run anyway"
+    journal.event("forced", unfinished_run=last["run"], warning=warning)
+    ui.notice(warning)
+
+
+# --- interruptions -----------------------------------------------------------------------------
+
+
+class _Signals:
+    """SIGTERM and SIGHUP raise :class:`runbook.engine.Interrupt` while a live run goes
+    (in the main thread only: elsewhere the host handles signals)."""
+
+    def __enter__(self):
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                self.previous[sig] = signal.signal(sig, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        from runbook.engine import Interrupt
+
+        raise Interrupt(signal.Signals(signum).name)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# --- starting a run ----------------------------------------------------------------------------
+
+
+def start(req: RunRequest, ui) -> Outcome:
+    """Start a run: a plan (``dry_run``) or a live run.  Returns its outcome;
+    raises RunbookError for bad input (parameters, inventory, locks)."""
+    from runbook.engine import Options, display_params, resolve_params
+    from runbook.errors import UsageError
+    from runbook.inventory import resolve_inventory
+    from runbook.schema import suggest
+
+    rb = req.runbook
+    if req.dry_run and req.server_dry_run:
+        raise UsageError("--dry-run and --server-dry-run exclude each other: --dry-run contacts nothing, "
+                         "--server-dry-run asks the servers")
+    if req.start_at and req.start_at not in rb.by_id:
+        raise UsageError(f"--start-at {req.start_at}: no such step in {rb.name}{suggest(req.start_at, list(rb.by_id))}")
+    if req.stage and not rb.stage(req.stage):
+        raise UsageError(f"--stage {req.stage}: {rb.name} has no {req.stage} steps")
+    if req.step_mode and not req.interactive and not req.dry_run:
+        raise UsageError("--step asks before every step: it needs a terminal")
+    inventory = resolve_inventory(req.inventory_file, req.env)
+    params = resolve_params(rb, given_params(rb, req.params, req.interactive, ui))
+    redactor = run_redactor(rb, params, inventory)
+    ui.attach(redactor)
+    shown = display_params(rb, params)
+
+    directory = req.audit_dir or audit.default_dir()
+    log = audit.AuditLog(directory)
+    run_id = audit.new_run_id()
+    journal = audit.RunJournal(log, run_id, redactor)
+    who = req.who or audit.who()
+    the_alert = req.alert
+    try:
+        journal.run_started(runbook=rb.name, title=rb.title, severity=rb.severity, path=rb.path, sha256=rb.sha256,
+                            git_commit=_git_commit(rb.path), params=shown, dry_run=req.dry_run,
+                            server_dry_run=req.server_dry_run or None, who=who, host=audit.hostname(),
+                            argv=list(req.argv), inventory=str(inventory.path) if inventory is not None else None,
+                            alert=the_alert.record() if the_alert else None,
+                            source=None if req.dry_run else _source(rb.path),
+                            stage=req.stage, start_at=req.start_at, step_mode=req.step_mode or None)
+        options = Options(dry_run=req.dry_run, server_dry_run=req.server_dry_run, yes=req.yes,
+                          interactive=req.interactive, answers=dict(req.answers), who=who, step_mode=req.step_mode,
+                          start_at=req.start_at, stage=req.stage,
+                          clock_from=incident_start(the_alert) or time.time())
+        outcome = Outcome(run_id, "failed", EXIT_FAILED, params_shown=shown, redactor=redactor, inventory=inventory)
+        if req.dry_run:
+            return _plan(rb, params, inventory, journal, options, outcome)
+
+        try:
+            locks = hold_locks(directory, run_id, who, the_alert, req.force, journal, ui)
+        except RunbookError:
+            journal.run_finished(status="refused", exit_code=EXIT_REFUSED)  # another run has this alert
+            raise
+        try:
+            if the_alert is not None:
+                try:
+                    _guard_alert(log.path, run_id, the_alert, req.force, journal, ui)
+                except RunbookError:
+                    journal.run_finished(status="refused", exit_code=EXIT_REFUSED)
+                    raise
+            return _live(rb, params, inventory, journal, options, outcome, ui,
+                         environment=_environment(req.env, inventory),
+                         clock_label="since the alert fired" if the_alert and the_alert.starts_at else "since the start")
+        finally:
+            release(locks)
+    finally:
+        log.close()
+
+
+def _environment(env: str | None, inventory) -> str | None:
+    if env:
+        return env
+    if inventory is None:
+        return None
+    return getattr(inventory, "env", None) or inventory.path.stem
+
+
+def _plan(rb, params, inventory, journal, options, outcome: Outcome) -> Outcome:
+    from runbook.engine import Engine
+
+    engine = Engine(rb, params, inventory=inventory, options=options, run_id=outcome.run_id,
+                    redactor=outcome.redactor)
+    try:
+        entries = engine.plan()
+    except RunbookError as exc:
+        journal.run_finished(status="failed", exit_code=EXIT_FAILED)
+        raise RunbookError(outcome.redactor.text(str(exc))) from None
+    journal.event("plan", steps=[e.step.id for e in entries])
+    journal.run_finished(status="planned", exit_code=EXIT_OK)
+    outcome.status, outcome.exit_code, outcome.plan = "planned", EXIT_OK, entries
+    return outcome
+
+
+def _live(rb, params, inventory, journal, options, outcome: Outcome, ui, *, environment=None,
+          clock_label="since the start", start=None, visits=None, again=None, resumed=False) -> Outcome:
+    from runbook.engine import Engine
+
+    engine = Engine(rb, params, inventory=inventory, ui=ui, journal=journal, options=options,
+                    run_id=outcome.run_id, redactor=outcome.redactor)
+    return _drive(engine, outcome, ui, rb, environment, clock_label, start, visits, again, resumed)
+
+
+def _drive(engine, outcome: Outcome, ui, rb, environment, clock_label, start, visits, again, resumed,
+           restored: dict | None = None) -> Outcome:
+    with _Signals():
+        ui.run_started(rb, outcome.run_id, outcome.params_shown, environment=environment,
+                       clock_from=engine.options.clock_from, clock_label=clock_label, resumed=resumed)
+        if restored:
+            engine.restore(restored)
+        status, code, message = engine.run(start=start, visits=visits, again=again)
+    outcome.status, outcome.exit_code, outcome.message = status, code, message
+    return outcome
+
+
+# --- resuming a run ----------------------------------------------------------------------------
+
+
+def position(records: list[dict]) -> tuple[str, str | None, dict | None, str | None]:
+    """Where the run stopped, from its records: ``(what, step, result record,
+    choice)`` with what = "start" (nothing ran), "declined" (the step was not
+    approved: it comes next), or "result" (the step's last result and the
+    operator's choice after it, if any)."""
+    last: tuple[str, str | None, dict | None, str | None] = ("start", None, None, None)
+    for r in records:
+        t, step = r.get("type"), r.get("step")
+        if t == "step_result" and r.get("status") != "in doubt":
+            last = ("result", step, r, None)
+        elif t == "decision" and last[0] == "result" and last[1] == step and r.get("how") in audit.AFTER_FAILURE_HOW:
+            last = ("result", step, last[2], r["how"])
+        elif (t == "decision" and r.get("how") in audit.BEFORE_STEP_HOW and not r.get("approved")
+              and r.get("choice") != "skip"):
+            last = ("declined", step, None, None)
+    return last
+
+
+def restore(records: list[dict]) -> tuple[dict, dict[str, int]]:
+    """Each step's last result as the engine's context, and visit counts
+    (an intent with no result, a step cut short, does not count)."""
+    from runbook.steps import StepResult
+
+    ctx: dict = {}
+    visits: dict[str, int] = {}
+    open_intents: dict[str, int] = {}
+    for r in records:
+        step = r.get("step")
+        if r.get("type") == "step_intent":
+            visits[step] = visits.get(step, 0) + 1
+            open_intents[step] = open_intents.get(step, 0) + 1
+        elif r.get("type") == "step_result" and r.get("status") != "in doubt":
+            if open_intents.get(step):
+                open_intents[step] -= 1
+            data = dict(r.get("data") or {})
+            data.pop("_truncated", None)
+            res = StepResult(str(r.get("status")), exit_code=r.get("exit_code"), stdout=r.get("output_excerpt") or "",
+                             error=r.get("error"), data=data, outputs=dict(r.get("outputs") or {}),
+                             duration=float(r.get("duration") or 0), attempts=int(r.get("attempts") or 1))
+            ctx[step] = res.as_context()
+    for step, n in open_intents.items():
+        visits[step] -= n
+    return ctx, visits
+
+
+def doubtful_step(records: list[dict], rb) -> str | None:
+    """The write step that may or may not have done its work: announced with
+    no result (the process died), or stopped half-way (interrupted, timed
+    out) with no choice after it.  Read steps are never in doubt: they run
+    again."""
+    doubt = audit.in_doubt(records)
+    if doubt:
+        return doubt[-1]
+    what, step_id, rec, choice = position(records)
+    if (what == "result" and choice in (None, "abort") and rec.get("status") in ("interrupted", "timeout")
+            and step_id in rb.by_id and rb.by_id[step_id].effect == "write"):
+        return step_id
+    return None
+
+
+def still_running(records: list[dict], step_id: str) -> str | None:
+    """What of the step's last execution may still be running (its recorded
+    process, or its remote command before its timeout), or None."""
+    from runbook import procs
+
+    last_intent = max((i for i, r in enumerate(records) if r.get("type") == "step_intent" and r.get("step") == step_id),
+                      default=-1)
+    lines = procs.running_lines([r for r in (records[last_intent + 1:] if last_intent >= 0 else [])
+                                 if r.get("type") == "step_process" and r.get("step") == step_id])
+    return "; ".join(line.split(": ", 1)[1] for line in lines) or None
+
+
+def outputs_read_later(rb, step_id: str) -> tuple[list[str], list[str]]:
+    """(outputs, other result fields) of ``step_id`` that other steps' templates read."""
+    from runbook import expr
+    from runbook.validate import step_templates
+
+    step = rb.by_id[step_id]
+    declared = list(step.outputs) + list(step.module.IMPLICIT_OUTPUTS)
+    outputs: list[str] = []
+    others: list[str] = []
+    for s in rb.steps:
+        for _field, source, mode in step_templates(s):
+            if mode not in ("expr", "until") and not expr.is_template(source):
+                continue
+            refs, err = expr.references(source, is_expression=mode in ("expr", "until"))
+            for ref in refs if not err else []:
+                if ref.root != "steps" or ref.key != step_id or s.id == step_id or len(ref.path) < 2:
+                    continue
+                fld = ref.path[1]
+                if fld == "outputs" and len(ref.path) > 2 and ref.path[2] in declared:
+                    if ref.path[2] not in outputs:
+                        outputs.append(ref.path[2])
+                elif fld not in ("outputs", "status", "ok", "error", "attempts", "duration") and fld not in others:
+                    others.append(str(fld))
+    return outputs, others
+
+
+def _refuse(journal, who: str, reason: str, exit_code: int = EXIT_REFUSED, **extra) -> RunbookError:
+    journal.event("resume_refused", who=who, reason=reason, **extra)
+    return RunbookError(reason, exit_code=exit_code)
+
+
+def resume(req: ResumeRequest, ui) -> Outcome:
+    """Go on with an interrupted run from its audit log (see the module's doc)."""
+    from runbook.alert import RunLock
+    from runbook.engine import Options, display_params, resolve_params
+    from runbook.inventory import resolve_inventory
+
+    directory = req.audit_dir or audit.default_dir()
+    records = audit.run_records(directory / audit.LOG_NAME, req.run_id)
+    run_id = str(records[0]["run"])
+    started = next((r for r in records if r.get("type") == "run_started"), None)
+    if started is None:
+        raise RunbookError(f"run {run_id}: its run_started record is missing from the audit log; cannot resume it")
+    if started.get("dry_run"):
+        raise RunbookError(f"run {run_id} was a dry-run: nothing ran, so there is nothing to resume")
+    summary = audit.summarize(records)
+    if summary["status"] in FINISHED or summary["status"] == "planned":
+        return Outcome(run_id, summary["status"], EXIT_OK,
+                       note=f"run {run_id} already finished: {summary['status']} at {summary['finished']} "
+                               f"(exit {summary['exit_code']}); nothing to resume")
+    who = req.who or audit.who()
+    log = audit.AuditLog(directory)
+    plain = audit.RunJournal(log, run_id, Redactor())  # for refusals before the parameters are known
+    try:
+        # no resume while the run still goes, nor two resumes at once
+        lock = RunLock(directory, f"run-{run_id}", f"run {run_id} is still going or being resumed")
+        lock.acquire(run_id, who, audit.now())
+        locks = [lock]
+        try:
+            rb = _same_runbook(started, run_id, req.force, plain, who, ui)
+            what, step_id, rec, choice = position(records)
+            if what == "result" and step_id in rb.by_id and rb.by_id[step_id].module.ENDS_RUN and rec.get("status") == "ok":
+                # it reached its end; only its last record was lost
+                end_status = rb.by_id[step_id].module.end_status(rb.by_id[step_id].body)
+                plain.run_finished(status=end_status, exit_code=EXIT_OK if end_status == "resolved" else EXIT_FAILED)
+                return Outcome(run_id, end_status, EXIT_OK,
+                               note=f"run {run_id} already finished at its end step '{step_id}' ({end_status}); "
+                                       "nothing to resume")
+            the_alert = _alert_of(started)
+            if the_alert:
+                try:
+                    locks += hold_locks(directory, run_id, who, the_alert, False, plain, ui, run_lock=False)
+                except RunbookError as exc:  # the run stays as it was: not finished, resumable later
+                    raise _refuse(plain, who, str(exc)) from None
+
+            inventory = resolve_inventory(req.inventory_file or started.get("inventory"), req.env)
+            recorded = started.get("params") or {}
+            given = {name: (("true" if v else "false") if isinstance(v, bool) else str(v))
+                     for name, v in recorded.items() if name in rb.params and not rb.params[name].secret}
+            params = resolve_params(rb, given_params(rb, given, req.interactive, ui))
+            redactor = run_redactor(rb, params, inventory)
+            ui.attach(redactor)
+            journal = audit.RunJournal(log, run_id, redactor)
+            ctx, visits = restore(records)
+
+            # a write step that may or may not have run: the operator settles it
+            settle = None
+            doubtful = doubtful_step(records, rb)
+            if doubtful:
+                running = still_running(records, doubtful)
+                if running:
+                    raise _refuse(journal, who, f"step '{doubtful}' of run {run_id} may still be running: {running}; "
+                                  "wait for it to end (or stop it), then resume", step=doubtful)
+                settle = _settle(req, ui, journal, who, rb, run_id, doubtful)
+            journal.event("resumed", who=who, host=audit.hostname(), argv=list(req.argv),
+                          previous_status=summary["status"])
+            again = None
+            if settle is not None:
+                decision, values = settle
+                journal.decision(step=doubtful, approved=True, by=who, how=decision)
+                if decision == "mark-done":
+                    from runbook.steps import StepResult
+
+                    done = StepResult("ok", outputs=values)
+                    journal.step_result(step=doubtful, status="ok", exit_code=None, duration=0.0,
+                                        outputs=values or None, marked_done_by=who, observed=False,
+                                        error=f"in doubt; marked done by {who} on resume (not observed)")
+                    ctx[doubtful] = done.as_context()
+                    what, step_id, rec, choice = "result", doubtful, {"status": "ok"}, None
+                else:
+                    if doubtful in audit.in_doubt(records):  # settle the old intent: it runs again
+                        journal.step_result(step=doubtful, status="in doubt", exit_code=None, duration=0.0,
+                                            error=f"in doubt; {who} chose to run it again on resume")
+                    what, step_id = "rerun", doubtful
+            options = Options(yes=req.yes, interactive=req.interactive, answers=dict(req.answers), who=who,
+                              server_dry_run=bool(started.get("server_dry_run")), stage=started.get("stage"),
+                              step_mode=bool(started.get("step_mode")) and req.interactive,
+                              clock_from=_clock_from(started, the_alert))
+            if what == "start" and started.get("start_at") in rb.by_id:
+                options.start_at = started["start_at"]
+            from runbook.engine import Engine
+
+            engine = Engine(rb, params, inventory=inventory, ui=ui, journal=journal, options=options, run_id=run_id,
+                            redactor=redactor)
+            start_step, again = _where(engine, rb, what, step_id, rec, choice, ctx)
+            outcome = Outcome(run_id, "failed", EXIT_FAILED, params_shown=display_params(rb, params),
+                              redactor=redactor, inventory=inventory)
+            return _drive(engine, outcome, ui, rb, req.env or _environment(None, inventory),
+                          "since the alert fired" if the_alert and the_alert.starts_at else "since the run started",
+                          start_step, visits, again, True, restored=ctx)
+        finally:
+            release(locks)
+    finally:
+        log.close()
+
+
+def _same_runbook(started: dict, run_id: str, force: bool, journal, who: str, ui):
+    """The runbook the run started with, or with ``force`` its new version."""
+    import difflib
+
+    from runbook import spec
+
+    path = Path(started["path"])
+    if not path.is_file():
+        raise _refuse(journal, who, f"run {run_id} ran {path}, which is no longer there", exit_code=EXIT_FAILED)
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != started.get("sha256"):
+        old = started.get("source")
+        if old is None:
+            change = "(the run's copy of the runbook was not recorded)"
+        else:
+            lines = difflib.unified_diff(old.splitlines(), raw.decode("utf-8", "replace").splitlines(),
+                                         f"{path} (when the run started)", f"{path} (now)", lineterm="", n=1)
+            change = "\n".join(list(lines)[:60])
+        if not force:
+            ui.notice(change)
+            raise _refuse(journal, who, f"the runbook {path} changed since run {run_id} started (diff above); "
+                          "resume with --force to run the new version", exit_code=EXIT_FAILED)
+        ui.notice(f"warning: --force: the runbook changed since the run started:\n{change}")
+        journal.event("forced", who=who, warning="the runbook changed since the run started")
+    return spec.find(str(path), [])
+
+
+def _settle(req: ResumeRequest, ui, journal, who: str, rb, run_id: str, step_id: str):
+    """("mark-done", outputs) or ("rerun", {}) for a step in doubt; raises
+    (recorded) when nobody decides or the operator stops."""
+    if req.mark_done:
+        decision = "mark-done"
+    elif req.rerun:
+        decision = "rerun"
+    elif not req.interactive:
+        raise _refuse(journal, who, f"step '{step_id}' of run {run_id} is in doubt (it may or may not have run): "
+                      "decide in a terminal, or pass --mark-done or --rerun", step=step_id)
+    else:
+        decision = ui.in_doubt(rb.by_id.get(step_id), step_id, run_id)
+    if decision == "abort":
+        journal.event("resume_declined", step=step_id, who=who)
+        raise RunbookError(f"run {run_id} not resumed: step {step_id} is still in doubt", exit_code=EXIT_REFUSED)
+    if decision != "mark-done":
+        return decision, {}
+    if step_id not in rb.by_id:
+        return decision, {}
+    step = rb.by_id[step_id]
+    names, others = outputs_read_later(rb, step_id)
+    if others:
+        raise _refuse(journal, who, f"step '{step_id}' cannot be marked done: later steps read its "
+                      f"{', '.join(others)}, which only running it gives; run it again (--rerun) once you have "
+                      "checked its targets", step=step_id)
+    values: dict[str, Any] = {}
+    for name in names:
+        text = req.outputs.get(f"{step_id}.{name}")
+        if text is None and req.interactive:
+            text = ui.output_value(step, name)
+        if text is None:
+            raise _refuse(journal, who, f"step '{step_id}' is marked done, but later steps read its output "
+                          f"'{name}': give it with --output {step_id}.{name}=VALUE (what the step would have "
+                          "found), or run it again (--rerun)", step=step_id)
+        values[name] = _typed(step, name, text)
+    return decision, values
+
+
+def _typed(step, name: str, text: str):
+    from runbook.engine import convert
+
+    spec_ = step.outputs.get(name) or {}
+    try:
+        return convert(text, spec_.get("type"))
+    except ValueError as exc:
+        raise RunbookError(f"--output {step.id}.{name}: {exc}", exit_code=2) from None
+
+
+def _where(engine, rb, what, step_id, rec, choice, ctx):
+    """(the step to go on with, a step run again on the operator's word)."""
+    from runbook.engine import DONE
+    from runbook.steps import StepResult
+
+    if what == "start":
+        return None, None
+    if step_id not in rb.by_id:
+        raise RunbookError(f"the run's last step '{step_id}' is not in the runbook any more")
+    step = rb.by_id[step_id]
+    if what in ("rerun", "declined"):
+        return step, (step_id if what == "rerun" else None)
+    status = str(rec.get("status"))
+    if status in ("ok", "skipped") or choice in ("skip", "on_failure"):
+        data = dict(rec.get("data") or {})
+        res = StepResult("skipped" if choice == "skip" else status, data=data, goto=data.get("goto"))
+        nxt, stop = engine.successor(step, res)
+        return (DONE if stop or nxt is None else nxt), None
+    if choice is None and status != "interrupted" and step.on_failure not in (None, "abort"):
+        nxt, _ = engine.successor(step, StepResult(status))  # it died before following on_failure
+        return nxt, None
+    return step, step_id  # the step that stopped the run: offered again
+
+
+def _clock_from(started: dict, the_alert) -> float | None:
+    """The incident clock's zero: the alert's startsAt, else the run's start."""
+    t = audit.parse_time(started.get("ts"))
+    return incident_start(the_alert) or (t.timestamp() if t is not None else None)
+
+
+def parse_outputs(pairs: dict[str, str]) -> dict[str, str]:
+    """``--output STEP.NAME=VALUE`` pairs checked for their shape."""
+    from runbook.errors import UsageError
+
+    for key in pairs:
+        if "." not in key or key.startswith(".") or key.endswith("."):
+            raise UsageError(f"--output takes STEP.NAME=VALUE, got {key!r}")
+    return pairs
+
