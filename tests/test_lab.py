@@ -26,8 +26,8 @@ def results(audit_dir: Path) -> dict:
     return {r["step"]: r for r in audit.read_records(audit_dir / "audit.jsonl") if r["type"] == "step_result"}
 
 
-def verified(cli, audit_dir: Path) -> None:
-    r = cli("audit", "verify", audit_dir / "audit.jsonl")
+def verified(main, audit_dir: Path) -> None:
+    r = main("audit", "verify", audit_dir / "audit.jsonl")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -35,12 +35,12 @@ def hook_texts(web) -> list[str]:
     return [h["payload"]["text"] for h in web.hooks]
 
 
-def test_redis_session_store_crash_restarted_over_ssh(cli, lab_redis, lab_inventory, web, audit_dir):
+def test_redis_session_store_crash_restarted_over_ssh(main, lab_redis, lab_inventory, web, audit_dir):
     for i in range(3):
         lab_redis.cli("SET", f"session:user-{i}", f"token-{i}")
     lab_redis.crash()  # all users are logged out
     inv = lab_inventory(groups={"redis-servers": {"vars": {"restart_command": lab_redis.restart_command}}})
-    r = cli("run", "redis-session-store-crash", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
+    r = main("run", "redis-session-store-crash", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
             "-p", "platform=process", "-p", f"port={lab_redis.port}", "-p", f"log_file={lab_redis.log}",
             env={"LAB_WEBHOOK": f"{web.url}/hook/incidents"}, timeout=90)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -52,10 +52,10 @@ def test_redis_session_store_crash_restarted_over_ssh(cli, lab_redis, lab_invent
     texts = hook_texts(web)
     assert [t.split()[0] for t in texts] == ["*STARTED*", "*RESOLVED*"], texts
     assert "(3 keys)" in texts[1]
-    verified(cli, audit_dir)
+    verified(main, audit_dir)
 
 
-def test_redis_with_a_password_restarted_with_it_and_never_restarted_when_it_answers(cli, lab_redis, lab_inventory, web,
+def test_redis_with_a_password_restarted_with_it_and_never_restarted_when_it_answers(main, lab_redis, lab_inventory, web,
                                                                                      audit_dir, tmp_path):
     for i in range(3):
         lab_redis.cli("SET", f"session:user-{i}", f"token-{i}")
@@ -67,7 +67,7 @@ def test_redis_with_a_password_restarted_with_it_and_never_restarted_when_it_ans
     # up, but no password given: NOAUTH counts as answering, so no restart
     inv = lab_inventory(groups={"redis-servers": {"vars": {"restart_command": f"touch {marker}"}}})
     pid = lab_redis.pid()
-    r = cli(*args, "--inventory", inv, env=hook, timeout=90)
+    r = main(*args, "--inventory", inv, env=hook, timeout=90)
     assert r.returncode == 1 and "NOAUTH" in r.stdout, r.stdout + r.stderr
     assert not marker.exists() and lab_redis.pid() == pid
     # down: restarted, and verified with the password (a secret: over stdin, never shown)
@@ -75,13 +75,13 @@ def test_redis_with_a_password_restarted_with_it_and_never_restarted_when_it_ans
         f.write("requirepass s3cr3t-pw\n")
     lab_redis.crash()
     inv = lab_inventory(groups={"redis-servers": {"vars": {"restart_command": lab_redis.restart_command}}})
-    r = cli(*args, "--inventory", inv, env=dict(hook, RUNBOOK_PARAM_PASSWORD="s3cr3t-pw"), timeout=90)
+    r = main(*args, "--inventory", inv, env=dict(hook, RUNBOOK_PARAM_PASSWORD="s3cr3t-pw"), timeout=90)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "holds 3 keys" in r.stdout
     assert "s3cr3t-pw" not in r.stdout + r.stderr + (audit_dir / "audit.jsonl").read_text()
 
 
-def test_redis_loading_is_waited_for_not_restarted(cli, lab_inventory, web, audit_dir, tmp_path):
+def test_redis_loading_is_waited_for_not_restarted(main, lab_inventory, web, audit_dir, tmp_path):
     import socket
 
     srv = socket.socket()
@@ -107,7 +107,7 @@ def test_redis_loading_is_waited_for_not_restarted(cli, lab_inventory, web, audi
     marker = tmp_path / "restarted"
     inv = lab_inventory(groups={"redis-servers": {"vars": {"restart_command": f"touch {marker}"}}})
     try:
-        r = cli("run", "redis-session-store-crash", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
+        r = main("run", "redis-session-store-crash", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
                 "-p", "platform=process", "-p", f"port={srv.getsockname()[1]}", "-p", f"log_file={tmp_path}/none.log",
                 env={"LAB_WEBHOOK": f"{web.url}/hook/incidents"}, timeout=90)
     finally:
@@ -117,18 +117,18 @@ def test_redis_loading_is_waited_for_not_restarted(cli, lab_inventory, web, audi
     assert "holds 3 keys" in r.stdout and any("LOADING" in t for t in hook_texts(web))
 
 
-def test_service_unavailable_restarted_over_ssh_on_the_docker_path(cli, lab_api, lab_inventory, audit_dir):
+def test_service_unavailable_restarted_over_ssh_on_the_docker_path(main, lab_api, lab_inventory, audit_dir):
     stuck = lab_api.pid()
     assert not lab_api.healthy()  # /health answers 503
     inv = lab_inventory(groups={"api-servers": {"vars": {"restart_command": lab_api.restart_command,
                                                          "health_url": f"{lab_api.url}/health"}}},
                         http={"api": {"url": lab_api.url, "timeout": 5}})
     # a service the inventory has no endpoint for is refused, not checked against the API's
-    r = cli("run", "service-unavailable", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
+    r = main("run", "service-unavailable", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
             "-p", "service=worker", "-p", "platform=docker", timeout=90)
     assert r.returncode == 1 and "no http endpoint 'worker'" in r.stdout, r.stdout + r.stderr
     assert lab_api.pid() == stuck
-    r = cli("run", "service-unavailable", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
+    r = main("run", "service-unavailable", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
             "-p", "service=api", "-p", "platform=docker", "--answer", "pick-remedy=restart", timeout=90)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"healthy: {lab_api.url}/health" in r.stdout  # the host's own health check, before any next host
@@ -138,10 +138,10 @@ def test_service_unavailable_restarted_over_ssh_on_the_docker_path(cli, lab_api,
     assert "logs" not in res and "restart" not in res  # no Kubernetes on this path
     assert res["docker-restart"]["status"] == "ok" and res["healthy"]["status"] == "ok"
     assert "api restarted: pid" in r.stdout and "is healthy again" in r.stdout
-    verified(cli, audit_dir)
+    verified(main, audit_dir)
 
 
-def test_connection_pool_exhaustion_idle_sessions_terminated(cli, pg, pg_db, make_pg_role, lab_inventory, audit_dir):
+def test_connection_pool_exhaustion_idle_sessions_terminated(main, pg, pg_db, make_pg_role, lab_inventory, audit_dir):
     app = make_pg_role(grants=())  # the leaking client: an ordinary login role
     monitor = make_pg_role()  # read-only steps run as a pg_monitor role, as in production
     leaked = [pg.connect(pg_db, user=app, application_name="leaky-app") for _ in range(8)]
@@ -152,7 +152,7 @@ def test_connection_pool_exhaustion_idle_sessions_terminated(cli, pg, pg_db, mak
         if pg.password:
             db["password"] = {"env": "LAB_PG_PASSWORD"}
         inv = lab_inventory(databases={"main": db})
-        r = cli("run", "db-connection-pool-exhaustion", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
+        r = main("run", "db-connection-pool-exhaustion", "--path", PLAYBOOKS, "--inventory", inv, "--yes",
                 "--answer", "remedy=terminate-idle",  # the default in a terminal; without one it must be said
                 "-p", "threshold=5", "-p", "idle_seconds=1", env={"LAB_PG_PASSWORD": pg.password or ""}, timeout=90)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -170,7 +170,7 @@ def test_connection_pool_exhaustion_idle_sessions_terminated(cli, pg, pg_db, mak
                 raise AssertionError("a leaked connection survived")
             except psycopg.OperationalError:
                 pass
-        verified(cli, audit_dir)
+        verified(main, audit_dir)
     finally:
         for conn in leaked:
             conn.close()
@@ -195,7 +195,7 @@ def alert_payload(service: str) -> dict:
 
 
 def test_high_error_rate_from_an_alert_rolled_back_until_three_good_polls(
-        cli, write, tmp_path, prom, exporter, web, kubeapi, pg, lab_inventory, audit_dir):
+        main, write, tmp_path, prom, exporter, web, kubeapi, pg, lab_inventory, audit_dir):
     service = "lab-api"
     exporter.set(service, requests=100, errors=30)  # the bad release: 30% of requests fail
     deployment(kubeapi, service, "production", replicas=2, image="registry.example/api:1.5.0", revisions=2)
@@ -240,7 +240,7 @@ def test_high_error_rate_from_an_alert_rolled_back_until_three_good_polls(
                                 **({"password": {"env": "LAB_PG_PASSWORD"}} if pg.password else {})}},
         )
         payload = write("alert.json", json.dumps(alert_payload(service)))
-        r = cli("run", "--alert", payload, "--path", tmp_path / "books", "--inventory", inv, "--yes",
+        r = main("run", "--alert", payload, "--path", tmp_path / "books", "--inventory", inv, "--yes",
                 "--answer", "cause=bad-deploy",
                 env={"LAB_WEBHOOK": f"{web.url}/hook/incidents", "LAB_PG_PASSWORD": pg.password or ""}, timeout=100)
     finally:
@@ -262,9 +262,9 @@ def test_high_error_rate_from_an_alert_rolled_back_until_three_good_polls(
     started = next(x for x in audit.read_records(audit_dir / "audit.jsonl") if x["type"] == "run_started")
     assert started["alert"]["labels"]["alertname"] == "HighErrorRate"
     assert started["params"]["service"] == service  # from the alert's labels
-    verified(cli, audit_dir)
+    verified(main, audit_dir)
 
 
-def test_every_shipped_playbook_validates_and_dry_runs_against_the_lab(cli):
-    r = cli("validate", "playbooks", "--dry-run", "--env", "lab", cwd=ROOT)
+def test_every_shipped_playbook_validates_and_dry_runs_against_the_lab(main):
+    r = main("validate", "playbooks", "--dry-run", "--env", "lab", cwd=ROOT)
     assert r.returncode == 0 and "all valid" in r.stdout + r.stderr, r.stdout + r.stderr

@@ -24,7 +24,7 @@ def inventory(write, sshd, known_hosts, *, names=("h1",), extra_hosts: dict | No
     return write("inv.yaml", json.dumps(doc))
 
 
-def test_runs_a_command_with_key_auth_and_exposes_per_host_results(write, cli, sshd, ssh_known_hosts):
+def test_runs_a_command_with_key_auth_and_exposes_per_host_results(write, main, sshd, ssh_known_hosts):
     p = book(write, """
   diagnose:
     - id: who
@@ -39,12 +39,12 @@ def test_runs_a_command_with_key_auth_and_exposes_per_host_results(write, cli, s
     - id: done
       end: "ran as {{ steps.who.stdout.split()[-1] }}"
 """)
-    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts))
+    r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"ran as {sshd.user}" in r.stdout
 
 
-def test_wrong_key_is_an_authentication_failure(write, cli, sshd, ssh_known_hosts, tmp_path):
+def test_wrong_key_is_an_authentication_failure(write, main, sshd, ssh_known_hosts, tmp_path):
     import subprocess
 
     other = tmp_path / "other_key"
@@ -55,13 +55,13 @@ def test_wrong_key_is_an_authentication_failure(write, cli, sshd, ssh_known_host
       ssh: {hosts: h1, command: "true"}
       readonly: true
 """)
-    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts, key=other),
+    r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts, key=other),
             env={"SSH_AUTH_SOCK": "", "HOME": str(tmp_path)})
     assert r.returncode == 1
     assert f"authentication failed for {sshd.user}@h1 ({sshd.host}:{sshd.port}); tried: key {other}" in r.stdout
 
 
-def test_unknown_host_key_is_refused_then_accept_new_adds_and_audits_it(write, cli, sshd, tmp_path, audit_dir):
+def test_unknown_host_key_is_refused_then_accept_new_adds_and_audits_it(write, main, sshd, tmp_path, audit_dir):
     known = tmp_path / "known_hosts_empty"
     known.write_text("")
     p = book(write, """
@@ -70,18 +70,18 @@ def test_unknown_host_key_is_refused_then_accept_new_adds_and_audits_it(write, c
       ssh: {hosts: h1, command: "true"}
       readonly: true
 """)
-    r = cli("run", p, "--inventory", inventory(write, sshd, known))
+    r = main("run", p, "--inventory", inventory(write, sshd, known))
     assert r.returncode == 1
     assert "offered an unknown ssh-ed25519 host key" in r.stdout and sshd.host_fingerprint in r.stdout
     assert known.read_text() == ""
-    r = cli("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
+    r = main("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
     assert r.returncode == 0, r.stdout
     assert f"[{sshd.host}]:{sshd.port} ssh-ed25519" in known.read_text()
     added = [x for x in audit.read_records(audit_dir / "audit.jsonl") if x["type"] == "host_key_added"]
     assert added and added[0]["fingerprint"] == sshd.host_fingerprint
 
 
-def test_changed_host_key_is_refused_even_with_accept_new(write, cli, sshd, tmp_path):
+def test_changed_host_key_is_refused_even_with_accept_new(write, main, sshd, tmp_path):
     import subprocess
 
     fake = tmp_path / "fake_host_key"
@@ -95,12 +95,12 @@ def test_changed_host_key_is_refused_even_with_accept_new(write, cli, sshd, tmp_
       ssh: {hosts: h1, command: "true"}
       readonly: true
 """)
-    r = cli("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
+    r = main("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
     assert r.returncode == 1
     assert "has CHANGED" in r.stdout and sshd.host_fingerprint in r.stdout
 
 
-def test_failure_follows_on_failure_with_failed_hosts(write, cli, sshd, ssh_known_hosts):
+def test_failure_follows_on_failure_with_failed_hosts(write, main, sshd, ssh_known_hosts):
     p = book(write, """
   diagnose:
     - id: check
@@ -112,11 +112,11 @@ def test_failure_follows_on_failure_with_failed_hosts(write, cli, sshd, ssh_know
     - id: report
       end: {status: escalated, message: "failed on {{ steps.check.failed_hosts | join(',') }} with {{ steps.check.hosts.h1.exit_code }}"}
 """)
-    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts, names=("h1", "h2")))
+    r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts, names=("h1", "h2")))
     assert r.returncode == 1 and "failed on h1,h2 with 1" in r.stdout
 
 
-def test_timeout_kills_the_remote_command(write, cli, sshd, ssh_known_hosts, tmp_path):
+def test_timeout_kills_the_remote_command(write, main, sshd, ssh_known_hosts, tmp_path):
     pidfile = tmp_path / "remote.pid"
     p = book(write, f"""
   diagnose:
@@ -126,14 +126,14 @@ def test_timeout_kills_the_remote_command(write, cli, sshd, ssh_known_hosts, tmp
       timeout: 2s
 """)
     started = time.monotonic()
-    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts))
+    r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts))
     assert r.returncode == 1 and "timed out after 2s" in r.stdout
     assert time.monotonic() - started < 20
     time.sleep(0.5)
     assert not alive(int(pidfile.read_text()))
 
 
-def test_fan_out_to_twenty_inventory_hosts_keyed_by_name(write, cli, sshd, ssh_known_hosts):
+def test_fan_out_to_twenty_inventory_hosts_keyed_by_name(write, main, sshd, ssh_known_hosts):
     names = tuple(f"web-{i:02d}" for i in range(20))
     inv = inventory(write, sshd, ssh_known_hosts, names=names, groups={"web": {"hosts": list(names)}})
     p = book(write, """
@@ -145,13 +145,13 @@ def test_fan_out_to_twenty_inventory_hosts_keyed_by_name(write, cli, sshd, ssh_k
       end: "{{ steps.all.ok_count }} ok, first {{ steps.all.ok_hosts[0] }}, last {{ steps.all.ok_hosts[-1] }}"
 """)
     before = sshd.connections()
-    r = cli("run", p, "--inventory", inv)
+    r = main("run", p, "--inventory", inv)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "20 ok, first web-00, last web-19" in r.stdout
     assert sshd.connections() - before == 20  # one connection per inventory name, not collapsed
 
 
-def test_unreachable_hosts_fail_fast_and_clearly(write, cli, sshd, ssh_known_hosts):
+def test_unreachable_hosts_fail_fast_and_clearly(write, main, sshd, ssh_known_hosts):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(5)  # accepts TCP, never says a word
@@ -168,7 +168,7 @@ def test_unreachable_hosts_fail_fast_and_clearly(write, cli, sshd, ssh_known_hos
       readonly: true
 """)
         started = time.monotonic()
-        r = cli("run", p, "--inventory", inv)
+        r = main("run", p, "--inventory", inv)
         took = time.monotonic() - started
     finally:
         silent.close()
@@ -179,7 +179,7 @@ def test_unreachable_hosts_fail_fast_and_clearly(write, cli, sshd, ssh_known_hos
     assert took < 15
 
 
-def test_parameter_is_passed_literally(write, cli, sshd, ssh_known_hosts, tmp_path):
+def test_parameter_is_passed_literally(write, main, sshd, ssh_known_hosts, tmp_path):
     pwned = tmp_path / "pwned"
     out = tmp_path / "out"
     p = book(write, f"""
@@ -189,12 +189,12 @@ def test_parameter_is_passed_literally(write, cli, sshd, ssh_known_hosts, tmp_pa
       readonly: true
 """, head="params:\n  v: {}\n")
     value = f"$(touch {pwned}); `touch {pwned}`"
-    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), "-p", f"v={value}")
+    r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), "-p", f"v={value}")
     assert r.returncode == 0, r.stdout
     assert not pwned.exists() and out.read_text() == value
 
 
-def test_one_connection_reused_by_every_step_and_secrets_not_in_argv(write, cli, sshd, ssh_known_hosts, tmp_path, audit_dir):
+def test_one_connection_reused_by_every_step_and_secrets_not_in_argv(write, main, sshd, ssh_known_hosts, tmp_path, audit_dir):
     argv, got = tmp_path / "argv", tmp_path / "got"
     p = book(write, f"""
   diagnose:
@@ -209,14 +209,14 @@ def test_one_connection_reused_by_every_step_and_secrets_not_in_argv(write, cli,
       readonly: true
 """, head="params:\n  token: {secret: true}\n")
     before = sshd.connections()
-    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), env={"RUNBOOK_PARAM_TOKEN": "tok-99"})
+    r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), env={"RUNBOOK_PARAM_TOKEN": "tok-99"})
     assert r.returncode == 0, r.stdout + r.stderr
     assert sshd.connections() - before == 1
     assert got.read_text() == "tok-99" and "tok-99" not in argv.read_text()
     assert "tok-99" not in r.stdout and b"tok-99" not in (audit_dir / "audit.jsonl").read_bytes()
 
 
-def test_jump_host_from_the_inventory(write, cli, sshd, sshd_bastion, ssh_known_hosts):
+def test_jump_host_from_the_inventory(write, main, sshd, sshd_bastion, ssh_known_hosts):
     extra = {
         "bastion": {"address": sshd_bastion.host, "port": sshd_bastion.port, "user": sshd_bastion.user},
         "inner": {"address": sshd.host, "port": sshd.port, "user": sshd.user, "jump_host": "bastion"},
@@ -228,16 +228,16 @@ def test_jump_host_from_the_inventory(write, cli, sshd, sshd_bastion, ssh_known_
       ssh: {hosts: inner, command: "echo through"}
       readonly: true
 """)
-    r = cli("run", p, "--inventory", inv, "--dry-run")
+    r = main("run", p, "--inventory", inv, "--dry-run")
     assert f"inner ({sshd.user}@{sshd.host}:{sshd.port} via bastion)" in r.stdout
     b_before, i_before = sshd_bastion.connections(), sshd.connections()
-    r = cli("run", p, "--inventory", inv)
+    r = main("run", p, "--inventory", inv)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "through" in r.stdout
     assert sshd_bastion.connections() - b_before == 1 and sshd.connections() - i_before == 1
 
 
-def test_dry_run_contacts_no_host_and_shows_the_exact_command(write, cli, sshd, ssh_known_hosts):
+def test_dry_run_contacts_no_host_and_shows_the_exact_command(write, main, sshd, ssh_known_hosts):
     p = book(write, """
   mitigate:
     - id: restart
@@ -248,16 +248,16 @@ def test_dry_run_contacts_no_host_and_shows_the_exact_command(write, cli, sshd, 
       end: done
 """, head="params:\n  svc: {default: 'api; reboot'}\n")
     before = sshd.connections()
-    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), "--dry-run")
+    r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert sshd.connections() == before
     assert "$ sudo -n -- timeout -k 5 30 sh -c 'cd /tmp && { systemctl restart '\"'\"'api; reboot'\"'\"'" in r.stdout
     assert f"on h1 ({sshd.user}@{sshd.host}:{sshd.port})" in r.stdout
-    r = cli("validate", p, "--inventory", write("other.yaml", "hosts:\n  h2: {address: 127.0.0.1}\n"))
+    r = main("validate", p, "--inventory", write("other.yaml", "hosts:\n  h2: {address: 127.0.0.1}\n"))
     assert r.returncode == 1 and "host 'h1' is not in" in r.stdout
 
 
-def test_ssh_config_alias_without_an_inventory(write, cli, sshd, tmp_path):
+def test_ssh_config_alias_without_an_inventory(write, main, sshd, tmp_path):
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "config").write_text(
@@ -270,12 +270,12 @@ def test_ssh_config_alias_without_an_inventory(write, cli, sshd, tmp_path):
       ssh: {hosts: db-primary, command: "echo via-alias"}
       readonly: true
 """)
-    r = cli("run", p, env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
+    r = main("run", p, env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "via-alias" in r.stdout
 
 
-def test_reviewed_edge_cases(write, cli, sshd, ssh_known_hosts, tmp_path, audit_dir):
+def test_reviewed_edge_cases(write, main, sshd, ssh_known_hosts, tmp_path, audit_dir):
     """env secrets over stdin, retries only for failed hosts, fail_fast, a TERM-proof command timing out."""
     argv, runs = tmp_path / "argv", tmp_path / "runs"
     inv = inventory(write, sshd, ssh_known_hosts, names=("h1", "h2", "h3"))
@@ -308,7 +308,7 @@ def test_reviewed_edge_cases(write, cli, sshd, ssh_known_hosts, tmp_path, audit_
     - id: report
       end: {{status: escalated, message: "status={{{{ steps.stubborn.status }}}} failed={{{{ steps['next-one'].failed_hosts | join(',') }}}} skipped={{{{ steps['next-one'].skipped_hosts | join(',') }}}}"}}
 """, head="params:\n  token: {secret: true}\n")
-    r = cli("run", p, "--inventory", inv, env={"RUNBOOK_PARAM_TOKEN": "tok-77"}, timeout=120)
+    r = main("run", p, "--inventory", inv, env={"RUNBOOK_PARAM_TOKEN": "tok-77"}, timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "status=timeout failed=h1 skipped=h2,h3" in r.stdout
     assert "tok-77" not in argv.read_text() and (tmp_path / "auth").read_text() == "Bearer tok-77"
@@ -316,7 +316,7 @@ def test_reviewed_edge_cases(write, cli, sshd, ssh_known_hosts, tmp_path, audit_
     assert len(lines) == 3  # h1 and h2, then h2 alone on the retry (h1 had succeeded)
 
 
-def test_proxyjump_from_ssh_config_and_host_wildcards(write, cli, sshd, sshd_bastion, tmp_path):
+def test_proxyjump_from_ssh_config_and_host_wildcards(write, main, sshd, sshd_bastion, tmp_path):
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "config").write_text(
@@ -330,15 +330,15 @@ def test_proxyjump_from_ssh_config_and_host_wildcards(write, cli, sshd, sshd_bas
       ssh: {hosts: inner, command: "echo through-config"}
       readonly: true
 """)
-    r = cli("run", p, "--dry-run", env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
+    r = main("run", p, "--dry-run", env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
     assert r.returncode == 0 and f"inner ({sshd.user}@{sshd.host}:{sshd.port} via bastion)" in r.stdout, r.stdout + r.stderr
     before = sshd_bastion.connections()
-    r = cli("run", p, env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
+    r = main("run", p, env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "through-config" in r.stdout and sshd_bastion.connections() - before == 1
 
 
-def test_accept_new_never_writes_past_lines_it_cannot_judge(write, cli, sshd, tmp_path):
+def test_accept_new_never_writes_past_lines_it_cannot_judge(write, main, sshd, tmp_path):
     known = tmp_path / "known_wild"
     known.write_text(f"[127.0.0.*]:{sshd.port} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKb1Yy0kqHk5x0nq8Q2D6l4d7zq8ZB2b8c6Xe3y1m3kX\n")
     p = book(write, """
@@ -347,12 +347,12 @@ def test_accept_new_never_writes_past_lines_it_cannot_judge(write, cli, sshd, tm
       ssh: {hosts: h1, command: "true"}
       readonly: true
 """)
-    r = cli("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
+    r = main("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
     assert r.returncode == 1 and "wildcard or @marker lines" in r.stdout
     assert len(known.read_text().splitlines()) == 1
 
 
-def test_a_failed_cd_never_runs_the_command_elsewhere(write, cli, sshd, ssh_known_hosts, tmp_path):
+def test_a_failed_cd_never_runs_the_command_elsewhere(write, main, sshd, ssh_known_hosts, tmp_path):
     marker = tmp_path / "ran"
     p = book(write, f"""
   diagnose:
@@ -360,18 +360,18 @@ def test_a_failed_cd_never_runs_the_command_elsewhere(write, cli, sshd, ssh_know
       ssh: {{hosts: h1, command: "touch {marker}", cwd: /nonexistent-dir, env: {{X: "1"}}}}
       readonly: true
 """)
-    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts))
+    r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts))
     assert r.returncode == 1 and not marker.exists()
 
 
-def test_ssh_step_static_problems(write, cli, sshd, ssh_known_hosts):
+def test_ssh_step_static_problems(write, main, sshd, ssh_known_hosts):
     p = book(write, """
   diagnose:
     - id: who
       ssh: {hosts: h1, command: "id -un", user: nobody}
       readonly: true
 """)
-    r = cli("validate", p)
+    r = main("validate", p)
     assert r.returncode == 1 and "user applies with sudo" in r.stdout
     inv = inventory(write, sshd, ssh_known_hosts, groups={"empty": {"hosts": []}})
     p = book(write, """
@@ -380,11 +380,11 @@ def test_ssh_step_static_problems(write, cli, sshd, ssh_known_hosts):
       ssh: {hosts: empty, command: "true", forks: 2}
       readonly: true
 """, name="e.yaml")
-    r = cli("run", p, "--inventory", inv, "--dry-run")
+    r = main("run", p, "--inventory", inv, "--dry-run")
     assert r.returncode == 1 and "no hosts in empty" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_sudo_runs_as_the_named_user_with_a_timeout(write, cli, sshd, ssh_known_hosts):
+def test_sudo_runs_as_the_named_user_with_a_timeout(write, main, sshd, ssh_known_hosts):
     p = book(write, """
   mitigate:
     - id: as-nobody
@@ -394,6 +394,6 @@ def test_sudo_runs_as_the_named_user_with_a_timeout(write, cli, sshd, ssh_known_
     - id: done
       end: "ran as {{ steps['as-nobody'].stdout | trim }}"
 """)
-    r = cli("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), "--yes")
+    r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ran as nobody" in r.stdout
