@@ -355,10 +355,21 @@ def list_runs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return [summarize(records) for records in runs.values()]
 
 
+def last_finish(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's ``run_finished`` record, or None while it has not finished: a
+    ``resumed`` record after a finish opens the run again."""
+    for r in reversed(records):
+        if r.get("type") == "run_finished":
+            return r
+        if r.get("type") == "resumed":
+            return None
+    return None
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary of one run (see :func:`list_runs`) from its records."""
     started = next((r for r in records if r.get("type") == "run_started"), {})
-    finished = next((r for r in reversed(records) if r.get("type") == "run_finished"), None)
+    finished = last_finish(records)
     doubt = in_doubt(records)
     if finished is not None:
         status, exit_code = str(finished.get("status")), finished.get("exit_code")

@@ -326,6 +326,17 @@ class Engine:
             self.ui.run_finished(status, code, message)
         return status, code, message
 
+    def stopped_before_start(self, exc: BaseException) -> tuple[str, int, str]:
+        """A signal before the first step (the host was still preparing): the run is finished as interrupted."""
+        signame = getattr(exc, "signame", "SIGINT")
+        message = f"interrupted: the run was stopped ({'Ctrl-C' if signame == 'SIGINT' else signame})"
+        if self.journal:
+            self.journal.event("interrupted", step=None, signal=signame)
+            self.journal.run_finished(status="interrupted", exit_code=EXIT_INTERRUPTED, signal=signame)
+        if self.ui:
+            self.ui.run_finished("interrupted", EXIT_INTERRUPTED, message)
+        return "interrupted", EXIT_INTERRUPTED, message
+
     _current: str | None = None
     _interrupt: Interrupt = Interrupt("SIGINT")
 

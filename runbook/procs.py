@@ -82,6 +82,26 @@ def group_members(pgid: int, proc: str = _PROC) -> list[int] | None:
     return sorted(found)
 
 
+# The argument runbook's shell step gives its guard (runbook.steps.shell): a process whose
+# arguments hold it and that is a shell or `timeout` is a supervisor, not the step's work.
+GUARD_MARK = "runbook-guard"
+
+
+def _supervisor(pid: int, proc: str = _PROC) -> bool:
+    """A process of runbook's supervision (the guard, `timeout`, the guard's grace ``sleep``,
+    marked by RUNBOOK_GUARD=1 in its environment), not of the step's work."""
+    comm = _comm(pid, proc)
+    try:
+        if comm == "sleep":
+            with open(f"{proc}/{pid}/environ", "rb") as f:
+                return b"RUNBOOK_GUARD=1" in f.read().split(b"\0")
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return comm in ("sh", "dash", "timeout", "setpriv") and GUARD_MARK.encode() in argv[1:]
+
+
 def _started_at(start_ticks: int | None) -> str | None:
     """The wall-clock time (UTC) of a start time in ticks since this boot."""
     if start_ticks is None:
@@ -153,8 +173,8 @@ def _local(record: dict[str, Any]) -> str | None:
         except OSError:
             pass
         return f"{what} may still be running on host {host or here} (a process group with its id exists)"
-    if not members:
-        return None
+    if not any(not _supervisor(p) for p in members):
+        return None  # only runbook's supervisors (`timeout`, the guard) are left, ending the group
     # A group id is not reused while the group has a member. If a process with the leader's pid
     # lives but started at another time, the pid (and so the group id) was reused: ours is gone.
     # (Every member of a reused group having outlived its own leader is not told apart.)

@@ -292,8 +292,7 @@ class _Run:
         the intent (or result) of its step that follows it, except one that comes right after a
         step's failure (an operator's choice on how to go on): that one stays with the failure."""
         started = next((r for r in records if r.get("type") == "run_started"), {})
-        finished = next((r for r in reversed(records) if r.get("type") == "run_finished"), None)
-        run = cls(records, started, finished)
+        run = cls(records, started, audit.last_finish(records))
         pending: dict[tuple[str, Any], _Step] = {}  # intents waiting for their result
         decided: dict[str, _Step] = {}  # decisions waiting for their step to start
         settling: dict[str, _Step] = {}  # steps in doubt settled on resume, waiting for the result that says how
@@ -791,6 +790,9 @@ def _action_items(run: _Run) -> list[str]:
                 why += f", {_decided(decision)}"
             then = f"; then {_decided(ex.after)}" if ex.after is not None else ""
             then += f"; the run went on to {code(ex.next_step)}" if ex.next_step and ex.next_step != ex.id else ""
+            if (status in ("interrupted", "timeout") and not ex.reads and ex.after is None and ex.settlement is None
+                    and not ex.next_step):
+                then += "; a write step stopped half-way is in doubt: it may have done part of its work"
             items.append(f"{code(ex.id)} {what}{why}{then}. Find out why, and fix the step, the runbook or the system.")
         elif decision is not None and not decision.get("approved") and result is None:
             items.append(f"{code(ex.id)} was {_decided(decision)} and did not run: decide whether it should have, "

@@ -301,6 +301,10 @@ class _Signals:
 
         raise Interrupt(signal.Signals(signum).name)
 
+    def ignore(self) -> None:
+        for sig in self.previous:
+            signal.signal(sig, signal.SIG_IGN)
+
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
@@ -411,12 +415,17 @@ def _live(rb, params, inventory, journal, options, outcome: Outcome, ui, *, envi
 
 def _drive(engine, outcome: Outcome, ui, rb, environment, clock_label, start, visits, again, resumed,
            restored: dict | None = None) -> Outcome:
-    with _Signals():
-        ui.run_started(rb, outcome.run_id, outcome.params_shown, environment=environment,
-                       clock_from=engine.options.clock_from, clock_label=clock_label, resumed=resumed)
-        if restored:
-            engine.restore(restored)
-        status, code, message = engine.run(start=start, visits=visits, again=again)
+    with _Signals() as signals:
+        try:
+            ui.run_started(rb, outcome.run_id, outcome.params_shown, environment=environment,
+                           clock_from=engine.options.clock_from, clock_label=clock_label, resumed=resumed)
+        except KeyboardInterrupt as exc:  # before the first step: the run stops, and its log says so
+            status, code, message = engine.stopped_before_start(exc)
+        else:
+            if restored:
+                engine.restore(restored)
+            status, code, message = engine.run(start=start, visits=visits, again=again)
+        signals.ignore()  # the run is recorded as finished: a late signal changes nothing now
     outcome.status, outcome.exit_code, outcome.message = status, code, message
     return outcome
 
@@ -443,28 +452,37 @@ def position(records: list[dict]) -> tuple[str, str | None, dict | None, str | N
 
 
 def restore(records: list[dict]) -> tuple[dict, dict[str, int]]:
-    """Each step's last result as the engine's context, and visit counts
-    (an intent with no result, a step cut short, does not count)."""
+    """Each step's last result as the engine's context, and how often each step
+    ran, counted as the engine counts (for max_visits): a retry on the
+    operator's word is not a visit, and a read step cut short (no result) is
+    not one either, since it simply runs again."""
     from runbook.steps import StepResult
 
     ctx: dict = {}
     visits: dict[str, int] = {}
-    open_intents: dict[str, int] = {}
+    retried: set = set()
+    open_reads: dict[str, int] = {}
     for r in records:
-        step = r.get("step")
-        if r.get("type") == "step_intent":
-            visits[step] = visits.get(step, 0) + 1
-            open_intents[step] = open_intents.get(step, 0) + 1
-        elif r.get("type") == "step_result" and r.get("status") != "in doubt":
-            if open_intents.get(step):
-                open_intents[step] -= 1
+        step, rtype = r.get("step"), r.get("type")
+        if rtype == "decision" and r.get("how") == "retry":
+            retried.add(step)
+        elif rtype == "step_intent":
+            counted = step not in retried
+            retried.discard(step)
+            if counted:
+                visits[step] = visits.get(step, 0) + 1
+            if r.get("effect") == "read" and counted:
+                open_reads[step] = open_reads.get(step, 0) + 1
+        elif rtype == "step_result" and r.get("status") != "in doubt":
+            if open_reads.get(step):
+                open_reads[step] -= 1
             data = dict(r.get("data") or {})
             data.pop("_truncated", None)
             res = StepResult(str(r.get("status")), exit_code=r.get("exit_code"), stdout=r.get("output_excerpt") or "",
                              error=r.get("error"), data=data, outputs=dict(r.get("outputs") or {}),
                              duration=float(r.get("duration") or 0), attempts=int(r.get("attempts") or 1))
             ctx[step] = res.as_context()
-    for step, n in open_intents.items():
+    for step, n in open_reads.items():
         visits[step] -= n
     return ctx, visits
 
@@ -482,18 +500,6 @@ def doubtful_step(records: list[dict], rb) -> str | None:
             and step_id in rb.by_id and rb.by_id[step_id].effect == "write"):
         return step_id
     return None
-
-
-def still_running(records: list[dict], step_id: str) -> str | None:
-    """What of the step's last execution may still be running (its recorded
-    process, or its remote command before its timeout), or None."""
-    from runbook import procs
-
-    last_intent = max((i for i, r in enumerate(records) if r.get("type") == "step_intent" and r.get("step") == step_id),
-                      default=-1)
-    lines = procs.running_lines([r for r in (records[last_intent + 1:] if last_intent >= 0 else [])
-                                 if r.get("type") == "step_process" and r.get("step") == step_id])
-    return "; ".join(line.split(": ", 1)[1] for line in lines) or None
 
 
 def outputs_read_later(rb, step_id: str) -> tuple[list[str], list[str]]:
@@ -528,10 +534,13 @@ def _refuse(journal, who: str, reason: str, exit_code: int = EXIT_REFUSED, **ext
 
 
 def resume(req: ResumeRequest, ui) -> Outcome:
-    """Go on with an interrupted run from its audit log (see the module's doc)."""
+    """Go on with an interrupted run from its audit log (see the module's doc).
+    Every check comes before the first record of the resume: a refusal leaves
+    the run as it was (and says so in its log)."""
     from runbook.alert import RunLock
-    from runbook.engine import Options, display_params, resolve_params
+    from runbook.engine import Engine, Options, display_params, resolve_params
     from runbook.inventory import resolve_inventory
+    from runbook.steps import StepResult
 
     directory = req.audit_dir or audit.default_dir()
     records = audit.run_records(directory / audit.LOG_NAME, req.run_id)
@@ -545,91 +554,157 @@ def resume(req: ResumeRequest, ui) -> Outcome:
     if summary["status"] in FINISHED or summary["status"] == "planned":
         return Outcome(run_id, summary["status"], EXIT_OK,
                        note=f"run {run_id} already finished: {summary['status']} at {summary['finished']} "
-                               f"(exit {summary['exit_code']}); nothing to resume")
+                            f"(exit {summary['exit_code']}); nothing to resume")
     who = req.who or audit.who()
     log = audit.AuditLog(directory)
     plain = audit.RunJournal(log, run_id, Redactor())  # for refusals before the parameters are known
+    locks: list = []
     try:
+        _trust_log(directory / audit.LOG_NAME, run_id, req.force, plain, who, ui)
         # no resume while the run still goes, nor two resumes at once
         lock = RunLock(directory, f"run-{run_id}", f"run {run_id} is still going or being resumed")
-        lock.acquire(run_id, who, audit.now())
-        locks = [lock]
         try:
-            rb = _same_runbook(started, run_id, req.force, plain, who, ui)
-            what, step_id, rec, choice = position(records)
-            if what == "result" and step_id in rb.by_id and rb.by_id[step_id].module.ENDS_RUN and rec.get("status") == "ok":
-                # it reached its end; only its last record was lost
-                end_status = rb.by_id[step_id].module.end_status(rb.by_id[step_id].body)
-                plain.run_finished(status=end_status, exit_code=EXIT_OK if end_status == "resolved" else EXIT_FAILED)
-                return Outcome(run_id, end_status, EXIT_OK,
-                               note=f"run {run_id} already finished at its end step '{step_id}' ({end_status}); "
-                                       "nothing to resume")
-            the_alert = _alert_of(started)
-            if the_alert:
-                try:
-                    locks += hold_locks(directory, run_id, who, the_alert, False, plain, ui, run_lock=False)
-                except RunbookError as exc:  # the run stays as it was: not finished, resumable later
-                    raise _refuse(plain, who, str(exc)) from None
+            lock.acquire(run_id, who, audit.now())
+        except RunbookError as exc:
+            reason = str(exc).split("; follow that run")[0]
+            raise _refuse(plain, who, f"{reason}; wait for it to end (runbook audit show {run_id})") from None
+        locks.append(lock)
+        rb = _same_runbook(started, run_id, req.force, plain, who, ui)
+        what, step_id, rec, choice = position(records)
+        if what == "result" and step_id in rb.by_id and rb.by_id[step_id].module.ENDS_RUN and rec.get("status") == "ok":
+            # it reached its end; only its last record was lost
+            end_status = rb.by_id[step_id].module.end_status(rb.by_id[step_id].body)
+            plain.run_finished(status=end_status, exit_code=EXIT_OK if end_status == "resolved" else EXIT_FAILED)
+            return Outcome(run_id, end_status, EXIT_OK,
+                           note=f"run {run_id} already finished at its end step '{step_id}' ({end_status}); "
+                                "nothing to resume")
+        the_alert = _alert_of(started)
+        if the_alert:
+            try:
+                locks += hold_locks(directory, run_id, who, the_alert, False, plain, ui, run_lock=False)
+            except RunbookError as exc:  # the run stays as it was: not finished, resumable later
+                raise _refuse(plain, who, str(exc)) from None
 
-            inventory = resolve_inventory(req.inventory_file or started.get("inventory"), req.env)
-            recorded = started.get("params") or {}
-            given = {name: (("true" if v else "false") if isinstance(v, bool) else str(v))
-                     for name, v in recorded.items() if name in rb.params and not rb.params[name].secret}
-            params = resolve_params(rb, given_params(rb, given, req.interactive, ui))
-            redactor = run_redactor(rb, params, inventory)
-            ui.attach(redactor)
-            journal = audit.RunJournal(log, run_id, redactor)
-            ctx, visits = restore(records)
+        inventory = resolve_inventory(req.inventory_file or started.get("inventory"), req.env)
+        recorded = started.get("params") or {}
+        given = {name: (("true" if v else "false") if isinstance(v, bool) else str(v))
+                 for name, v in recorded.items() if name in rb.params and not rb.params[name].secret}
+        params = resolve_params(rb, given_params(rb, given, req.interactive, ui))
+        redactor = run_redactor(rb, params, inventory)
+        ui.attach(redactor)
+        journal = audit.RunJournal(log, run_id, redactor)
+        ctx, visits = restore(records)
+        options = Options(yes=req.yes, interactive=req.interactive, answers=dict(req.answers), who=who,
+                          server_dry_run=bool(started.get("server_dry_run")), stage=started.get("stage"),
+                          step_mode=bool(started.get("step_mode")) and req.interactive,
+                          clock_from=_clock_from(started, the_alert))
+        engine = Engine(rb, params, inventory=inventory, ui=ui, journal=journal, options=options, run_id=run_id,
+                        redactor=redactor)
 
-            # a write step that may or may not have run: the operator settles it
-            settle = None
-            doubtful = doubtful_step(records, rb)
-            if doubtful:
-                running = still_running(records, doubtful)
-                if running:
-                    raise _refuse(journal, who, f"step '{doubtful}' of run {run_id} may still be running: {running}; "
-                                  "wait for it to end (or stop it), then resume", step=doubtful)
-                settle = _settle(req, ui, journal, who, rb, run_id, doubtful)
-            journal.event("resumed", who=who, host=audit.hostname(), argv=list(req.argv),
-                          previous_status=summary["status"])
-            again = None
-            if settle is not None:
-                decision, values = settle
-                journal.decision(step=doubtful, approved=True, by=who, how=decision)
-                if decision == "mark-done":
-                    from runbook.steps import StepResult
+        # a write step that may or may not have run: the operator settles it
+        settle = None
+        doubtful = doubtful_step(records, rb)
+        if doubtful:
+            if doubtful not in rb.by_id:
+                raise _refuse(journal, who, f"step '{doubtful}' of run {run_id} is in doubt, but the runbook no longer "
+                              "has it; put the step back (as it was when the run started) to settle it", step=doubtful)
+            _check_running(records, run_id, doubtful, req.force, journal, who, ui)
+            settle = _settle(req, ui, journal, who, rb, run_id, doubtful)
+            if settle[0] == "rerun" and not (req.yes or req.interactive):
+                raise _refuse(journal, who, f"step '{doubtful}' would run again, and it changes things: approve it "
+                              "with --yes, or resume in a terminal", step=doubtful)
+            if settle[0] == "mark-done":
+                what, step_id, rec, choice = "result", doubtful, {"status": "ok"}, None
+            else:
+                what, step_id = "rerun", doubtful
+        if what == "start" and started.get("start_at") in rb.by_id:
+            options.start_at = started["start_at"]
+        try:
+            start_step, again = _where(engine, rb, what, step_id, rec, choice)
+        except RunbookError as exc:
+            raise _refuse(journal, who, str(exc)) from None
 
-                    done = StepResult("ok", outputs=values)
-                    journal.step_result(step=doubtful, status="ok", exit_code=None, duration=0.0,
-                                        outputs=values or None, marked_done_by=who, observed=False,
-                                        error=f"in doubt; marked done by {who} on resume (not observed)")
-                    ctx[doubtful] = done.as_context()
-                    what, step_id, rec, choice = "result", doubtful, {"status": "ok"}, None
-                else:
-                    if doubtful in audit.in_doubt(records):  # settle the old intent: it runs again
-                        journal.step_result(step=doubtful, status="in doubt", exit_code=None, duration=0.0,
-                                            error=f"in doubt; {who} chose to run it again on resume")
-                    what, step_id = "rerun", doubtful
-            options = Options(yes=req.yes, interactive=req.interactive, answers=dict(req.answers), who=who,
-                              server_dry_run=bool(started.get("server_dry_run")), stage=started.get("stage"),
-                              step_mode=bool(started.get("step_mode")) and req.interactive,
-                              clock_from=_clock_from(started, the_alert))
-            if what == "start" and started.get("start_at") in rb.by_id:
-                options.start_at = started["start_at"]
-            from runbook.engine import Engine
-
-            engine = Engine(rb, params, inventory=inventory, ui=ui, journal=journal, options=options, run_id=run_id,
-                            redactor=redactor)
-            start_step, again = _where(engine, rb, what, step_id, rec, choice, ctx)
-            outcome = Outcome(run_id, "failed", EXIT_FAILED, params_shown=display_params(rb, params),
-                              redactor=redactor, inventory=inventory)
-            return _drive(engine, outcome, ui, rb, req.env or _environment(None, inventory),
-                          "since the alert fired" if the_alert and the_alert.starts_at else "since the run started",
-                          start_step, visits, again, True, restored=ctx)
-        finally:
-            release(locks)
+        # from here on the resume is recorded
+        journal.event("resumed", who=who, host=audit.hostname(), argv=list(req.argv),
+                      previous_status=summary["status"])
+        if settle is not None:
+            decision, values = settle
+            journal.decision(step=doubtful, approved=True, by=who, how=decision)
+            if decision == "mark-done":
+                journal.step_result(step=doubtful, status="ok", exit_code=None, duration=0.0,
+                                    outputs=values or None, marked_done_by=who, observed=False,
+                                    error=f"in doubt; marked done by {who} on resume (not observed)")
+                ctx[doubtful] = StepResult("ok", outputs=values).as_context()
+            elif doubtful in audit.in_doubt(records):  # settle the old intent: it runs again
+                journal.step_result(step=doubtful, status="in doubt", exit_code=None, duration=0.0,
+                                    error=f"in doubt; {who} chose to run it again on resume")
+        outcome = Outcome(run_id, "failed", EXIT_FAILED, params_shown=display_params(rb, params),
+                          redactor=redactor, inventory=inventory)
+        return _drive(engine, outcome, ui, rb, req.env or _environment(None, inventory),
+                      "since the alert fired" if the_alert and the_alert.starts_at else "since the run started",
+                      start_step, visits, again, True, restored=ctx)
     finally:
+        release(locks)
         log.close()
+
+
+def _check_running(records: list[dict], run_id: str, step_id: str, force: bool, journal, who: str, ui) -> None:
+    """Refuse to settle a step whose last execution may still be running: for sure
+    (its process group lives here, or its remote command before its timeout) always;
+    where this machine cannot tell (another host, a remote command without a timeout)
+    unless ``force``, recorded."""
+    import socket
+
+    from runbook import procs
+
+    last_intent = max((i for i, r in enumerate(records) if r.get("type") == "step_intent" and r.get("step") == step_id),
+                      default=len(records))
+    sure, unsure = [], []
+    for r in records[last_intent + 1:]:
+        if r.get("type") != "step_process" or r.get("step") != step_id or not procs.still_running(r):
+            continue
+        remote = "hosts" in r
+        cannot_tell = (remote and r.get("deadline") is None) or (not remote and r.get("host") != socket.gethostname())
+        (unsure if cannot_tell else sure).append(r)
+    if sure:
+        lines = "; ".join(line.split(": ", 1)[1] for line in procs.running_lines(sure))
+        raise _refuse(journal, who, f"step '{step_id}' of run {run_id} may still be running: {lines}; wait for it "
+                      "to end (or stop it), then resume", step=step_id)
+    if unsure:
+        lines = "; ".join(line.split(": ", 1)[1] for line in procs.running_lines(unsure))
+        if not force:
+            raise _refuse(journal, who, f"step '{step_id}' of run {run_id} may still be running, and this machine "
+                          f"cannot tell: {lines}; check it there, then resume with --force", step=step_id)
+        warning = f"warning: --force: step '{step_id}' may still be running ({lines}); settling it anyway"
+        journal.event("forced", who=who, step=step_id, warning=warning)
+        ui.notice(warning)
+
+
+def log_trust(path: Path) -> tuple[str, str]:
+    """(status, message) of the audit log's verification: "ok", "torn" (a crash; the next write
+    repairs it), "unsealed" (written before sealing), "tampered" or "key-missing"."""
+    if not Path(path).exists():
+        return "ok", "no log yet"
+    check = audit.verify(path)
+    status = getattr(check, "status", None) or ("ok" if check.ok else "tampered")
+    return status, check.message
+
+
+def _trust_log(path: Path, run_id: str, force: bool, journal, who: str, ui) -> None:
+    """Resume rests on the log: refuse one that does not verify, unless ``force`` (recorded)."""
+    status, message = log_trust(path)
+    if status in ("ok", "torn"):
+        return
+    if status == "unsealed":
+        ui.notice(f"warning: the audit log {path} is not sealed ({message}); its records cannot be proven unchanged")
+        return
+    what = "cannot be verified" if status == "key-missing" else "does not verify"
+    if not force:
+        raise _refuse(journal, who, f"the audit log {path} {what}: {message}; resume rests on it, so it is refused "
+                      f"(check it with runbook audit verify; resume --force to go on anyway)", exit_code=EXIT_FAILED)
+    warning = f"warning: --force: resuming run {run_id} although the audit log {what}: {message}"
+    journal.event("forced", who=who, warning=warning)
+    ui.notice(warning)
 
 
 def _same_runbook(started: dict, run_id: str, force: bool, journal, who: str, ui):
@@ -661,7 +736,7 @@ def _same_runbook(started: dict, run_id: str, force: bool, journal, who: str, ui
 
 def _settle(req: ResumeRequest, ui, journal, who: str, rb, run_id: str, step_id: str):
     """("mark-done", outputs) or ("rerun", {}) for a step in doubt; raises
-    (recorded) when nobody decides or the operator stops."""
+    (recorded) when nobody decides or the operator stops.  Writes nothing else."""
     if req.mark_done:
         decision = "mark-done"
     elif req.rerun:
@@ -676,8 +751,6 @@ def _settle(req: ResumeRequest, ui, journal, who: str, rb, run_id: str, step_id:
         raise RunbookError(f"run {run_id} not resumed: step {step_id} is still in doubt", exit_code=EXIT_REFUSED)
     if decision != "mark-done":
         return decision, {}
-    if step_id not in rb.by_id:
-        return decision, {}
     step = rb.by_id[step_id]
     names, others = outputs_read_later(rb, step_id)
     if others:
@@ -685,29 +758,47 @@ def _settle(req: ResumeRequest, ui, journal, who: str, rb, run_id: str, step_id:
                       f"{', '.join(others)}, which only running it gives; run it again (--rerun) once you have "
                       "checked its targets", step=step_id)
     values: dict[str, Any] = {}
+    missing = []
     for name in names:
         text = req.outputs.get(f"{step_id}.{name}")
         if text is None and req.interactive:
             text = ui.output_value(step, name)
         if text is None:
-            raise _refuse(journal, who, f"step '{step_id}' is marked done, but later steps read its output "
-                          f"'{name}': give it with --output {step_id}.{name}=VALUE (what the step would have "
-                          "found), or run it again (--rerun)", step=step_id)
-        values[name] = _typed(step, name, text)
+            missing.append(name)
+            continue
+        try:
+            values[name] = _typed(step, name, text)
+        except ValueError as exc:
+            raise _refuse(journal, who, f"--output {step_id}.{name}: {exc}", step=step_id) from None
+    if missing:
+        given = " ".join(f"--output {step_id}.{n}=VALUE" for n in missing)
+        raise _refuse(journal, who, f"step '{step_id}' is marked done, but later steps read its "
+                      f"output{'s' if len(missing) > 1 else ''} {', '.join(repr(n) for n in missing)}: give "
+                      f"{'them' if len(missing) > 1 else 'it'} with {given} (what the step would have found), "
+                      "or run it again (--rerun)", step=step_id)
     return decision, values
 
 
 def _typed(step, name: str, text: str):
+    """An output given by hand, as its declared type (ValueError when it is not one)."""
+    import json
+
     from runbook.engine import convert
 
-    spec_ = step.outputs.get(name) or {}
+    type_ = (step.outputs.get(name) or {}).get("type")
+    if type_ == "json":
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"not JSON ({exc})") from None
     try:
-        return convert(text, spec_.get("type"))
-    except ValueError as exc:
-        raise RunbookError(f"--output {step.id}.{name}: {exc}", exit_code=2) from None
+        return convert(text, type_)
+    except ValueError:
+        article = "an" if type_ == "integer" else "a"
+        raise ValueError(f"expected {article} {type_}, got {text!r}") from None
 
 
-def _where(engine, rb, what, step_id, rec, choice, ctx):
+def _where(engine, rb, what, step_id, rec, choice):
     """(the step to go on with, a step run again on the operator's word)."""
     from runbook.engine import DONE
     from runbook.steps import StepResult

@@ -116,11 +116,12 @@ def test_sigkill_during_a_timed_step_ends_its_process_group(write, spawn, audit_
     assert rec["boot_id"] == procs.boot_id() and rec["host"] == socket.gethostname()
     # the record is written as soon as the process exists: wait for the wrappers to exec the command
     line = poll(lambda: next((x for x in [procs.still_running(rec) or ""] if "sleep" in x), ""), 5)
-    assert line.startswith(f"process group {rec['pgid']} (pid {rec['pid']}, started ") and "(bash, sleep, timeout)" in line
+    assert line.startswith(f"process group {rec['pgid']} (pid {rec['pid']}, started ") and "(bash, sh, sleep, timeout)" in line
 
     cli.send_signal(signal.SIGKILL)
     cli.wait()
-    assert gone_within(rec["pgid"], 5) < 1.5  # the parent-death signal, not the 3 s timeout
+    # the parent-death signal (SIGHUP/SIGTERM at once, SIGKILL of what is left 2 s later), not the 3.5 s timeout
+    assert gone_within(rec["pgid"], 5) < 3
     assert not marker.exists()
     assert procs.still_running(rec) is None
 
@@ -148,6 +149,19 @@ def test_sigkill_during_a_step_that_ignores_sigterm_kills_it_after_the_grace(wri
     took = gone_within(rec["pgid"], 5)
     assert 1.5 < took < 3.5  # SIGTERM ignored, SIGKILL from `timeout --kill-after=2`
     assert not marker.exists()
+
+
+def test_sigkill_ends_a_background_process_that_ignores_the_signals(write, spawn, audit_dir, tmp_path):
+    """From a review: `timeout` stops supervising once bash exits, so a background child that ignores
+    SIGTERM (and SIGHUP) outlived a killed runbook; the guard between them SIGKILLs the group."""
+    ready = tmp_path / "ready"
+    cli = spawn("run", mitigate(write, f"(trap '' TERM HUP; exec sleep 300) & touch {ready}; sleep 300", None), "--yes")
+    rec = record(audit_dir, "act")
+    spawn.groups.append(rec["pgid"])
+    assert poll(ready.exists, 5)
+    cli.send_signal(signal.SIGKILL)
+    cli.wait()
+    assert gone_within(rec["pgid"], 6) < 3.5
 
 
 def test_timeout_holds_while_runbook_is_stopped(write, spawn, audit_dir, tmp_path):

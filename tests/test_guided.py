@@ -325,7 +325,7 @@ def test_sigkill_during_a_step_then_resume(tmp_path, audit_dir, cli):
     assert finish(child) == 0
     ran = (tmp_path / "ran").read_text().split()
     assert ran == ["one", "slow", "last-42"]  # first not run again; its output restored for last
-    recs = [r for r in records(audit_dir) if r["run"] == rid]
+    recs = [r for r in records(audit_dir) if r.get("run") == rid]
     types = [r["type"] for r in recs]
     assert types.index("resumed") < max(i for i, t in enumerate(types) if t == "decision")  # resumed, then the decision
     d = [r for r in recs if r["type"] == "decision"][-1]

@@ -364,7 +364,7 @@ def test_cli_unknown_and_ambiguous_ids(main, write, tmp_path: Path) -> None:
     assert r.returncode == 2 and "RUN_ID" in r.stderr
 
 
-def test_cli_tampered_log_warns_but_reports(main, write, tmp_path: Path) -> None:
+def test_cli_tampered_log_is_refused_or_reported_with_a_warning(main, write, tmp_path: Path) -> None:
     run_id = _live_run(main, write, tmp_path)
     path = Path(os.environ["RUNBOOK_AUDIT_DIR"]) / audit.LOG_NAME
     lines = path.read_text().splitlines(keepends=True)
@@ -374,7 +374,9 @@ def test_cli_tampered_log_warns_but_reports(main, write, tmp_path: Path) -> None
     lines[number] = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
     path.write_text("".join(lines))
     assert main("audit", "verify").returncode == 1
-    r = main("report", "last")
+    r = main("report", "last")  # a report would rest on a changed record: refused, naming the place
+    assert r.returncode == 1 and r.stdout == "" and f"line {number + 1}" in r.stderr and "--force" in r.stderr
+    r = main("report", "last", "--force")
     assert r.returncode == 0, r.stderr
     warning = r.stdout.splitlines()[4]
     assert warning.startswith(f"> **Warning: the audit log does not verify** at `{path}:{number + 1}` (a record of this run): "

@@ -419,3 +419,136 @@ def test_resume_of_a_crlf_runbook_is_not_a_change(tmp_path, audit_dir):
     p.write_bytes(ONF.format(tmp=tmp_path).replace("\n", "\r\n").encode())
     out = start(p, yes=True)
     assert "already finished" in resume(out.run_id).note
+
+
+def test_resume_refuses_a_log_that_does_not_verify_unless_forced(md, tmp_path, audit_dir):
+    rid = crash(md, "count", audit_dir)
+    path = audit_dir / audit.LOG_NAME
+    lines = path.read_text().splitlines(keepends=True)
+    i = next(n for n, x in enumerate(lines) if '"step":"look"' in x and '"step_result"' in x)
+    lines[i] = lines[i].replace('"status":"ok"', '"status":"failed"')  # someone rewrites what diagnose saw
+    path.write_text("".join(lines))
+    with pytest.raises(RunbookError, match=f"does not verify: line {i + 1}.*--force"):
+        resume(rid, yes=True, rerun=True)
+    assert ran(tmp_path) == ["look"]
+    ui = FakeUI()
+    assert resume(rid, ui, yes=True, rerun=True, force=True).exit_code == 0
+    forced = [r for r in records(audit_dir, rid) if r["type"] == "forced"]
+    assert forced and "does not verify" in forced[0]["warning"] and any("--force" in n for n in ui.notices)
+
+
+# --- from a review: each way a resume could go wrong --------------------------------------------------
+
+
+def test_a_resumed_run_that_crashes_again_still_holds_its_alert(md, tmp_path, audit_dir):
+    out = start(md, alert=alert())  # no operator: refused before the first write
+    assert out.exit_code == 3
+    with pytest.raises(Crash):
+        resume(out.run_id, FakeUI(crash_at="count"), yes=True)
+    assert audit.summarize(records(audit_dir, out.run_id))["finished"] is None  # open again since it resumed
+    with pytest.raises(RunbookError, match=f"runbook resume {out.run_id}"):
+        start(md, yes=True, alert=alert())
+    assert ran(tmp_path) == ["look"]
+
+
+def test_a_step_this_machine_cannot_check_needs_force_to_settle(md, tmp_path, audit_dir):
+    rid = crash(md, "count", audit_dir)
+    with audit.AuditLog(audit_dir) as log:  # as if it had run on a machine that is gone
+        audit.RunJournal(log, rid, audit.Redactor()).event(
+            "step_process", step="count", **{**procs.identity(os.getpid()), "host": "lost-laptop"})
+    with pytest.raises(RunbookError, match="cannot tell.*lost-laptop.*--force"):
+        resume(rid, yes=True, rerun=True)
+    ui = FakeUI()
+    assert resume(rid, ui, yes=True, rerun=True, force=True).exit_code == 0
+    assert any(r["type"] == "forced" and r.get("step") == "count" for r in records(audit_dir, rid))
+
+
+def test_a_step_in_doubt_that_left_the_runbook_is_refused_before_anything_is_written(md, audit_dir):
+    rid = crash(md, "count", audit_dir)
+    md.write_text(md.read_text().replace("id: count", "id: count2").replace("steps.count.", "steps.count2."))
+    with pytest.raises(RunbookError, match="no longer has it"):
+        resume(rid, yes=True, mark_done=True, force=True)
+    types = [r["type"] for r in records(audit_dir, rid)]
+    assert "resumed" not in types and "decision" not in types[types.index("forced"):]
+    assert audit.summarize(records(audit_dir, rid))["in_doubt"] == ["count"]
+
+
+def test_outputs_given_by_hand_take_their_type_and_all_missing_ones_are_named(tmp_path, audit_dir):
+    p = tmp_path / "typed.yaml"
+    p.write_text(MD.format(tmp=tmp_path).replace(
+        "        n: {regex: 'n=(\\d+)', type: integer}\n",
+        "        n: {regex: 'n=(\\d+)', type: integer}\n        obj: {json: '', type: json}\n").replace(
+        'when: "steps.count.outputs.n > 5"', 'when: "steps.count.outputs.n > 5 and steps.count.outputs.obj.a == 7"'))
+    rid = crash(p, "count", audit_dir)
+    with pytest.raises(RunbookError, match="outputs 'n', 'obj'.*--output count.n=VALUE --output count.obj=VALUE"):
+        resume(rid, yes=True, mark_done=True)
+    with pytest.raises(RunbookError, match="count.n: .*integer"):
+        resume(rid, yes=True, mark_done=True, outputs={"count.n": "many", "count.obj": "{}"})
+    assert records(audit_dir, rid)[-1]["type"] == "resume_refused"
+    out = resume(rid, yes=True, mark_done=True, outputs={"count.n": "9", "count.obj": '{"a": 7}'})
+    assert out.exit_code == 0, out.message
+    assert ran(tmp_path) == ["look", "many", "check"]
+
+
+def test_max_visits_counts_a_settled_step_once(tmp_path, audit_dir):
+    p = tmp_path / "loop.yaml"
+    p.write_text(f"""\
+name: loop
+title: L
+stages:
+  mitigate:
+    - id: fix
+      shell: "echo fix >> {tmp_path}/ran"
+      timeout: 5s
+      max_visits: 2
+      on_failure: check
+    - id: again
+      choose:
+        - when: "true"
+          goto: fix
+  verify:
+    - id: check
+      shell: "true"
+      readonly: true
+""")
+    rid = crash(p, "fix", audit_dir)
+    resume(rid, yes=True, rerun=True)
+    # the crashed visit counts (it may have run); the rerun on the operator's word does not; then one more visit
+    assert len([r for r in records(audit_dir, rid) if r["type"] == "step_intent" and r["step"] == "fix"]) == 3
+    assert ran(tmp_path) == ["fix", "fix"]
+
+
+def test_resume_while_the_run_is_held_elsewhere_is_refused_and_recorded(md, audit_dir):
+    from runbook.alert import RunLock
+
+    rid = crash(md, "count", audit_dir)
+    holder = RunLock(audit_dir, f"run-{rid}", "x")
+    holder.acquire(rid, "someone", "t0")
+    try:
+        with pytest.raises(RunbookError) as e:
+            resume(rid, yes=True, rerun=True)
+        assert e.value.exit_code == 3 and "still going" in str(e.value) and "--force" not in str(e.value)
+        assert records(audit_dir, rid)[-1]["type"] == "resume_refused"
+    finally:
+        holder.release()
+
+
+def test_rerun_without_an_approval_is_refused_before_the_doubt_is_settled(md, tmp_path, audit_dir):
+    rid = crash(md, "count", audit_dir)
+    with pytest.raises(RunbookError, match="--yes"):
+        resume(rid, rerun=True)  # no --yes, no terminal
+    assert audit.summarize(records(audit_dir, rid))["in_doubt"] == ["count"]
+    assert "resumed" not in [r["type"] for r in records(audit_dir, rid)]
+
+
+def test_a_signal_before_the_first_step_finishes_the_run_as_interrupted(md, tmp_path, audit_dir):
+    from runbook.engine import Interrupt
+
+    class Hangup(FakeUI):
+        def run_started(self, *a, **kw):
+            raise Interrupt("SIGHUP")
+
+    out = start(md, Hangup(), yes=True)
+    assert (out.status, out.exit_code) == ("interrupted", 130) and ran(tmp_path) == []
+    last = records(audit_dir, out.run_id)[-1]
+    assert (last["type"], last["signal"]) == ("run_finished", "SIGHUP")

@@ -11,11 +11,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the incident timeline of a run, in Markdown, for the post-mortem",
         description="Write the timeline of one recorded run (T+ from the alert, or from the start), every step's "
         "command, approval and result, and post-mortem sections to fill in, as Markdown. "
-        "The audit log's hash chain is checked first: a log that does not verify is reported with a warning.",
+        "The audit log is verified first: a log that does not verify (or whose seals cannot be checked) is "
+        "refused, unless --force, which writes the report with a warning at the top.",
     )
     p.add_argument("run_id", metavar="RUN_ID", help="a run id, a unique prefix of one, or 'last' for the most recent run")
     p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (default: standard output)")
     p.add_argument("--dir", metavar="DIR", help="audit log directory (default: $RUNBOOK_AUDIT_DIR or ~/.local/state/runbook)")
+    p.add_argument("--force", action="store_true",
+                   help="write the report although the audit log does not verify (it says so at the top)")
     p.set_defaults(func=run)
 
 
@@ -27,7 +30,15 @@ def run(args: argparse.Namespace) -> int:
     from runbook.errors import RunbookError
     from runbook.report import report
 
-    text = report(_log_path(args), args.run_id)
+    from runbook.session import log_trust
+
+    path = _log_path(args)
+    status, message = log_trust(path)
+    if status in ("tampered", "key-missing") and not args.force:
+        what = "cannot be verified" if status == "key-missing" else "does not verify"
+        raise RunbookError(f"the audit log {path} {what}: {message}; a report would rest on records that may have "
+                           "been changed (runbook audit verify gives the details; --force writes it with a warning)")
+    text = report(path, args.run_id)
     if not args.output or args.output == "-":
         sys.stdout.write(text)
         return 0

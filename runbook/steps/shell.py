@@ -11,7 +11,8 @@ A ``timeout`` kills the whole process group (SIGTERM, then SIGKILL after 2 s).
 
 A step cannot outlive its run: the command runs under coreutils ``timeout``
 with a parent-death signal (``setpriv --pdeathsig``), so when runbook dies,
-``kill -9`` included, its process group gets SIGTERM, then SIGKILL 2 s later;
+``kill -9`` included, its process group gets SIGHUP and SIGTERM, then SIGKILL
+2 s later (background processes that ignore the signals included);
 and a ``timeout`` holds even while runbook is stopped or gone (0.5 s after
 runbook's own).  The audit log records the process (``step_process``: pid,
 process group, start time, boot id, host).  Without ``setpriv`` (util-linux)
@@ -72,9 +73,9 @@ _READ_GRACE = 1.0  # seconds to keep reading once the command has exited or was 
 _TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 _SHELL = shutil.which("bash") or "/bin/sh"
 # Supervision (issue 13): the command runs as
-#   setpriv --pdeathsig SIGTERM -- sh -c PARENT_CHECK runbook-step OUR_PID \
-#     timeout --kill-after=2 --signal=TERM SECS bash -c CMD
-# in a new session.  GNU `timeout` leads the process group; on the parent-death SIGTERM (or ours,
+#   setpriv --pdeathsig SIGHUP -- sh -c PARENT_CHECK runbook-step OUR_PID \
+#     timeout --kill-after=2 --signal=TERM SECS sh -c GUARD runbook-guard bash -c CMD
+# in a new session.  GNU `timeout` leads the process group; on the parent-death SIGHUP (or ours,
 # or its own SECS elapsing) it signals the whole group, then SIGKILLs it 2 s later if it is still
 # alive itself.  It supervises only until bash exits: background processes left behind by a
 # finished command are not its business (nor ours, see "lingering").  Fallbacks, probed once:
@@ -85,6 +86,16 @@ _SUPERVISOR_MARGIN = 0.5  # seconds: the supervising `timeout` fires this long a
 # that started us.  Without it, a runbook killed between fork and prctl (a few ms; 8 of 60 such
 # races in a test) would leave the command unsupervised.
 _PARENT_CHECK = '[ "$PPID" = "$1" ] || exit 125; shift; exec "$@"'
+# Between `timeout` and the command, a guard for the parent-death signal (SIGHUP, which nothing
+# else sends a command of a new session): `timeout` passes it to the whole group, and the guard
+# then SIGTERMs the group and SIGKILLs it 2 s later, so that a background process that ignores
+# the signals goes too (`timeout` itself stops supervising once bash exits).  The guard ignores
+# SIGTERM: when runbook stops a step (killpg SIGTERM, SIGKILL 2 s later) the command ends, `wait`
+# returns and the guard exits at once with the command's status.
+# (SIGTERM is ignored only once the command runs: an ignored signal is inherited.  SIGPIPE too:
+# the guard may report a killed job on standard error, a pipe whose reader, runbook, is gone.)
+_GUARD = ('trap \'trap "" HUP; kill -TERM 0 2>/dev/null; RUNBOOK_GUARD=1 sleep 2; kill -KILL 0\' HUP; '
+          '"$@" & trap "" TERM PIPE; wait $!')
 _supervisor: str | None = None  # "pdeathsig", "timeout" or "none", found once per process
 
 
@@ -124,9 +135,11 @@ def _wrap(mode: str, argv: list[str], timeout: float | None) -> list[str]:
     if mode == "none":
         return argv
     secs = "0" if timeout is None else f"{max(0.001, timeout + _SUPERVISOR_MARGIN):.3f}"
+    if mode == "pdeathsig":
+        argv = ["/bin/sh", "-c", _GUARD, procs.GUARD_MARK, *argv]
     line = ["timeout", f"--kill-after={_TERM_GRACE:g}", "--signal=TERM", secs, *argv]
     if mode == "pdeathsig":
-        line = ["setpriv", "--pdeathsig", "SIGTERM", "--", "/bin/sh", "-c", _PARENT_CHECK, "runbook-step",
+        line = ["setpriv", "--pdeathsig", "SIGHUP", "--", "/bin/sh", "-c", _PARENT_CHECK, "runbook-step",
                 str(os.getpid()), *line]
     return line
 
