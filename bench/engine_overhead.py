@@ -4,8 +4,9 @@
 
 Runs a STEPS-step runbook of no-op local steps live, in process, through
 ``runbook.engine.Engine(...).run()`` with a real ``AuditLog`` in a temporary
-folder (every record synced to disk, as in production) and a UI object whose
-methods do nothing.  Two variants, each in its own fresh process:
+folder (every record synced to disk and sealed, as in production: an Ed25519
+signature per record, a new key per run, the signed ``audit.head`` replaced after
+every append) and a UI object whose methods do nothing.  Two variants, each in its own fresh process:
 
 * ``shell``: ``shell: "true"`` steps marked ``readonly: true`` (each spawns bash);
 * ``wait0``: ``wait: 0s`` steps, which spawn no process: the engine's own cost.
@@ -15,7 +16,8 @@ recorded by the engine in ``engine.steps_ctx[id]["duration"]``) / STEPS.
 **Target < 2 ms per step** (checked on both variants).  Also reported: the
 peak RSS of each process (``resource.getrusage``), and, as a diagnostic only,
 the same run with the audit log's disk sync replaced by a no-op inside this
-benchmark process, which shows how much of the overhead is fsync.
+benchmark process, which shows how much of the overhead is fsync (the head's
+rename and the signatures stay).
 
 With --profile (or when the target is missed) a cProfile of the wait0 run
 shows where the time goes.  Exit 0 when the target is met, 1 when not.
@@ -27,6 +29,7 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import resource
 import subprocess
@@ -108,6 +111,7 @@ def one_run(n: int, variant: str, audit_dir: str | None, nosync: bool, profile: 
     assert len(rb.steps) == n
 
     with tempfile.TemporaryDirectory(prefix="runbook-bench-audit-", dir=audit_dir) as d:
+        os.environ["RUNBOOK_KEY_DIR"] = str(Path(d) / "keys")  # never the keys of a real log
         log = audit.AuditLog(d)
         redactor = Redactor()
         run_id = audit.new_run_id()
@@ -139,7 +143,7 @@ def one_run(n: int, variant: str, audit_dir: str | None, nosync: bool, profile: 
         "variant": variant, "steps": n, "nosync": nosync, "wall_s": wall, "steps_sum_s": steps_sum,
         "overhead_ms_per_step": (wall - steps_sum) / n * 1000, "step_mean_ms": steps_sum / n * 1000,
         "wall_ms_per_step": wall / n * 1000, "records": records, "log_bytes": log_bytes, "audit_fs": fstype,
-        "chain_ok": check.ok, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "chain_ok": check.ok, "verify_status": check.status, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if prof:
         parts = []
@@ -184,7 +188,8 @@ def main() -> int:
     print(f"engine_overhead: {machine()}")
     res = {v: child(a.steps, v, a.audit_dir) for v in ("shell", "wait0")}
     print(f"{a.steps} steps per run; audit log on {res['shell']['audit_fs']} "
-          f"({res['shell']['records']} records, {res['shell']['log_bytes'] / 1024:.0f} KiB, chain ok: {res['shell']['chain_ok']})")
+          f"({res['shell']['records']} records, {res['shell']['log_bytes'] / 1024:.0f} KiB, "
+          f"verify: {res['shell']['verify_status']})")
     for v, r in res.items():
         label = 'shell: "true"' if v == "shell" else "wait: 0s    "
         print(f"  {label}  wall {r['wall_s'] * 1000:8.1f} ms  Σ step durations {r['steps_sum_s'] * 1000:8.1f} ms  "

@@ -1,17 +1,32 @@
-"""The append-only, hash-chained, write-ahead audit log.
+"""The append-only, hash-chained, sealed, write-ahead audit log.
 
-The log is one JSON record per line (``audit.jsonl``).  Every record carries
-``prev`` (the hash of the record before it, 64 zeros for the first one) and
-``hash`` (the SHA-256 of its own canonical JSON without ``hash``), so editing,
-removing or reordering a record breaks the chain and :func:`verify` names the
-line.  Removing records from the *end* of the log cannot be detected by the
-chain alone.
+The log is one JSON record per line (``audit.jsonl``), each line exactly the
+canonical JSON of its record (keys sorted, no spaces, UTF-8).  A record carries
+``prev`` (the ``hash`` of the record before it, 64 zeros for the first one),
+``epoch`` and ``hash``, the SHA-256 of the canonical JSON of the record without
+``hash`` and ``sig`` (its *body*), and ``sig``, the Ed25519 signature of that
+body by the key of its epoch (see :mod:`runbook.seal`).  ``verify`` also checks
+that every line is byte for byte its canonical form, so a change that decodes to
+the same JSON (``\\u001B`` for ``\\u001b``) is found too.
+
+Epochs: the first sealed record is an ``epoch`` record opening epoch 0 with the
+anchor's public key (``verify.pub``); each later ``epoch`` record, signed by the
+old key, opens the next epoch with a new key, written before each run starts
+(``run_started``, ``resumed``) and at least every :data:`seal.EPOCH_RECORDS`
+records; the old private key is then destroyed.  Records written before sealing
+(``v`` 1: ``hash`` over the canonical JSON without ``hash``, no ``sig``) are kept
+and still chained; the first sealed record pins them.
+
+Beside the log, ``audit.head`` (replaced atomically after every append) holds
+the number of records, the last hash and the epoch, signed by the current key:
+records cut off the end are found.
 
 Appends are serialised across processes by an exclusive ``flock`` on a
 sibling lock file, written with one ``write`` on an ``O_APPEND`` descriptor
 and synced to disk before :meth:`AuditLog.append` returns, so a record is
-durable before the step it announces runs.  A line torn by a power loss is
-left in place (as evidence) and the next record starts on a new line.
+durable before the step it announces runs.  A line torn by a crash is kept: the
+next writer ends it with a newline and appends a ``torn_tail`` record holding
+its bytes, so the chain goes on from the last whole record.
 
 The engine talks to the log through :class:`RunJournal`, which redacts every
 field before it is written: secrets never reach the file.
@@ -38,8 +53,11 @@ from runbook.errors import RunbookError
 from runbook.secrets import Redactor
 
 LOG_NAME = "audit.jsonl"
-VERSION = 1
+VERSION = 2  # sealed records; 1: records written before sealing (hash chain only)
 GENESIS = "0" * 64
+ROTATE_ON = ("run_started", "resumed")  # a new epoch (a new key) before each of these records
+SEAL_TYPES = ("epoch", "torn_tail")  # records the log writes for itself (not in read_records)
+SEAL_FIELDS = ("epoch", "sig")  # fields of every sealed record (not in read_records)
 EXCERPT_CHARS = 2000
 
 _TAIL_CHUNK = 8192
@@ -108,16 +126,24 @@ def parse_time(value: Any) -> datetime | None:
 
 
 def _canonical(obj: Any) -> bytes:
-    """The bytes that are hashed (and written).
+    """The bytes that are hashed, signed and written: the JSON with sorted keys and no spaces.
 
     Lone surrogates (undecodable process output) are written as JSON ``\\uXXXX``
-    escapes, which read back as the same string, so hashing stays stable.
+    escapes, which read back as the same string, so the form stays stable.
     """
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return text.encode("utf-8", "backslashreplace")
 
 
+def _body(record: dict[str, Any]) -> bytes:
+    """What a sealed record's ``hash`` digests and its ``sig`` signs: its canonical JSON without both."""
+    return _canonical({k: v for k, v in record.items() if k not in ("hash", "sig")})
+
+
 def _digest(record: dict[str, Any]) -> str:
+    """The ``hash`` a record must carry (sealed, or written before sealing)."""
+    if "sig" in record:
+        return hashlib.sha256(_body(record)).hexdigest()
     return hashlib.sha256(_canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
 
 
@@ -137,20 +163,52 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return obj
 
 
+def head_path(log_path: str | os.PathLike[str]) -> Path:
+    """The head file beside a log: ``audit.jsonl`` → ``audit.head``."""
+    return Path(log_path).with_suffix(".head")
+
+
+def _read_head(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(the head, "") or (None, why not: "" when there is no head file)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"cannot read the head file {path}: {exc.strerror or exc}"
+    try:
+        head = json.loads(data)
+    except ValueError:
+        head = None
+    if (
+        not isinstance(head, dict)
+        or not all(type(head.get(k)) is int and head[k] >= 0 for k in ("records", "epoch", "epoch_start"))
+        or not isinstance(head.get("hash"), str)
+    ):
+        return None, f"the head file {path} is damaged"
+    return head, ""
+
+
 class AuditLog:
     """The audit log file in ``directory`` (default: :func:`default_dir`).
 
     The file and its lock are opened on the first append and stay open until
-    :meth:`close`; use the object as a context manager.
+    :meth:`close`; use the object as a context manager.  The sealing keys are in
+    :func:`runbook.seal.key_dir` of the directory, created on the first append.
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None):
         self.directory = Path(directory) if directory is not None else default_dir()
         self.path = self.directory / LOG_NAME
+        self.head_path = head_path(self.path)
         self._lock_path = self.directory / (LOG_NAME + ".lock")
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._thread_lock = threading.Lock()  # flock does not exclude threads sharing one descriptor
+        self._key_dir: Path | None = None
+        self._key: Any = None  # the current epoch's seal.Key, as last read
+        self._key_stat: tuple[int, int] | None = None
+        self._head: dict[str, Any] | None = None  # the head as this object last wrote it
 
     def __enter__(self) -> AuditLog:
         return self
@@ -165,28 +223,31 @@ class AuditLog:
             if fd is not None:
                 os.close(fd)
         self._fd = self._lock_fd = None
+        self._key = None
+
+    @property
+    def key_dir(self) -> Path:
+        from runbook import seal
+
+        if self._key_dir is None:
+            self._key_dir = seal.key_dir(self.directory)
+        return self._key_dir
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Chain, hash and durably append a copy of ``record``; return the copy as written.
+        """Chain, hash, seal and durably append a copy of ``record``; return the copy as written.
 
-        Sets ``prev``, ``v``, ``hash`` and ``ts`` (unless given).
+        Sets ``prev``, ``v``, ``epoch``, ``hash``, ``sig`` and ``ts`` (unless given).
+        May write an ``epoch`` record (a new key) and a ``torn_tail`` record first.
         """
         record = _jsonable(record)
+        if record.get("type") in SEAL_TYPES:
+            raise RunbookError(f"record type {record['type']!r} is reserved for the audit log's own records")
         with self._thread_lock:
             try:
                 fd, lock_fd = self._open()
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
                 try:
-                    prev, torn = self._tail(fd)
-                    record.setdefault("ts", now())
-                    record["prev"] = prev
-                    record["v"] = VERSION
-                    record.pop("hash", None)
-                    record["hash"] = _digest(record)
-                    data = (b"\n" if torn else b"") + _canonical(record) + b"\n"
-                    while data:  # one write in practice; a short write is finished, not left torn
-                        data = data[os.write(fd, data) :]
-                    _sync(fd)
+                    record = self._append_locked(fd, record)
                 finally:
                     fcntl.flock(lock_fd, fcntl.LOCK_UN)
             except OSError as exc:
@@ -195,6 +256,174 @@ class AuditLog:
                     "(set RUNBOOK_AUDIT_DIR to a writable directory)"
                 ) from None
         return record
+
+    def _append_locked(self, fd: int, record: dict[str, Any]) -> dict[str, Any]:
+        from runbook import seal
+
+        last, fragment, newline = self._tail(fd)
+        prev = last["hash"] if last is not None else GENESIS
+        key = self._current_key(last) if last is not None and "sig" in last else None
+        count, epoch_start = self._position(fd, prev)
+        data = bytearray(b"\n" if newline else b"")
+        stamp = now()
+
+        def emit(r: dict[str, Any], signer: Any, epoch: int | None = None) -> None:
+            nonlocal prev, count
+            r.setdefault("ts", stamp)
+            r["prev"] = prev
+            for k in ("hash", "sig", "epoch"):
+                r.pop(k, None)
+            if signer is None:  # the log is not sealed yet: as written before sealing
+                r["v"] = 1
+                r["hash"] = _digest(r)
+            else:
+                r["v"] = VERSION
+                r["epoch"] = signer.epoch if epoch is None else epoch
+                body = _body(r)
+                r["hash"] = hashlib.sha256(body).hexdigest()
+                r["sig"] = signer.sign(body)
+            data.extend(_canonical(r) + b"\n")
+            prev = r["hash"]
+            count += 1
+
+        if fragment is not None:  # a write torn by a crash: keep its bytes, go on from the last whole record
+            size = os.fstat(fd).st_size
+            emit({"type": "torn_tail", "line": self._newlines(fd) + 1, "offset": size - len(fragment),
+                  "length": len(fragment), "bytes": seal.b64(fragment)}, key)
+        if key is None:  # the first sealed record: a new key and its anchor
+            key = self._new_chain()
+            emit({"type": "epoch", "public_key": seal.b64(key.public), "anchor": True}, key)
+            epoch_start = count
+        rotated = None
+        if (record.get("type") in ROTATE_ON and count > epoch_start) or count - epoch_start >= seal.EPOCH_RECORDS:
+            rotated = seal.generate(key.epoch + 1, key.anchor, key.log)
+            seal.write_key(self.key_dir / seal.NEXT_NAME, rotated)
+            emit({"type": "epoch", "public_key": seal.b64(rotated.public)}, key, epoch=rotated.epoch)
+            key = rotated
+            epoch_start = count
+        emit(record, key)
+
+        view = memoryview(bytes(data))
+        while view:  # one write in practice; a short write is finished, not left torn
+            view = view[os.write(fd, view) :]
+        _sync(fd)
+        if rotated is not None:  # the new epoch is in the log: destroy the old key
+            os.replace(self.key_dir / seal.NEXT_NAME, self.key_dir / seal.KEY_NAME)
+            seal._fsync_dir(self.key_dir)
+            self._remember(rotated)
+        head = {"v": 1, "records": count, "hash": prev, "epoch": key.epoch, "epoch_start": epoch_start, "ts": stamp}
+        head["sig"] = key.sign(_canonical(head))
+        seal.write_atomic(self.head_path, _canonical(head) + b"\n", sync=False)  # the log itself is synced
+        self._head = head
+        return record
+
+    def _remember(self, key: Any) -> None:
+        from runbook import seal
+
+        self._key = key
+        st = os.stat(self.key_dir / seal.KEY_NAME)
+        self._key_stat = (st.st_ino, st.st_mtime_ns)
+
+    def _refuse(self, why: str) -> RunbookError:
+        return RunbookError(
+            f"cannot seal the audit log {self.path}: {why} (see `runbook audit verify {self.path}`; to start a new "
+            f"sealed log, move {self.path.name} and {self.head_path.name} aside)"
+        )
+
+    def _current_key(self, last: dict[str, Any]) -> Any:
+        """The key of the epoch the log's last record is sealed in; finishes a rotation
+        that a crash interrupted; refuses a key that does not belong to the log."""
+        from runbook import seal
+
+        epoch = last.get("epoch")
+        path = self.key_dir / seal.KEY_NAME
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if (self._key is not None and st is not None and self._key.epoch == epoch
+                and self._key_stat == (st.st_ino, st.st_mtime_ns)):
+            return self._key
+        key = seal.read_key(path)
+        if key is not None and key.epoch == epoch and _sealed_by(last, key):
+            try:
+                os.unlink(self.key_dir / seal.NEXT_NAME)  # a rotation that died before its epoch record
+            except FileNotFoundError:
+                pass
+        else:
+            nxt = seal.read_key(self.key_dir / seal.NEXT_NAME)
+            if nxt is not None and nxt.epoch == epoch and _sealed_by(last, nxt):  # died after it: finish
+                os.replace(self.key_dir / seal.NEXT_NAME, path)
+                seal._fsync_dir(self.key_dir)
+                key = nxt
+            elif key is None:
+                raise self._refuse(f"its sealing key {path} is missing")
+            elif key.epoch != epoch:
+                raise self._refuse(
+                    f"its last record is sealed in epoch {epoch} but the key {path} is for epoch {key.epoch} "
+                    "(a key restored from a backup, or the key of another log)"
+                )
+            else:
+                raise self._refuse(f"its last record was not sealed with the key {path} (the key of another log?)")
+        self._remember(key)
+        return key
+
+    def _new_chain(self) -> Any:
+        """Key and anchor (``verify.pub``) of epoch 0, for a log with no sealed record yet."""
+        from runbook import seal
+
+        self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        me = str(self.path.resolve())
+        try:
+            other = seal.read_key(self.key_dir / seal.KEY_NAME)
+        except RunbookError:
+            other = None
+        if other is not None and other.log and other.log != me and _nonempty(other.log):
+            raise self._refuse(
+                f"the key directory {self.key_dir} seals another log, {other.log} (give each log its own "
+                "RUNBOOK_KEY_DIR)"
+            )
+        seal.retire(self.key_dir)  # keys of a log that is gone: kept aside as evidence
+        key = seal.generate(0, log=me)
+        seal.write_anchor(self.key_dir, key.public)
+        seal.write_key(self.key_dir / seal.KEY_NAME, key)
+        self._remember(key)
+        return key
+
+    def _position(self, fd: int, prev: str) -> tuple[int, int]:
+        """(records in the log, the number of the record that opened the current epoch),
+        from the head when it matches the last record, else counted."""
+        if self._head is not None and self._head["hash"] == prev:
+            return self._head["records"], self._head["epoch_start"]
+        head, _ = _read_head(self.head_path)
+        if head is not None and head["hash"] == prev:
+            return head["records"], head["epoch_start"]
+        count = epoch_start = 0
+        named = None  # the hash of the record the head names
+        for line in self._lines(fd):
+            record = _parse(line)
+            if record is not None:
+                count += 1
+                if record.get("type") == "epoch" and "sig" in record:
+                    epoch_start = count
+                if head is not None and count == head["records"]:
+                    named = record["hash"]
+        # A head behind the log is a crash between the two writes; one ahead of it, or naming
+        # another record, is evidence of records removed or rewritten: do not write over it.
+        if head is not None and head["records"] > count:
+            raise self._refuse(f"the log ends at record {count} but the head says {head['records']} "
+                               "(records were removed from the end)")
+        if head is not None and named != head["hash"]:
+            raise self._refuse(f"record {head['records']} is not the one the head names (the log was rewritten)")
+        return count, epoch_start
+
+    def _lines(self, fd: int) -> Iterator[bytes]:
+        with open(os.dup(fd), "rb", closefd=True) as f:
+            f.seek(0)
+            yield from f
+
+    def _newlines(self, fd: int) -> int:
+        return sum(line.endswith(b"\n") for line in self._lines(fd))
 
     def _open(self) -> tuple[int, int]:
         if self._fd is None or self._lock_fd is None:
@@ -215,8 +444,9 @@ class AuditLog:
                     os.close(dir_fd)
         return self._fd, self._lock_fd
 
-    def _tail(self, fd: int) -> tuple[str, bool]:
-        """(hash of the last record, whether the file ends inside a torn line).
+    def _tail(self, fd: int) -> tuple[dict[str, Any] | None, bytes | None, bool]:
+        """(the last whole record or None, the torn bytes after it or None, whether
+        the file ends without a newline).
 
         Reads backwards from the end just far enough to see the last two lines.
         """
@@ -230,60 +460,233 @@ class AuditLog:
         if pos > 0:
             del lines[0]  # may start mid-line
         if lines == [b""]:
-            return GENESIS, False
+            return None, None, False
         torn = lines[-1] != b""
+        fragment = None
         if torn:
             whole = _parse(lines[-1])  # only the newline may be missing
             if whole is not None:
-                return whole["hash"], True
+                return whole, None, True
+            fragment = lines[-1]
         if len(lines) < 2:  # the file holds only a torn line
-            return GENESIS, torn
+            return None, fragment, torn
         last = _parse(lines[-2])
         if last is None:
             raise RunbookError(
                 f"cannot append to the audit log {self.path}: its last record is damaged "
                 f"(see `runbook audit verify {self.path}`)"
             )
-        return last["hash"], torn
+        return last, fragment, torn
+
+
+def _nonempty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
+
+
+def _sealed_by(record: dict[str, Any], key: Any) -> bool:
+    """Whether ``record`` (the last of the log) belongs to ``key``'s epoch: an ``epoch`` record
+    announces the key; any other record is signed by it."""
+    from runbook import seal
+
+    if record.get("type") == "epoch":
+        return record.get("public_key") == seal.b64(key.public)
+    return seal.check(key.public, record.get("sig"), _body(record))
+
+
+# --- verification ----------------------------------------------------------------------
+
+STATUSES = ("ok", "torn", "tampered", "unsealed", "key-missing")
 
 
 @dataclass(frozen=True)
 class VerifyResult:
-    ok: bool
+    ok: bool  # True for "ok" (repaired torn writes included) and "unsealed" (see status)
     records: int  # valid records before the first problem (all of them when ok)
     line: int | None  # first bad line, 1-based
     message: str  # "ok: ..." or "line N: what is wrong"
     problem: str = ""  # what is wrong, without the line number
+    status: str = "ok"  # one of STATUSES
+    warnings: tuple[str, ...] = ()  # e.g. no head file: a cut-off end cannot be detected
 
 
-def verify(path: str | os.PathLike[str]) -> VerifyResult:
-    """Check every record's hash and the chain; stop at the first bad line."""
+def _anchor(path: Path, key: str | os.PathLike[str] | None) -> tuple[bytes | None, str]:
+    """(the anchor's public key or None when its file is missing, the file's name)."""
+    from runbook import seal
+
+    where = Path(key) if key is not None else seal.key_dir(path.parent) / seal.ANCHOR_NAME
+    try:
+        return seal.read_anchor(where), str(where)
+    except FileNotFoundError:
+        return None, str(where)
+    except OSError as exc:
+        raise RunbookError(f"{where}: cannot read the key: {exc.strerror or exc}") from None
+
+
+def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = None) -> VerifyResult:
+    """Check every line against its canonical form, every hash, the chain, every seal
+    against its epoch's key (from the anchor: ``key``, else ``verify.pub`` in the log's
+    key directory) and the head; stop at the first problem.
+
+    ``status``: ``ok``; ``torn`` (the last line is an incomplete write: a crash, which
+    the next append repairs); ``tampered``; ``unsealed`` (every record was written before
+    sealing: only the chain is checked); ``key-missing`` (no anchor: the seals cannot be
+    proven).  A torn line followed by the ``torn_tail`` record that holds its bytes is a
+    repaired crash: ``ok``.
+    """
+    from runbook import seal
+
     path = Path(path)
-    prev = GENESIS
-    records = 0
     try:
         f = open(path, "rb")
     except OSError as exc:
         raise RunbookError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from None
+    anchor, anchor_name = _anchor(path, key)
+    hpath = head_path(path)
+    head, head_problem = _read_head(hpath)
+
+    prev = GENESIS
+    records = legacy = 0
+    epoch: int | None = None  # the current epoch, once the sealed part has begun
+    public = b""  # its key
+    keys: dict[int, bytes] = {}
+    first_key = b""
+    repaired: list[int] = []
+    pending: tuple[int, bytes] | None = None  # an unreadable line: a torn write, if a torn_tail follows
+    torn_line: int | None = None
+    head_hash: str | None = None  # the hash of record number head["records"]
+    number = 0
+
+    def bad(line: int, problem: str, status: str = "tampered", n: int | None = None) -> VerifyResult:
+        return VerifyResult(False, records if n is None else n, line, f"line {line}: {problem}", problem, status)
+
     with f:
-        for number, line in enumerate(f, start=1):
-            record = _parse(line)
+        for number, raw in enumerate(f, start=1):
+            text = raw[:-1] if raw.endswith(b"\n") else raw
+            record = _parse(raw)
+            if pending is not None:
+                line, torn = pending
+                if not (record is not None and record.get("type") == "torn_tail" and record.get("line") == line
+                        and seal.unb64(record.get("bytes")) == torn):
+                    return bad(line, _unreadable(torn + b"\n"))
+                repaired.append(line)
+                pending = None
             if record is None:
-                problem = _unreadable(line)
+                if not raw.endswith(b"\n"):
+                    torn_line = number
+                    break
+                if not text.strip():
+                    return bad(number, "empty line")
+                pending = (number, text)
+                continue
+            problem = None
+            if "sig" not in record:
+                if epoch is not None:
+                    problem = "record is not sealed, after sealed records (its seal was removed)"
+                elif record["hash"] != _digest(record):
+                    problem = "record was modified (hash mismatch)"
             elif record["hash"] != _digest(record):
                 problem = "record was modified (hash mismatch)"
-            elif record["prev"] != prev:
+            if problem is None and text != _canonical(record):
+                problem = ("record was modified: its bytes are not its canonical JSON "
+                           "(a change that reads back the same, e.g. an escape or a number rewritten)")
+            if problem is None and record["prev"] != prev:
                 problem = "chain broken: " + (
                     f"prev does not match the hash of line {number - 1} (a record was removed or reordered)"
                     if number > 1
                     else "the first record does not start the chain (records were removed from the start)"
                 )
-            else:
-                records += 1
-                prev = record["hash"]
-                continue
-            return VerifyResult(False, records, number, f"line {number}: {problem}", problem)
-    return VerifyResult(True, records, None, f"ok: {records} records, chain intact")
+            if problem is None and "sig" in record:
+                problem, signer = None, public
+                e = record.get("epoch")
+                if type(e) is not int:
+                    problem = "sealed record without an epoch number"
+                elif record.get("type") == "epoch":
+                    new = seal.unb64(record.get("public_key"))
+                    if new is None or len(new) != 32:
+                        problem = "epoch record without a valid public key"
+                    elif epoch is None:
+                        signer = first_key = new
+                        if e != 0:
+                            problem = (f"the first sealed record opens epoch {e}, not 0 "
+                                       "(sealed records were removed from the start)")
+                        elif anchor is not None and new != anchor:
+                            problem = (f"the log's first seal is by key {seal.fingerprint(new)}, not by the anchor "
+                                       f"{anchor_name} (key {seal.fingerprint(anchor)}): either that is the anchor "
+                                       "of another log, or this log was re-sealed from its start")
+                    elif e != epoch + 1:
+                        problem = f"epoch {e} does not follow epoch {epoch} (an epoch record was removed or forged)"
+                    if problem is None and not seal.check(signer, record.get("sig"), _body(record)):
+                        problem = f"the seal does not verify with the key of epoch {max(e - 1, 0)} (forged)"
+                    if problem is None:
+                        epoch, public = e, new
+                        keys[e] = new
+                elif epoch is None:
+                    problem = "sealed record before the log's first epoch record (sealed records were removed)"
+                elif e != epoch:
+                    problem = f"record is sealed for epoch {e} but sits in epoch {epoch} (moved or forged)"
+                elif not seal.check(public, record.get("sig"), _body(record)):
+                    problem = (f"the seal does not verify with the key of epoch {epoch} "
+                               "(forged, or signed with another epoch's key)")
+            if problem is not None:
+                return bad(number, problem)
+            records += 1
+            legacy += "sig" not in record
+            prev = record["hash"]
+            if head is not None and records == head["records"]:
+                head_hash = prev
+    if pending is not None:
+        return bad(pending[0], _unreadable(pending[1] + b"\n"))
+
+    warnings: list[str] = []
+    end = number + 1 if torn_line is None else torn_line
+    if head is not None:
+        where = f"the head {hpath}"
+        if epoch is None:
+            if head["records"] > 0:
+                return bad(end, f"the log has no sealed record but {where} says {head['records']} records "
+                           "(its seals were removed)")
+        elif head["epoch"] not in keys:
+            return bad(end, f"the log ends at record {records} in epoch {epoch} but {where} is sealed in "
+                       f"epoch {head['epoch']} (records were removed from the end)")
+        elif not seal.check(keys[head["epoch"]], head.get("sig"),
+                            _canonical({k: v for k, v in head.items() if k != "sig"})):
+            return bad(end, f"{where} does not verify (forged)")
+        elif head["records"] > records:
+            return bad(end, f"the log ends at record {records} but the head says {head['records']} "
+                       "(records were removed from the end)")
+        elif head_hash != head["hash"]:
+            return bad(end, f"record {head['records']} is not the one {where} names (the log was rewritten)")
+    elif epoch is not None:
+        warnings.append(head_problem or f"no head file {hpath}: records cut off the end cannot be detected")
+    if epoch is None and records and anchor is not None:
+        return bad(1, f"the log has no sealed record, but its anchor {anchor_name} exists (its seals were removed)")
+
+    if epoch is not None and anchor is None:
+        problem = (f"cannot verify the seals: key missing ({anchor_name} not found; give the log's anchor with "
+                   f"--key). The chain and seals agree with the log's own first key ({seal.fingerprint(first_key)}), "
+                   "which proves nothing by itself")
+        return VerifyResult(False, records, None, problem, problem, "key-missing", tuple(warnings))
+    if torn_line is not None:
+        problem = ("incomplete record at the end of the file (a write torn by a crash or power loss; "
+                   "the next write repairs it)")
+        return VerifyResult(False, records, torn_line, f"line {torn_line}: {problem}", problem, "torn",
+                            tuple(warnings))
+    if epoch is None and records:
+        message = (f"not sealed (written before sealing): {records} records, chain intact; "
+                   "without seals anyone who can write the file can rewrite it")
+        return VerifyResult(True, records, None, message, message, "unsealed", tuple(warnings))
+    message = f"ok: {records} records, chain intact"
+    if epoch is not None:
+        message += f", sealed ({epoch + 1} epoch{'s' if epoch else ''}, anchor {seal.fingerprint(first_key)})"
+        message += ", head matches" if head is not None else ""
+        if legacy:
+            message += f"; the first {legacy} were written before sealing (chained, not sealed)"
+    if repaired:
+        message += "; torn writes repaired at line " + ", ".join(map(str, repaired))
+    return VerifyResult(True, records, None, message, status="ok", warnings=tuple(warnings))
 
 
 def _unreadable(line: bytes) -> str:
@@ -300,7 +703,9 @@ def _unreadable(line: bytes) -> str:
 
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """The records of the log in order (none if it does not exist).
+    """The records of the log in order (none if it does not exist), without the
+    log's own bookkeeping: the records of :data:`SEAL_TYPES` (new keys, repaired
+    torn writes) and the fields of :data:`SEAL_FIELDS` (``prev`` and ``hash`` stay).
 
     Damaged lines are skipped; :func:`verify` is what reports them.
     """
@@ -313,7 +718,9 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     with f:
         for line in f:
             record = _parse(line)
-            if record is not None:
+            if record is not None and not (record.get("type") in SEAL_TYPES and "run" not in record):
+                for k in SEAL_FIELDS:
+                    record.pop(k, None)
                 yield record
 
 

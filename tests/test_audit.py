@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -74,20 +75,23 @@ def start(j: RunJournal, dry_run: bool = False, **extra) -> None:
 
 def test_records_are_chained_and_verify(tmp_path: Path) -> None:
     path = fill(tmp_path, 10)
-    records = list(read_records(path))
-    assert [r["i"] for r in records] == list(range(10))
+    records = [json.loads(line) for line in lines_of(path)]
+    assert [r["type"] for r in records] == ["epoch"] + ["tick"] * 10  # the first sealed record opens epoch 0
+    assert [r["i"] for r in read_records(path)] == list(range(10))  # without the log's own records
     assert records[0]["prev"] == GENESIS
     for before, after in zip(records, records[1:], strict=False):
         assert after["prev"] == before["hash"]
-    for r in records:
-        assert r["v"] == 1
+    for line, r in zip(lines_of(path), records, strict=True):
+        assert (r["v"], r["epoch"]) == (2, 0)
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", r["ts"])
-        body = {k: v for k, v in r.items() if k != "hash"}
+        body = {k: v for k, v in r.items() if k not in ("hash", "sig")}
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         assert r["hash"] == hashlib.sha256(canonical.encode()).hexdigest()
+        assert line == json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
     result = verify(path)
-    assert (result.ok, result.records, result.line) == (True, 10, None)
-    assert result.message == "ok: 10 records, chain intact"
+    assert (result.ok, result.status, result.records, result.line) == (True, "ok", 11, None)
+    assert result.message.startswith("ok: 11 records, chain intact, sealed (1 epoch, anchor ")
+    assert result.message.endswith("), head matches")
 
 
 def test_append_returns_the_record_as_written_and_keeps_a_given_ts(tmp_path: Path) -> None:
@@ -97,7 +101,8 @@ def test_append_returns_the_record_as_written_and_keeps_a_given_ts(tmp_path: Pat
     assert "hash" not in record  # the caller's dict is not changed
     assert written["ts"] == "2026-01-01T00:00:00.000000Z"
     assert written["where"] == str(tmp_path)  # non-JSON values are stored as strings
-    assert list(read_records(log.path)) == [written]
+    assert json.loads(lines_of(log.path)[-1]) == written
+    assert list(read_records(log.path)) == [{k: v for k, v in written.items() if k not in ("sig", "epoch")}]
 
 
 def test_empty_log_verifies(tmp_path: Path) -> None:
@@ -120,7 +125,7 @@ def test_edited_record_is_detected_at_its_line(tmp_path: Path) -> None:
     lines[4] = json.dumps(record).encode() + b"\n"
     path.write_bytes(b"".join(lines))
     result = verify(path)
-    assert (result.ok, result.line, result.records) == (False, 5, 4)
+    assert (result.ok, result.status, result.line, result.records) == (False, "tampered", 5, 4)
     assert result.message == "line 5: record was modified (hash mismatch)"
 
 
@@ -164,22 +169,28 @@ def test_non_json_line_is_detected(tmp_path: Path) -> None:
     assert result.message.startswith("line 3: not valid JSON")
 
 
-def test_torn_final_line_is_reported_and_the_next_append_starts_a_new_line(tmp_path: Path) -> None:
+def test_torn_final_line_is_a_crash_that_the_next_append_repairs(tmp_path: Path) -> None:
     path = fill(tmp_path, 3)
     last_good = json.loads(lines_of(path)[-1])
+    torn = b'{"type":"tick","i":3,"pr'
     with open(path, "ab") as f:
-        f.write(b'{"type":"tick","i":3,"pr')  # power lost in the middle of a write
+        f.write(torn)  # power lost in the middle of a write
     result = verify(path)
-    assert (result.ok, result.line, result.records) == (False, 4, 3)
-    assert "incomplete record at the end of the file" in result.message
+    assert (result.ok, result.status, result.line, result.records) == (False, "torn", 5, 4)
+    assert "incomplete record at the end of the file" in result.message and "the next write repairs it" in result.message
 
     with AuditLog(tmp_path) as log:
         written = log.append({"type": "tick", "i": 4})
-    assert written["prev"] == last_good["hash"]
-    assert lines_of(path)[-1] == json.dumps(written, sort_keys=True, separators=(",", ":")).encode() + b"\n"
-    result = verify(path)  # the torn line stays as evidence
-    assert (result.ok, result.line) == (False, 4)
-    assert result.message.startswith("line 4: not valid JSON")
+    lines = lines_of(path)
+    assert lines[4] == torn + b"\n"  # the torn line stays as evidence, ended by a newline
+    repair = json.loads(lines[5])
+    assert (repair["type"], repair["line"], repair["length"]) == ("torn_tail", 5, len(torn))
+    assert base64.b64decode(repair["bytes"]) == torn and repair["prev"] == last_good["hash"]
+    assert written["prev"] == repair["hash"]
+    assert lines[-1] == json.dumps(written, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    result = verify(path)
+    assert (result.ok, result.status, result.records) == (True, "ok", 6)
+    assert result.message.endswith("torn writes repaired at line 5")
 
 
 def test_record_that_lost_only_its_newline_still_chains(tmp_path: Path) -> None:
@@ -187,7 +198,8 @@ def test_record_that_lost_only_its_newline_still_chains(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-1])
     assert verify(path).ok
     fill(tmp_path, 1)
-    assert verify(path).records == 4
+    assert verify(path).records == 5
+    assert len(lines_of(path)) == 5  # no torn_tail record: nothing was torn
 
 
 def test_records_longer_than_the_tail_buffer(tmp_path: Path) -> None:
@@ -195,7 +207,7 @@ def test_records_longer_than_the_tail_buffer(tmp_path: Path) -> None:
         for i in range(3):
             log.append({"type": "big", "blob": str(i) * 50_000})
             log.append({"type": "small"})
-    assert verify(log.path).records == 6
+    assert verify(log.path).records == 7
 
 
 def test_damaged_last_record_stops_appends(tmp_path: Path) -> None:
@@ -233,8 +245,8 @@ def test_concurrent_processes_append_without_breaking_the_chain(tmp_path: Path) 
     (tmp_path / "go").touch()
     assert [p.wait(timeout=60) for p in workers] == [0, 0, 0, 0]
     path = tmp_path / "audit.jsonl"
-    assert len(lines_of(path)) == 800
-    assert verify(path).records == 800
+    assert len(lines_of(path)) == 801  # and the epoch record that starts the seals
+    assert verify(path).records == 801
     records = list(read_records(path))
     for w in range(4):
         assert [r["i"] for r in records if r["worker"] == w] == list(range(200))
@@ -247,7 +259,7 @@ def test_threads_sharing_one_log(tmp_path: Path) -> None:
             t.start()
         for t in threads:
             t.join()
-    assert verify(log.path).records == 400
+    assert verify(log.path).records == 401
 
 
 LOOPER = """
@@ -323,7 +335,7 @@ def test_secrets_never_reach_the_file(tmp_path: Path) -> None:
     assert b"hunter2" not in data
     assert b"ter2" not in data and b"hunte" not in data
     assert b"***" in data
-    assert verify(log.path).records == 7
+    assert verify(log.path).records == 8
 
 
 def test_step_result_keeps_a_bounded_excerpt_and_a_digest(tmp_path: Path) -> None:
@@ -461,7 +473,8 @@ def main(*args: str, audit_dir: Path) -> subprocess.CompletedProcess[str]:
 def test_cli_verify(tmp_path: Path) -> None:
     path = fill(tmp_path, 5)
     ok = main("verify", str(path), audit_dir=tmp_path / "elsewhere")
-    assert (ok.returncode, ok.stdout.strip()) == (0, "ok: 5 records, chain intact"), ok.stderr
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("ok: 6 records, chain intact, sealed (1 epoch, anchor ")
     assert main("verify", audit_dir=tmp_path).returncode == 0  # the default log
 
     lines = lines_of(path)

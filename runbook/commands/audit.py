@@ -1,4 +1,11 @@
-"""``runbook audit``: list runs, show one run, verify the log's hash chain."""
+"""``runbook audit``: list runs, show one run, verify the log's chain, seals and head.
+
+Exit codes of ``verify``: 0 the log verifies (a torn write that the next append
+repaired included), 1 tampered or invalid (or the log cannot be read), 2 usage,
+3 not sealed (every record was written before sealing: only the chain was
+checked), 4 the last line is a torn write (a crash; the next write repairs it),
+5 the seals cannot be verified: the anchor key is missing.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "audit",
         help="list, show and verify recorded runs",
-        description="Inspect the audit log: every run, every step's intent, approval and result, chained by hash.",
+        description="Inspect the audit log: every run, every step's intent, approval and result, chained by hash and sealed.",
     )
     parser.set_defaults(func=run)
     common = argparse.ArgumentParser(add_help=False)
@@ -35,8 +42,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
     p.set_defaults(audit_func=_show)
 
-    p = actions.add_parser("verify", parents=[common], help="check that no record was modified, removed or reordered")
+    p = actions.add_parser(
+        "verify",
+        parents=[common],
+        help="check that no record was modified, removed, reordered, forged or cut off the end",
+        description="Check every record's bytes, hash and chain, its Ed25519 seal against its epoch's key "
+        "(from the anchor), and the head file (records cut off the end). Exit 0 verified, 1 tampered, "
+        "2 usage, 3 not sealed (written before sealing), 4 torn last write (a crash; the next write "
+        "repairs it), 5 cannot verify the seals: key missing.",
+    )
     p.add_argument("file", nargs="?", metavar="FILE", help="the log to check (default: the audit log)")
+    p.add_argument(
+        "--key",
+        metavar="PUBLIC_KEY",
+        help="the log's anchor: its verify.pub, copied where an attacker cannot write, or a PEM Ed25519 "
+        "public key (default: verify.pub in $RUNBOOK_KEY_DIR, else in the log's keys/ directory)",
+    )
     p.set_defaults(audit_func=_verify)
 
 
@@ -182,14 +203,25 @@ def _details(r: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in r.items() if k not in skip)
 
 
+EXIT_CODES = {"ok": 0, "tampered": 1, "unsealed": 3, "torn": 4, "key-missing": 5}
+
+
 def _verify(args: argparse.Namespace) -> int:
+    import sys
+
     from runbook import audit
     from runbook.ui import out
 
     path = args.file or _log_path(args)
-    result = audit.verify(path)
-    if result.ok:
-        out().print(result.message, markup=False)
-        return 0
-    out().print(f"{path}:{result.line}: error: {result.problem}", markup=False, soft_wrap=True)
-    return 1
+    result = audit.verify(path, args.key)
+    for warning in result.warnings:
+        sys.stderr.write(f"{path}: warning: {warning}\n")
+    if result.status == "ok":
+        out().print(result.message, markup=False, soft_wrap=True)
+    elif result.status in ("unsealed", "key-missing"):
+        level = "warning" if result.status == "unsealed" else "error"
+        out().print(f"{path}: {level}: {result.problem}", markup=False, soft_wrap=True)
+    else:
+        level = "warning" if result.status == "torn" else "error"
+        out().print(f"{path}:{result.line}: {level}: {result.problem}", markup=False, soft_wrap=True)
+    return EXIT_CODES[result.status]
