@@ -170,6 +170,7 @@ class Problem:
     line: int | None
     problem: str
     this_run: bool = False  # the first bad line is a record of the reported run
+    crash: bool = False  # only the last line is torn: a crash while writing, repaired by the next write
 
 
 def resolve_run(path: Path, run_id: str) -> list[dict[str, Any]]:
@@ -187,6 +188,8 @@ def check_chain(path: Path, run_id: str) -> Problem | None:
     result = audit.verify(path)
     if result.ok:
         return None
+    if getattr(result, "status", None) == "torn":  # a crash, not tampering: the next write keeps the bytes
+        return Problem(str(path), result.line, result.problem or result.message, False, crash=True)
     this_run = False
     if result.line is not None:
         try:
@@ -375,7 +378,11 @@ def render(records: list[dict[str, Any]], *, problem: Problem | None = None,
     title = meta.get("title")
     heading = text(title) if title else (f"runbook {code(name)}" if name else "unknown runbook")
     out += [f"# Incident report: {heading}", "", f"Run {code(run_id)}, from the audit log.", ""]
-    if problem is not None:
+    if problem is not None and problem.crash:
+        where = f"{problem.path}:{problem.line}" if problem.line else problem.path
+        out += [f"> **Note: the audit log ends with a torn write** at {code(where)}: a crash while a record was "
+                "written (not tampering); the next write to the log keeps its bytes in a `torn_tail` record.", ""]
+    elif problem is not None:
         where = f"{problem.path}:{problem.line}" if problem.line else problem.path
         scope = " (a record of this run)" if problem.this_run else ""
         out += [f"> **Warning: the audit log does not verify** at {code(where)}{scope}: {text(problem.problem)}. "

@@ -429,3 +429,13 @@ def test_cli_report_of_a_run_from_an_alert(main, write, tmp_path: Path) -> None:
     assert "| Alert fingerprint | `f1f2f3` |" in md
     assert "| Alert source | `http://prometheus/graph?g0.expr=x\\|y` |" in md
     assert re.search(r"^\| Started \| .* UTC \(T\+00:0[23]:\d\d\) \|$", md, re.M)
+
+
+def test_a_torn_last_line_is_a_crash_not_tampering(main, write, tmp_path: Path) -> None:
+    run_id = _live_run(main, write, tmp_path)
+    path = Path(os.environ["RUNBOOK_AUDIT_DIR"]) / audit.LOG_NAME
+    with open(path, "ab") as f:
+        f.write(b'{"type":"step_in')  # a crash in the middle of a write
+    r = main("report", run_id)
+    assert r.returncode == 0, r.stderr
+    assert "torn write" in r.stdout and "does not verify" not in r.stdout and "modified" not in r.stdout.split("## Summary")[0]
