@@ -34,6 +34,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     "RB104": ("unbounded-fanout", "warning", "a step that fans out over many hosts should say how many at once (forks)"),
     "RB105": ("secret-printed", "error", "a secret parameter is rendered where it would be printed"),
     "RB106": ("template-in-quotes", "error", "a template inside quotes or a here-document in a shell command is not protected by quoting"),
+    "RB107": ("readonly-without-role", "warning", "a read-only sql step on a non-local database whose inventory entry has no readonly_role"),
 }
 SEVERITIES = ("error", "warning", "off")
 CONFIG_FILES = (".runbook.yaml", ".runbook.yml")
@@ -261,6 +262,10 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
             for field_name, source, mode in step_templates(s):
                 _check_inventory_refs(s, source, mode, inventory, problem)
         if inventory is not None:
+            for key, message, rule in mod.inventory_problems(s, inventory):
+                body = s.raw.get(s.kind)
+                pos = body.vpos(key) if hasattr(body, "vpos") and key in body else s.raw.vpos(s.kind)
+                problem(pos, f"step '{s.id}' {s.kind}.{key}: {message}", rule=rule)
             for kind, name, key in mod.inventory_targets(s.body):
                 if expr.is_template(name):
                     continue

@@ -60,7 +60,8 @@ def test_readonly_update_is_refused_by_the_server(write, main, inv, table, pg, p
 """)
     r = main("run", p, "--inventory", inv())
     assert r.returncode == 1
-    assert "the database refused a write in a read-only step (SQLSTATE 25006" in r.stdout
+    # refused by PostgreSQL's parser before it is sent (the READ ONLY transaction is the next layer)
+    assert "a read-only step may not run UPDATE" in r.stdout + r.stderr
     with pg.connect(pg_db) as conn:
         assert conn.execute("SELECT sum(n) FROM t").fetchone()[0] == 0
 
@@ -276,7 +277,12 @@ def test_clear_errors_for_connection_and_syntax_problems(write, main, inv, pg, p
           FROM nowhere WHERE WHERE
       readonly: true
 """)
-    r = main("run", p, "--inventory", inv())
+    r = main("run", p, "--inventory", inv())  # a read: PostgreSQL's parser finds it before anything is sent
+    assert 'SQL syntax error: syntax error at or near "WHERE"' in r.stdout + r.stderr
+    assert "at line 2, column 20 of the query" in r.stdout + r.stderr
+    w = write("w.yaml", p.read_text().replace("readonly: true", "timeout: 5s").replace("diagnose:", "mitigate:")
+              + "  verify:\n    - {id: done, end: done}\n")
+    r = main("run", w, "--inventory", inv(), "--yes")  # a write: the server's error, placed the same way
     assert "SQL syntax error at line 2, column 20" in r.stdout and "SQLSTATE 42601" in r.stdout
     ok = book(write, """
   diagnose:

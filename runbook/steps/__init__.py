@@ -107,6 +107,8 @@ class StepKind(Protocol):
 
     def static_problems(self, step) -> list[tuple[str, str, str]]: ...  # (key, message, rule)
 
+    def inventory_problems(self, step, inventory) -> list[tuple[str, str, str]]: ...  # (key, message, rule)
+
     def fanout(self, body: dict) -> bool | None: ...  # False: several hosts, no forks (RB104)
 
     def inventory_targets(self, body: dict) -> list[tuple[str, str, str]]: ...  # (inventory kind, name, key)

@@ -65,6 +65,13 @@ def static_problems(step) -> list[tuple[str, str, str]]:
     return []
 
 
+def inventory_problems(step, inventory) -> list[tuple[str, str, str]]:
+    """(key under the kind, message, rule id) for what the validator should report
+    about a step of this kind against the inventory given (``--inventory``/``--env``):
+    a read-only ``sql`` step on a non-local database without a ``readonly_role``."""
+    return []
+
+
 def fanout(body: dict) -> bool | None:
     """False when the step runs on several hosts without saying how many at once
     (rule RB104); True when it says; None when the kind does not fan out."""
@@ -152,7 +159,7 @@ def outline(body: dict) -> str:
 # The hooks with a default above, in the order of this module.
 DEFAULTED: tuple[str, ...] = (
     "DEFAULT_READONLY", "FIXED_EFFECT", "RESULT_FIELDS", "IMPLICIT_OUTPUTS", "WRITE_NEEDS_TIMEOUT",
-    "SERVER_DRY_RUN", "effect_of", "static_problems", "fanout", "inventory_targets",
+    "SERVER_DRY_RUN", "effect_of", "static_problems", "inventory_problems", "fanout", "inventory_targets",
     "edges", "BRANCHING", "falls_through", "ENDS_RUN", "end_status",
     "SHOW_OUTPUT", "SHOW_LINES", "COMMAND_SUMMARY", "PLAN_SUMMARY", "CARD_SUMMARY", "CARD_TARGETS", "outline",
 )

@@ -13,16 +13,21 @@
   always sent with the extended protocol, which refuses several.
 * ``readonly: true``: a ``READ ONLY`` transaction with a ``statement_timeout``
   (default 30 s, ``statement_timeout:`` to change it), as the inventory's
-  ``readonly_role`` when the database entry names one; statements calling a
-  function with side effects (``pg_terminate_backend``…) are refused, because
-  PostgreSQL lets those run in a read-only transaction.
+  ``readonly_role`` when the database entry names one.  Before that, PostgreSQL's
+  parser (pglast) must find one statement that reads (SELECT without locking
+  clauses, VALUES, TABLE, SHOW, EXPLAIN without ANALYZE), and the connection's
+  catalog must find no volatile function among those it calls
+  (:mod:`runbook.steps.sql_readonly`), because PostgreSQL lets those act even in
+  a read-only transaction.  ``validate --strict`` wants a ``readonly_role`` on
+  every non-local database read by a step (RB107).
 * Otherwise the step is a write: confirmed first, run in a transaction that
   commits only on success; ``expect_rows`` ({max: 50}, {min: 1} or an exact
   count) rolls it back when the statement touched other than that many rows;
   ``autocommit: true`` for statements that cannot run in a transaction
   (``VACUUM``, ``CREATE INDEX CONCURRENTLY``).
 * Result: ``rows`` (a list of mappings), ``rowcount``, ``columns``; shown as a
-  table.  One connection per database (and role) per run, reused.
+  table.  One connection per database (and role) per run, reused, and reset
+  after every step (:data:`RESET_SESSION`), so that no step leaves state for the next.
 
 psycopg is imported only when a ``sql`` step runs.
 """
@@ -69,17 +74,18 @@ DEFAULT_STATEMENT_TIMEOUT = 30.0
 DEFAULT_MAX_ROWS = 1000
 TABLE_ROWS, TABLE_CELL, TABLE_COLUMNS = 50, 60, 12  # what the table shows before it cuts
 
-# Functions that act even inside a READ ONLY transaction.
-SIDE_EFFECT_FUNCTIONS = re.compile(
-    r"""\b(pg_terminate_backend|pg_cancel_backend|pg_reload_conf|pg_rotate_logfile|set_config|nextval|setval
+# Functions that act even inside a READ ONLY transaction: named in a write step's
+# expect_rows check, and an early refusal in validate for read steps (the catalog
+# check on the connection is what decides: runbook.steps.sql_readonly).
+_SIDE_EFFECT_NAMES = r"""pg_terminate_backend|pg_cancel_backend|pg_reload_conf|pg_rotate_logfile|set_config|nextval|setval
     |dblink_exec|dblink|dblink_send_query|lo_\w+|pg_(?:try_)?advisory_\w+|pg_notify|pg_switch_wal
     |pg_create_restore_point|pg_promote|pg_stat_reset\w*|pg_file_write|pg_file_unlink|pg_file_rename
     |pg_logical_emit_message|pg_replication_origin_\w+|pg_create_\w+_replication_slot|pg_drop_replication_slot
     |pg_logical_slot_get_\w+|pg_replication_slot_advance|pg_stat_statements_reset|pg_wal_replay_\w+
     |pg_backup_start|pg_backup_stop|pg_start_backup|pg_stop_backup|pg_log_backend_memory_contexts
-    |query_to_xml\w*|cursor_to_xml\w*|pg_read_file|pg_read_binary_file|pg_ls_\w+)\s*\(""",
-    re.IGNORECASE | re.VERBOSE,
-)
+    |query_to_xml\w*|cursor_to_xml\w*|pg_read_file|pg_read_binary_file|pg_ls_\w+"""
+SIDE_EFFECT_FUNCTIONS = re.compile(r"\b(" + _SIDE_EFFECT_NAMES + r")\s*\(", re.IGNORECASE | re.VERBOSE)
+SIDE_EFFECT_NAME = re.compile(r"(?:" + _SIDE_EFFECT_NAMES + r")\Z", re.IGNORECASE | re.VERBOSE)
 COPY_PROGRAM = re.compile(r"\bcopy\b.*\b(to|from)\s+program\b", re.IGNORECASE | re.DOTALL)
 PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
 
@@ -169,16 +175,28 @@ def non_transactional(sql: str) -> list[str]:
     return [f for f in side_effects(sql) if f not in ("nextval", "setval", "set_config", "SET", "RESET")]
 
 
+def read_problems(query: str) -> list[str]:
+    """Why ``query`` cannot run as a read-only step, as far as PostgreSQL's parser
+    tells without a database (the catalog check on the connection comes later)."""
+    from runbook.steps import sql_readonly as R
+
+    try:
+        stmt = R.parse(query)
+    except R.Refused as exc:
+        return [f"{exc} (the statement is checked with PostgreSQL's parser; at {R.where(query, exc.offset)})"]
+    return [f"a read-only step may not use {c.name}: it acts even in a READ ONLY transaction "
+            f"(at {R.where(query, c.offset)}); make the step a write step (drop readonly) so it is confirmed"
+            for c in stmt.calls if c.kind == "function" and SIDE_EFFECT_NAME.match(c.name)]
+
+
 def static_problems(step) -> list[tuple[str, str, str]]:
     """(key, message, rule) the validator reports for this step."""
     body, problems = step.body, []
     if expr.is_template(body["query"]):
         problems.append(("query", "the SQL text may not contain templates: write %(name)s and give the value "
                                   "under args, so that it is sent as a bound parameter", "schema"))
-    if step.effect == "read":
-        for name in side_effects(body["query"]):
-            problems.append(("query", f"a read-only step may not use {name}: it acts even in a READ ONLY transaction "
-                                      "(or hides what it runs); make the step a write step (drop readonly) so it is confirmed", "schema"))
+    if step.effect == "read" and not expr.is_template(body["query"]):
+        problems += [("query", message, "schema") for message in read_problems(body["query"])]
         if body.get("autocommit"):
             problems.append(("autocommit", "autocommit is for writes that cannot run in a transaction; "
                                            "a read-only step runs in a READ ONLY transaction", "schema"))
@@ -199,6 +217,47 @@ def static_problems(step) -> list[tuple[str, str, str]]:
     for name in sorted(args - used):
         problems.append(("args", f"args.{name} is not used by the query (write %({name})s where it goes)", "schema"))
     return problems
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "")
+
+
+def _local(db) -> bool:
+    """The database runs on this machine (a lab, a laptop): 127.0.0.1, localhost,
+    ::1 or a Unix socket.  A service name or a DSN from a secret could be anywhere."""
+    if db.service is not None:
+        return False
+    host = db.host
+    if db.dsn is not None:
+        if isinstance(db.dsn, LazySecret):
+            return False
+        host = _dsn_where(str(db.dsn)).get("host", host)
+    if host is None:
+        return True  # libpq's default: the local Unix socket
+    if isinstance(host, (Secret, LazySecret)):
+        return False
+    return all(h.strip() in LOCAL_HOSTS or h.strip().startswith("/") for h in str(host).split(","))
+
+
+def inventory_problems(step, inventory) -> list[tuple[str, str, str]]:
+    """RB107: a read-only step on a database that is not local needs its entry's
+    ``readonly_role`` (the boundary the server enforces); a templated database
+    name may pick any entry, so every one is checked then."""
+    if step.effect != "read":
+        return []
+    name = step.body["database"]
+    names = inventory.names("database") if expr.is_template(name) else [name]
+    out = []
+    for n in names:
+        if n not in inventory.names("database"):
+            continue  # reported as an unknown database
+        db = inventory.lookup("database", n)
+        if db.readonly_role is None and not _local(db):
+            message = (f"database '{n}' in {inventory.path} has no readonly_role: a read-only step runs as its owner "
+                       "there; give it a role that can only read (see the README: pg_read_all_data + pg_monitor, "
+                       "NOSUPERUSER, default_transaction_read_only = on)")
+            out.append(("database", message, "RB107"))
+    return out
 
 
 # --- rendering --------------------------------------------------------------
@@ -270,7 +329,23 @@ def action(step, r) -> Action:
         "statement_timeout": _statement_timeout(step), "autocommit": bool(body.get("autocommit")),
         "expect_rows": body.get("expect_rows"), "where": where,
     }
+    if readonly:
+        summary += "\n-- " + _read_check_line(body["query"], detail)
     return Action(summary=summary, targets=[f"database {name} ({where})"], detail=detail)
+
+
+def _read_check_line(query: str, detail: dict) -> str:
+    """What the read-only check will look at, for the plan: the statement type and
+    the functions (and operators) whose volatility is read from the server's pg_proc."""
+    from runbook.steps import sql_readonly as R
+
+    try:
+        stmt = R.parse(query)
+    except R.Refused as exc:
+        detail["statement_type"], detail["functions"] = None, []
+        return f"read-only check: refused ({exc})"
+    detail["statement_type"], detail["functions"] = stmt.type, stmt.functions
+    return f"read-only {stmt.type}; functions checked in pg_proc before it runs: {', '.join(stmt.functions) or 'none'}"
 
 
 def _show(v: Any) -> str:
@@ -368,18 +443,68 @@ class _Rollback(Exception):
 
 
 def run(step, act: Action, ctx) -> StepResult:
-    import psycopg
+    from runbook.steps import sql_readonly as R
 
     started = time.monotonic()
+    stmt = None
     if act.detail["readonly"]:
-        refused = side_effects(act.detail["query"])
-        if refused:
-            return StepResult("failed", error=f"refused: a read-only step may not use {', '.join(refused)} "
-                                              "(it acts even in a READ ONLY transaction)")
+        try:
+            stmt = R.parse(act.detail["query"])
+        except R.Refused as exc:
+            return StepResult("failed", error=f"refused: {exc} (at {R.where(act.detail['query'], exc.offset)})")
     try:
         conn = _connect(ctx, act)
     except RunbookError as exc:
         return StepResult("failed", error=ctx.redactor.text(str(exc)))
+    try:
+        return _run_on(conn, stmt, step, act, ctx, started)
+    finally:
+        _reset(ctx, conn, act)
+
+
+# What a statement can leave in a session, reset after every step: DISCARD ALL
+# without its DEALLOCATE ALL (older psycopg releases, which the dependency allows, miss that their own
+# prepared statements are gone; one planted with PREPARE runs only through
+# EXECUTE, which a read-only step refuses).  One round trip, simple protocol.
+RESET_SESSION = ("CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
+                 "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES")
+
+
+def _reset(ctx, conn, act: Action) -> None:
+    """Leave nothing of this step in the session for the next one on this
+    connection (:data:`RESET_SESSION`: settings, advisory locks, LISTENs, cursors,
+    temporary tables, sequence caches).  A connection that cannot be reset is
+    closed, and the next step connects again."""
+    from runbook.steps import sql_readonly as R
+
+    if not act.detail["readonly"]:
+        R.forget(conn)  # a write may have created or replaced functions
+    if conn.closed:
+        return
+    try:
+        if not conn.broken:
+            conn.execute(RESET_SESSION, prepare=False)
+            return
+    except Exception:  # noqa: BLE001, S110 - whatever the reason, this session is not reused
+        pass
+    conn.close()
+    ctx.connections.pop(("sql", act.detail["database"], act.detail["role"]), None)
+
+
+def _run_on(conn, stmt, step, act: Action, ctx, started: float) -> StepResult:
+    import psycopg
+
+    from runbook.steps import sql_readonly as R
+
+    if stmt is not None:
+        try:
+            R.check(conn, stmt)
+        except R.Refused as exc:
+            return StepResult("failed", error=f"refused: {exc} (at {R.where(act.detail['query'], exc.offset)})",
+                              duration=time.monotonic() - started)
+        except psycopg.Error as exc:
+            return StepResult("failed", error=ctx.redactor.text(f"the read-only check could not read the catalog: {exc}"),
+                              duration=time.monotonic() - started)
     timeout = act.detail["statement_timeout"]
     by_step = ctx.timeout is not None and (timeout is None or ctx.timeout < timeout)
     if by_step:
