@@ -17,16 +17,25 @@ records; the old private key is then destroyed.  Records written before sealing
 (``v`` 1: ``hash`` over the canonical JSON without ``hash``, no ``sig``) are kept
 and still chained; the first sealed record pins them.
 
-Beside the log, ``audit.head`` (replaced atomically after every append) holds
-the number of records, the last hash and the epoch, signed by the current key:
-records cut off the end are found.
+Beside the log, ``audit.head`` holds the number of records, the last hash, the
+epoch and the anchor's fingerprint, signed by the current key: records cut off the
+end are found.  It is written before the log's first sealed record and replaced
+after every append so that a power loss leaves the old head or the new one (synced
+before it takes the name), never none: a sealed log without a valid head is
+tampered with.  Every writer reads it from disk and checks its seal under the lock
+before it appends, and refuses to sign a new head over a missing, damaged or
+forged one, or over a log that is shorter than its head.  Nor does a writer ever
+re-anchor a log that was sealed (seals stripped, an unsealed record forged): it
+refuses, and only a log moved aside makes room for a new one.
 
 Appends are serialised across processes by an exclusive ``flock`` on a
 sibling lock file, written with one ``write`` on an ``O_APPEND`` descriptor
 and synced to disk before :meth:`AuditLog.append` returns, so a record is
-durable before the step it announces runs.  A line torn by a crash is kept: the
-next writer ends it with a newline and appends a ``torn_tail`` record holding
-its bytes, so the chain goes on from the last whole record.
+durable before the step it announces runs.  Lines torn by a crash (also a repair
+torn by another crash) are kept: the next writer ends them with a newline and
+appends a ``torn_tail`` record holding all their bytes, so the chain goes on from
+the last whole record.  :func:`verify` reads the log and head as they were between
+two appends (under the lock, shared), so an append in progress is not a torn write.
 
 The engine talks to the log through :class:`RunJournal`, which redacts every
 field before it is written: secrets never reach the file.
@@ -41,6 +50,7 @@ import json
 import os
 import re
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,14 +178,10 @@ def head_path(log_path: str | os.PathLike[str]) -> Path:
     return Path(log_path).with_suffix(".head")
 
 
-def _read_head(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """(the head, "") or (None, why not: "" when there is no head file)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+def _head_from(data: bytes | None, path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(the head in ``data``, "") or (None, why not: "" when there is no head file)."""
+    if data is None:
         return None, ""
-    except OSError as exc:
-        return None, f"cannot read the head file {path}: {exc.strerror or exc}"
     try:
         head = json.loads(data)
     except ValueError:
@@ -184,9 +190,26 @@ def _read_head(path: Path) -> tuple[dict[str, Any] | None, str]:
         not isinstance(head, dict)
         or not all(type(head.get(k)) is int and head[k] >= 0 for k in ("records", "epoch", "epoch_start"))
         or not isinstance(head.get("hash"), str)
+        or not (head.get("first") is None or (type(head["first"]) is int and head["first"] >= 0))
     ):
         return None, f"the head file {path} is damaged"
     return head, ""
+
+
+def _read_head_bytes(path: Path) -> tuple[bytes | None, str]:
+    """(the head file's bytes or None, why it cannot be read: "" when it does not exist)."""
+    try:
+        return path.read_bytes(), ""
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"cannot read the head file {path}: {exc.strerror or exc}"
+
+
+def _head_signed(head: dict[str, Any], public: bytes) -> bool:
+    from runbook import seal
+
+    return seal.check(public, head.get("sig"), _canonical({k: v for k, v in head.items() if k != "sig"}))
 
 
 class AuditLog:
@@ -201,7 +224,7 @@ class AuditLog:
         self.directory = Path(directory) if directory is not None else default_dir()
         self.path = self.directory / LOG_NAME
         self.head_path = head_path(self.path)
-        self._lock_path = self.directory / (LOG_NAME + ".lock")
+        self._lock_path = lock_path(self.path)
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._thread_lock = threading.Lock()  # flock does not exclude threads sharing one descriptor
@@ -209,6 +232,8 @@ class AuditLog:
         self._key: Any = None  # the current epoch's seal.Key, as last read
         self._key_stat: tuple[int, int] | None = None
         self._head: dict[str, Any] | None = None  # the head as this object last wrote it
+        self._head_bytes: bytes | None = None  # ... and its bytes
+        self._exchange_ok = True  # whether the head can be replaced in place (see _replace_head)
 
     def __enter__(self) -> AuditLog:
         return self
@@ -260,10 +285,18 @@ class AuditLog:
     def _append_locked(self, fd: int, record: dict[str, Any]) -> dict[str, Any]:
         from runbook import seal
 
-        last, fragment, newline = self._tail(fd)
+        last, torn, newline, torn_offset = self._tail(fd)
         prev = last["hash"] if last is not None else GENESIS
-        key = self._current_key(last) if last is not None and "sig" in last else None
-        count, epoch_start = self._position(fd, prev)
+        head_bytes, head_problem = _read_head_bytes(self.head_path)  # always the file, never a copy in memory
+        head, damaged = _head_from(head_bytes, self.head_path)
+        head_problem = head_problem or damaged
+        starting = last is None or "sig" not in last
+        if not starting:
+            key = self._current_key(last)
+            count, epoch_start, first = self._position(fd, prev, key, head_bytes, head, head_problem)
+        else:  # no sealed record yet: start the chain (or finish a start cut short by a crash)
+            key, count, first = self._start_chain(fd, prev, torn is not None, head_bytes, head, head_problem)
+            epoch_start = count
         data = bytearray(b"\n" if newline else b"")
         stamp = now()
 
@@ -273,7 +306,7 @@ class AuditLog:
             r["prev"] = prev
             for k in ("hash", "sig", "epoch"):
                 r.pop(k, None)
-            if signer is None:  # the log is not sealed yet: as written before sealing
+            if signer is None:  # before the log's first sealed record: as written before sealing
                 r["v"] = 1
                 r["hash"] = _digest(r)
             else:
@@ -286,12 +319,10 @@ class AuditLog:
             prev = r["hash"]
             count += 1
 
-        if fragment is not None:  # a write torn by a crash: keep its bytes, go on from the last whole record
-            size = os.fstat(fd).st_size
-            emit({"type": "torn_tail", "line": self._newlines(fd) + 1, "offset": size - len(fragment),
-                  "length": len(fragment), "bytes": seal.b64(fragment)}, key)
-        if key is None:  # the first sealed record: a new key and its anchor
-            key = self._new_chain()
+        if torn is not None:  # writes torn by a crash (a repair torn too): keep all their bytes, go on
+            emit({"type": "torn_tail", "line": self._count_newlines(fd, torn_offset) + 1, "offset": torn_offset,
+                  "length": len(torn), "bytes": seal.b64(torn)}, None if starting else key)
+        if starting:  # the first sealed record: epoch 0, the anchor's key
             emit({"type": "epoch", "public_key": seal.b64(key.public), "anchor": True}, key)
             epoch_start = count
         rotated = None
@@ -311,11 +342,33 @@ class AuditLog:
             os.replace(self.key_dir / seal.NEXT_NAME, self.key_dir / seal.KEY_NAME)
             seal._fsync_dir(self.key_dir)
             self._remember(rotated)
-        head = {"v": 1, "records": count, "hash": prev, "epoch": key.epoch, "epoch_start": epoch_start, "ts": stamp}
-        head["sig"] = key.sign(_canonical(head))
-        seal.write_atomic(self.head_path, _canonical(head) + b"\n", sync=False)  # the log itself is synced
-        self._head = head
+        self._write_head(key, count, prev, epoch_start, first, stamp, create=head_bytes is None)
         return record
+
+    def _write_head(self, key: Any, count: int, last_hash: str, epoch_start: int, first: int | None, stamp: str,
+                    create: bool) -> None:
+        """Replace the head: synced before the rename, so a power loss leaves the old head or the
+        new one (a head behind the log is a crash between the two writes), never none."""
+        from runbook import seal
+
+        data = self._make_head(key, count, last_hash, epoch_start, first, stamp)
+        if create or not self._exchange_ok or not _replace_head(self.head_path, data):
+            self._exchange_ok = False if not create else self._exchange_ok
+            seal.write_atomic(self.head_path, data, sync=True, sync_dir=create)
+
+    def _make_head(self, key: Any, count: int, last_hash: str, epoch_start: int, first: int | None,
+                   stamp: str) -> bytes:
+        """The signed head for a log of ``count`` records ending with ``last_hash``
+        (remembered as the head this object wrote)."""
+        head: dict[str, Any] = {"v": 1, "records": count, "hash": last_hash, "epoch": key.epoch,
+                                "epoch_start": epoch_start, "anchor": key.anchor, "ts": stamp}
+        if first is not None:
+            head["first"] = first
+        head["sig"] = key.sign(_canonical(head))
+        data = _canonical(head) + b"\n"
+        data += b" " * (HEAD_SIZE - len(data) - 1) + b"\n" if len(data) < HEAD_SIZE else b""  # one size: see _replace_head
+        self._head, self._head_bytes = head, data
+        return data
 
     def _remember(self, key: Any) -> None:
         from runbook import seal
@@ -327,7 +380,8 @@ class AuditLog:
     def _refuse(self, why: str) -> RunbookError:
         return RunbookError(
             f"cannot seal the audit log {self.path}: {why} (see `runbook audit verify {self.path}`; to start a new "
-            f"sealed log, move {self.path.name} and {self.head_path.name} aside)"
+            f"sealed log, move {self.path.name} and {self.head_path.name} aside together, e.g. to "
+            f"audit-old.jsonl and audit-old.head)"
         )
 
     def _current_key(self, last: dict[str, Any]) -> Any:
@@ -344,6 +398,10 @@ class AuditLog:
         if (self._key is not None and st is not None and self._key.epoch == epoch
                 and self._key_stat == (st.st_ino, st.st_mtime_ns)):
             return self._key
+        seal.secure(self.key_dir)
+        seal.clean_temporary(self.key_dir)  # under the lock: leftovers of a writer that crashed
+        for leftover in self.directory.glob(f"{self.head_path.name}.tmp*"):
+            leftover.unlink(missing_ok=True)
         key = seal.read_key(path)
         if key is not None and key.epoch == epoch and _sealed_by(last, key):
             try:
@@ -368,62 +426,147 @@ class AuditLog:
         self._remember(key)
         return key
 
-    def _new_chain(self) -> Any:
-        """Key and anchor (``verify.pub``) of epoch 0, for a log with no sealed record yet."""
+    def _start_chain(self, fd: int, prev: str, torn: bool, head_bytes: bytes | None, head: dict[str, Any] | None,
+                     head_problem: str) -> tuple[Any, int, int]:
+        """(the key of epoch 0, the records in the log, the number of records before the first
+        sealed one) for a log whose last record is not sealed.
+
+        Keys of this log are never moved aside here: a log whose seals were stripped, or with a
+        forged unsealed record after its sealed ones, is refused, not re-anchored."""
         from runbook import seal
 
-        self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        count = 0
+        sealed_seen = False
+        forged = None  # the first unsealed record after a sealed one
+        for number, line in enumerate(self._lines(fd), start=1):
+            r = _parse(line)
+            if r is None:
+                continue
+            count += 1
+            if "sig" in r:
+                sealed_seen = True
+            elif sealed_seen and forged is None:
+                forged = number
+        if forged is not None:
+            raise self._refuse(f"line {forged}: a record is not sealed, after sealed records (forged, or its seal "
+                               "removed)")
         me = str(self.path.resolve())
+        self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        seal.secure(self.key_dir)
+        seal.clean_temporary(self.key_dir)
         try:
-            other = seal.read_key(self.key_dir / seal.KEY_NAME)
-        except RunbookError:
-            other = None
-        if other is not None and other.log and other.log != me and _nonempty(other.log):
+            key = seal.read_key(self.key_dir / seal.KEY_NAME)
+            key_problem = ""
+        except RunbookError as exc:
+            key, key_problem = None, str(exc)
+        anchor_path = self.key_dir / seal.ANCHOR_NAME
+        first = count + torn
+        start = {"records": count, "hash": prev, "inode": os.fstat(fd).st_ino}  # this file, at this point
+        if key is not None and key.epoch == 0 and key.log == me and key.start == start:
+            # a start cut short by a crash before the first sealed record: finish it with its key
+            if anchor_path.exists() and seal.read_anchor(anchor_path) != key.public:
+                raise self._refuse(f"its anchor {anchor_path} is not the public key of {self.key_dir / seal.KEY_NAME}")
+            if head_problem or head_bytes is not None and not (
+                    head is not None and head["records"] == count and head["hash"] == prev and head["epoch"] == 0
+                    and _head_signed(head, key.public)):
+                raise self._refuse(f"its last record is not sealed, but its head file {self.head_path} says "
+                                   "otherwise (its seals were removed)")
+            if not anchor_path.exists():
+                seal.write_anchor(self.key_dir, key.public)
+            self._write_head(key, count, prev, count, first, now(), create=head_bytes is None)
+            self._remember(key)
+            return key, count, first
+        if head_bytes is not None or head_problem:
+            says = f" says {head['records']} records up to epoch {head['epoch']}" if head is not None else " exists"
+            raise self._refuse(f"its last record is not sealed, but its head file {self.head_path}{says} "
+                               "(its seals were removed, or an unsealed record forged)")
+        if count or torn:
+            if key is not None and key.log == me:
+                raise self._refuse(f"it has no sealed record, but the key directory {self.key_dir} holds its "
+                                   f"sealing key (epoch {key.epoch}): its seals were removed")
+            if key_problem or (key is None and anchor_path.exists()):
+                raise self._refuse(f"it has no sealed record, but the key directory {self.key_dir} holds "
+                                   f"{'a damaged key' if key_problem else 'an anchor'} (its seals were removed?); "
+                                   "a log of its own needs a key directory of its own")
+        if key is not None and key.log and key.log != me and _nonempty(key.log):
             raise self._refuse(
-                f"the key directory {self.key_dir} seals another log, {other.log} (give each log its own "
+                f"the key directory {self.key_dir} seals another log, {key.log} (give each log its own "
                 "RUNBOOK_KEY_DIR)"
             )
-        seal.retire(self.key_dir)  # keys of a log that is gone: kept aside as evidence
+        seal.retire(self.key_dir)  # keys of a log that is gone: its anchor kept aside, its private key destroyed
         key = seal.generate(0, log=me)
-        seal.write_anchor(self.key_dir, key.public)
+        key.start = start
         seal.write_key(self.key_dir / seal.KEY_NAME, key)
+        seal.write_anchor(self.key_dir, key.public)
+        # the head before the first sealed record, so that no crash leaves a sealed log without a head
+        self._write_head(key, count, prev, count, first, now(), create=True)
         self._remember(key)
-        return key
+        return key, count, first
 
-    def _position(self, fd: int, prev: str) -> tuple[int, int]:
-        """(records in the log, the number of the record that opened the current epoch),
-        from the head when it matches the last record, else counted."""
-        if self._head is not None and self._head["hash"] == prev:
-            return self._head["records"], self._head["epoch_start"]
-        head, _ = _read_head(self.head_path)
-        if head is not None and head["hash"] == prev:
-            return head["records"], head["epoch_start"]
+    def _position(self, fd: int, prev: str, key: Any, head_bytes: bytes | None, head: dict[str, Any] | None,
+                  head_problem: str) -> tuple[int, int, int | None]:
+        """(records in the log, the number of the record that opened the current epoch, the number of
+        records before the first sealed one), from the head on disk when it names the last record
+        and its seal verifies with the current key, else counted; refuses a missing or damaged head,
+        and one the log does not reach (records cut off the end)."""
+        if head is None:
+            if head_problem:
+                raise self._refuse(f"{head_problem}: records may have been cut off the end")
+            raise self._refuse(f"its head file {self.head_path} is missing: records may have been cut off the end")
+        if head.get("anchor", key.anchor) != key.anchor:
+            raise self._refuse(f"the head file {self.head_path} belongs to another log (anchor {head['anchor']}, "
+                               f"this log's is {key.anchor}): this log's head is missing, records may have been "
+                               "cut off the end")
+        if head["hash"] == prev:
+            if head_bytes != self._head_bytes and not (head["epoch"] == key.epoch and _head_signed(head, key.public)):
+                raise self._refuse(f"its head file {self.head_path} does not verify with the key of epoch "
+                                   f"{key.epoch} (forged or damaged): records may have been cut off the end")
+            return head["records"], head["epoch_start"], head.get("first")
+        # The head is behind the log (a crash between the two writes) or names another record: count.
         count = epoch_start = 0
-        named = None  # the hash of the record the head names
+        first = None
+        named = GENESIS if head["records"] == 0 else None  # the hash of the record the head names
+        publics: dict[int, bytes] = {}
         for line in self._lines(fd):
             record = _parse(line)
             if record is not None:
                 count += 1
                 if record.get("type") == "epoch" and "sig" in record:
                     epoch_start = count
-                if head is not None and count == head["records"]:
+                    if first is None:
+                        first = count - 1
+                    public = _b64_key(record.get("public_key"))
+                    if type(record.get("epoch")) is int and public is not None:
+                        publics[record["epoch"]] = public
+                if count == head["records"]:
                     named = record["hash"]
-        # A head behind the log is a crash between the two writes; one ahead of it, or naming
-        # another record, is evidence of records removed or rewritten: do not write over it.
-        if head is not None and head["records"] > count:
+        # One ahead of the log, or naming another record, is evidence of records removed or rewritten:
+        # do not write over it.
+        if head["records"] > count:
             raise self._refuse(f"the log ends at record {count} but the head says {head['records']} "
                                "(records were removed from the end)")
-        if head is not None and named != head["hash"]:
+        if named != head["hash"]:
             raise self._refuse(f"record {head['records']} is not the one the head names (the log was rewritten)")
-        return count, epoch_start
+        public = publics.get(head["epoch"])
+        if public is None or not _head_signed(head, public):
+            raise self._refuse(f"its head file {self.head_path} does not verify with the key of epoch {head['epoch']} "
+                               "(forged, damaged or another log's): records may have been cut off the end")
+        return count, epoch_start, first
 
     def _lines(self, fd: int) -> Iterator[bytes]:
         with open(os.dup(fd), "rb", closefd=True) as f:
             f.seek(0)
             yield from f
 
-    def _newlines(self, fd: int) -> int:
-        return sum(line.endswith(b"\n") for line in self._lines(fd))
+    def _count_newlines(self, fd: int, upto: int) -> int:
+        n = pos = 0
+        while pos < upto:
+            chunk = os.pread(fd, min(1 << 20, upto - pos), pos)
+            if not chunk:
+                break
+            n += chunk.count(b"\n")
+            pos += len(chunk)
+        return n
 
     def _open(self) -> tuple[int, int]:
         if self._fd is None or self._lock_fd is None:
@@ -444,39 +587,136 @@ class AuditLog:
                     os.close(dir_fd)
         return self._fd, self._lock_fd
 
-    def _tail(self, fd: int) -> tuple[dict[str, Any] | None, bytes | None, bool]:
-        """(the last whole record or None, the torn bytes after it or None, whether
-        the file ends without a newline).
+    def _tail(self, fd: int) -> tuple[dict[str, Any] | None, bytes | None, bool, int]:
+        """(the last whole record or None, the torn bytes after it or None, whether the file
+        ends without a newline, the offset of the torn bytes).
 
-        Reads backwards from the end just far enough to see the last two lines.
+        Torn bytes are the lines after the last whole record: a write torn by a crash, and
+        any repair of it torn by another (its newline, part of its ``torn_tail`` record);
+        the newline the next write adds is not part of them.  Reads backwards from the end,
+        each byte once, just far enough to see the last whole record.
         """
-        pos = os.fstat(fd).st_size
-        buf = b""
-        while pos > 0 and buf.count(b"\n") < 2:
-            n = min(_TAIL_CHUNK, pos)
-            pos -= n
-            buf = os.pread(fd, n, pos) + buf
-        lines = buf.split(b"\n")
-        if pos > 0:
-            del lines[0]  # may start mid-line
-        if lines == [b""]:
-            return None, None, False
-        torn = lines[-1] != b""
-        fragment = None
-        if torn:
-            whole = _parse(lines[-1])  # only the newline may be missing
-            if whole is not None:
-                return whole, None, True
-            fragment = lines[-1]
-        if len(lines) < 2:  # the file holds only a torn line
-            return None, fragment, torn
-        last = _parse(lines[-2])
-        if last is None:
-            raise RunbookError(
-                f"cannot append to the audit log {self.path}: its last record is damaged "
-                f"(see `runbook audit verify {self.path}`)"
-            )
-        return last, fragment, torn
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return None, None, False, 0
+        newline = os.pread(fd, 1, size - 1) != b"\n"
+        end = size if newline else size - 1  # the end of the current line, without its newline
+        while True:
+            start = _line_start(fd, end)
+            line = os.pread(fd, end - start, start)
+            last = _parse(line)
+            if last is not None:
+                break
+            if not _torn_like(line):
+                raise RunbookError(
+                    f"cannot append to the audit log {self.path}: its last record is damaged "
+                    f"(see `runbook audit verify {self.path}`)"
+                )
+            if start == 0:  # the file holds only torn lines
+                torn = os.pread(fd, size, 0)
+                return None, torn if newline else torn[:-1], newline, 0
+            end = start - 1
+        if end >= size:  # a whole record whose newline is missing
+            return last, None, True, size
+        offset = end + 1
+        torn = os.pread(fd, size - offset, offset)
+        if not torn:
+            return last, None, False, size
+        return last, torn if newline else torn[:-1], newline, offset
+
+
+HEAD_SIZE = 1024  # bytes of a head file (its JSON, padded with spaces), so that it is rewritten in place
+_RENAME_EXCHANGE = 2
+_renameat2: Any = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the files named ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``);
+    False where the system or file system cannot."""
+    global _renameat2
+    if _renameat2 is None:
+        import ctypes
+        import platform
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if hasattr(libc, "renameat2"):
+            fn = libc.renameat2
+            _renameat2 = lambda x, y: fn(-100, x, -100, y, _RENAME_EXCHANGE)  # -100: AT_FDCWD
+        else:
+            nr = {"x86_64": 316, "aarch64": 276}.get(platform.machine())
+            _renameat2 = (lambda x, y: libc.syscall(nr, -100, x, -100, y, _RENAME_EXCHANGE)) if nr else False
+    if _renameat2 is False:
+        return False
+    return _renameat2(os.fsencode(a), os.fsencode(b)) == 0
+
+
+def _replace_head(path: Path, data: bytes) -> bool:
+    """Replace the head ``path`` with ``data`` so that a power loss leaves the old head or the new one,
+    never an empty or partial one; False when this way is not available (then the caller writes a
+    new file, synced, and renames it over the head).
+
+    A second file, ``audit.head.next``, is kept: ``data`` is written into it in place (it keeps its
+    size, so syncing it is cheap: no metadata), synced, then the two names are exchanged in one step;
+    the old head, now ``audit.head.next``, is blanked (an old head is what hides records cut off the end)."""
+    spare = path.with_name(path.name + ".next")
+    try:
+        fd = os.open(spare, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if st.st_nlink != 1 or not stat.S_ISREG(st.st_mode):
+            return False
+        os.pwrite(fd, data, 0)
+        if st.st_size != len(data):
+            os.ftruncate(fd, len(data))
+        _sync(fd)
+        if not _exchange(spare, path):
+            os.unlink(spare)  # it holds a head: none is left lying around
+            return False
+    finally:
+        os.close(fd)
+    try:
+        fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            os.pwrite(fd, b" " * (len(data) - 1) + b"\n", 0)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return True
+
+
+def _torn_like(line: bytes) -> bool:
+    """Whether ``line`` (not a whole record) can be what a crash leaves of runbook's writes:
+    the start of a record, never anything else (an empty line, text of another program)."""
+    return line[:2] in (b"{", b'{"')
+
+
+def lock_path(log_path: str | os.PathLike[str]) -> Path:
+    """The lock file that writers of a log hold (``audit.jsonl.lock``)."""
+    p = Path(log_path)
+    return p.with_name(p.name + ".lock")
+
+
+def _line_start(fd: int, end: int) -> int:
+    """The offset just after the last newline before ``end`` (0 when there is none)."""
+    pos, chunk = end, _TAIL_CHUNK
+    while pos > 0:
+        n = min(chunk, pos)
+        pos -= n
+        i = os.pread(fd, n, pos).rfind(b"\n")
+        if i >= 0:
+            return pos + i + 1
+        chunk = min(chunk * 2, 1 << 20)
+    return 0
+
+
+def _b64_key(text: Any) -> bytes | None:
+    from runbook import seal
+
+    raw = seal.unb64(text)
+    return raw if raw is not None and len(raw) == 32 else None
 
 
 def _nonempty(path: str) -> bool:
@@ -512,17 +752,81 @@ class VerifyResult:
     warnings: tuple[str, ...] = ()  # e.g. no head file: a cut-off end cannot be detected
 
 
-def _anchor(path: Path, key: str | os.PathLike[str] | None) -> tuple[bytes | None, str]:
-    """(the anchor's public key or None when its file is missing, the file's name)."""
+def _anchor(path: Path, key: str | os.PathLike[str] | None) -> tuple[bytes | None, str, str]:
+    """(the anchor's public key or None, the file's name, why there is none: "" when its
+    file is missing).  A file that cannot be read or is not a key is no anchor either:
+    the seals cannot be proven with it (``key-missing``), which is not tampering."""
     from runbook import seal
 
     where = Path(key) if key is not None else seal.key_dir(path.parent) / seal.ANCHOR_NAME
     try:
-        return seal.read_anchor(where), str(where)
+        return seal.read_anchor(where), str(where), ""
     except FileNotFoundError:
-        return None, str(where)
+        return None, str(where), ""
     except OSError as exc:
-        raise RunbookError(f"{where}: cannot read the key: {exc.strerror or exc}") from None
+        return None, str(where), f"cannot read {where}: {exc.strerror or exc}"
+    except RunbookError as exc:
+        return None, str(where), str(exc)
+
+
+def _retired_anchor(path: Path, public: bytes) -> Path | None:
+    """The anchor kept aside in the log's key directory (``retired-*/verify.pub``) whose key is ``public``."""
+    from runbook import seal
+
+    for candidate in seal.retired_anchors(seal.key_dir(path.parent)):
+        try:
+            if seal.read_anchor(candidate) == public:
+                return candidate
+        except (OSError, RunbookError):
+            continue
+    return None
+
+
+_LOCK_WAIT = 10.0  # seconds verify waits for a writer to finish its append
+
+
+def _snapshot(path: Path) -> tuple[int, bytes | None, str]:
+    """(the log's size, the head's bytes or None, why the head cannot be read) at a moment
+    when no writer is in the middle of an append: taken under a shared lock on the writers'
+    lock file, when there is one (a read-only copy of a log has none)."""
+    import time
+
+    lock_fd = None
+    try:
+        lock_fd = os.open(lock_path(path), os.O_RDONLY)
+    except OSError:
+        pass
+    try:
+        if lock_fd is not None:
+            deadline = time.monotonic() + _LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:  # a writer stuck in an append: go on without it
+                        break
+                    time.sleep(0.005)
+                except OSError:
+                    break
+        size = os.stat(path).st_size
+        head_bytes, head_problem = _read_head_bytes(head_path(path))
+        return size, head_bytes, head_problem
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)  # releases the lock
+
+
+def _lines_upto(f: Any, size: int) -> Iterator[bytes]:
+    """The lines of ``f`` in its first ``size`` bytes (what writers appended later is not read)."""
+    left = size
+    for raw in f:
+        if left <= 0:
+            return
+        if len(raw) > left:
+            raw = raw[:left]
+        left -= len(raw)
+        yield raw
 
 
 def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = None) -> VerifyResult:
@@ -530,11 +834,14 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
     against its epoch's key (from the anchor: ``key``, else ``verify.pub`` in the log's
     key directory) and the head; stop at the first problem.
 
-    ``status``: ``ok``; ``torn`` (the last line is an incomplete write: a crash, which
-    the next append repairs); ``tampered``; ``unsealed`` (every record was written before
-    sealing: only the chain is checked); ``key-missing`` (no anchor: the seals cannot be
-    proven).  A torn line followed by the ``torn_tail`` record that holds its bytes is a
-    repaired crash: ``ok``.
+    ``status``: ``ok``; ``torn`` (the last lines are an incomplete write: a crash, perhaps
+    during the repair of an earlier one, which the next append repairs); ``tampered``
+    (a sealed log without a valid head included: records may have been cut off its end);
+    ``unsealed`` (every record was written before sealing: only the chain is checked);
+    ``key-missing`` (no usable anchor, or the log's anchor was retired: the seals cannot be
+    proven).  Torn lines followed by the ``torn_tail`` record that holds their bytes are a
+    repaired crash: ``ok``.  The log and its head are read as they were between two
+    appends (under the writers' lock, shared), so a write in progress is not a torn write.
     """
     from runbook import seal
 
@@ -543,9 +850,16 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
         f = open(path, "rb")
     except OSError as exc:
         raise RunbookError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from None
-    anchor, anchor_name = _anchor(path, key)
+    anchor, anchor_name, anchor_problem = _anchor(path, key)
+    retired: Path | None = None  # the log's anchor, found retired in its key directory
     hpath = head_path(path)
-    head, head_problem = _read_head(hpath)
+    try:
+        size, head_bytes, head_problem = _snapshot(path)
+    except OSError as exc:
+        f.close()
+        raise RunbookError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from None
+    head, damaged = _head_from(head_bytes, hpath)
+    head_problem = head_problem or damaged
 
     prev = GENESIS
     records = legacy = 0
@@ -554,37 +868,36 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
     keys: dict[int, bytes] = {}
     first_key = b""
     repaired: list[int] = []
-    pending: tuple[int, bytes] | None = None  # an unreadable line: a torn write, if a torn_tail follows
+    pending: list[tuple[int, bytes]] = []  # unreadable lines: torn writes, if a torn_tail follows
     torn_line: int | None = None
-    head_hash: str | None = None  # the hash of record number head["records"]
+    head_hash: str | None = GENESIS if head is not None and head["records"] == 0 else None
+    first_line: int | None = None  # the line of record number head["first"] + 1 (the first sealed one)
     number = 0
 
     def bad(line: int, problem: str, status: str = "tampered", n: int | None = None) -> VerifyResult:
         return VerifyResult(False, records if n is None else n, line, f"line {line}: {problem}", problem, status)
 
     with f:
-        for number, raw in enumerate(f, start=1):
+        for number, raw in enumerate(_lines_upto(f, size), start=1):
             text = raw[:-1] if raw.endswith(b"\n") else raw
             record = _parse(raw)
-            if pending is not None:
-                line, torn = pending
-                if not (record is not None and record.get("type") == "torn_tail" and record.get("line") == line
-                        and seal.unb64(record.get("bytes")) == torn):
-                    return bad(line, _unreadable(torn + b"\n"))
-                repaired.append(line)
-                pending = None
             if record is None:
-                if not raw.endswith(b"\n"):
-                    torn_line = number
-                    break
-                if not text.strip():
+                if raw.endswith(b"\n") and not text.strip():
                     return bad(number, "empty line")
-                pending = (number, text)
+                pending.append((number, text))
                 continue
+            if pending:  # unreadable lines before a record: torn writes, kept by the torn_tail that follows
+                line = pending[0][0]
+                torn = b"\n".join(t for _, t in pending)
+                if not (record.get("type") == "torn_tail" and record.get("line") == line
+                        and seal.unb64(record.get("bytes")) == torn):
+                    return bad(line, _unreadable(pending[0][1] + b"\n"))
+                repaired.append(line)
+                pending = []
             problem = None
             if "sig" not in record:
                 if epoch is not None:
-                    problem = "record is not sealed, after sealed records (its seal was removed)"
+                    problem = "record is not sealed, after sealed records (forged, or its seal removed)"
                 elif record["hash"] != _digest(record):
                     problem = "record was modified (hash mismatch)"
             elif record["hash"] != _digest(record):
@@ -613,9 +926,11 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
                             problem = (f"the first sealed record opens epoch {e}, not 0 "
                                        "(sealed records were removed from the start)")
                         elif anchor is not None and new != anchor:
-                            problem = (f"the log's first seal is by key {seal.fingerprint(new)}, not by the anchor "
-                                       f"{anchor_name} (key {seal.fingerprint(anchor)}): either that is the anchor "
-                                       "of another log, or this log was re-sealed from its start")
+                            retired = _retired_anchor(path, new) if key is None else None
+                            if retired is None:
+                                problem = (f"the log's first seal is by key {seal.fingerprint(new)}, not by the "
+                                           f"anchor {anchor_name} (key {seal.fingerprint(anchor)}): either that is "
+                                           "the anchor of another log, or this log was re-sealed from its start")
                     elif e != epoch + 1:
                         problem = f"epoch {e} does not follow epoch {epoch} (an epoch record was removed or forged)"
                     if problem is None and not seal.check(signer, record.get("sig"), _body(record)):
@@ -637,51 +952,81 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
             prev = record["hash"]
             if head is not None and records == head["records"]:
                 head_hash = prev
-    if pending is not None:
-        return bad(pending[0], _unreadable(pending[1] + b"\n"))
+            if head is not None and head.get("first") is not None and records == head["first"] + 1:
+                first_line = number
+    if pending:  # the last lines: a write torn by a crash (and repairs of it torn too), if the head agrees
+        for line, text in pending:
+            if not _torn_like(text):
+                return bad(line, _unreadable(text + (b"\n" if line < number or raw.endswith(b"\n") else b"")))
+        torn_line = pending[0][0]
 
     warnings: list[str] = []
     end = number + 1 if torn_line is None else torn_line
-    if head is not None:
+    unsealed_start = False  # a crash between the head written before the first seal and the seal itself
+    if epoch is not None:
         where = f"the head {hpath}"
-        if epoch is None:
-            if head["records"] > 0:
-                return bad(end, f"the log has no sealed record but {where} says {head['records']} records "
-                           "(its seals were removed)")
-        elif head["epoch"] not in keys:
+        if head is None:
+            why = head_problem or f"the head file {hpath} is missing"
+            return bad(end, f"{why}: records may have been cut off the end (a sealed log always has its head; "
+                       f"if the log was moved, move its head beside it as {hpath.name})")
+        if isinstance(head.get("anchor"), str) and head["anchor"] != seal.fingerprint(first_key):
+            return bad(end, f"{where} belongs to another log (anchor {head['anchor']}, this log's is "
+                       f"{seal.fingerprint(first_key)}): this log's head is missing, records may have been cut off "
+                       "the end")
+        if head["epoch"] not in keys:
             return bad(end, f"the log ends at record {records} in epoch {epoch} but {where} is sealed in "
-                       f"epoch {head['epoch']} (records were removed from the end)")
-        elif not seal.check(keys[head["epoch"]], head.get("sig"),
-                            _canonical({k: v for k, v in head.items() if k != "sig"})):
-            return bad(end, f"{where} does not verify (forged)")
-        elif head["records"] > records:
+                       f"epoch {head['epoch']} (records were removed from the end"
+                       + (")" if "anchor" in head else ", or it is another log's head)"))
+        if not _head_signed(head, keys[head["epoch"]]):
+            return bad(end, f"{where} does not verify (forged or damaged): records may have been cut off the end")
+        if head["records"] > records:
             return bad(end, f"the log ends at record {records} but the head says {head['records']} "
                        "(records were removed from the end)")
-        elif head_hash != head["hash"]:
+        if head_hash != head["hash"]:
             return bad(end, f"record {head['records']} is not the one {where} names (the log was rewritten)")
-    elif epoch is not None:
-        warnings.append(head_problem or f"no head file {hpath}: records cut off the end cannot be detected")
-    if epoch is None and records and anchor is not None:
+    elif head is not None or head_problem:
+        if (head is not None and anchor is not None and head["records"] == records and head["epoch"] == 0
+                and head_hash == head["hash"] and _head_signed(head, anchor)):
+            unsealed_start = True  # signed by the anchor's key for exactly this log: the seal was about to start
+        elif records or torn_line is not None:
+            says = f"says {head['records']} records" if head is not None else f"is there ({head_problem})"
+            return bad(first_line or 1, f"record is not sealed, but {hpath} {says}: its seals were "
+                       "removed (or it is another log's head)")
+        else:
+            return bad(1, f"the log is empty but {hpath} is there: its records were removed")
+    if epoch is None and records and anchor is not None and not unsealed_start:
         return bad(1, f"the log has no sealed record, but its anchor {anchor_name} exists (its seals were removed)")
 
-    if epoch is not None and anchor is None:
-        problem = (f"cannot verify the seals: key missing ({anchor_name} not found; give the log's anchor with "
-                   f"--key). The chain and seals agree with the log's own first key ({seal.fingerprint(first_key)}), "
-                   "which proves nothing by itself")
+    if epoch is not None and (anchor is None or retired is not None):
+        if retired is not None:
+            problem = (f"cannot verify the seals with the anchor {anchor_name}: the log's first seal is by key "
+                       f"{seal.fingerprint(first_key)}, the anchor kept in {retired} when a new log started here "
+                       f"(this log was moved aside); verify it with --key {retired}, better with a copy of it kept "
+                       "where nobody on this machine can write")
+        elif anchor_problem:
+            problem = (f"cannot verify the seals: key missing ({anchor_problem}; give the log's anchor with --key). "
+                       f"The chain and seals agree with the log's own first key ({seal.fingerprint(first_key)}), "
+                       "which proves nothing by itself")
+        else:
+            problem = (f"cannot verify the seals: key missing ({anchor_name} not found; give the log's anchor with "
+                       f"--key). The chain and seals agree with the log's own first key "
+                       f"({seal.fingerprint(first_key)}), which proves nothing by itself")
         return VerifyResult(False, records, None, problem, problem, "key-missing", tuple(warnings))
     if torn_line is not None:
-        problem = ("incomplete record at the end of the file (a write torn by a crash or power loss; "
-                   "the next write repairs it)")
+        problem = ("incomplete record at the end of the file (a write torn by a crash or power loss, or the repair "
+                   "of one torn too; the next write repairs it)")
         return VerifyResult(False, records, torn_line, f"line {torn_line}: {problem}", problem, "torn",
                             tuple(warnings))
     if epoch is None and records:
         message = (f"not sealed (written before sealing): {records} records, chain intact; "
                    "without seals anyone who can write the file can rewrite it")
+        if unsealed_start:
+            message += "; the writer stopped (a crash) just before sealing it, the next write seals it"
         return VerifyResult(True, records, None, message, message, "unsealed", tuple(warnings))
     message = f"ok: {records} records, chain intact"
     if epoch is not None:
         message += f", sealed ({epoch + 1} epoch{'s' if epoch else ''}, anchor {seal.fingerprint(first_key)})"
-        message += ", head matches" if head is not None else ""
+        message += ", head matches"
         if legacy:
             message += f"; the first {legacy} were written before sealing (chained, not sealed)"
     if repaired:

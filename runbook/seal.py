@@ -12,6 +12,11 @@ mode 0700) of one log holds:
   then replaces ``seal.key`` with the new one: the old key is gone, so whoever
   takes the machine later cannot re-sign earlier epochs.
 
+The writer keeps the directory 0700 and the keys 0600, and removes the temporary
+files (``*.tmp<pid>``) a crash can leave.  When a new log starts where an old one
+was moved aside, :func:`retire` keeps the old anchor in ``retired-<time>/`` (to
+verify the old log with ``--key``) and destroys the old private key.
+
 ``cryptography`` is imported only when a key is used (never by ``runbook --help``).
 """
 
@@ -22,6 +27,7 @@ import binascii
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -73,6 +79,8 @@ class Key:
     public: bytes  # raw, 32 bytes
     anchor: str  # fingerprint of the log's epoch-0 public key
     log: str = ""  # the log it seals (its absolute path when the key was made)
+    start: dict[str, Any] | None = None  # epoch 0 only: {"records", "hash"} of the log when it was made
+
 
     def sign(self, data: bytes) -> str:
         return b64(self.private.sign(data))
@@ -125,8 +133,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600, sync: bool = True) -> None:
-    """Replace ``path`` with ``data`` in one step (a temporary file renamed over it)."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, sync: bool = True, sync_dir: bool | None = None) -> None:
+    """Replace ``path`` with ``data`` in one step (a temporary file renamed over it).
+
+    ``sync``: the temporary file is on disk before it is renamed, so a power loss leaves
+    the old file or the new one, never an empty or partial one; ``sync_dir`` (default:
+    ``sync``): the rename itself is on disk before this returns."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -138,7 +150,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, sync: bool = True) 
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    if sync:
+    if sync if sync_dir is None else sync_dir:
         _fsync_dir(path.parent)
 
 
@@ -150,7 +162,10 @@ def _key_bytes(key: Key) -> bytes:
     )
 
     raw = key.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    fields = {"v": 1, "epoch": key.epoch, "anchor": key.anchor, "log": key.log, "private_key": b64(raw)}
+    fields: dict[str, Any] = {"v": 1, "epoch": key.epoch, "anchor": key.anchor, "log": key.log,
+                              "private_key": b64(raw)}
+    if key.start is not None:
+        fields["start"] = key.start
     text = json.dumps(fields, sort_keys=True)
     return text.encode() + b"\n"
 
@@ -170,7 +185,9 @@ def read_key(path: Path) -> Key | None:
         if raw is None or len(raw) != 32 or not isinstance(data["epoch"], int):
             raise ValueError
         private = Ed25519PrivateKey.from_private_bytes(raw)
-        return Key(data["epoch"], private, _public_raw(private), str(data["anchor"]), str(data.get("log") or ""))
+        start = data.get("start")
+        return Key(data["epoch"], private, _public_raw(private), str(data["anchor"]), str(data.get("log") or ""),
+                   start if isinstance(start, dict) else None)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -216,18 +233,66 @@ def read_anchor(path: str | os.PathLike[str]) -> bytes:
     return public
 
 
-def retire(directory: Path) -> Path | None:
-    """Move the key files of a previous log aside (``retired-<time>/``), keeping them as evidence.
+def secure(directory: Path) -> None:
+    """Keep the key directory 0700 and the private keys in it 0600 (an existing directory too)."""
+    try:
+        if stat.S_IMODE(os.stat(directory).st_mode) != 0o700:
+            os.chmod(directory, 0o700)
+        for name in (KEY_NAME, NEXT_NAME):
+            p = directory / name
+            if p.exists() and stat.S_IMODE(p.stat().st_mode) & 0o077:
+                os.chmod(p, 0o600)
+    except OSError:  # not ours to change: the writer goes on (reading the key says if it cannot)
+        pass
 
-    Used when a log with no sealed record is about to be sealed while keys exist
-    (the log was removed or replaced, or the directory also served another log)."""
-    present = [directory / n for n in (KEY_NAME, NEXT_NAME, ANCHOR_NAME) if (directory / n).exists()]
-    if not present:
-        return None
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target = directory / f"retired-{stamp}-{os.urandom(3).hex()}"
-    target.mkdir(mode=0o700)
-    for p in present:
-        os.replace(p, target / p.name)
-    _fsync_dir(directory)
+
+def clean_temporary(directory: Path) -> None:
+    """Remove the temporary key files (``seal.key.next.tmp<pid>``...) a crash left behind, and
+    any private key in ``retired-*/`` (older versions kept them there).
+
+    Called by the writer under the log's lock, when no other writer can be writing them."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        leftovers = []
+        if name.startswith((KEY_NAME, ANCHOR_NAME)) and ".tmp" in name:
+            leftovers.append(directory / name)
+        elif name.startswith("retired-"):  # private keys kept aside by an older runbook: destroyed too
+            leftovers += [directory / name / KEY_NAME, directory / name / NEXT_NAME]
+        for p in leftovers:
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+
+
+def retire(directory: Path) -> Path | None:
+    """Keep the anchor of a previous log aside (``retired-<time>/verify.pub``, to verify that
+    log with ``--key``) and destroy its private keys (``seal.key``, ``seal.key.next``).
+
+    Used only when a new log starts where no sealed log is (the old one was moved aside,
+    or its keys belong to another log that is gone)."""
+    clean_temporary(directory)
+    keys = [directory / n for n in (KEY_NAME, NEXT_NAME) if (directory / n).exists()]
+    anchor = directory / ANCHOR_NAME
+    target = None
+    if anchor.exists():
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        target = directory / f"retired-{stamp}-{os.urandom(3).hex()}"
+        target.mkdir(mode=0o700)
+        os.replace(anchor, target / ANCHOR_NAME)
+    for p in keys:  # the old private keys are destroyed: nobody can sign for the old log any more
+        os.unlink(p)
+    if keys or target is not None:
+        _fsync_dir(directory)
     return target
+
+
+def retired_anchors(directory: Path) -> list[Path]:
+    """The anchors kept by :func:`retire` in ``directory``, newest first."""
+    try:
+        return sorted(directory.glob(f"retired-*/{ANCHOR_NAME}"), reverse=True)
+    except OSError:
+        return []

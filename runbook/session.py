@@ -529,7 +529,12 @@ def outputs_read_later(rb, step_id: str) -> tuple[list[str], list[str]]:
 
 
 def _refuse(journal, who: str, reason: str, exit_code: int = EXIT_REFUSED, **extra) -> RunbookError:
-    journal.event("resume_refused", who=who, reason=reason, **extra)
+    """The refusal to resume, recorded in the run's log when the log takes it (a log the writer
+    refuses to append to — cut, unsealed after sealing — is the reason itself then)."""
+    try:
+        journal.event("resume_refused", who=who, reason=reason, **extra)
+    except RunbookError as exc:
+        reason += f" (this refusal could not be recorded: {exc})"
     return RunbookError(reason, exit_code=exit_code)
 
 

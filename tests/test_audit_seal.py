@@ -410,16 +410,107 @@ def test_a_pem_public_key_is_an_anchor_too(book: Path, audit_dir: Path, keys: Pa
 # --- the head, legacy logs -------------------------------------------------------------
 
 
-def test_a_missing_head_is_a_warning(book: Path, audit_dir: Path) -> None:
-    live(book)
+def _forge_head(path: Path, how: str, tmp_path: Path) -> None:
+    head = audit.head_path(path)
+    if how == "missing":
+        head.unlink()
+    elif how == "damaged":
+        head.write_bytes(b'{"records": 3')
+    elif how == "unsigned":  # names the (new) last record, as an attacker who cut the end would write it
+        records = rows(path)
+        forged = {**json.loads(head.read_bytes()), "records": len(records), "hash": records[-1]["hash"]}
+        del forged["sig"]
+        head.write_bytes(canon(forged) + b"\n")
+    elif how == "other-log":
+        with audit.AuditLog(tmp_path / "other") as other:
+            other.append({"type": "tick"})
+        head.write_bytes(other.head_path.read_bytes())
+
+
+@pytest.mark.parametrize("how", ["missing", "damaged", "unsigned", "other-log"])
+def test_a_sealed_log_without_its_head_is_tampering(book: Path, audit_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """Finding 1: deleting or corrupting audit.head let records cut off the end pass, and resume then ran a
+    write step again."""
+    (run_id,) = live(book)
     path = log_path(audit_dir)
-    audit.head_path(path).unlink()
-    result = check(path, "ok")
-    assert result.warnings == (f"no head file {audit.head_path(path)}: records cut off the end cannot be detected",)
+    lines = path.read_bytes().splitlines(keepends=True)
+    i = next(i for i, x in enumerate(lines) if b'"step":"act"' in x and b'"decision"' in x)
+    path.write_bytes(b"".join(lines[:i]))  # cut back to just before the write step...
+    if how == "other-log":
+        monkeypatch.setenv("RUNBOOK_KEY_DIR", str(tmp_path / "other-keys"))
+    _forge_head(path, how, tmp_path)  # ...and the head removed or replaced
+    monkeypatch.setenv("RUNBOOK_KEY_DIR", str(tmp_path / "keys"))
+    result = check(path, "tampered", i + 1)
+    assert "records may have been cut off the end" in result.message
+    assert {"missing": "is missing", "damaged": "is damaged", "unsigned": "does not verify",
+            "other-log": "belongs to another log"}[how] in result.message
     r = cli("audit", "verify", path)
-    assert r.returncode == 0 and "warning: no head file" in r.stderr
-    live(book)  # the next writer counts the log and writes the head again
-    assert check(path, "ok").warnings == ()
+    assert r.returncode == 1 and f"{path}:{i + 1}: error: " in r.stdout, r.stdout + r.stderr
+    with pytest.raises(RunbookError, match="records may have been cut off the end"):
+        session.resume(session.ResumeRequest(run_id=run_id, yes=True), FakeUI())
+    # the writer does not sign a new head over it: nothing is appended, the evidence stays
+    before = path.read_bytes()
+    with pytest.raises(RunbookError, match=r"cannot seal the audit log .*records may have been cut off the end.*"
+                                           r"move audit.jsonl and audit.head aside"):
+        live(book)
+    assert path.read_bytes() == before and not any(b'"step_intent"' in x and b'"act"' in x for x in before.split(b"\n"))
+    check(path, "tampered", i + 1)
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_the_head_is_synced_before_it_replaces_the_old_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          exchange: bool) -> None:
+    """Finding 1: a power loss must leave the old head or the new one, never an empty one.  The new head
+    is written into a second file and synced, then the two names are exchanged (renameat2); where that
+    is not available, into a new file, synced, then renamed over the head."""
+    events: list[tuple[str, str]] = []
+    real_sync, real_fsync, real_replace, real_exchange = audit._sync, os.fsync, os.replace, audit._exchange
+    name = lambda fd: os.readlink(f"/proc/self/fd/{fd}")
+
+    monkeypatch.setattr(audit, "_sync", lambda fd: (events.append(("sync", name(fd))), real_sync(fd)))
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("sync", name(fd))), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))), real_replace(a, b)))
+    monkeypatch.setattr(audit, "_exchange", lambda a, b: (events.append(("replace", str(a))),
+                                                          exchange and real_exchange(a, b))[1])
+    with audit.AuditLog(tmp_path / "log") as log:
+        for i in range(3):
+            log.append({"type": "tick"})
+            check(log.path, "ok")
+    src = [src for what, src in events if what == "replace" and ".head." in src][-1]
+    assert src.endswith(".next" if exchange else f".tmp{os.getpid()}")
+    assert events.index(("sync", src)) < events.index(("replace", src))
+    if exchange:  # the old head is not left beside the new one
+        assert log.head_path.with_name("audit.head.next").read_bytes().strip() == b""
+    else:
+        assert not log.head_path.with_name("audit.head.next").exists()
+    assert json.loads(log.head_path.read_bytes())["records"] == 4
+
+
+def test_a_new_log_always_has_its_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 1: a new log never has a sealed record without a head: the head is written before the
+    first seal, and a crash between the two is finished by the next writer with the same key."""
+    fresh = audit.AuditLog(tmp_path / "fresh")
+    real_write = os.write
+
+    def crash(fd: int, data) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("audit.jsonl"):
+            raise KeyboardInterrupt  # the power went before the first record reached the log
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fresh.append({"type": "tick"})
+    monkeypatch.setattr(os, "write", real_write)
+    fresh.close()
+    assert fresh.head_path.exists() and fresh.path.read_bytes() == b""
+    keys = Path(os.environ["RUNBOOK_KEY_DIR"])
+    anchor = (keys / "verify.pub").read_bytes()
+    with audit.AuditLog(tmp_path / "fresh") as again:  # the next writer finishes the start with the same key
+        again.append({"type": "tick"})
+    check(again.path, "ok")
+    assert (keys / "verify.pub").read_bytes() == anchor and sorted(p.name for p in keys.iterdir()) == [
+        "seal.key", "verify.pub"]
 
 
 def test_logs_written_before_sealing(tmp_path: Path, audit_dir: Path, keys: Path, book: Path) -> None:
@@ -493,7 +584,7 @@ def test_one_key_directory_per_log(tmp_path: Path, keys: Path) -> None:
         b.append({"type": "tick"})
     check(b.path, "ok")
     retired = [p for p in keys.iterdir() if p.name.startswith("retired-")]
-    assert len(retired) == 1 and sorted(p.name for p in retired[0].iterdir()) == ["seal.key", "verify.pub"]
+    assert len(retired) == 1 and sorted(p.name for p in retired[0].iterdir()) == ["verify.pub"]  # key destroyed
 
 
 def test_the_logs_own_record_types_are_reserved(tmp_path: Path) -> None:
@@ -501,3 +592,239 @@ def test_the_logs_own_record_types_are_reserved(tmp_path: Path) -> None:
         for kind in audit.SEAL_TYPES:
             with pytest.raises(RunbookError, match="reserved"):
                 log.append({"type": kind, "public_key": "x"})
+
+
+# --- review findings: no silent re-anchoring, the head re-read, torn repairs, retired keys ---------
+
+
+def _strip_seals(path: Path) -> None:
+    """What /tmp/rv/strip.py did: drop the epoch records and every seal, edit a record, rechain as v1."""
+    records = [r for r in rows(path) if r["type"] not in audit.SEAL_TYPES]
+    for r in records:
+        del r["sig"], r["epoch"]
+        r["v"] = 1
+        if r["type"] == "step_intent" and r["step"] == "act":
+            r["rendered"] = "echo FORGED"
+    rehash(records)
+    write_rows(path, records)
+
+
+def _key_files(keys: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(keys.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("head", ["kept", "deleted"])
+def test_stripped_seals_are_not_re_anchored_by_the_next_run(book: Path, audit_dir: Path, keys: Path,
+                                                           head: str) -> None:
+    """Finding 2: with every seal stripped, the next ordinary run moved this log's keys aside and
+    sealed the forged log under a new anchor; verify then said ok."""
+    live(book, 2)
+    path = log_path(audit_dir)
+    _strip_seals(path)
+    if head == "deleted":
+        audit.head_path(path).unlink()
+    before, key_files = path.read_bytes(), _key_files(keys)
+    with pytest.raises(RunbookError, match=r"cannot seal the audit log .*(head file .* says \d+ records up to epoch 1|"
+                                           r"holds its sealing key \(epoch 1\)).*its seals were removed.*aside"):
+        live(book)
+    assert path.read_bytes() == before and _key_files(keys) == key_files  # nothing re-anchored, no key moved
+    assert not [p for p in keys.iterdir() if p.name.startswith("retired-")]
+    result = check(path, "tampered", 1)  # the first stripped line
+    assert "seals were removed" in result.message
+
+
+def test_a_forged_unsealed_record_is_not_re_anchored(book: Path, audit_dir: Path, keys: Path) -> None:
+    """Finding 2: one forged v1 record appended to a sealed log made the next run re-anchor."""
+    live(book)
+    path = log_path(audit_dir)
+    records = rows(path)
+    forged = {k: v for k, v in records[-1].items() if k not in ("sig", "epoch")}
+    forged.update(v=1, status="resolved")
+    records.append(forged)
+    rehash(records, len(records) - 1)
+    write_rows(path, records)
+    n = len(records)
+    key_files = _key_files(keys)
+    with pytest.raises(RunbookError, match=f"line {n}: a record is not sealed, after sealed records"):
+        live(book)
+    assert _key_files(keys) == key_files and len(rows(path)) == n
+    assert "record is not sealed, after sealed records" in check(path, "tampered", n).message
+    r = cli("audit", "verify", path)
+    assert r.returncode == 1 and f"{path}:{n}: error: record is not sealed" in r.stdout
+
+
+def test_the_writer_reads_the_head_on_disk_before_every_append(tmp_path: Path, keys: Path) -> None:
+    """Finding 3: a writer trusted the head it had written itself, and re-signed a forged unsigned head."""
+    log_dir = tmp_path / "log"
+    with audit.AuditLog(log_dir) as a, audit.AuditLog(log_dir) as b:
+        a.append({"type": "tick", "by": "a"})
+        kept = a.path.read_bytes()
+        for i in range(3):
+            b.append({"type": "tick", "by": "b", "i": i})
+        a.path.write_bytes(kept)  # b's records cut off: the log ends where a's own head said
+        with pytest.raises(RunbookError, match="the log ends at record 2 but the head says 5"):
+            a.append({"type": "tick", "by": "a"})
+        check(a.path, "tampered", 3)
+        # a head naming the new last record, but not signed by the current key, is not re-signed
+        head = json.loads(a.head_path.read_bytes())
+        for forged in ({k: v for k, v in head.items() if k != "sig"} | {"records": 2, "hash": rows(a.path)[-1]["hash"]},
+                       {**head, "records": 2, "hash": rows(a.path)[-1]["hash"], "sig": seal.generate(0).sign(b"x")}):
+            a.head_path.write_bytes(canon(forged) + b"\n")
+            for writer in (a, b):
+                with pytest.raises(RunbookError, match="head file .* does not verify with the key of epoch 0"):
+                    writer.append({"type": "tick"})
+            assert a.path.read_bytes() == kept
+            assert "does not verify" in check(a.path, "tampered").message
+
+
+def _torn_repair_states(path: Path) -> tuple[int, bytes, list[tuple[str, bytes]]]:
+    """A log ending in a torn write, and what a crash during its repair can leave."""
+    whole = path.read_bytes()
+    n = whole.count(b"\n")
+    fragment = canon(dict(rows(path)[-1], type="step_intent"))[:57]
+    repair = canon({"type": "torn_tail", "line": n + 1, "bytes": base64.b64encode(fragment).decode()})
+    return n, whole, [
+        ("newline only", whole + fragment + b"\n"),
+        ("part of the torn_tail", whole + fragment + b"\n" + repair[:40]),
+        ("a repair of the repair torn too", whole + fragment + b"\n" + repair[:40] + b"\n" + repair[:21]),
+    ]
+
+
+@pytest.mark.parametrize("state", [0, 1, 2])
+def test_a_crash_during_the_repair_of_a_torn_write_is_a_crash_too(book: Path, audit_dir: Path, state: int) -> None:
+    """Finding 4: a repair torn by a crash left a log the writer refused and verify called tampered."""
+    live(book)
+    path = log_path(audit_dir)
+    n, whole, states = _torn_repair_states(path)
+    _, torn = states[state]
+    path.write_bytes(torn)
+    r = cli("audit", "verify", path)
+    assert r.returncode == 4 and f"{path}:{n + 1}: warning: incomplete record at the end" in r.stdout, r.stdout
+    live(book)  # repaired again: every torn byte kept in one torn_tail record
+    lines = path.read_bytes().splitlines()
+    cut = torn[len(whole):]
+    repair = json.loads(lines[n + cut.count(b"\n") + (0 if torn.endswith(b"\n") else 1)])
+    assert repair["type"] == "torn_tail" and repair["line"] == n + 1
+    assert base64.b64decode(repair["bytes"]) == cut.rstrip(b"\n") and repair["offset"] == len(whole)
+    result = check(path, "ok")
+    assert result.message.endswith(f"torn writes repaired at line {n + 1}")
+    # the torn bytes cannot be changed afterwards
+    data = path.read_bytes()
+    path.write_bytes(data[: len(whole)] + data[len(whole) :].replace(b'{"', b'{"x', 1))
+    check(path, "tampered", n + 1)
+
+
+def test_torn_bytes_are_not_just_any_bytes(book: Path, audit_dir: Path) -> None:
+    live(book)
+    path = log_path(audit_dir)
+    with open(path, "ab") as f:
+        f.write(b"garbage\n")  # no crash of runbook's writes leaves this
+    n = path.read_bytes().count(b"\n")
+    check(path, "tampered", n)
+    with pytest.raises(RunbookError, match="its last record is damaged"):
+        live(book)
+
+
+def test_moving_a_log_aside_retires_its_anchor_and_destroys_its_key(book: Path, audit_dir: Path, keys: Path,
+                                                                  tmp_path: Path) -> None:
+    """Finding 5: the old private key was kept; verifying the moved, honest log said "not by the anchor"."""
+    live(book)
+    path = log_path(audit_dir)
+    os.replace(path, audit_dir / "audit-old.jsonl")  # as the writer's refusal says
+    os.replace(audit.head_path(path), audit_dir / "audit-old.head")
+    live(book)  # a new log starts here
+    (retired,) = [p for p in keys.iterdir() if p.name.startswith("retired-")]
+    assert sorted(p.name for p in retired.iterdir()) == ["verify.pub"]  # no private key of the old log is left
+    old = audit_dir / "audit-old.jsonl"
+    result = check(old, "key-missing")
+    assert f"verify it with --key {retired / 'verify.pub'}" in result.message and "tamper" not in result.message
+    r = cli("audit", "verify", old)
+    assert r.returncode == 5 and "this log was moved aside" in r.stdout, r.stdout
+    check(old, "ok", key=retired / "verify.pub")
+    check(path, "ok")
+    # with --key given, a key that is not the log's stays an alarm
+    check(old, "tampered", 1, key=keys / "verify.pub")
+
+
+def test_leftovers_of_a_crash_in_the_key_directory_are_removed(book: Path, audit_dir: Path, keys: Path) -> None:
+    live(book)
+    leftover = keys / f"{seal.NEXT_NAME}.tmp99999"
+    leftover.write_bytes((keys / seal.KEY_NAME).read_bytes())  # a rotation died while writing the next key
+    os.chmod(keys, 0o755)  # and a directory someone opened up
+    os.chmod(keys / seal.KEY_NAME, 0o644)
+    old = keys / "retired-20261201T000000Z-abcdef"  # as an older runbook retired a log: with its private key
+    old.mkdir()
+    (old / seal.KEY_NAME).write_bytes(b"{}")
+    (old / seal.ANCHOR_NAME).write_bytes(b"{}")
+    live(book)
+    assert not leftover.exists() and sorted(p.name for p in old.iterdir()) == ["verify.pub"]
+    assert sorted(p.name for p in keys.iterdir()) == [old.name, "seal.key", "verify.pub"]
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    assert stat.S_IMODE((keys / seal.KEY_NAME).stat().st_mode) == 0o600
+    check(log_path(audit_dir), "ok")
+
+
+def test_verify_waits_for_an_append_in_progress(book: Path, audit_dir: Path) -> None:
+    """Finding 6: verify during a large write reported a torn write."""
+    import fcntl
+    import threading
+
+    live(book)
+    path = log_path(audit_dir)
+    whole = path.read_bytes()
+    results: list[audit.VerifyResult] = []
+    with open(audit.lock_path(path), "rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a writer in the middle of an append
+        with open(path, "ab") as f:
+            f.write(canon(rows(path)[-1])[:100])
+        t = threading.Thread(target=lambda: results.append(audit.verify(path)))
+        t.start()
+        time.sleep(0.3)
+        assert t.is_alive()  # verify waits for it
+        with open(path, "r+b") as f:  # (the append, finished: here simply taken back)
+            f.truncate(len(whole))
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    t.join(10)
+    assert results and results[0].status == "ok", results
+
+
+def test_verify_does_not_read_what_was_appended_after_it_began(tmp_path: Path, keys: Path) -> None:
+    """Finding 6 with real writers: one process appends large records while verify runs again and again."""
+    log_dir = tmp_path / "log"
+    with audit.AuditLog(log_dir) as log:
+        log.append({"type": "tick"})
+    code = ("import sys\nfrom runbook import audit\nlog = audit.AuditLog(sys.argv[1])\n"
+            "for i in range(60): log.append({'type': 'note', 'blob': 'x' * 500_000})\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(log_dir)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    statuses = set()
+    try:
+        while p.poll() is None:
+            statuses.add(audit.verify(log_dir / audit.LOG_NAME).status)
+    finally:
+        p.wait(60)
+    assert p.returncode == 0 and statuses <= {"ok"}, statuses
+
+
+def test_an_append_after_a_huge_record_is_fast(tmp_path: Path) -> None:
+    """Finding 7: reading the tail was quadratic: an append after a 20 MB record took 9 s."""
+    with audit.AuditLog(tmp_path) as log:
+        log.append({"type": "note", "blob": "x" * 20_000_000})
+        t = time.monotonic()
+        last, torn, newline, _ = log._tail(log._open()[0])
+        assert time.monotonic() - t < 1.0 and torn is None and not newline and len(last["blob"]) == 20_000_000
+        t = time.monotonic()
+        log.append({"type": "tick"})
+        assert time.monotonic() - t < 2.0
+    check(log.path, "ok")
+
+
+def test_a_key_that_is_no_key_cannot_verify(book: Path, audit_dir: Path, tmp_path: Path) -> None:
+    """Minor: a junk or unreadable --key is "cannot verify" (exit 5), not tampering."""
+    live(book)
+    junk = tmp_path / "junk.pub"
+    junk.write_bytes(b"not a key\n")
+    for key in (junk, tmp_path):  # junk, and a directory (cannot be read)
+        result = check(log_path(audit_dir), "key-missing", key=key)
+        assert result.message.startswith("cannot verify the seals: key missing")
+        r = cli("audit", "verify", log_path(audit_dir), "--key", key)
+        assert r.returncode == 5 and "Traceback" not in r.stderr, r.stdout + r.stderr

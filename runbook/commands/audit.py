@@ -1,10 +1,14 @@
 """``runbook audit``: list runs, show one run, verify the log's chain, seals and head.
 
 Exit codes of ``verify``: 0 the log verifies (a torn write that the next append
-repaired included), 1 tampered or invalid (or the log cannot be read), 2 usage,
-3 not sealed (every record was written before sealing: only the chain was
-checked), 4 the last line is a torn write (a crash; the next write repairs it),
-5 the seals cannot be verified: the anchor key is missing.
+repaired included), 1 tampered or invalid (a sealed log whose head is missing or
+damaged included: records may have been cut off its end; or the log cannot be
+read), 2 usage, 3 not sealed (every record was written before sealing: only the
+chain was checked), 4 the last lines are a torn write (a crash, also during the
+repair of an earlier one; the next write repairs it), 5 the seals cannot be
+verified: the anchor key is missing, is not a key or cannot be read, or is not
+this log's because the log was moved aside (its anchor, kept in
+``keys/retired-*/verify.pub``, is named).
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Check every record's bytes, hash and chain, its Ed25519 seal against its epoch's key "
         "(from the anchor), and the head file (records cut off the end). Exit 0 verified, 1 tampered, "
         "2 usage, 3 not sealed (written before sealing), 4 torn last write (a crash; the next write "
-        "repairs it), 5 cannot verify the seals: key missing.",
+        "repairs it), 5 cannot verify the seals: key missing or unusable, or the log was moved aside "
+        "(verify it with the anchor named, --key keys/retired-*/verify.pub).",
     )
     p.add_argument("file", nargs="?", metavar="FILE", help="the log to check (default: the audit log)")
     p.add_argument(
