@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunbookError as exc:
         if args.debug:
             raise
-        print(f"runbook: error: {exc}", file=sys.stderr)
+        from runbook.ui import visible  # an error can quote text from outside (a label, an answer)
+
+        print(f"runbook: error: {visible(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("runbook: interrupted", file=sys.stderr)
@@ -62,5 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         if args.debug:
             raise
-        print(f"runbook: internal error: {type(exc).__name__}: {exc} (run again with --debug for details)", file=sys.stderr)
+        from runbook.ui import visible
+
+        print(f"runbook: internal error: {type(exc).__name__}: {visible(str(exc))} (run again with --debug for details)",
+              file=sys.stderr)
         return 1

@@ -77,7 +77,7 @@ _OUTCOME = {
 
 # --- Markdown ------------------------------------------------------------------
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but tab and newline, DEL, C1
 _SPECIAL = re.compile(r"([\\`*_\[\]<>|#~&])")
 
 

@@ -7,6 +7,7 @@ are decided in one place.
 
 from __future__ import annotations
 
+import re
 import sys
 from functools import lru_cache
 from typing import Protocol
@@ -45,10 +46,36 @@ def is_interactive() -> bool:
         return False
 
 
-def esc(text: str) -> str:
+# C0 controls but tab and newline, DEL, and C1 controls (0x9b is a one-byte CSI on some terminals)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # on one line: tab and newline too
+_NAMED = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def visible(text, *, one_line: bool = False) -> str:
+    """Text from outside (command output, labels, API and database errors, SQL rows)
+    fit for a terminal: every control character shown, never sent (ESC as ``\\x1b``,
+    CR as ``\\r``, other C0/C1 controls and DEL as ``\\xNN``), so a compromised target
+    cannot clear the screen, move the cursor or fake a status line.  Newlines and tabs
+    are kept (CRLF line ends read as newlines) unless ``one_line``: then they are shown
+    too.  Every path of this module to the terminal goes through here (:func:`esc`)."""
+    s = str(text)
+    if one_line:
+        return _CONTROL_LINE.sub(_show, s)
+    return _CONTROL.sub(_show, s.replace("\r\n", "\n"))
+
+
+def _show(m: re.Match) -> str:
+    ch = m.group()
+    return _NAMED.get(ch) or f"\\x{ord(ch):02x}"
+
+
+def esc(text, *, one_line: bool = False) -> str:
+    """``text`` for rich markup: control characters made visible (:func:`visible`), then
+    rich's markup escaped.  Everything interpolated into markup here goes through it."""
     from rich.markup import escape
 
-    return escape(str(text))
+    return escape(visible(text, one_line=one_line))
 
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "red", "refused": "yellow", "skipped": "dim",
@@ -71,7 +98,8 @@ def print_plan(rb, entries, params_shown: dict, redactor, inventory=None) -> Non
     c = out()
     c.print(f"[bold]Plan[/] for [bold]{esc(rb.name)}[/] — {esc(rb.title)}  [dim](dry-run: no target is contacted)[/]")
     if params_shown:
-        c.print("params: " + ", ".join(f"{esc(k)}={esc(redactor.text(repr(v) if not isinstance(v, str) else v))}" for k, v in params_shown.items()))
+        c.print("params: " + ", ".join(f"{esc(k)}={esc(redactor.text(repr(v) if not isinstance(v, str) else v), one_line=True)}"
+                                       for k, v in params_shown.items()))
     if inventory is not None:
         c.print(f"inventory: {esc(inventory.path)}")
     stage = None
@@ -161,8 +189,9 @@ class ConsoleUI:
         self._streamed = False
         self._sink = None
 
-    def _r(self, text) -> str:
-        return esc(self.redactor.text(str(text)))
+    def _r(self, text, one_line: bool = False) -> str:
+        """Text from outside, masked and made visible (:func:`esc`)."""
+        return esc(self.redactor.text(str(text)), one_line=one_line)
 
     def _elapsed(self) -> str:
         import time
@@ -187,7 +216,7 @@ class ConsoleUI:
         meta.append(f"incident clock {clock(self.started - self.clock_from)} ({esc(self.clock_label)})")
         lines.append("[dim]" + " · ".join(meta) + "[/]")
         if params_shown:
-            lines.append("params: " + ", ".join(f"{esc(k)}={self._r(v)}" for k, v in params_shown.items()))
+            lines.append("params: " + ", ".join(f"{esc(k)}={self._r(v, one_line=True)}" for k, v in params_shown.items()))
         if rb.escalation:
             lines.append("escalation: " + ", ".join(f"{esc(to)} after {clock(after)}" for after, to, _ in rb.escalation))
         if self.fancy:
@@ -375,7 +404,7 @@ class ConsoleUI:
 
     def notice(self, text: str) -> None:
         """A warning or a note about the run (standard error, one message)."""
-        print(f"runbook: {self.redactor.text(text)}", file=sys.stderr)
+        print(f"runbook: {visible(self.redactor.text(text))}", file=sys.stderr)
 
     def secret(self, prompt: str) -> str | None:
         """A secret parameter, not echoed; None when the input is closed."""

@@ -101,7 +101,7 @@ def _list(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from runbook import audit
-    from runbook.ui import out
+    from runbook.ui import out, visible
 
     path = _log_path(args)
     runs = audit.list_runs(path)[::-1]
@@ -111,7 +111,7 @@ def _list(args: argparse.Namespace) -> int:
         _print_json(runs)
         return 0
     if not runs:
-        out().print(Text(f"no runs recorded in {path}"))
+        out().print(Text(visible(f"no runs recorded in {path}")))
         return 0
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     table.add_column("run id", no_wrap=True, min_width=23)
@@ -123,12 +123,12 @@ def _list(args: argparse.Namespace) -> int:
     for r in runs:
         status = r["status"] + (f" ({r['exit_code']})" if r["exit_code"] is not None else "")
         table.add_row(
-            Text(r["run"]),
-            _time(r["started"]),
-            Text(str(r["runbook"] or "?")),
-            Text(str(r["who"] or "?")),
+            Text(visible(r["run"], one_line=True)),
+            Text(visible(_time(r["started"]), one_line=True)),
+            Text(visible(r["runbook"] or "?", one_line=True)),
+            Text(visible(r["who"] or "?", one_line=True)),
             "dry-run" if r["dry_run"] else "live",
-            Text(status, style=_STATUS_STYLE.get(r["status"], "")),
+            Text(visible(status, one_line=True), style=_STATUS_STYLE.get(r["status"], "")),
         )
     out().print(table)
     return 0
@@ -140,7 +140,7 @@ def _show(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from runbook import audit
-    from runbook.ui import out
+    from runbook.ui import out, visible
 
     records = audit.run_records(_log_path(args), args.run_id)
     if args.format == "json":
@@ -149,11 +149,12 @@ def _show(args: argparse.Namespace) -> int:
     summary = audit.summarize(records)
     mode = "dry-run" if summary["dry_run"] else "live"
     out().print(
-        Text(
+        Text(visible(
             f"run {summary['run']}: {summary['runbook'] or '?'} ({mode}) by {summary['who'] or '?'} "
             f"on {summary['host'] or '?'}, {summary['status']}"
-            + (f": {', '.join(summary['in_doubt'])} may or may not have run" if summary["in_doubt"] else "")
-        )
+            + (f": {', '.join(summary['in_doubt'])} may or may not have run" if summary["in_doubt"] else ""),
+            one_line=True,
+        ))
     )
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     table.add_column("time (UTC)", no_wrap=True)
@@ -166,11 +167,11 @@ def _show(args: argparse.Namespace) -> int:
         if r.get("type") == "decision":
             status = "approved" if r.get("approved") else "declined"
         table.add_row(
-            _clock(r.get("ts")),
-            Text(str(r.get("type", ""))),
-            Text(str(r.get("step", ""))),
-            Text(str(status), style=_STATUS_STYLE.get(str(status), "")),
-            Text(_details(r)),
+            Text(visible(_clock(r.get("ts")), one_line=True)),
+            Text(visible(r.get("type", ""), one_line=True)),
+            Text(visible(r.get("step", ""), one_line=True)),
+            Text(visible(status, one_line=True), style=_STATUS_STYLE.get(str(status), "")),
+            Text(visible(_details(r))),  # its newlines are kept; every other control character is shown
         )
     out().print(table)
     return 0

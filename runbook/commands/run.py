@@ -48,7 +48,7 @@ def run(args) -> int:
 
         rb, the_alert, given, line = session.from_alert(alert.read_payload(args.alert), args.fingerprint, args.name,
                                                         spec.search_path(args.path), given)
-        ui.err().print(line, markup=False, highlight=False)
+        ui.err().print(ui.visible(line, one_line=True), markup=False, highlight=False, soft_wrap=True)  # labels come from outside
     elif not args.name:
         raise UsageError("give a runbook name (runbook list shows them), or --alert FILE")
     else:

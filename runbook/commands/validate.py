@@ -118,14 +118,17 @@ def run(args) -> int:
     elif args.format == "github":
         for p in all_problems:
             level = "error" if p.severity == "error" else "warning"
-            msg = p.message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
             title = f"runbook {p.rule}" if p.rule in RULES else "runbook"
-            print(f"::{level} file={p.path},line={p.line},col={p.col},title={title}::{msg}")
+            props = ",".join(f"{k}={_gh_property(v)}" for k, v in
+                             (("file", p.path), ("line", p.line), ("col", p.col), ("title", title)))
+            print(f"::{level} {props}::{_gh_data(p.message)}")
     elif args.format == "sarif":
         print(json.dumps(_sarif(all_problems), indent=2))
     else:
+        from runbook.ui import visible
+
         for p in all_problems:
-            print(p.format())
+            print(visible(p.format()))  # a message may quote the file's text
         summary = f"{len(files)} file{'s' if len(files) != 1 else ''} checked: "
         summary += "all valid" if errors == 0 else f"{errors} error{'s' if errors != 1 else ''} in {bad_files} file{'s' if bad_files != 1 else ''}"
         if warnings:
@@ -134,6 +137,22 @@ def run(args) -> int:
 
         print(summary, file=sys.stderr)
     return 1 if errors else 0
+
+
+def _gh_data(value) -> str:
+    """A workflow command's message, escaped as GitHub's toolkit does (escapeData):
+    ``%``, CR and LF; other control characters made visible (an annotation is shown in
+    the log too)."""
+    from runbook.ui import visible
+
+    s = str(value).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return visible(s, one_line=True)
+
+
+def _gh_property(value) -> str:
+    """A workflow command's property value (``file=``, ``title=``…), escaped as GitHub's
+    toolkit does (escapeProperty): ``%``, CR, LF, ``:`` and ``,``."""
+    return _gh_data(value).replace(":", "%3A").replace(",", "%2C")
 
 
 def _sarif(problems) -> dict:
