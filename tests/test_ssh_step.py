@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import socket
 import time
 from pathlib import Path
 
-
 from conftest import alive, book
+
 from runbook import audit
 
 
@@ -97,7 +99,8 @@ def test_changed_host_key_is_refused_even_with_accept_new(write, main, sshd, tmp
 """)
     r = main("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
     assert r.returncode == 1
-    assert "has CHANGED" in r.stdout and sshd.host_fingerprint in r.stdout
+    out = " ".join(r.stdout.split())
+    assert "has CHANGED" in out and sshd.host_fingerprint in out and f"{known} line 1" in out, out
 
 
 def test_failure_follows_on_failure_with_failed_hosts(write, main, sshd, ssh_known_hosts):
@@ -348,7 +351,7 @@ def test_accept_new_never_writes_past_lines_it_cannot_judge(write, main, sshd, t
       readonly: true
 """)
     r = main("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
-    assert r.returncode == 1 and "wildcard or @marker lines" in r.stdout
+    assert r.returncode == 1 and "wildcard lines" in r.stdout and "line 1" in r.stdout
     assert len(known.read_text().splitlines()) == 1
 
 
@@ -397,3 +400,162 @@ def test_sudo_runs_as_the_named_user_with_a_timeout(write, main, sshd, ssh_known
     r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts), "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ran as nobody" in r.stdout
+
+
+ONE_STEP = """
+  diagnose:
+    - id: who
+      ssh: {hosts: h1, command: "touch %s"}
+      readonly: true
+"""
+
+
+def test_revoked_key_is_refused_even_when_also_listed_normally(write, main, sshd, tmp_path, audit_dir):
+    ran = tmp_path / "ran"
+    p = book(write, ONE_STEP % ran)
+    known = tmp_path / "known_revoked"
+    # OpenSSH refuses a revoked key wherever else it is listed; the order of the lines does not matter
+    known.write_text(sshd.known_hosts_line() + f"# retired\n@revoked * {sshd.host_public_key}\n")
+    r = main("run", p, "--inventory", inventory(write, sshd, known))
+    assert r.returncode == 1 and not ran.exists()
+    out = " ".join(r.stdout.split())
+    assert "is REVOKED" in out and sshd.host_fingerprint in out and f"{known} line 3" in out, out
+    # accept-new never adds (or accepts) a revoked key either
+    known.write_text(f"@revoked [{sshd.host}]:{sshd.port} {sshd.host_public_key}\n")
+    r = main("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": "accept-new"}))
+    assert r.returncode == 1 and not ran.exists() and "is REVOKED" in r.stdout
+    assert len(known.read_text().splitlines()) == 1
+    assert not [x for x in audit.read_records(audit_dir / "audit.jsonl") if x["type"] == "host_key_added"]
+    # revoked while another key of its type is listed for the host (paramiko's "bad host key" path)
+    other = Path(f"{sshd.client_key_path}.pub").read_text().split()
+    known.write_text(f"[{sshd.host}]:{sshd.port} {other[0]} {other[1]}\n@revoked * {sshd.host_public_key}\n")
+    r = main("run", p, "--inventory", inventory(write, sshd, known))
+    out = " ".join(r.stdout.split())
+    assert r.returncode == 1 and not ran.exists() and "is REVOKED" in out and f"{known} line 2" in out, out
+    # a revoked line for other hosts does not concern this one
+    known.write_text(f"@revoked other.example {sshd.host_public_key}\n" + sshd.known_hosts_line())
+    r = main("run", p, "--inventory", inventory(write, sshd, known))
+    assert r.returncode == 0 and ran.exists(), r.stdout
+
+
+def test_cert_authority_lines_are_refused_as_unsupported_when_needed(write, main, sshd, tmp_path, ssh_client_key):
+    ran = tmp_path / "ran"
+    p = book(write, ONE_STEP % ran)
+    known = tmp_path / "known_ca"
+    ca = Path(f"{ssh_client_key}.pub").read_text().split()  # any key will do as the "CA"
+    known.write_text(f"@cert-authority *.example.org,[{sshd.host}]:* {ca[0]} {ca[1]}\n")
+    for policy in ("strict", "accept-new"):
+        r = main("run", p, "--inventory", inventory(write, sshd, known, ssh={"host_key_policy": policy}))
+        out = " ".join(r.stdout.split())
+        assert r.returncode == 1 and not ran.exists()
+        assert "does not support host certificates (@cert-authority lines)" in out and f"{known} line 1" in out, out
+        assert len(known.read_text().splitlines()) == 1
+    # not needed when the host's own key is listed
+    known.write_text(known.read_text() + sshd.known_hosts_line())
+    r = main("run", p, "--inventory", inventory(write, sshd, known))
+    assert r.returncode == 0 and ran.exists(), r.stdout
+
+
+def test_a_jump_hosts_changed_or_unknown_key_is_named_as_the_jump_hosts(write, main, sshd, sshd_bastion, tmp_path):
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "fake")], check=True)
+    fake = (tmp_path / "fake.pub").read_text().split()
+    extra = {
+        "bastion": {"address": sshd_bastion.host, "port": sshd_bastion.port, "user": sshd_bastion.user},
+        "inner": {"address": sshd.host, "port": sshd.port, "user": sshd.user, "jump_host": "bastion"},
+    }
+    p = book(write, """
+  diagnose:
+    - id: via
+      ssh: {hosts: inner, command: "echo through"}
+      readonly: true
+""")
+    known = tmp_path / "known_jump"
+    known.write_text(sshd.known_hosts_line() + f"[{sshd_bastion.host}]:{sshd_bastion.port} {fake[0]} {fake[1]}\n")
+    r = main("run", p, "--inventory", inventory(write, sshd, known, names=(), extra_hosts=extra))
+    out = " ".join(r.stdout.split())
+    assert r.returncode == 1
+    assert (f"jump host 'bastion' (for 'inner'): host key of 'bastion' ([{sshd_bastion.host}]:{sshd_bastion.port}) "
+            f"has CHANGED") in out, out
+    assert sshd_bastion.host_fingerprint in out and f"{known} line 2" in out and "host key of 'inner'" not in out
+    known.write_text(sshd.known_hosts_line())
+    r = main("run", p, "--inventory", inventory(write, sshd, known, names=(), extra_hosts=extra))
+    out = " ".join(r.stdout.split())
+    assert r.returncode == 1 and "jump host 'bastion' (for 'inner'): host 'bastion'" in out and "unknown" in out, out
+
+
+def test_accept_new_under_fan_out_adds_each_new_key_once(write, main, sshd, tmp_path, audit_dir):
+    known = tmp_path / "known_fanout"
+    known.write_text(f"# no newline at the end: ours must not be glued to it\n[other]:2222 {sshd.host_public_key}")
+    names = tuple(f"alias-{i}" for i in range(10))  # ten names for the one sshd: one key, one line
+    inv = inventory(write, sshd, known, names=names, groups={"all10": {"hosts": list(names)}},
+                    ssh={"host_key_policy": "accept-new"})
+    p = book(write, """
+  diagnose:
+    - id: all
+      ssh: {hosts: all10, command: "true", forks: 10}
+      readonly: true
+""")
+    r = main("run", p, "--inventory", inv)
+    assert r.returncode == 0, r.stdout
+    lines = known.read_text().splitlines()
+    assert lines[1:] == [f"[other]:2222 {sshd.host_public_key}", f"[{sshd.host}]:{sshd.port} {sshd.host_public_key}"]
+    added = [x for x in audit.read_records(audit_dir / "audit.jsonl") if x["type"] == "host_key_added"]
+    assert len(added) == 1 and added[0]["fingerprint"] == sshd.host_fingerprint
+
+
+def test_shell_bash_runs_the_command_under_bash_quoted_safely(write, main, sshd, ssh_known_hosts, tmp_path):
+    pwned, out = tmp_path / "pwned", tmp_path / "out"
+    value = f"$(touch {pwned}); `touch {pwned}` 'q' \"dq\""
+    p = book(write, f"""
+  diagnose:
+    - id: plain
+      ssh: {{hosts: h1, command: "echo wrapped=$0", env: {{X: "1"}}}}
+      readonly: true
+    - id: login
+      ssh: {{hosts: h1, command: "echo login=$0"}}
+      readonly: true
+    - id: bash
+      ssh: {{hosts: h1, command: "[[ -n $BASH_VERSION ]] && printf %s {{{{ params.v }}}} > {out}", shell: bash}}
+      readonly: true
+    - id: bash-wrapped
+      ssh: {{hosts: h1, command: "echo bash=$0${{BASH_VERSION:+-yes}}", shell: bash, cwd: /tmp}}
+      readonly: true
+      timeout: 30s
+    - id: done
+      end: "{{{{ steps.login.stdout | trim }}}} {{{{ steps.plain.stdout | trim }}}} {{{{ steps['bash-wrapped'].stdout | trim }}}}"
+""", head="params:\n  v: {}\n")
+    inv = inventory(write, sshd, ssh_known_hosts)
+    r = main("run", p, "--inventory", inv, "-p", f"v={value}", "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "$ bash -c '[[ -n $BASH_VERSION ]] && printf %s" in r.stdout
+    assert "$ timeout -k 5 30 bash -c 'cd /tmp && { echo bash=" in r.stdout
+    r = main("run", p, "--inventory", inv, "-p", f"v={value}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    login = os.path.basename(pwd.getpwnam(sshd.user).pw_shell)
+    # the login shell when not wrapped, sh -c when wrapped without `shell`, bash when asked
+    assert f"login={login} wrapped=sh bash=bash-yes" in r.stdout
+    assert out.read_text() == value and not pwned.exists()
+    r = main("validate", write("bad.yaml", p.read_text().replace("shell: bash,", "shell: zsh,", 1)))
+    assert r.returncode == 1 and "'zsh' is not one of sh, bash" in r.stdout, r.stdout
+
+
+def test_a_missing_identity_file_is_named(write, main, sshd, ssh_known_hosts, tmp_path):
+    missing = tmp_path / "no-such-key"
+    p = book(write, ONE_STEP % (tmp_path / "ran"))
+    r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts, key=missing))
+    out = " ".join(r.stdout.split())
+    assert r.returncode == 1 and f"ssh.identity_file {missing} does not exist" in out, out
+
+
+def test_hashed_known_hosts_lines_still_match(write, main, sshd, tmp_path):
+    import subprocess
+
+    known = tmp_path / "known_hashed"
+    known.write_text(sshd.known_hosts_line())
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(known)], check=True, capture_output=True)
+    assert known.read_text().startswith("|1|")
+    ran = tmp_path / "ran"
+    r = main("run", book(write, ONE_STEP % ran), "--inventory", inventory(write, sshd, known))
+    assert r.returncode == 0 and ran.exists(), r.stdout

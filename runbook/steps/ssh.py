@@ -10,9 +10,20 @@
   ssh-agent, a jump host may come from the inventory.  One connection per host
   per run, reused by every later step on that host.
 * Host keys are checked against known_hosts (the inventory's ``ssh.known_hosts``,
-  else ``~/.ssh/known_hosts``).  An unknown or changed key fails the step with
-  the host and the fingerprint; ``host_key_policy: accept-new`` (inventory) adds
-  a new key — never a changed one — and the audit log records it.
+  else ``~/.ssh/known_hosts``, and ``/etc/ssh/ssh_known_hosts``).  An unknown or
+  changed key fails the step with the host, the fingerprints and the known_hosts
+  line; a key marked ``@revoked`` is refused wherever else it is listed; a host
+  only a ``@cert-authority`` line could vouch for is refused (host certificates
+  are not supported).  A jump host's key failure names the jump host.
+  ``host_key_policy: accept-new`` (inventory) adds a new key — never a changed,
+  revoked or CA-covered one — once: under a lock on known_hosts, one line and one
+  audit record per new key, however many connections find it at once.
+* Which shell runs the command: sshd hands it to the login user's shell (from
+  /etc/passwd) as ``$SHELL -c COMMAND``.  When runbook wraps it — for ``cwd``,
+  ``env``, secrets, ``sudo`` or a ``timeout`` — it runs under ``sh -c`` (POSIX
+  sh: dash on Debian/Ubuntu) instead.  ``shell: bash`` (or ``shell: sh``) always
+  runs it with ``bash -c`` (``sh -c``), wrapped or not; the command is passed as
+  one single-quoted argument, so the login shell never parses it.
 * A step ``timeout`` stops the remote command too, even if runbook dies
   meanwhile: it runs under coreutils ``timeout``, which signals its whole
   process group on the remote host.  (Without a timeout, a command that writes
@@ -52,7 +63,9 @@ SCHEMA = S.Obj(
             ((str, S.Str(doc="a host or group name")), (list, S.List(S.Str(), min_items=1))),
             doc="an inventory host or group, or a list of them", expect_text="a host/group name or a list of them",
         ),
-        "command": S.Str(doc="the command, run by the login shell on each host"),
+        "command": S.Str(doc="the command; which shell runs it: see shell"),
+        "shell": S.Str(enum=("sh", "bash"), doc="run the command with sh -c or bash -c (default: the login shell, "
+                                                 "or sh -c when cwd, env, secrets, sudo or a timeout wrap it)"),
         "sudo": S.Bool(doc="run with sudo -n (never prompts: a password requirement fails the step)"),
         "user": S.Str(doc="with sudo: run as this user (sudo -u)"),
         "cwd": S.Str(doc="working directory on the host"),
@@ -190,10 +203,10 @@ def remote_command(body: dict, command: str, secret_vars: list[str], timeout: fl
     parts += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     # every part must succeed before the command runs (a failed cd must not run it elsewhere)
     script = " && ".join(parts + [f"{{ {command}\n}}"]) if parts else command
-    wrapped = script != command or timeout is not None or body.get("sudo")
+    wrapped = script != command or timeout is not None or body.get("sudo") or body.get("shell")
     if not wrapped:
-        return command
-    line = f"sh -c {shlex.quote(script)}"
+        return command  # the login shell (sshd runs it as `$SHELL -c COMMAND`)
+    line = f"{body.get('shell') or 'sh'} -c {shlex.quote(script)}"
     if timeout is not None:
         line = f"timeout -k {KILL_AFTER} {_remote_secs(timeout)} {line}"
     if body.get("sudo"):
@@ -235,35 +248,189 @@ class HostKeyError(RunbookError):
     pass
 
 
+class JumpHostError(RunbookError):
+    """A jump host could not be reached or failed its host key check (named as the jump host)."""
+
+
 def _fingerprint(key) -> str:
+    return _blob_fingerprint(key.asbytes())
+
+
+def _blob_fingerprint(blob: bytes) -> str:
     import base64
     import hashlib
 
-    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
-def _policy(name: str, known_hosts: Path, accept_new: bool, ctx, judged: bool = True):
+# --- known_hosts ------------------------------------------------------------------
+# runbook reads known_hosts itself: paramiko's HostKeys.load skips @revoked and
+# @cert-authority lines without a word (a revoked key listed elsewhere would pass).
+# The client is given only the host's plain, unrevoked keys (so that paramiko still
+# prefers a key type known_hosts has); any other key offered reaches _check_host_key
+# before authentication — through the policy when none is listed, else through
+# paramiko's BadHostKeyException (see _open).
+
+
+@dataclass
+class KnownLine:
+    path: Path
+    lineno: int
+    marker: str | None  # None, "@revoked" or "@cert-authority" (or an unknown marker)
+    names: str  # the host pattern field as written
+    key_type: str
+    blob: bytes | None  # the decoded key; None when the line cannot be read
+
+    @property
+    def where(self) -> str:
+        return f"{self.path} line {self.lineno}"
+
+    @property
+    def wildcard(self) -> bool:
+        return not self.names.startswith("|") and any(c in self.names for c in "*?!")
+
+    def matches(self, host: str) -> bool:
+        """OpenSSH's host pattern rules: comma-separated, ``*`` and ``?``, ``!`` negates, ``|1|`` hashed."""
+        import base64
+        import hashlib
+        import hmac
+        import re
+
+        if self.names.startswith("|1|"):
+            try:
+                salt, digest = (base64.b64decode(p) for p in self.names[3:].split("|", 1))
+            except Exception:  # noqa: BLE001 - a broken hash matches nothing
+                return False
+            return hmac.compare_digest(hmac.new(salt, host.encode(), hashlib.sha1).digest(), digest)
+        found = False
+        for pattern in self.names.split(","):
+            negated = pattern.startswith("!")
+            pattern = pattern[1:] if negated else pattern
+            rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower())
+            if re.fullmatch(rx, host.lower()):
+                if negated:
+                    return False
+                found = True
+        return found
+
+
+def _read_known_hosts(path: Path) -> list[KnownLine]:
+    import base64
+    import binascii
+
+    if not path.is_file():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        marker = fields.pop(0) if fields[0].startswith("@") else None
+        if len(fields) < 3:
+            out.append(KnownLine(path, n, marker, fields[0] if fields else "", "", None))
+            continue
+        try:
+            blob = base64.b64decode(fields[2], validate=True)
+        except (binascii.Error, ValueError):
+            blob = None
+        out.append(KnownLine(path, n, marker, fields[0], fields[1], blob))
+    return out
+
+
+class _Verdict:
+    """What the known_hosts files say about one key offered under one host name."""
+
+    def __init__(self, lines: list[KnownLine], host: str, blob: bytes):
+        self.revoked = [x for x in lines if x.marker == "@revoked" and x.blob == blob and x.matches(host)]
+        self.authorities = [x for x in lines if x.marker == "@cert-authority" and x.matches(host)]
+        plain = [x for x in lines if x.marker is None and x.blob is not None and not x.wildcard]
+        self.listed = [x for x in plain if x.matches(host)]
+        self.trusted = [x for x in self.listed if x.blob == blob]
+        # lines runbook cannot judge: wildcard patterns, unreadable lines, unknown markers
+        self.unjudged = [x for x in lines if (x.marker is None and (x.blob is None or x.wildcard))
+                         or (x.marker not in (None, "@revoked", "@cert-authority"))]
+
+
+def _check_host_key(name: str, host: str, key, files: list[Path], primary: Path, accept_new: bool, ctx) -> None:
+    """Accept the key ``host`` offered, or raise HostKeyError: revoked, changed, unknown (or added with accept-new)."""
+    blob, fp = key.asbytes(), _fingerprint(key)
+    lines = [x for p in files for x in _read_known_hosts(p)]
+    v = _Verdict(lines, host, blob)
+    if v.revoked:
+        x = v.revoked[0]
+        raise HostKeyError(f"host key of '{name}' ({host}) is REVOKED: its {key.get_name()} key {fp} is marked "
+                           f"@revoked in {x.where}; refusing to connect (the key may be stolen, or the host rebuilt "
+                           f"— remove the @revoked line only once you know why it is there)")
+    if v.trusted:
+        return
+    if v.listed:
+        expected = "; ".join(f"{_blob_fingerprint(x.blob)} ({x.key_type}, {x.where})" for x in v.listed[:3])
+        raise HostKeyError(f"host key of '{name}' ({host}) has CHANGED: known_hosts has {expected}, the host offered "
+                           f"{key.get_name()} {fp}; this may be an attack — if the host was rebuilt, fix that line")
+    if v.authorities:
+        x = v.authorities[0]
+        raise HostKeyError(f"host '{name}' ({host}) offered {key.get_name()} key {fp}, which only a certificate "
+                           f"authority could vouch for ({x.where}: @cert-authority {x.names}); runbook does not "
+                           f"support host certificates (@cert-authority lines): add the host's own key to "
+                           f"{primary} (ssh-keyscan) after verifying it")
+    if not accept_new or v.unjudged:
+        why = "" if not v.unjudged else (f" (known_hosts has wildcard lines or lines it cannot read, e.g. "
+                                         f"{v.unjudged[0].where}, which runbook cannot judge, so it never adds keys "
+                                         f"to it)")
+        raise HostKeyError(f"host '{name}' ({host}) offered an unknown {key.get_name()} host key {fp}: "
+                           f"it is not in {primary}{why}; verify it and add it (ssh-keyscan), or set "
+                           f"host_key_policy: accept-new in the inventory")
+    _accept_new(name, host, key, files, primary, ctx)
+
+
+_known_hosts_lock = threading.Lock()  # flock orders processes; this orders this process's threads
+
+
+def _accept_new(name: str, host: str, key, files: list[Path], primary: Path, ctx) -> None:
+    """Add a new key once: under a lock on known_hosts, check again (another connection — this run's
+    or another runbook's — may have added it meanwhile), then append one line and audit it."""
+    import fcntl
+
+    primary.parent.mkdir(parents=True, exist_ok=True)
+    with _known_hosts_lock, open(primary, "a+", encoding="utf-8") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            lines = [x for p in files for x in _read_known_hosts(p)]
+            v = _Verdict(lines, host, key.asbytes())
+            if v.trusted and not v.revoked:
+                return  # added meanwhile
+            if v.revoked or v.listed or v.authorities or v.unjudged:
+                return _check_host_key(name, host, key, files, primary, False, ctx)  # raises the right refusal
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(f.tell() - 1)
+                last = f.read(1)
+                f.seek(0, os.SEEK_END)
+                if last != "\n":
+                    f.write("\n")  # never glue our line onto an unterminated last line
+            f.write(f"{host} {key.get_name()} {key.get_base64()}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    ctx.event("host_key_added", host=name, address=host, key_type=key.get_name(), fingerprint=_fingerprint(key),
+              known_hosts=str(primary))
+
+
+def _policy(name: str, settings: dict, ctx):
     import paramiko
 
     class Policy(paramiko.MissingHostKeyPolicy):
-        """Unknown host keys are refused (or, with accept-new, added and audited)."""
+        """Every server key comes here (the client holds no host keys): see _check_host_key."""
 
         def missing_host_key(self, client, hostname, key):
-            fp = _fingerprint(key)
-            if not accept_new:
-                why = "" if judged else (" (known_hosts has wildcard or @marker lines, which runbook cannot judge, "
-                                         "so it never adds keys to it)")
-                raise HostKeyError(f"host '{name}' ({hostname}) offered an unknown {key.get_name()} host key {fp}: "
-                                   f"it is not in {known_hosts}{why}; verify it and add it (ssh-keyscan), or set "
-                                   f"host_key_policy: accept-new in the inventory")
-            client.get_host_keys().add(hostname, key.get_name(), key)
-            known_hosts.parent.mkdir(parents=True, exist_ok=True)
-            with open(known_hosts, "a", encoding="utf-8") as f:
-                f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-            ctx.event("host_key_added", host=name, address=hostname, key_type=key.get_name(), fingerprint=fp,
-                      known_hosts=str(known_hosts))
+            _check_host_key(name, hostname, key, [_SYSTEM_KNOWN_HOSTS, settings["known_hosts"]],
+                            settings["known_hosts"], settings["accept_new"], ctx)
 
     return Policy()
+
+
+_SYSTEM_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
 
 
 def _settings(ctx) -> dict:
@@ -282,40 +449,40 @@ _connect_lock = threading.Lock()
 _host_locks: dict[str, threading.Lock] = {}
 
 
-def _load_known_hosts(client, path: Path) -> bool:
-    """Load plain known_hosts lines; returns False when the file has lines
-    paramiko cannot judge (wildcard patterns, @revoked, @cert-authority)."""
-    import paramiko
-
-    simple = True
-    if not path.is_file():
-        return simple
-    keys = client.get_host_keys()
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("@") or any(c in line.split()[0] for c in "*?!"):
-            simple = False
-            continue
-        try:
-            entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
-        except Exception:  # noqa: BLE001 - a line paramiko cannot read counts as one we cannot judge
-            simple = False
-            continue
-        if entry is not None and entry.key is not None:
-            for name in entry.hostnames:
-                keys.add(name, entry.key.get_name(), entry.key)
-    return simple
+def _lookup_name(conn) -> str:
+    """The name paramiko checks the host key under (OpenSSH's too)."""
+    return conn.host if int(conn.port or 22) == 22 else f"[{conn.host}]:{conn.port}"
 
 
 def _secure(conn, name: str, settings: dict, ctx) -> None:
     """Host key checking for a fabric connection: known_hosts, never AutoAddPolicy."""
-    client = conn.client
-    system = Path("/etc/ssh/ssh_known_hosts")
-    simple = _load_known_hosts(client, system) & _load_known_hosts(client, settings["known_hosts"])
-    client.set_missing_host_key_policy(_policy(name, settings["known_hosts"], settings["accept_new"] and simple, ctx,
-                                               simple))
+    import paramiko
+
+    host = _lookup_name(conn)
+    lines = [x for p in (_SYSTEM_KNOWN_HOSTS, settings["known_hosts"]) for x in _read_known_hosts(p)]
+    revoked = {x.blob for x in lines if x.marker == "@revoked" and x.blob and x.matches(host)}
+    keys = conn.client.get_host_keys()
+    for x in lines:
+        if x.marker is None and x.blob and not x.wildcard and x.blob not in revoked and x.matches(host):
+            try:
+                key = paramiko.PKey.from_type_string(x.key_type, x.blob)
+            except Exception:  # noqa: BLE001, S112 - a key type paramiko cannot use is never negotiated
+                continue
+            if key.get_name() not in (keys.lookup(host) or {}):
+                keys.add(host, key.get_name(), key)
+    conn.client.set_missing_host_key_policy(_policy(name, settings, ctx))
+
+
+def _bad_host_key(target: dict, settings: dict, conn, exc, ctx) -> HostKeyError:
+    """paramiko's BadHostKeyException, judged by _check_host_key (revoked? changed? which line?)."""
+    files = [_SYSTEM_KNOWN_HOSTS, settings["known_hosts"]]
+    try:
+        _check_host_key(target["name"], _lookup_name(conn), exc.key, files, settings["known_hosts"], False, ctx)
+    except HostKeyError as judged:
+        return judged
+    return HostKeyError(f"host key {_fingerprint(exc.key)} of '{target['name']}' ({_lookup_name(conn)}) is in "
+                        f"known_hosts, but so is another {exc.key.get_name()} key for it, which runbook (paramiko) "
+                        f"checked instead: remove the stale line")
 
 
 def _parse_hop(hop: str) -> dict:
@@ -364,7 +531,13 @@ def _open(ctx, target: dict, settings: dict, by_name: dict, seen: frozenset):
                 raise RunbookError(f"jump host loop: {' → '.join([*seen, target['name'], hop_target['name']])}")
             prev = hop_target["name"]
             by_name.setdefault(prev, hop_target)
-        gateway = _connection(ctx, by_name[prev], settings, by_name, seen | {target["name"]})
+        try:
+            gateway = _connection(ctx, by_name[prev], settings, by_name, seen | {target["name"]})
+        except JumpHostError:
+            raise
+        except Exception as exc:  # the jump host's failure, named as the jump host's
+            raise JumpHostError(f"jump host '{prev}' (for '{target['name']}'): "
+                                f"{_connect_error(by_name[prev], settings, exc)}") from exc
     kwargs: dict[str, Any] = {"connect_timeout": settings["connect_timeout"],
                               "connect_kwargs": {"banner_timeout": settings["connect_timeout"],
                                                  "auth_timeout": settings["connect_timeout"]}}
@@ -383,13 +556,17 @@ def _open(ctx, target: dict, settings: dict, by_name: dict, seen: frozenset):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.connect_kwargs["sock"] = sock
     _secure(conn, target["name"], settings, ctx)
+    import paramiko
+
     try:
         conn.open()
-    except BaseException:
+    except BaseException as exc:
         conn.close()
         sock = conn.connect_kwargs.get("sock")
         if sock is not None:
             sock.close()
+        if isinstance(exc, paramiko.BadHostKeyException):
+            raise _bad_host_key(target, settings, conn, exc, ctx) from exc
         raise
     conn.transport.set_keepalive(30)
     ctx.connections[key] = conn
@@ -425,6 +602,8 @@ def _connect_error(target: dict, settings: dict, exc: BaseException) -> str:
         return f"cannot connect to '{name}' ({where}): no answer within {settings['connect_timeout']}s"
     if isinstance(exc, paramiko.SSHException) and "Error reading SSH protocol banner" in str(exc):
         return f"cannot connect to '{name}' ({where}): no SSH banner (not an SSH server, or overloaded)"
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:  # e.g. a key file named by ~/.ssh/config
+        return f"cannot connect to '{name}' ({where}): {exc.filename}: {exc.strerror}"
     if isinstance(exc, OSError) and exc.strerror:
         return f"cannot connect to '{name}' ({where}): {exc.strerror}"
     return f"cannot connect to '{name}' ({where}): {type(exc).__name__}: {exc}"
@@ -477,6 +656,10 @@ def run(step, act: Action, ctx) -> StepResult:
         if "\n" in str(v):
             return StepResult("failed", error="a secret or environment value passed to an ssh step may not contain a newline")
     settings = _settings(ctx)
+    key_file = settings["identity_file"] and Path(os.path.expanduser(str(settings["identity_file"])))
+    if key_file and not key_file.is_file():
+        return StepResult("failed", error=f"the inventory's ssh.identity_file {key_file} does not exist"
+                                          f"{' (it is a directory)' if key_file.is_dir() else ''}")
     hosts = act.detail["hosts"]
     by_name = {h["name"]: h for h in hosts}
     if ctx.inventory is not None:
