@@ -19,18 +19,30 @@ following reads of the Deployment, moves its status along — observed
 generation, then updated, ready and available replicas — and replaces its
 pods, as the real controllers would.
 
-Fixtures: ``kubeapi`` (a running server with an empty store) and
-``kube_inventory`` (an inventory file whose cluster ``main`` points at it).
+It serves HTTPS with a certificate for 127.0.0.1 made for the test session
+(its CA is in the kubeconfig, as ``certificate-authority-data``), because
+credentials are only ever sent over TLS; ``kubeapi_http`` serves plain HTTP
+with anonymous access.  Every request is recorded with its Authorization and
+User-Agent headers; writes record ``managedFields`` manager names from the
+``fieldManager`` query parameter (or the User-Agent prefix, as the real
+server does).
+
+Fixtures: ``kubeapi`` (a running server with an empty store), ``kubeapi_http``
+(the same over plain HTTP, no authentication) and ``kube_inventory`` (an
+inventory file whose cluster ``main`` points at ``kubeapi``).
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime
 import hashlib
+import ipaddress
 import json
 import re
 import secrets
+import ssl
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -327,7 +339,7 @@ class FakeKube:
         self.lock = threading.RLock()
         self.objects: dict[tuple, dict] = {}  # (prefix, plural, namespace or "", name) -> object
         self.rv = 1000
-        self.token = "tok-" + secrets.token_hex(8)
+        self.token: str | None = "tok-" + secrets.token_hex(8)  # None: anonymous access (kubeapi_http)
         self.user = "runbook-test"
         self.forbidden: set[tuple] = set()  # (verb, resource, namespace or None)
         self.requests: list[dict] = []
@@ -338,7 +350,9 @@ class FakeKube:
         self.rollouts: dict[tuple, int] = {}  # (ns, deployment) -> stage of a rollout in progress
         self.progress = True  # the Deployment "controller" moves rollouts along on reads
         self.url = ""
+        self.ca: str | None = None  # the PEM of the server's certificate (https only)
         self.kubeconfig: Path | None = None
+        self._write: tuple[str, str | None] = ("", None)  # (manager, subresource) of the write being handled
 
     # -- storage helpers (for tests) --
 
@@ -404,12 +418,18 @@ class FakeKube:
             parsed_body = json.loads(body) if body else None
         except ValueError:
             parsed_body = "<not json>"
+        agent = headers.get("User-Agent") or ""
         self.requests.append({"method": method, "path": url.path, "query": query, "content_type": ctype or None,
-                              "body": parsed_body})
+                              "body": parsed_body, "authorization": headers.get("Authorization"), "user_agent": agent})
         try:
-            if headers.get("Authorization") != f"Bearer {self.token}":
+            if self.token is not None and headers.get("Authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
+            if method in ("PATCH", "PUT", "POST") and "fieldManager" in query \
+                    and not 0 < len(query["fieldManager"]) <= 128:  # as the server validates it
+                raise ApiError(400, "BadRequest", f'fieldManager: Invalid value: "{query["fieldManager"]}"')
             with self.lock:
+                # as the real server: without fieldManager, the User-Agent up to its first "/" names the manager
+                self._write = (query.get("fieldManager") or agent.split("/")[0][:128], None)
                 result = self._route(method, url.path, query, ctype, body)
         except ApiError as exc:
             return exc.code, "application/json", json.dumps(exc.status()).encode()
@@ -456,6 +476,7 @@ class FakeKube:
         obj = self.objects.get(key)
         if obj is None:
             raise not_found(prefix, plural, name)
+        self._write = (self._write[0], sub)
         if sub == "log":
             return self._log(obj, query)
         if method == "GET":
@@ -563,10 +584,27 @@ class FakeKube:
         if new == old:
             return copy.deepcopy(old)  # a no-op write keeps its resourceVersion, as the real server
         new["metadata"]["resourceVersion"] = self._bump()
+        self._managed(prefix, new)
         self.objects[key] = new
         if plural == "deployments":
             self._controller(key, old, new)
         return copy.deepcopy(new)
+
+    def _managed(self, prefix, obj):
+        """managedFields: one Update entry per manager (and subresource), fields not tracked."""
+        manager, sub = self._write
+        entries = [e for e in obj["metadata"].get("managedFields") or []
+                   if (e.get("manager"), e.get("subresource")) != (manager, sub)]
+        entry = {"manager": manager, "operation": "Update", "apiVersion": api_version(prefix), "time": stamp(now()),
+                 "fieldsType": "FieldsV1", "fieldsV1": {}}
+        if sub:
+            entry["subresource"] = sub
+        obj["metadata"]["managedFields"] = entries + [entry]
+
+    def managers(self, plural: str, name: str, namespace: str = "") -> list[str]:
+        """The manager names in an object's managedFields, in order."""
+        obj = self.get(plural, name, namespace) or {}
+        return [e["manager"] for e in (obj.get("metadata") or {}).get("managedFields") or []]
 
     def _patch(self, key, obj, sub, ctype, body, dry):
         prefix, plural, ns, name = key
@@ -859,26 +897,104 @@ def _handler(kube: FakeKube):
     return Handler
 
 
-def write_kubeconfig(path: Path, url: str, token: str, namespace: str = "default") -> Path:
+def write_kubeconfig(path: Path, url: str, token: str | None = None, namespace: str = "default",
+                     ca: str | None = None, user: dict | None = None) -> Path:
+    """A kubeconfig with one context: ``token`` (or the ``user`` entry as given,
+    or no credentials at all) for the server at ``url``, trusting ``ca``."""
+    cluster: dict = {"server": url}
+    if ca:
+        cluster["certificate-authority-data"] = base64.b64encode(ca.encode()).decode()
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": url}}],
-        "users": [{"name": "test", "user": {"token": token}}],
+        "clusters": [{"name": "test", "cluster": cluster}],
+        "users": [{"name": "test", "user": user if user is not None else ({"token": token} if token else {})}],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}],
     }, indent=2))
     return path
 
 
+_CERT: dict[str, str] = {}
+
+
+def server_certificate(tmp_dir: Path) -> tuple[Path, Path, str]:
+    """A self-signed certificate for 127.0.0.1 and localhost (made once per session)."""
+    if not _CERT:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubeapi test CA")])
+        t = now()
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(t - datetime.timedelta(days=1)).not_valid_after(t + datetime.timedelta(days=2))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                            x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+                .sign(key, hashes.SHA256()))
+        _CERT["cert"] = cert.public_bytes(serialization.Encoding.PEM).decode()
+        _CERT["key"] = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()).decode()
+    cert_file, key_file = tmp_dir / "kubeapi.crt", tmp_dir / "kubeapi.key"
+    cert_file.write_text(_CERT["cert"])
+    key_file.write_text(_CERT["key"])
+    return cert_file, key_file, _CERT["cert"]
+
+
+class _TLSServer(ThreadingHTTPServer):
+    """Handshakes in the request's thread, so one slow client blocks nobody."""
+
+    context: ssl.SSLContext
+
+    def finish_request(self, request, client_address):
+        try:
+            request = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        super().finish_request(request, client_address)
+
+
+def _serve(kube: FakeKube, tmp_path: Path, tls: bool):
+    if tls:
+        cert_file, key_file, kube.ca = server_certificate(tmp_path)
+        server = _TLSServer(("127.0.0.1", 0), _handler(kube))
+        server.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.context.load_cert_chain(cert_file, key_file)
+    else:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(kube))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    kube.url = f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
+    return server, thread
+
+
 @pytest.fixture
 def kubeapi(tmp_path):
-    """A running fake API server on 127.0.0.1 (a free port); stopped afterwards."""
+    """A running fake API server on https://127.0.0.1 (a free port), bearer
+    token required; stopped afterwards."""
     kube = FakeKube()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(kube))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    kube.url = f"http://127.0.0.1:{server.server_address[1]}"
-    kube.kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube.url, kube.token)
+    server, thread = _serve(kube, tmp_path, tls=True)
+    kube.kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube.url, kube.token, ca=kube.ca)
+    try:
+        yield kube
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def kubeapi_http(tmp_path):
+    """A running fake API server on plain http://127.0.0.1, anonymous access
+    (its kubeconfig has no credentials); it still records any Authorization
+    header it is sent."""
+    kube = FakeKube()
+    kube.token = None
+    server, thread = _serve(kube, tmp_path, tls=False)
+    kube.kubeconfig = write_kubeconfig(tmp_path / "kubeconfig-http", kube.url)
     try:
         yield kube
     finally:

@@ -364,10 +364,23 @@ def cordon_patch(on: bool) -> dict:
     return {"spec": {"unschedulable": True if on else None}}
 
 
+# fieldManager of each write verb: kubectl's names, so managedFields say which
+# kubectl command's change it was (a delete has none)
+FIELD_MANAGERS = {"rollout_restart": "kubectl-rollout", "rollout_undo": "kubectl-rollout", "scale": "kubectl-scale",
+                  "cordon": "kubectl-cordon", "uncordon": "kubectl-cordon", "patch": "kubectl-patch"}
+FIELD_MANAGER = "runbook"  # any other write
+
+
+def field_manager(verb: str) -> dict:
+    """The query parameter naming the field manager of a write verb's PATCH."""
+    return {"fieldManager": FIELD_MANAGERS.get(verb, FIELD_MANAGER)}
+
+
 def plan_calls(spec: dict) -> list[dict]:
     """The API calls the step makes, in order; what depends on the server's
     answers is said in the call's note."""
     v, plural, ns, name = spec["verb"], spec["resource"], spec["namespace"], spec["name"]
+    fm = field_manager(v)
     smp = P.PATCH_TYPES["strategic"]
     if v == "get":
         if name is not None:
@@ -403,27 +416,27 @@ def plan_calls(spec: dict) -> list[dict]:
                      note=f"repeated every 2s until updated, ready and available replicas match "
                           f"(timeout {spec['timeout'] or 'the step timeout, else 300'}s)")]
     if v == "rollout_restart":
-        return [call("PATCH", object_path(plural, ns, name), body=restart_patch(spec["restarted_at"]), content_type=smp)]
+        return [call("PATCH", object_path(plural, ns, name), fm, body=restart_patch(spec["restarted_at"]), content_type=smp)]
     if v == "rollout_undo":
         to = f"revision {spec['to_revision']}" if spec["to_revision"] else "the previous revision"
         return [call("GET", object_path(plural, ns, name)),
                 call("GET", collection_path("replicasets", ns), {"labelSelector": f"<spec.selector of deployment/{name}>"}),
-                call("PATCH", object_path(plural, ns, name),
+                call("PATCH", object_path(plural, ns, name), fm,
                      body=[{"op": "replace", "path": "/spec/template", "value": f"<pod template of the ReplicaSet of {to}>"},
                            {"op": "replace", "path": "/metadata/annotations", "value": "<annotations with that revision's>"}],
                      content_type=P.PATCH_TYPES["json"],
                      note=f"the pod template comes from the ReplicaSet of {to}, known only when the step runs")]
     if v == "scale":
-        return [call("PATCH", object_path(plural, ns, name) + "/scale", body={"spec": {"replicas": spec["replicas"]}},
+        return [call("PATCH", object_path(plural, ns, name) + "/scale", fm, body={"spec": {"replicas": spec["replicas"]}},
                      content_type=P.PATCH_TYPES["merge"])]
     if v == "delete":
         q = {"gracePeriodSeconds": spec["grace_period"]} if spec["grace_period"] is not None else None
         return [call("DELETE", object_path(plural, ns, name), q)]
     if v in ("cordon", "uncordon"):
-        return [call("PATCH", object_path("nodes", None, name), body=cordon_patch(v == "cordon"), content_type=smp)]
+        return [call("PATCH", object_path("nodes", None, name), fm, body=cordon_patch(v == "cordon"), content_type=smp)]
     if v == "patch":
         path = object_path(plural, ns, name) + (f"/{spec['subresource']}" if spec["subresource"] else "")
-        return [call("PATCH", path, body=spec["patch"], content_type=P.PATCH_TYPES[spec["patch_type"]])]
+        return [call("PATCH", path, fm, body=spec["patch"], content_type=P.PATCH_TYPES[spec["patch_type"]])]
     raise RunbookError(f"unsupported verb {v!r}")
 
 
@@ -476,7 +489,8 @@ def describe(spec: dict) -> str:
 
 
 def _call_text(c: dict) -> str:
-    query = "&".join(f"{k}={v}" for k, v in (c.get("query") or {}).items())
+    # (every write's fieldManager is in the JSON plan; the one-line summary leaves it out)
+    query = "&".join(f"{k}={v}" for k, v in (c.get("query") or {}).items() if k != "fieldManager")
     return f"{c['method']} {c['path']}{'?' + query if query else ''}"
 
 

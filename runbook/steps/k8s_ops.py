@@ -4,12 +4,14 @@ imports the kubernetes client)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
 
 import yaml
 
+from runbook import __version__
 from runbook.errors import RunbookError
 from runbook.steps import Action, StepResult
 from runbook.steps import k8s as K
@@ -38,6 +40,7 @@ class Kube:
     def __init__(self, name: str, api, where: str):
         self.name, self.api, self.where = name, api, where
         self.server = api.configuration.host
+        self.plain_http = _plain_http(self.server)
         self.timeout: float | None = None
         self.dry_run = False
 
@@ -52,6 +55,8 @@ class Kube:
         query = dict(query or {})
         if write and self.dry_run:
             query["dryRun"] = "All"
+        if write and method != "DELETE":  # every write says who made it (managedFields)
+            query.setdefault("fieldManager", K.FIELD_MANAGER)
         headers = {"Accept": "text/plain, */*" if text else "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -59,7 +64,8 @@ class Kube:
         try:
             req = self.api.param_serialize(method=method, resource_path=path,
                                            query_params=[(k, str(v)) for k, v in query.items()],
-                                           header_params=headers, body=body, auth_settings=["BearerToken"])
+                                           header_params=headers, body=body,
+                                           auth_settings=[] if self.plain_http else ["BearerToken"])
             resp = self.api.call_api(*req, _request_timeout=(min(CONNECT_TIMEOUT, read), read))
             raw = resp.read()
         except urllib3.exceptions.HTTPError as exc:
@@ -133,6 +139,72 @@ class Kube:
 # --- connecting -----------------------------------------------------------------
 
 
+def _plain_http(server) -> bool:
+    return str(server or "").strip().lower().startswith("http://")
+
+
+def _shown(server: str) -> str:
+    """The server's address without any user:password@ in it."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(server)
+        return f"{u.scheme}://{u.hostname}{f':{u.port}' if u.port else ''}{u.path}" if u.hostname else server
+    except ValueError:
+        return server
+
+
+def _server_and_credentials(merged, current: dict) -> tuple[str, list[str]]:
+    """The server of a kubeconfig context and the credentials its user would
+    send, read from the kubeconfig itself (nothing run, nothing fetched)."""
+    context = current.get("context") or {}
+
+    def entry(section: str, key: str) -> dict:
+        items = merged[section] if merged.safe_get(section) else None
+        found = items.get_with_name(context[key], safe=True) if items and context.get(key) else None
+        value = found.safe_get(key) if found is not None else None
+        return value if isinstance(value, dict) else {}
+
+    server, user = str(entry("clusters", "cluster").get("server") or ""), entry("users", "user")
+    kinds = []
+    if user.get("token") or user.get("tokenFile"):
+        kinds.append("a bearer token")
+    if user.get("username") or user.get("password"):
+        kinds.append("a username and password")
+    if user.get("exec"):
+        kinds.append("a token from an exec credential plugin")
+    if user.get("auth-provider"):
+        kinds.append("a token from an auth-provider")
+    try:
+        from urllib.parse import urlsplit
+
+        if urlsplit(server).password is not None:
+            kinds.append("a password in the server address")
+    except ValueError:
+        pass
+    return server, kinds
+
+
+def _configured_credentials(cfg) -> list[str]:
+    kinds = []
+    for value in (cfg.api_key or {}).values():
+        kinds.append("a username and password" if str(value).lower().startswith("basic ") else "a bearer token")
+    if cfg.username or cfg.password:
+        kinds.append("a username and password")
+    if cfg.refresh_api_key_hook is not None and not kinds:
+        kinds.append("a token from an exec credential plugin")
+    return kinds
+
+
+def _refuse_credentials_over_http(name: str, where: str, server, kinds: list[str]) -> None:
+    """kubectl sends no credentials to an http:// server; a run refuses, in one
+    line that names the cluster and never the credential."""
+    if kinds and _plain_http(server):
+        raise KubeError(f"cluster '{name}' ({where}): refusing to send {kinds[0]} to {_shown(str(server))}: it is plain "
+                        "http://, which would carry it unencrypted (kubectl does not send credentials over http:// "
+                        "either); use the API server's https:// address")
+
+
 def connect(ctx, cluster_name: str, where: str) -> Kube:
     key = ("k8s", cluster_name)
     kube = ctx.connections.get(key)
@@ -152,7 +224,16 @@ def connect(ctx, cluster_name: str, where: str) -> Kube:
             if path and not os.path.exists(path):
                 raise KubeError(f"cluster '{cluster_name}': kubeconfig {path} does not exist (inventory kubeconfig:)")
             context = str(ctx.reveal(cluster.context)) if cluster.context is not None else None
-            config.load_kube_config(config_file=path, context=context, client_configuration=cfg, persist_config=False)
+            # as load_kube_config(persist_config=False), in two halves: the credentials are looked at before
+            # anything runs (an exec plugin, a token refresh), so none is made for a plain-http server
+            from kubernetes.config import kube_config as kc
+
+            merged = kc.KubeConfigMerger(path or kc.KUBE_CONFIG_DEFAULT_LOCATION).config
+            if merged is None:
+                raise ConfigException("Invalid kube-config file. No configuration found.")
+            loader = kc.KubeConfigLoader(config_dict=merged, active_context=context, config_base_path=None)
+            _refuse_credentials_over_http(cluster_name, where, *_server_and_credentials(merged, loader.current_context))
+            loader.load_and_set(cfg)
     except ConfigException as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "context" in first.lower() and cluster.context is not None:
@@ -166,10 +247,35 @@ def connect(ctx, cluster_name: str, where: str) -> Kube:
         raise KubeError(f"cluster '{cluster_name}' ({where}): its kubeconfig is not valid YAML{at}: "
                         f"{getattr(exc, 'problem', None) or type(exc).__name__}") from None
     cfg.retries = False  # one attempt: the step's retries decide, and a write is never sent twice by accident
-    token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
-    if token:
-        ctx.redactor.add(str(token).split(" ", 1)[-1])
-    kube = Kube(cluster_name, client.ApiClient(cfg), where)
+    # whatever configured it: no credential leaves for a plain-http server
+    _refuse_credentials_over_http(cluster_name, where, cfg.host, _configured_credentials(cfg))
+
+    label = f"the credentials of cluster '{cluster_name}'"
+
+    def redact(c) -> None:
+        for value in (c.api_key or {}).values():
+            if value:
+                secret = str(value).split(" ", 1)[-1]
+                ctx.redactor.add(secret, name=label)
+                if str(value).lower().startswith("basic "):  # the password inside, too
+                    try:
+                        for part in base64.b64decode(secret).decode("utf-8", "replace").split(":", 1)[1:]:
+                            ctx.redactor.add(part, name=label)
+                    except ValueError:
+                        pass
+
+    redact(cfg)
+    hook = cfg.refresh_api_key_hook
+    if hook is not None:  # an expiring exec/auth-provider token is fetched again: masked as well
+
+        def refresh(c, _hook=hook) -> None:
+            _hook(c)
+            redact(c)
+
+        cfg.refresh_api_key_hook = refresh
+    api = client.ApiClient(cfg)
+    api.user_agent = f"runbook/{__version__}"
+    kube = Kube(cluster_name, api, where)
     ctx.connections[key] = kube
     return kube
 
@@ -454,7 +560,7 @@ def run_rollout_restart(kube: Kube, spec: dict, data: dict, ctx) -> str:
         if (d.get("spec") or {}).get("paused"):
             raise KubeError(f"deployment/{spec['name']} is paused: a restart would change nothing until it is resumed "
                             "(rollout resume), so nothing was sent")
-    obj = kube.request("PATCH", c["path"], body=c["body"], content_type=c["content_type"], write=True,
+    obj = kube.request("PATCH", c["path"], c.get("query"), body=c["body"], content_type=c["content_type"], write=True,
                        what=_what("patch", spec["resource"], spec["name"], spec["namespace"]))
     _written(data, obj)
     group = P.RESOURCES[spec["resource"]][1]
@@ -502,8 +608,8 @@ def run_rollout_undo(kube: Kube, spec: dict, data: dict, ctx) -> str:
     annotations.update({k: v for k, v in ((rs.get("metadata") or {}).get("annotations") or {}).items() if k not in SKIP_ANNOTATIONS})
     patch = [{"op": "replace", "path": "/spec/template", "value": template},
              {"op": "replace", "path": "/metadata/annotations", "value": annotations}]
-    obj = kube.request("PATCH", K.object_path("deployments", ns, name), body=patch, content_type=P.PATCH_TYPES["json"],
-                       write=True, what=_what("patch", "deployments", name, ns))
+    obj = kube.request("PATCH", K.object_path("deployments", ns, name), K.field_manager("rollout_undo"), body=patch,
+                       content_type=P.PATCH_TYPES["json"], write=True, what=_what("patch", "deployments", name, ns))
     _written(data, obj)
     return f"deployment.apps/{name} rolled back to revision {target} (was {current})\n"
 
@@ -519,7 +625,7 @@ def _same_template(a: dict, b: dict) -> bool:
 
 def run_scale(kube: Kube, spec: dict, data: dict, ctx) -> str:
     c = K.plan_calls(spec)[0]
-    obj = kube.request("PATCH", c["path"], body=c["body"], content_type=c["content_type"], write=True,
+    obj = kube.request("PATCH", c["path"], c.get("query"), body=c["body"], content_type=c["content_type"], write=True,
                        what=_what("patch", f"{spec['resource']}/scale", spec["name"], spec["namespace"]))
     _written(data, obj)
     data["replicas"] = (obj.get("spec") or {}).get("replicas")
@@ -539,7 +645,7 @@ def run_delete(kube: Kube, spec: dict, data: dict, ctx) -> str:
 
 def run_cordon(kube: Kube, spec: dict, data: dict, ctx) -> str:
     c = K.plan_calls(spec)[0]
-    obj = kube.request("PATCH", c["path"], body=c["body"], content_type=c["content_type"], write=True,
+    obj = kube.request("PATCH", c["path"], c.get("query"), body=c["body"], content_type=c["content_type"], write=True,
                        what=_what("patch", "nodes", spec["name"], None))
     _written(data, obj)
     data["nodes"] = [{"name": V.name_of(obj), "status": V.node_status(obj)}]
@@ -548,7 +654,7 @@ def run_cordon(kube: Kube, spec: dict, data: dict, ctx) -> str:
 
 def run_patch(kube: Kube, spec: dict, data: dict, ctx) -> str:
     c = K.plan_calls(spec)[0]
-    obj = kube.request("PATCH", c["path"], body=c["body"], content_type=c["content_type"], write=True,
+    obj = kube.request("PATCH", c["path"], c.get("query"), body=c["body"], content_type=c["content_type"], write=True,
                        what=_what("patch", spec["resource"] + (f"/{spec['subresource']}" if spec["subresource"] else ""),
                                   spec["name"], spec["namespace"]))
     if spec["resource"] == "secrets":
