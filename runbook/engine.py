@@ -178,7 +178,7 @@ class StepContext:
         if isinstance(value, LazySecret):
             value = value.resolve()
         if isinstance(value, Secret):
-            self.redactor.add(value)
+            self.redactor.add(value, name=value.name)  # too short to mask: reported, not masked
         return value
 
     def event(self, type_: str, **fields) -> None:
@@ -227,7 +227,8 @@ class Engine:
         self.redactor = redactor if redactor is not None else Redactor()
         for v in params.values():
             if isinstance(v, Secret):
-                self.redactor.add(v)
+                self.redactor.add(v, name=v.name)
+        self.redactor.report_too_short(ui, journal)  # a revealed secret too short to mask: warned, not masked
         self.steps_ctx: dict[str, Any] = {}
         self._escalated: set = set()
         self.context = {
@@ -294,6 +295,7 @@ class Engine:
         on the operator's word (not counted against its max_visits)."""
         status, code, message = "failed", EXIT_FAILED, ""
         extra: dict[str, Any] = {}
+        self._rehearsal = {"accepted": [], "refused": [], "not sent": []} if self.options.server_dry_run else None
         try:
             if start == DONE:
                 start = None
@@ -339,6 +341,7 @@ class Engine:
 
     _current: str | None = None
     _interrupt: Interrupt = Interrupt("SIGINT")
+    _rehearsal: dict[str, list[str]] | None = None  # --server-dry-run: write steps accepted, refused, not sent
 
     def _guided(self) -> bool:
         """A person answers: prompts before write steps and after failures."""
@@ -355,6 +358,14 @@ class Engine:
                     return "failed", EXIT_FAILED, (f"the {self.options.stage} stage ended with a failure "
                                                    f"(its on_failure path leads to {step.stage} step '{step.id}'; not run)")
                 return "completed", EXIT_OK, f"the {self.options.stage} stage is done (next: {step.stage} step '{step.id}'; not run)"
+            if self._rehearsal is not None and any(self._rehearsal.values()) and (step.stage == "verify" or step.until):
+                # --server-dry-run: the writes before were not stored, so nothing can show their effect
+                self._record_skip(step, StepResult("skipped", error="not verifiable in a server dry-run: the writes "
+                                                   "before it were validated by their servers, not stored"))
+                if step.stage == "verify":
+                    return "rehearsed", EXIT_OK, self._rehearsal_summary()
+                step, stop = self.successor(step, StepResult("skipped"))
+                continue
             self._current = step.id
             self._clock()
             total += 1
@@ -435,6 +446,7 @@ class Engine:
             self.ui.step_started(step, act)
         if step.effect == "write" and self.options.server_dry_run:
             if not step.module.SERVER_DRY_RUN:
+                self._rehearsal["not sent"].append(step.id)
                 return self._record_skip(step, StepResult(
                     "skipped", error=f"--server-dry-run: a {step.kind} step cannot be dry-run by its server; not run"))
         elif step.effect == "write" or (self.options.step_mode and not self._step_mode_off):
@@ -482,7 +494,17 @@ class Engine:
                                                        **({"end": step.module.end_status(step.body)} if result.end else {})}))
         if self.ui:
             self.ui.step_finished(step, result)
+        if step.effect == "write" and self._rehearsal is not None:
+            self._rehearsal["accepted" if result.ok else "refused"].append(step.id)
         return result
+
+    def _rehearsal_summary(self) -> str:
+        r = self._rehearsal or {}
+        parts = [f"{what} {len(ids)} write step{'s' if len(ids) != 1 else ''} ({', '.join(ids)})"
+                 for what, ids in (("the servers accepted", r.get("accepted")), ("refused", r.get("refused")),
+                                   ("did not send", r.get("not sent"))) if ids]
+        return ("rehearsal (--server-dry-run): " + "; ".join(parts)
+                + "; the verify stage was not run: nothing was stored, so there is no effect to check")
 
     _step_mode_off = False  # --step: the operator answered "continue" (stop asking for read steps)
 

@@ -320,7 +320,9 @@ class Inventory:
         return context
 
     def secret_values(self) -> list[str]:
-        """The secrets known so far (literal ones and resolved references), for the Redactor."""
+        """The secrets known so far (literal ones and resolved references).  A run's
+        Redactor watches them (refusing them in a command line) but masks one only
+        once a step reveals it (``StepContext.reveal``)."""
         values: list[str] = []
         for source in self.secret_sources:
             if isinstance(source, SecretRef):

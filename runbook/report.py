@@ -72,6 +72,7 @@ _OUTCOME = {
     "interrupted": "interrupted (Ctrl-C or SIGTERM)",
     "planned": "planned (dry-run: nothing was contacted)",
     "aborted": "aborted by the operator",
+    "rehearsed": "rehearsed (--server-dry-run: writes validated by their servers, not stored; verify not run)",
 }
 
 

@@ -38,7 +38,7 @@ from runbook.errors import RunbookError
 from runbook.secrets import Redactor
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 3, 130
-FINISHED = ("completed", "resolved", "escalated")  # a run that ended where its runbook ends
+FINISHED = ("completed", "resolved", "escalated", "rehearsed")  # a run that ended where its runbook ends (or its rehearsal)
 
 
 @dataclass
@@ -123,14 +123,17 @@ def given_params(rb, given: dict[str, str], interactive: bool, ui) -> dict[str, 
 
 
 def run_redactor(rb, params: dict, inventory) -> Redactor:
-    """A run's redactor: every secret of the inventory and of the parameters."""
+    """A run's redactor: the secret parameters given to the run are revealed
+    (masked from the start); the inventory's secrets are only watched until a
+    step of the run uses one (``StepContext.reveal`` masks it then), so that a
+    secret of a database the run never touches masks nothing."""
     redactor = Redactor()
     if inventory is not None:
         for v in inventory.secret_values():
-            redactor.add(v)
+            redactor.watch(v)
     for k, v in params.items():
         if rb.params[k].secret and v is not None:
-            redactor.add(v)
+            redactor.add(v, name=getattr(v, "name", k))
     return redactor
 
 

@@ -205,7 +205,7 @@ def test_dry_run_shows_the_exact_api_calls_and_contacts_nothing(write, main, kub
         {"method": "GET", "path": "/api/v1/namespaces/production/pods", "query": {"labelSelector": "app=api"}}]
     assert steps["limit"]["detail"]["calls"] == [{
         "method": "PATCH", "path": "/apis/apps/v1/namespaces/production/deployments/api",
-        "content_type": "application/strategic-merge-patch+json",
+        "query": {"fieldManager": "kubectl-patch"}, "content_type": "application/strategic-merge-patch+json",
         "body": {"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "api", "resources": {"limits": {"memory": "1Gi"}}}]}}}}}]
     restart = steps["restart"]["detail"]["calls"][0]
     assert restart["method"] == "PATCH" and "kubectl.kubernetes.io/restartedAt" in json.dumps(restart["body"])
@@ -213,6 +213,7 @@ def test_dry_run_shows_the_exact_api_calls_and_contacts_nothing(write, main, kub
     assert [c["method"] for c in undo] == ["GET", "GET", "PATCH"]
     assert undo[2]["content_type"] == "application/json-patch+json" and "known only when the step runs" in undo[2]["note"]
     assert steps["cordon"]["detail"]["calls"] == [{"method": "PATCH", "path": "/api/v1/nodes/node-1",
+                                                   "query": {"fieldManager": "kubectl-cordon"},
                                                    "body": {"spec": {"unschedulable": True}},
                                                    "content_type": "application/strategic-merge-patch+json"}]
     assert steps["restart"]["effect"] == "write" and steps["pods"]["effect"] == "read"
@@ -511,7 +512,10 @@ def test_server_dry_run_sends_dry_run_all_and_stores_nothing(run_k8s, kubeapi):
     assert len(writes) == 6 and all(w["query"].get("dryRun") == "All" for w in writes)
     assert [r for r in kubeapi.requests if r["method"] == "GET"]  # reads ran for real
     assert kubeapi.objects == snapshot  # nothing stored
-    assert "answered: generation 2, limit 2Gi, replicas 7, dry True" in out
+    # the steps carry the server's answers (the verify stage is not run in a rehearsal: nothing was stored)
+    assert "deployment.apps/api scaled to 7" in out
+    patched = [w for w in writes if w["path"] == "/apis/apps/v1/namespaces/production/deployments/api"][-1]
+    assert patched["body"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "2Gi"
     assert out.count("(server dry run: dryRun=All") == 6
     # the server validates: a bad value is refused without anything stored
     r = run_k8s("""
@@ -553,11 +557,11 @@ def test_errors_are_one_clear_line(run_k8s, kubeapi, write, tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    down = write_kubeconfig(tmp_path / "down.json", f"http://127.0.0.1:{closed}", kubeapi.token)
+    down = write_kubeconfig(tmp_path / "down.json", f"https://127.0.0.1:{closed}", kubeapi.token, ca=kubeapi.ca)
     down_inv = write("down.yaml", f"clusters:\n  main: {{kubeconfig: {down}, namespace: production}}\n")
     fails(run_k8s(restart, head=head, inventory=down_inv),
-          f"cannot reach cluster 'main' at http://127.0.0.1:{closed}: connection refused")
-    expired = write_kubeconfig(tmp_path / "expired.json", kubeapi.url, "expired-token")
+          f"cannot reach cluster 'main' at https://127.0.0.1:{closed}: connection refused")
+    expired = write_kubeconfig(tmp_path / "expired.json", kubeapi.url, "expired-token", ca=kubeapi.ca)
     exp_inv = write("expired.yaml", f"clusters:\n  main: {{kubeconfig: {expired}, namespace: production}}\n")
     fails(run_k8s(restart, head=head, inventory=exp_inv),
           "cluster 'main' rejected the credentials (401 Unauthorized)")
@@ -641,6 +645,15 @@ def test_pod_oom_killed_runbook_end_to_end(main, kubeapi, kube_inventory):
     r = main(*run, "-p", "memory_limit=1Gi", "-p", "container=sidecar", timeout=120)
     assert r.returncode == 1 and "api has no container 'sidecar' (it has: api)" in r.stdout, r.stdout + r.stderr
     assert kubeapi.writes() == []
+    # a rehearsal: the patch goes with dryRun=All, nothing is stored, and the run ends `rehearsed` where
+    # verify begins instead of waiting 5 minutes for a rollout that was never stored
+    snapshot = copy.deepcopy(kubeapi.objects)
+    started = time.monotonic()
+    r = main(*run, "-p", "memory_limit=1Gi", "--server-dry-run", timeout=120)
+    assert r.returncode == 0 and time.monotonic() - started < 20, r.stdout + r.stderr
+    assert "run rehearsed" in r.stdout and "the servers accepted 1 write step (raise-limit)" in r.stdout, r.stdout
+    assert [w["query"].get("dryRun") for w in kubeapi.writes()] == ["All"] and kubeapi.objects == snapshot
+    kubeapi.requests.clear()
     r = main(*run, "-p", "memory_limit=1Gi", timeout=120)
     out = ok(r)
     assert "OOMKilled: " + bad["metadata"]["name"] in out
@@ -685,7 +698,7 @@ def test_the_fake_server_answers_the_typed_client_like_the_real_one(kubeapi, tmp
         assert body["kind"] == "Status" and body["reason"] == "NotFound" and body["details"] == {"name": "nope", "group": "", "kind": "pods"}
     finally:
         api_client.close()
-    wrong = write_kubeconfig(tmp_path / "wrong.json", kubeapi.url, "wrong-token")
+    wrong = write_kubeconfig(tmp_path / "wrong.json", kubeapi.url, "wrong-token", ca=kubeapi.ca)
     with config.new_client_from_config(str(wrong), persist_config=False) as api_client:
         with pytest.raises(client.ApiException) as exc:
             client.CoreV1Api(api_client).list_node()
@@ -798,3 +811,190 @@ def test_a_kubeconfig_that_is_not_yaml_is_one_line(run_k8s, write, tmp_path):
       k8s: "get pods"
 """, inventory=inv)
     assert r.returncode == 1 and "is not valid YAML" in r.stdout and "internal error" not in r.stdout
+
+
+# --- credentials only over TLS; who wrote what (issue 16) -----------------------------------
+
+
+def _exec_plugin(tmp_path, token: str):
+    """An exec credential plugin that leaves a mark when it runs."""
+    mark = tmp_path / "exec-plugin-ran"
+    script = tmp_path / "plugin.py"
+    script.write_text(f"import json, pathlib\npathlib.Path({str(mark)!r}).write_text('ran')\n"
+                      f"print(json.dumps({{'apiVersion': 'client.authentication.k8s.io/v1', 'kind': 'ExecCredential', "
+                      f"'status': {{'token': {token!r}}}}}))\n")
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable, "args": [str(script)],
+                     "interactiveMode": "Never"}}
+    return user, mark
+
+
+@pytest.mark.parametrize("kind", ["token", "basic", "exec", "auth-provider"])
+def test_credentials_are_never_sent_to_a_plain_http_api_server(kind, run_k8s, kubeapi_http, write, tmp_path, audit_dir):
+    deployment(kubeapi_http, "api", "production")
+    secret = "s3cr3t-" + kind + "-9f8e7d6c5b4a"
+    mark = None
+    if kind == "token":
+        user, what = {"token": secret}, "a bearer token"
+    elif kind == "basic":
+        user, what = {"username": "admin", "password": secret}, "a username and password"
+    elif kind == "exec":
+        user, mark = _exec_plugin(tmp_path, secret)
+        what = "a token from an exec credential plugin"
+    else:
+        user = {"auth-provider": {"name": "oidc", "config": {"id-token": secret, "idp-issuer-url": "https://idp.example"}}}
+        what = "a token from an auth-provider"
+    cfg = write_kubeconfig(tmp_path / "creds.json", kubeapi_http.url, user=user)
+    inv = write("creds.yaml", f"clusters:\n  main: {{kubeconfig: {cfg}, namespace: production}}\n")
+    r = run_k8s("""
+  diagnose:
+    - id: pods
+      k8s: "get pods"
+  mitigate:
+    - id: restart
+      k8s: "rollout restart deployment/api"
+      timeout: 1m
+  verify:
+    - id: done
+      end: done
+""", inventory=inv)
+    assert r.returncode == 1, r.stdout
+    line = (f"cluster 'main' (kubeconfig {cfg}, current context): refusing to send {what} to {kubeapi_http.url}: "
+            "it is plain http://, which would carry it unencrypted (kubectl does not send credentials over "
+            "http:// either); use the API server's https:// address")
+    assert " ".join(line.split()) in " ".join(r.stdout.split()), r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    assert kubeapi_http.requests == []  # nothing was sent at all, Authorization least of all
+    assert mark is None or not mark.exists()  # the exec plugin was not even run
+    assert secret not in r.stdout + r.stderr
+    for f in audit_dir.rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    for f in tmp_path.rglob("*.md"):
+        assert secret not in f.read_text(errors="replace"), f
+
+
+def test_no_credentials_over_http_still_work(run_k8s, kubeapi_http, write):
+    deployment(kubeapi_http, "api", "production", replicas=2)
+    inv = write("anon.yaml", f"clusters:\n  main: {{kubeconfig: {kubeapi_http.kubeconfig}, namespace: production}}\n")
+    out = ok(run_k8s("""
+  mitigate:
+    - id: scale
+      k8s: "scale deployment/api --replicas=3"
+      timeout: 1m
+  verify:
+    - id: pods
+      k8s: "get pods"
+""", inventory=inv))
+    assert "deployment.apps/api scaled to 3" in out
+    assert kubeapi_http.requests and all(r["authorization"] is None for r in kubeapi_http.requests)
+
+
+def test_the_token_goes_over_https(run_k8s, kubeapi):
+    deployment(kubeapi, "api", "production")
+    ok(run_k8s("""
+  diagnose:
+    - id: pods
+      k8s: "get pods"
+"""))
+    assert kubeapi.url.startswith("https://")
+    assert kubeapi.requests and all(r["authorization"] == f"Bearer {kubeapi.token}" for r in kubeapi.requests)
+
+
+def test_every_write_names_its_field_manager_and_every_request_runbook(run_k8s, kubeapi, write, main):
+    import runbook
+
+    deployment(kubeapi, "api", "production", replicas=2, revisions=3)
+    node(kubeapi, "node-1")
+    victim = kubeapi.all("pods")[0]["metadata"]["name"]
+    steps = f"""
+  mitigate:
+    - id: undo
+      k8s: "rollout undo deployment/api"
+      timeout: 1m
+    - id: restart
+      k8s: "rollout restart deployment/api"
+      timeout: 1m
+    - id: scale
+      k8s: "scale deployment/api --replicas=4"
+      timeout: 1m
+    - id: delete
+      k8s: "delete pod {victim}"
+      timeout: 1m
+    - id: cordon
+      k8s: "cordon node-1"
+      timeout: 1m
+    - id: uncordon
+      k8s: "uncordon node-1"
+      timeout: 1m
+    - id: patch
+      k8s: {{patch: deployment/api, type: merge, body: {{metadata: {{labels: {{team: sre}}}}}}}}
+      timeout: 1m
+  verify:
+    - id: done
+      end: done
+"""
+    ok(run_k8s(steps))
+    managers = [(w["method"], w["path"].rsplit("/", 1)[-1], w["query"].get("fieldManager")) for w in kubeapi.writes()]
+    assert managers == [
+        ("PATCH", "api", "kubectl-rollout"),  # undo
+        ("PATCH", "api", "kubectl-rollout"),  # restart
+        ("PATCH", "scale", "kubectl-scale"),
+        ("DELETE", victim, None),  # a delete has no field manager
+        ("PATCH", "node-1", "kubectl-cordon"),
+        ("PATCH", "node-1", "kubectl-cordon"),  # uncordon: kubectl's helper is the same
+        ("PATCH", "api", "kubectl-patch"),
+    ]
+    agent = f"runbook/{runbook.__version__}"
+    assert kubeapi.requests and {r["user_agent"] for r in kubeapi.requests} == {agent}
+    # who wrote what, as `kubectl get -o yaml --show-managed-fields` would show it
+    assert kubeapi.managers("deployments", "api", "production") == ["kubectl-rollout", "kubectl-scale", "kubectl-patch"]
+    assert kubeapi.managers("nodes", "node-1") == ["kubectl-cordon"]
+    assert not any("OpenAPI-Generator" in m for m in kubeapi.managers("deployments", "api", "production"))
+    # the plan shows the same calls
+    r = main("run", book(write, steps), "--dry-run", "--format", "json", "--inventory",
+             write("plan.yaml", f"clusters:\n  main: {{kubeconfig: {kubeapi.kubeconfig}, namespace: production}}\n"))
+    assert r.returncode == 0, r.stderr
+    planned = {s["id"]: [c.get("query", {}).get("fieldManager") for c in s["detail"]["calls"] if c["method"] != "GET"]
+               for s in json.loads(r.stdout)["steps"] if s.get("detail", {}).get("calls")}
+    assert planned == {"undo": ["kubectl-rollout"], "restart": ["kubectl-rollout"], "scale": ["kubectl-scale"],
+                       "delete": [None], "cordon": ["kubectl-cordon"], "uncordon": ["kubectl-cordon"],
+                       "patch": ["kubectl-patch"]}
+
+
+def test_writes_under_server_dry_run_name_their_manager_too(run_k8s, kubeapi):
+    deployment(kubeapi, "api", "production")
+    snapshot = copy.deepcopy(kubeapi.objects)
+    ok(run_k8s("""
+  mitigate:
+    - id: scale
+      k8s: "scale deployment/api --replicas=3"
+      timeout: 1m
+  verify:
+    - id: done
+      end: done
+""", "--server-dry-run"))
+    (w,) = kubeapi.writes()
+    assert w["query"] == {"dryRun": "All", "fieldManager": "kubectl-scale"}
+    assert kubeapi.objects == snapshot
+
+
+def test_an_exec_plugin_token_goes_over_https_and_is_masked(run_k8s, kubeapi, write, tmp_path, audit_dir):
+    deployment(kubeapi, "api", "production", replicas=1)
+    pod = kubeapi.all("pods", "production")[0]["metadata"]["name"]
+    kubeapi.add_log("production", pod, "api", [f"debug: sending Authorization: Bearer {kubeapi.token}"])
+    user, mark = _exec_plugin(tmp_path, kubeapi.token)
+    cfg = write_kubeconfig(tmp_path / "exec.json", kubeapi.url, ca=kubeapi.ca, user=user)
+    inv = write("exec.yaml", f"clusters:\n  main: {{kubeconfig: {cfg}, namespace: production}}\n")
+    r = run_k8s("""
+  diagnose:
+    - id: pods
+      k8s: "get pods"
+    - id: logs
+      k8s: "logs deployment/api"
+""", inventory=inv)
+    assert mark.exists()  # the plugin ran (the server is https)
+    assert kubeapi.requests and all(x["authorization"] == f"Bearer {kubeapi.token}" for x in kubeapi.requests)
+    assert kubeapi.token not in r.stdout + r.stderr  # the plugin's token is masked like any secret
+    assert "Authorization: Bearer ***" in r.stdout, r.stdout
+    records = [f for f in audit_dir.rglob("*") if f.is_file()]
+    assert records and not any(kubeapi.token.encode() in f.read_bytes() for f in records)

@@ -361,7 +361,7 @@ def test_resume_of_an_alert_run_takes_its_locks_and_keeps_the_options(onf, tmp_p
     out = resume(rid, ui, yes=True)
     assert out.exit_code == 0, out.message  # not refused by its own locks or its own unfinished state
     assert ("step_finished", "fix", "skipped") in ui.calls  # still a server dry-run: the shell write was skipped
-    assert ran(tmp_path) == ["look", "check"]
+    assert out.status == "rehearsed" and ran(tmp_path) == ["look"]  # and verify is not run after it
     assert start(onf, yes=True, alert=alert()).exit_code == 0  # the alert is free again
 
 
@@ -552,3 +552,22 @@ def test_a_signal_before_the_first_step_finishes_the_run_as_interrupted(md, tmp_
     assert (out.status, out.exit_code) == ("interrupted", 130) and ran(tmp_path) == []
     last = records(audit_dir, out.run_id)[-1]
     assert (last["type"], last["signal"]) == ("run_finished", "SIGHUP")
+
+
+def test_a_server_dry_run_rehearsal_ends_before_verify_and_says_what_was_accepted(onf, tmp_path, audit_dir):
+    p = tmp_path / "until.yaml"
+    p.write_text(ONF.format(tmp=tmp_path).replace(
+        '      shell: "echo check >> {tmp}/ran"\n'.format(tmp=tmp_path),
+        '      shell: "echo check >> {tmp}/ran; false"\n      until: "exit_code == 0"\n      every: 1s\n      timeout: 5m\n'
+        .format(tmp=tmp_path)))
+    t0 = time.monotonic()
+    ui = FakeUI()
+    out = start(p, ui, yes=True, server_dry_run=True)
+    assert time.monotonic() - t0 < 5  # the verify poll (5 minutes) is not waited for
+    assert (out.status, out.exit_code) == ("rehearsed", 0), out.message
+    assert "did not send 1 write step (fix)" in out.message and "verify stage was not run" in out.message
+    assert ran(tmp_path) == ["look"]  # the shell write was not sent, the verify check not run
+    skipped = [r for r in records(audit_dir, out.run_id) if r["type"] == "step_result" and r["step"] == "check"]
+    assert skipped and "not verifiable in a server dry-run" in skipped[0]["error"]
+    assert "already finished: rehearsed" in resume(out.run_id).note
+    assert "rehearsed (--server-dry-run" in report.report(audit_dir / audit.LOG_NAME, out.run_id)

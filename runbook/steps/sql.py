@@ -388,7 +388,7 @@ def _connect(ctx, act: Action):
         except psycopg.Error:
             raise RunbookError(f"database '{db.name}': its dsn cannot be parsed (check its quoting and %-encoding)") from None
         if params.get("password"):
-            ctx.redactor.add(str(params["password"]))
+            ctx.redactor.add(str(params["password"]), name=f"databases.{db.name}.dsn")
     for key_name in ("host", "port", "dbname", "user", "sslmode", "service"):
         value = getattr(db, key_name)
         if value is not None:
