@@ -150,6 +150,7 @@ class SshDefaults:
     forks: int = 10
     connect_timeout: float = 10
     jump_host: str | None = None
+    shell: str | None = None  # "sh" | "bash": what runs ssh commands (default: the login shell, sh -c when wrapped)
 
 
 @dataclass
@@ -213,6 +214,7 @@ _GROUP: dict[str, Kind] = {"hosts": "names", "children": "names", "vars": "vars"
 _SSH: dict[str, Kind] = {
     "user": "text", "port": "port", "known_hosts": "text", "identity_file": "text",
     "host_key_policy": ("strict", "accept-new"), "forks": "count", "connect_timeout": "seconds", "jump_host": "name",
+    "shell": ("sh", "bash"),
 }
 _ENDPOINT: dict[str, Kind] = {"url": "text", "headers": "headers", "verify_tls": "bool", "timeout": "seconds"}
 _SCHEMAS: dict[str, dict[str, Kind]] = {

@@ -559,3 +559,20 @@ def test_hashed_known_hosts_lines_still_match(write, main, sshd, tmp_path):
     ran = tmp_path / "ran"
     r = main("run", book(write, ONE_STEP % ran), "--inventory", inventory(write, sshd, known))
     assert r.returncode == 0 and ran.exists(), r.stdout
+
+
+def test_the_inventory_chooses_bash_for_every_ssh_step(write, main, sshd, ssh_known_hosts):
+    p = book(write, """
+  diagnose:
+    - id: which
+      ssh: {hosts: h1, command: "echo shell=$0${BASH_VERSION:+-bash}"}
+      readonly: true
+    - id: asked
+      ssh: {hosts: h1, command: "echo step=$0", shell: sh}
+      readonly: true
+""")
+    inv = inventory(write, sshd, ssh_known_hosts, ssh={"shell": "bash"})
+    r = main("run", p, "--inventory", inv, "--dry-run")
+    assert r.returncode == 0 and "$ bash -c 'echo shell=" in r.stdout and "$ sh -c 'echo step=" in r.stdout, r.stdout
+    r = main("run", p, "--inventory", inv)
+    assert r.returncode == 0 and "shell=bash-bash" in r.stdout and "step=sh" in r.stdout, r.stdout + r.stderr

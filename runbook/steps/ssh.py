@@ -233,8 +233,10 @@ def action(step, r) -> Action:
         else:
             plain_env[k] = str(v)
     cwd = r.text(body["cwd"]) if "cwd" in body else None
-    line = remote_command(body, command, list(secret_env), step.timeout, cwd, plain_env)
     inventory = getattr(r, "inventory", None)
+    shell = body.get("shell") or getattr(getattr(inventory, "ssh", None), "shell", None)  # the step's, else the inventory's
+    line = remote_command({**body, "shell": shell} if shell else body, command, list(secret_env), step.timeout, cwd,
+                          plain_env)
     forks = body.get("forks") or (getattr(getattr(inventory, "ssh", None), "forks", None) if inventory else None) or DEFAULT_FORKS
     detail = {"command": line, "hosts": [t.__dict__ for t in targets], "forks": forks, "secret_vars": list(secret_env),
               "where": [t.describe() for t in targets]}
