@@ -122,6 +122,11 @@ def given_params(rb, given: dict[str, str], interactive: bool, ui) -> dict[str, 
     return out
 
 
+def example_params(rb) -> dict[str, str]:
+    """The runbook's ``example_params`` as -p strings (what a plan of it as shipped uses)."""
+    return {k: ("true" if v else "false") if isinstance(v, bool) else str(v) for k, v in rb.example_params.items()}
+
+
 def run_redactor(rb, params: dict, inventory) -> Redactor:
     """A run's redactor: the secret parameters given to the run are revealed
     (masked from the start); the inventory's secrets are only watched until a
@@ -335,7 +340,14 @@ def start(req: RunRequest, ui) -> Outcome:
     if req.step_mode and not req.interactive and not req.dry_run:
         raise UsageError("--step asks before every step: it needs a terminal")
     inventory = resolve_inventory(req.inventory_file, req.env)
-    params = resolve_params(rb, given_params(rb, req.params, req.interactive, ui))
+    given = given_params(rb, req.params, req.interactive, ui)
+    if req.dry_run:  # a plan of a runbook as shipped: its example_params fill what was not given
+        examples = {k: v for k, v in example_params(rb).items() if k not in given and not rb.params[k].has_default}
+        if examples:
+            ui.notice("dry-run: example_params for " + ", ".join(f"{k}={v}" for k, v in examples.items())
+                      + " (pass -p NAME=VALUE for your own)")
+            given.update(examples)
+    params = resolve_params(rb, given)
     redactor = run_redactor(rb, params, inventory)
     ui.attach(redactor)
     shown = display_params(rb, params)

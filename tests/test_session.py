@@ -571,3 +571,19 @@ def test_a_server_dry_run_rehearsal_ends_before_verify_and_says_what_was_accepte
     assert skipped and "not verifiable in a server dry-run" in skipped[0]["error"]
     assert "already finished: rehearsed" in resume(out.run_id).note
     assert "rehearsed (--server-dry-run" in report.report(audit_dir / audit.LOG_NAME, out.run_id)
+
+
+def test_a_dry_run_as_typed_plans_with_the_runbooks_example_params(audit_dir, monkeypatch):
+    """The first command users are told to type: `runbook run high-error-rate --dry-run`."""
+    from conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    rb = spec.find("high-error-rate", [ROOT / "playbooks"])
+    ui = FakeUI()
+    plan = session.start(session.RunRequest(runbook=rb, dry_run=True), ui)
+    assert plan.status == "planned" and plan.params_shown["service"] == rb.example_params["service"]
+    assert any("example_params for service=" in n for n in ui.notices)
+    mine = session.start(session.RunRequest(runbook=rb, params={"service": "web"}, dry_run=True), FakeUI())
+    assert mine.params_shown["service"] == "web"  # given values win
+    with pytest.raises(RunbookError, match="missing required parameter 'service'"):
+        session.start(session.RunRequest(runbook=rb), FakeUI())  # a live run never guesses

@@ -41,11 +41,12 @@ def dry_run_problems(path: str, inventory, config) -> list:
     from runbook import spec
     from runbook.engine import Engine, Options, resolve_params
     from runbook.errors import Problem, RunbookError
+    from runbook.session import example_params
 
     import os
 
     rb, _ = spec.load_runbook(path)
-    given = {k: ("true" if v else "false") if isinstance(v, bool) else str(v) for k, v in rb.example_params.items()}
+    given = example_params(rb)
     for name, p in rb.params.items():  # secrets never sit in a runbook: the environment, else a stand-in
         if p.secret and name not in given and not p.has_default:
             given[name] = os.environ.get(f"RUNBOOK_PARAM_{name.upper()}", "dry-run-secret")
