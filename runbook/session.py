@@ -324,7 +324,7 @@ class _Signals:
 def start(req: RunRequest, ui) -> Outcome:
     """Start a run: a plan (``dry_run``) or a live run.  Returns its outcome;
     raises RunbookError for bad input (parameters, inventory, locks)."""
-    from runbook.engine import Options, display_params, resolve_params
+    from runbook.engine import Engine, Options, display_params, resolve_params
     from runbook.errors import UsageError
     from runbook.inventory import resolve_inventory
     from runbook.schema import suggest
@@ -386,9 +386,10 @@ def start(req: RunRequest, ui) -> Outcome:
                 except RunbookError:
                     journal.run_finished(status="refused", exit_code=EXIT_REFUSED)
                     raise
-            return _live(rb, params, inventory, journal, options, outcome, ui,
-                         environment=_environment(req.env, inventory),
-                         clock_label="since the alert fired" if the_alert and the_alert.starts_at else "since the start")
+            engine = Engine(rb, params, inventory=inventory, ui=ui, journal=journal, options=options, run_id=run_id,
+                            redactor=redactor)
+            return _drive(engine, outcome, ui, environment=_environment(req.env, inventory),
+                          clock_label="since the alert fired" if the_alert and the_alert.starts_at else "since the start")
         finally:
             release(locks)
     finally:
@@ -419,26 +420,16 @@ def _plan(rb, params, inventory, journal, options, outcome: Outcome) -> Outcome:
     return outcome
 
 
-def _live(rb, params, inventory, journal, options, outcome: Outcome, ui, *, environment=None,
-          clock_label="since the start", start=None, visits=None, again=None, resumed=False) -> Outcome:
-    from runbook.engine import Engine
-
-    engine = Engine(rb, params, inventory=inventory, ui=ui, journal=journal, options=options,
-                    run_id=outcome.run_id, redactor=outcome.redactor)
-    return _drive(engine, outcome, ui, rb, environment, clock_label, start, visits, again, resumed)
-
-
-def _drive(engine, outcome: Outcome, ui, rb, environment, clock_label, start, visits, again, resumed,
-           restored: dict | None = None) -> Outcome:
+def _drive(engine, outcome: Outcome, ui, *, environment: str | None, clock_label: str, start=None,
+           visits: dict | None = None, again: str | None = None, resumed: bool = False) -> Outcome:
+    """The live run, from the operator's header to its recorded end, signals included."""
     with _Signals() as signals:
         try:
-            ui.run_started(rb, outcome.run_id, outcome.params_shown, environment=environment,
+            ui.run_started(engine.rb, outcome.run_id, outcome.params_shown, environment=environment,
                            clock_from=engine.options.clock_from, clock_label=clock_label, resumed=resumed)
         except KeyboardInterrupt as exc:  # before the first step: the run stops, and its log says so
             status, code, message = engine.stopped_before_start(exc)
         else:
-            if restored:
-                engine.restore(restored)
             status, code, message = engine.run(start=start, visits=visits, again=again)
         signals.ignore()  # the run is recorded as finished: a late signal changes nothing now
     outcome.status, outcome.exit_code, outcome.message = status, code, message
@@ -660,9 +651,10 @@ def resume(req: ResumeRequest, ui) -> Outcome:
                                     error=f"in doubt; {who} chose to run it again on resume")
         outcome = Outcome(run_id, "failed", EXIT_FAILED, params_shown=display_params(rb, params),
                           redactor=redactor, inventory=inventory)
-        return _drive(engine, outcome, ui, rb, req.env or _environment(None, inventory),
-                      "since the alert fired" if the_alert and the_alert.starts_at else "since the run started",
-                      start_step, visits, again, True, restored=ctx)
+        engine.restore(ctx)
+        return _drive(engine, outcome, ui, environment=req.env or _environment(None, inventory),
+                      clock_label="since the alert fired" if the_alert and the_alert.starts_at else "since the run started",
+                      start=start_step, visits=visits, again=again, resumed=True)
     finally:
         release(locks)
         log.close()

@@ -279,20 +279,8 @@ def _group_alive(proc: subprocess.Popen) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        names = os.listdir("/proc")
-    except OSError:  # no /proc: trust killpg
-        return True
-    for name in names:
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] != b"Z" and int(fields[2]) == proc.pid:  # state, ppid, pgrp
-                return True
-    return False
+    members = procs.group_members(proc.pid)
+    return True if members is None else bool(members)  # no /proc: trust killpg
 
 
 def _kill(proc: subprocess.Popen, reader: _Reader | None = None) -> None:
