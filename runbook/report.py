@@ -78,13 +78,14 @@ _OUTCOME = {
 
 # --- Markdown ------------------------------------------------------------------
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but tab and newline, DEL, C1
 _SPECIAL = re.compile(r"([\\`*_\[\]<>|#~&])")
 
 
 def _printable(s: str) -> str:
-    """Control characters (terminal escapes, NULs, CRs) as visible ``\\xNN``."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
+    """Control characters (terminal escapes, NULs, CRs) shown, never sent: the one rule of :func:`runbook.ui.visible`."""
+    from runbook.ui import visible
+
+    return visible(s)
 
 
 def text(value: Any) -> str:
