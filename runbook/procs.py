@@ -173,7 +173,7 @@ def _local(record: dict[str, Any]) -> str | None:
         except OSError:
             pass
         return f"{what} may still be running on host {host or here} (a process group with its id exists)"
-    if not any(not _supervisor(p) for p in members):
+    if all(_supervisor(p) for p in members):
         return None  # only runbook's supervisors (`timeout`, the guard) are left, ending the group
     # A group id is not reused while the group has a member. If a process with the leader's pid
     # lives but started at another time, the pid (and so the group id) was reused: ours is gone.
@@ -209,8 +209,11 @@ def running_lines(records: list[dict[str, Any]], now: float | None = None) -> li
             hosts = [str(h) for h in r.get("hosts") or []]
             if r.get("deadline") is None:
                 merged["open"] += hosts
-            else:
+                continue
+            try:
                 merged["running"].append((float(r["deadline"]), hosts))
+            except (TypeError, ValueError):  # a deadline that cannot be read: said as it is, not merged
+                lines.append(f"step {r.get('step')}: {line}")
             continue
         line = _local(r)
         if line is not None:

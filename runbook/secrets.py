@@ -94,12 +94,15 @@ class Redactor:
                 self._short[value] = label
                 self._report(label)
             return False
+        self._mask(value)
+        return True
+
+    def _mask(self, value: str) -> None:
         if value not in self._secrets:
             self._secrets.append(value)
             # Longest first, so that a secret containing another is masked whole.
             self._secrets.sort(key=len, reverse=True)
             self._pattern = None
-        return True
 
     def watch(self, value: str) -> None:
         """A secret the run may use but has not revealed (an inventory secret):
@@ -109,10 +112,8 @@ class Redactor:
         value = str(value)
         if len(value) >= MIN_MASKED and value not in self._watched:
             self._watched.append(value)
-        if len(value) >= MIN_WATCHED_MASKED and value not in self._secrets:
-            self._secrets.append(value)
-            self._secrets.sort(key=len, reverse=True)
-            self._pattern = None
+        if len(value) >= MIN_WATCHED_MASKED:
+            self._mask(value)
 
     def on_too_short(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(name)`` once for each revealed secret too short to mask
@@ -130,7 +131,7 @@ class Redactor:
             return
 
         def tell(name: str) -> None:
-            if ui is not None and hasattr(ui, "notice"):
+            if ui is not None:
                 ui.notice(too_short_notice(name))
             if journal is not None:
                 journal.event("secret_too_short", secret=name, min_length=MIN_MASKED)

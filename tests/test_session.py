@@ -587,3 +587,8 @@ def test_a_dry_run_as_typed_plans_with_the_runbooks_example_params(audit_dir, mo
     assert mine.params_shown["service"] == "web"  # given values win
     with pytest.raises(RunbookError, match="missing required parameter 'service'"):
         session.start(session.RunRequest(runbook=rb), FakeUI())  # a live run never guesses
+
+
+def test_a_remote_deadline_that_cannot_be_read_is_said_not_a_crash():
+    lines = procs.running_lines([{"type": "step_process", "step": "s", "hosts": ["a"], "deadline": "x"}])
+    assert lines == ["step s: its remote command on a may still be running (its deadline 'x' cannot be read)"]

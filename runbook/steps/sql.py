@@ -620,8 +620,10 @@ def _statement_error(exc, act: Action, timeout: float | None) -> str:
 
 
 def _line_col(query: str, position: int) -> tuple[int, int]:
-    before = query[: max(position - 1, 0)]
-    return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+    """Line and column of the server's 1-based character position in the query."""
+    from runbook.steps.sql_readonly import line_col
+
+    return line_col(query, position - 1)
 
 
 def _table(got: dict) -> str:

@@ -68,7 +68,7 @@ SQL_TEXT_FUNCTIONS = re.compile(
 _OPERATOR_KINDS = frozenset(("AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_OP_ALL", "AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT",
                              "AEXPR_NULLIF", "AEXPR_IN", "AEXPR_LIKE", "AEXPR_ILIKE", "AEXPR_SIMILAR"))
 FIRST_NORMAL_OID = 16384  # PostgreSQL's FirstNormalObjectId: below it, built into the server
-_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
+from runbook.steps.sql import PLACEHOLDER as _PLACEHOLDER  # noqa: E402 - the one pattern of bound values
 _LOCKING = re.compile(r"\bFOR\s+(?:NO\s+KEY\s+UPDATE|UPDATE|KEY\s+SHARE|SHARE)\b", re.IGNORECASE)
 
 
@@ -104,10 +104,6 @@ class Statement:
     def functions(self) -> list[str]:
         return list(dict.fromkeys(c.shown for c in self.calls if c.kind == "function"))
 
-    @property
-    def operators(self) -> list[str]:
-        return list(dict.fromkeys(c.shown for c in self.calls if c.kind == "operator"))
-
 
 def line_col(query: str, offset: int | None) -> tuple[int, int]:
     before = query[: max(offset or 0, 0)]
@@ -130,7 +126,7 @@ def _bound(query: str) -> str:
         n = numbers.setdefault(m.group(1) or f"#{len(numbers)}", len(numbers) + 1)
         return f"${n}".ljust(len(m.group()))
 
-    return _PLACEHOLDER.sub(sub, query) if _PLACEHOLDER.search(query) else query
+    return _PLACEHOLDER.sub(sub, query)
 
 
 def _char_offset(text: str, byte_offset: int) -> int:
