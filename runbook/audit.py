@@ -231,7 +231,6 @@ class AuditLog:
         self._key_dir: Path | None = None
         self._key: Any = None  # the current epoch's seal.Key, as last read
         self._key_stat: tuple[int, int] | None = None
-        self._head: dict[str, Any] | None = None  # the head as this object last wrote it
         self._head_bytes: bytes | None = None  # ... and its bytes
         self._exchange_ok = True  # whether the head can be replaced in place (see _replace_head)
 
@@ -352,9 +351,11 @@ class AuditLog:
         from runbook import seal
 
         data = self._make_head(key, count, last_hash, epoch_start, first, stamp)
-        if create or not self._exchange_ok or not _replace_head(self.head_path, data):
-            self._exchange_ok = False if not create else self._exchange_ok
-            seal.write_atomic(self.head_path, data, sync=True, sync_dir=create)
+        if not create and self._exchange_ok:
+            if _replace_head(self.head_path, data):
+                return
+            self._exchange_ok = False
+        seal.write_atomic(self.head_path, data, sync_dir=create)
 
     def _make_head(self, key: Any, count: int, last_hash: str, epoch_start: int, first: int | None,
                    stamp: str) -> bytes:
@@ -367,7 +368,7 @@ class AuditLog:
         head["sig"] = key.sign(_canonical(head))
         data = _canonical(head) + b"\n"
         data += b" " * (HEAD_SIZE - len(data) - 1) + b"\n" if len(data) < HEAD_SIZE else b""  # one size: see _replace_head
-        self._head, self._head_bytes = head, data
+        self._head_bytes = data
         return data
 
     def _remember(self, key: Any) -> None:
@@ -749,7 +750,6 @@ class VerifyResult:
     message: str  # "ok: ..." or "line N: what is wrong"
     problem: str = ""  # what is wrong, without the line number
     status: str = "ok"  # one of STATUSES
-    warnings: tuple[str, ...] = ()  # e.g. no head file: a cut-off end cannot be detected
 
 
 def _anchor(path: Path, key: str | os.PathLike[str] | None) -> tuple[bytes | None, str, str]:
@@ -874,8 +874,8 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
     first_line: int | None = None  # the line of record number head["first"] + 1 (the first sealed one)
     number = 0
 
-    def bad(line: int, problem: str, status: str = "tampered", n: int | None = None) -> VerifyResult:
-        return VerifyResult(False, records if n is None else n, line, f"line {line}: {problem}", problem, status)
+    def bad(line: int, problem: str) -> VerifyResult:
+        return VerifyResult(False, records, line, f"line {line}: {problem}", problem, "tampered")
 
     with f:
         for number, raw in enumerate(_lines_upto(f, size), start=1):
@@ -895,11 +895,8 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
                 repaired.append(line)
                 pending = []
             problem = None
-            if "sig" not in record:
-                if epoch is not None:
-                    problem = "record is not sealed, after sealed records (forged, or its seal removed)"
-                elif record["hash"] != _digest(record):
-                    problem = "record was modified (hash mismatch)"
+            if "sig" not in record and epoch is not None:
+                problem = "record is not sealed, after sealed records (forged, or its seal removed)"
             elif record["hash"] != _digest(record):
                 problem = "record was modified (hash mismatch)"
             if problem is None and text != _canonical(record):
@@ -960,7 +957,6 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
                 return bad(line, _unreadable(text + (b"\n" if line < number or raw.endswith(b"\n") else b"")))
         torn_line = pending[0][0]
 
-    warnings: list[str] = []
     end = number + 1 if torn_line is None else torn_line
     unsealed_start = False  # a crash between the head written before the first seal and the seal itself
     if epoch is not None:
@@ -1011,18 +1007,17 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
             problem = (f"cannot verify the seals: key missing ({anchor_name} not found; give the log's anchor with "
                        f"--key). The chain and seals agree with the log's own first key "
                        f"({seal.fingerprint(first_key)}), which proves nothing by itself")
-        return VerifyResult(False, records, None, problem, problem, "key-missing", tuple(warnings))
+        return VerifyResult(False, records, None, problem, problem, "key-missing")
     if torn_line is not None:
         problem = ("incomplete record at the end of the file (a write torn by a crash or power loss, or the repair "
                    "of one torn too; the next write repairs it)")
-        return VerifyResult(False, records, torn_line, f"line {torn_line}: {problem}", problem, "torn",
-                            tuple(warnings))
+        return VerifyResult(False, records, torn_line, f"line {torn_line}: {problem}", problem, "torn")
     if epoch is None and records:
         message = (f"not sealed (written before sealing): {records} records, chain intact; "
                    "without seals anyone who can write the file can rewrite it")
         if unsealed_start:
             message += "; the writer stopped (a crash) just before sealing it, the next write seals it"
-        return VerifyResult(True, records, None, message, message, "unsealed", tuple(warnings))
+        return VerifyResult(True, records, None, message, message, "unsealed")
     message = f"ok: {records} records, chain intact"
     if epoch is not None:
         message += f", sealed ({epoch + 1} epoch{'s' if epoch else ''}, anchor {seal.fingerprint(first_key)})"
@@ -1031,7 +1026,7 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
             message += f"; the first {legacy} were written before sealing (chained, not sealed)"
     if repaired:
         message += "; torn writes repaired at line " + ", ".join(map(str, repaired))
-    return VerifyResult(True, records, None, message, status="ok", warnings=tuple(warnings))
+    return VerifyResult(True, records, None, message, status="ok")
 
 
 def _unreadable(line: bytes) -> str:

@@ -185,12 +185,12 @@ def resolve_run(path: Path, run_id: str) -> list[dict[str, Any]]:
     return audit.run_records(path, run_id)
 
 
-def check_chain(path: Path, run_id: str) -> Problem | None:
+def check_chain(path: Path, run_id: str, result: audit.VerifyResult | None = None) -> Problem | None:
     """None when the log verifies (like ``runbook audit verify``), else where it does not."""
-    result = audit.verify(path)
+    result = result or audit.verify(path)
     if result.ok:
         return None
-    if getattr(result, "status", None) == "torn":  # a crash, not tampering: the next write keeps the bytes
+    if result.status == "torn":  # a crash, not tampering: the next write keeps the bytes
         return Problem(str(path), result.line, result.problem or result.message, False, crash=True)
     this_run = False
     if result.line is not None:
@@ -817,10 +817,11 @@ def _action_items(run: _Run) -> list[str]:
 
 
 def report(path: str | os.PathLike[str], run_id: str,
-           meta: Callable[[dict[str, Any]], dict[str, Any]] = runbook_meta) -> str:
+           meta: Callable[[dict[str, Any]], dict[str, Any]] = runbook_meta,
+           checked: audit.VerifyResult | None = None) -> str:
     """The Markdown report of run ``run_id`` (an id, a unique prefix or ``last``) of the log at ``path``."""
     path = Path(path)
     records = resolve_run(path, run_id)
-    problem = check_chain(path, str(records[0].get("run")))
+    problem = check_chain(path, str(records[0].get("run")), checked)
     started = next((r for r in records if r.get("type") == "run_started"), {})
     return render(records, problem=problem, meta=meta(started))

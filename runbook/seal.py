@@ -133,7 +133,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600, sync: bool = True, sync_dir: bool | None = None) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` in one step (a temporary file renamed over it).
 
     ``sync``: the temporary file is on disk before it is renamed, so a power loss leaves
@@ -145,12 +145,11 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, sync: bool = True, 
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        if sync:
-            os.fsync(fd)
+        os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    if sync if sync_dir is None else sync_dir:
+    if sync_dir:
         _fsync_dir(path.parent)
 
 
@@ -274,7 +273,6 @@ def retire(directory: Path) -> Path | None:
 
     Used only when a new log starts where no sealed log is (the old one was moved aside,
     or its keys belong to another log that is gone)."""
-    clean_temporary(directory)
     keys = [directory / n for n in (KEY_NAME, NEXT_NAME) if (directory / n).exists()]
     anchor = directory / ANCHOR_NAME
     target = None

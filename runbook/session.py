@@ -692,19 +692,19 @@ def _check_running(records: list[dict], run_id: str, step_id: str, force: bool, 
         ui.notice(warning)
 
 
-def log_trust(path: Path) -> tuple[str, str]:
-    """(status, message) of the audit log's verification: "ok", "torn" (a crash; the next write
-    repairs it), "unsealed" (written before sealing), "tampered" or "key-missing"."""
+def log_trust(path: Path) -> tuple[str, str, Any]:
+    """(status, message, the VerifyResult or None) of the audit log's verification: "ok", "torn"
+    (a crash; the next write repairs it), "unsealed" (written before sealing), "tampered" or
+    "key-missing"; ("ok", "no log yet", None) when there is none."""
     if not Path(path).exists():
-        return "ok", "no log yet"
+        return "ok", "no log yet", None
     check = audit.verify(path)
-    status = getattr(check, "status", None) or ("ok" if check.ok else "tampered")
-    return status, check.message
+    return check.status, check.message, check
 
 
 def _trust_log(path: Path, run_id: str, force: bool, journal, who: str, ui) -> None:
     """Resume rests on the log: refuse one that does not verify, unless ``force`` (recorded)."""
-    status, message = log_trust(path)
+    status, message, _ = log_trust(path)
     if status in ("ok", "torn"):
         return
     if status == "unsealed":

@@ -213,21 +213,16 @@ EXIT_CODES = {"ok": 0, "tampered": 1, "unsealed": 3, "torn": 4, "key-missing": 5
 
 
 def _verify(args: argparse.Namespace) -> int:
-    import sys
-
     from runbook import audit
-    from runbook.ui import out
+    from runbook.ui import out, visible
 
     path = args.file or _log_path(args)
     result = audit.verify(path, args.key)
-    for warning in result.warnings:
-        sys.stderr.write(f"{path}: warning: {warning}\n")
     if result.status == "ok":
-        out().print(result.message, markup=False, soft_wrap=True)
-    elif result.status in ("unsealed", "key-missing"):
-        level = "warning" if result.status == "unsealed" else "error"
-        out().print(f"{path}: {level}: {result.problem}", markup=False, soft_wrap=True)
+        text = result.message
     else:
-        level = "warning" if result.status == "torn" else "error"
-        out().print(f"{path}:{result.line}: {level}: {result.problem}", markup=False, soft_wrap=True)
+        level = "error" if result.status in ("tampered", "key-missing") else "warning"
+        where = path if result.line is None else f"{path}:{result.line}"
+        text = f"{where}: {level}: {result.problem}"
+    out().print(visible(text, one_line=True), markup=False, soft_wrap=True)
     return EXIT_CODES[result.status]

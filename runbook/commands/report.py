@@ -33,12 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from runbook.session import log_trust
 
     path = _log_path(args)
-    status, message = log_trust(path)
+    status, message, checked = log_trust(path)  # verified once: the report reuses the result
     if status in ("tampered", "key-missing") and not args.force:
         what = "cannot be verified" if status == "key-missing" else "does not verify"
         raise RunbookError(f"the audit log {path} {what}: {message}; a report would rest on records that may have "
                            "been changed (runbook audit verify gives the details; --force writes it with a warning)")
-    text = report(path, args.run_id)
+    text = report(path, args.run_id, checked=checked)
     if not args.output or args.output == "-":
         sys.stdout.write(text)
         return 0
