@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -261,6 +260,10 @@ class Engine:
                 act = s.module.action(s, r)
             except RunbookError as exc:
                 raise RunbookError(self.redactor.text(f"{self.rb.path}:{s.pos[0]}:{s.pos[1]}: step '{s.id}': {exc}")) from None
+            unsaid = _unaggregated(s, act)
+            if unsaid:
+                pos = s.raw["outputs"].kpos(unsaid[0][0])
+                raise RunbookError(self.redactor.text(f"{self.rb.path}:{pos[0]}:{pos[1]}: {unsaid[1]}"))
             entries.append(PlanEntry(s, act, successors(self.rb, s)))
         return entries
 
@@ -441,6 +444,9 @@ class Engine:
             act = step.module.action(step, r)
         except RunbookError as exc:
             return self._record_skip(step, StepResult("failed", error=f"cannot render the step: {exc}"))
+        unsaid = _unaggregated(step, act)
+        if unsaid:  # before anything is asked or contacted
+            return self._record_skip(step, StepResult("failed", error=self.redactor.text(unsaid[1])))
         shown = self.redactor.text(act.summary)
         if self.ui:
             self.ui.step_started(step, act)
@@ -604,26 +610,9 @@ class Engine:
             time.sleep(step.retry_delay)
 
     def _outputs(self, step: Step, result: StepResult) -> None:
-        for name, spec in step.outputs.items():
-            text = result.stderr if spec.get("from") == "stderr" else result.stdout
-            try:
-                if "regex" in spec:
-                    m = re.search(spec["regex"], text, re.MULTILINE)
-                    if not m:
-                        raise ValueError(f"pattern {spec['regex']!r} did not match")
-                    value: Any = m.group(1) if m.groups() else m.group(0)
-                elif "json" in spec:
-                    value = json.loads(text)
-                    for part in [p for p in spec["json"].split(".") if p]:
-                        value = value[int(part)] if isinstance(value, list) else value[part]
-                else:
-                    value = text.strip()
-                value = convert(value, spec.get("type"))
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                result.status = "failed"
-                result.error = f"output '{name}': {exc}"
-                return
-            result.outputs[name] = value
+        from runbook import outputs
+
+        outputs.take(step.id, step.outputs, result, step.module.per_host(result))
 
     def _close_connections(self) -> None:
         for conn in self.step_ctx.connections.values():
@@ -631,6 +620,19 @@ class Engine:
                 conn.close()
             except Exception:  # noqa: BLE001 - closing must never mask the run's outcome
                 pass
+
+
+def _unaggregated(step: Step, act: Action) -> tuple[list[str], str] | None:
+    """Outputs of a step that runs on several hosts (or a group) that do not
+    say how the hosts' values combine, with the message; None when all do."""
+    if not act.fan_out or not step.outputs:
+        return None
+    from runbook import outputs
+
+    names = outputs.missing_aggregates(step.outputs)
+    if not names:
+        return None
+    return names, outputs.needs_aggregate(step.id, names, act.fan_out)
 
 
 MAX_RESTORABLE = 64 * 1024
@@ -651,19 +653,4 @@ def _restorable(data: dict) -> dict | None:
     return json.loads(text)
 
 
-def convert(value: Any, type_: str | None) -> Any:
-    """An output's text as its declared type (ValueError when it is not one)."""
-    if type_ is None or type_ == "json":
-        return value
-    if type_ == "integer":
-        return int(str(value).strip())
-    if type_ == "number":
-        return float(str(value).strip())
-    if type_ == "boolean":
-        low = str(value).strip().lower()
-        if low in ("true", "yes", "1"):
-            return True
-        if low in ("false", "no", "0", ""):
-            return False
-        raise ValueError(f"{value!r} is not a boolean")
-    return str(value)
+from runbook.outputs import convert  # noqa: E402,F401 - kept importable from here

@@ -46,6 +46,10 @@ OUTPUT = S.Obj(
         "regex": S.Str(doc="take the first group (or the whole match) of this regular expression"),
         "json": S.Str(doc="parse the stream as JSON and take this dotted path ('' for the whole document)"),
         "type": S.Str(enum=("string", "integer", "number", "boolean", "json"), doc="convert the value"),
+        "aggregate": S.Str(enum=("max", "min", "sum", "avg", "count", "any", "all", "list"),
+                           doc="how the hosts' values combine when the step runs on several hosts or a group "
+                               "(required there): max/min/sum/avg of numbers, count/any/all of booleans, "
+                               "or list; each host's own value is steps.ID.hosts[\"HOST\"].outputs.NAME"),
     },
     exclusive=(("regex", "json"),),
     doc="An output taken from the step's result",

@@ -12,6 +12,8 @@ import sys
 from functools import lru_cache
 from typing import Protocol
 
+from runbook import outputs
+
 
 def _width() -> int | None:
     """Rich wraps piped output at 80 columns; logs and pipes read better wider."""
@@ -134,6 +136,9 @@ def print_plan(rb, entries, params_shown: dict, redactor, inventory=None) -> Non
             extras.append(f"max_visits {s.max_visits}")
         if extras:
             c.print(f"     [dim]{esc('; '.join(extras))}[/]")
+        combined = [f"{k} = {o['aggregate']} over the hosts" for k, o in s.outputs.items() if o.get("aggregate")]
+        if combined and e.action and e.action.fan_out:
+            c.print(f"     [dim]outputs: {esc('; '.join(combined))} (each host's own: steps.{esc(s.id)}.hosts[HOST].outputs)[/]")
         for label, target in e.successors:
             if label == "next" and len(e.successors) == 1 and entries[n:] and entries[n].step.id == target:
                 continue
@@ -389,7 +394,9 @@ class ConsoleUI:
             self.c.print("[dim]" + self._r(excerpt) + "[/]", soft_wrap=True)
         self._streamed = False
         if result.outputs:
-            self.c.print("  outputs: " + ", ".join(f"{esc(k)}={self._r(v)}" for k, v in result.outputs.items()))
+            how = result.data.get("aggregates") or {}  # a fan-out's: how the hosts' values combined
+            self.c.print("  outputs: " + ", ".join(f"{esc(k)}={self._r(v)}{esc(outputs.note(k, how.get(k)))}"
+                                                  for k, v in result.outputs.items()))
 
     def run_finished(self, status: str, code: int, message: str) -> None:
         style = "green" if code == 0 else ("yellow" if code == 3 else "red")

@@ -21,6 +21,7 @@ from typing import Any
 
 from runbook import expr
 from runbook import graph as G
+from runbook import outputs
 from runbook.errors import Problem
 from runbook.schema import suggest
 from runbook.spec import SPECIAL_TARGETS, Runbook, Step
@@ -241,6 +242,13 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
                     re.compile(spec["regex"])
                 except re.error as exc:
                     problem(s.raw["outputs"].vpos(o), f"step '{s.id}': output '{o}': invalid regex: {exc}")
+            why = outputs.type_problem(spec)
+            if why:
+                problem(s.raw["outputs"].vpos(o), f"step '{s.id}': output '{o}': {why}")
+        where = s.module.fans_out(s.body, inventory) if s.outputs else ""
+        unsaid = outputs.missing_aggregates(s.outputs) if where else []
+        if unsaid:
+            problem(s.raw["outputs"].kpos(unsaid[0]), outputs.needs_aggregate(s.id, unsaid, where))
         for field_name, source, mode in step_templates(s):
             _check_template(rb, s, field_name, source, mode, problem, can_run_before, secret_params)
         for field_name, source, mode in step_templates(s):

@@ -576,3 +576,111 @@ def test_the_inventory_chooses_bash_for_every_ssh_step(write, main, sshd, ssh_kn
     assert r.returncode == 0 and "$ bash -c 'echo shell=" in r.stdout and "$ sh -c 'echo step=" in r.stdout, r.stdout
     r = main("run", p, "--inventory", inv)
     assert r.returncode == 0 and "shell=bash-bash" in r.stdout and "step=sh" in r.stdout, r.stdout + r.stderr
+
+
+def _two_hosts(write, sshd, sshd_bastion, known_hosts) -> Path:
+    """Group `web`: web-1 on one real sshd, web-2 on another, so each host prints its own values."""
+    extra = {"web-1": {"address": sshd.host, "port": sshd.port, "user": sshd.user},
+             "web-2": {"address": sshd_bastion.host, "port": sshd_bastion.port, "user": sshd_bastion.user}}
+    return inventory(write, sshd, known_hosts, names=(), extra_hosts=extra, groups={"web": {"hosts": ["web-1", "web-2"]}})
+
+
+def _by_server(sshd, low: str, high: str) -> str:
+    """A command printing `low` on `sshd` and `high` on any other server (by the port sshd answers on)."""
+    return f'case "${{SSH_CONNECTION##* }}" in {sshd.port}) echo "{low}";; *) echo "{high}";; esac'
+
+
+def test_a_group_step_decides_from_every_hosts_value_not_the_first(write, main, sshd, sshd_bastion, ssh_known_hosts, audit_dir):
+    """Two real hosts print 29% and 70%: the disk-full branch must see 70 (the first host alone would skip it)."""
+    inv = _two_hosts(write, sshd, sshd_bastion, ssh_known_hosts)
+    cmd = _by_server(sshd, "/dev/sda1 29% false", "/dev/sda1 70% true")
+    p = book(write, f"""
+  diagnose:
+    - id: disk
+      ssh: {{hosts: web, command: {json.dumps(cmd)}, forks: 2}}
+      readonly: true
+      outputs:
+        use: {{regex: '(\\d+)%', type: integer, aggregate: max}}
+        low: {{regex: '(\\d+)%', type: integer, aggregate: min}}
+        total: {{regex: '(\\d+)%', type: integer, aggregate: sum}}
+        mean: {{regex: '(\\d+)%', type: number, aggregate: avg}}
+        each: {{regex: '(\\d+)%', type: integer, aggregate: list}}
+        full: {{regex: '(true|false)', type: boolean, aggregate: any}}
+        all_full: {{regex: '(true|false)', type: boolean, aggregate: all}}
+        n_full: {{regex: '(true|false)', type: boolean, aggregate: count}}
+    - id: decide
+      choose:
+        - when: "steps.disk.outputs.use > 50"
+          goto: full
+    - id: fine
+      end: {{status: failed, message: "decided from one host: {{{{ steps.disk.outputs.use }}}}"}}
+    - id: full
+      end: >-
+        full on {{{{ steps.disk.aggregates.use.host }}}} ({{{{ steps.disk.outputs.use }}}});
+        emptiest {{{{ steps.disk.aggregates.low.host }}}} ({{{{ steps.disk.outputs.low }}}});
+        sum {{{{ steps.disk.outputs.total }}}} avg {{{{ steps.disk.outputs.mean }}}} each {{{{ steps.disk.outputs.each }}}};
+        any {{{{ steps.disk.outputs.full }}}} all {{{{ steps.disk.outputs.all_full }}}} count {{{{ steps.disk.outputs.n_full }}}};
+        web-1 says {{{{ steps.disk.hosts['web-1'].outputs.use }}}}
+""")
+    r = main("run", p, "--inventory", inv)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = " ".join(r.stdout.split())
+    assert "full on web-2 (70); emptiest web-1 (29);" in out, out
+    assert "sum 99 avg 49.5 each [29, 70]; any True all False count 1; web-1 says 29" in out, out
+    assert "use=70 (max of 2 hosts, from web-2)" in out, out
+    # the audit log keeps the step-level values, how they were combined and each host's own
+    recs = [r for r in audit.read_records(audit_dir / "audit.jsonl") if r.get("type") == "step_result" and r.get("step") == "disk"]
+    assert recs[0]["outputs"]["use"] == 70 and recs[0]["outputs"]["each"] == [29, 70]
+    assert recs[0]["data"]["aggregates"]["use"] == {"aggregate": "max", "hosts": 2, "host": "web-2"}
+    assert recs[0]["data"]["hosts"]["web-2"]["outputs"]["full"] is True
+
+
+def test_a_group_steps_output_without_an_aggregate_is_refused_before_anything_runs(write, main, sshd, sshd_bastion, ssh_known_hosts):
+    inv = _two_hosts(write, sshd, sshd_bastion, ssh_known_hosts)
+    p = book(write, """
+  diagnose:
+    - id: disk
+      ssh: {hosts: web, command: "df -h /", forks: 2}
+      readonly: true
+      outputs:
+        use: {regex: '(\\d+)%', type: integer}
+""")
+    r = main("validate", p, "--inventory", inv)
+    assert r.returncode == 1
+    assert "t.yaml:10:9: error: step 'disk' runs on every host of group web, so output 'use' must say how the hosts' values combine" in r.stdout
+    assert "add aggregate: one of max, min, sum, avg, count, any, all or list" in r.stdout
+    # a host list is a fan-out too; a template is judged once rendered (the plan, then the run)
+    for hosts in ("[web-1, web-2]", "'{{ params.where }}'"):
+        p = book(write, f"""
+  diagnose:
+    - id: disk
+      ssh: {{hosts: {hosts}, command: "df -h /", forks: 2}}
+      readonly: true
+      outputs:
+        use: {{regex: '(\\d+)%', type: integer}}
+""", head="params:\n  where: {type: string, default: web}\n")
+        before = (sshd.connections(), sshd_bastion.connections())
+        r = main("run", p, "--inventory", inv, "--dry-run")
+        assert r.returncode != 0 and "must say how the hosts' values combine" in r.stderr + r.stdout, r.stdout + r.stderr
+        r = main("run", p, "--inventory", inv)
+        assert r.returncode == 1 and "must say how the hosts' values combine" in r.stdout + r.stderr, r.stdout + r.stderr
+        assert (sshd.connections(), sshd_bastion.connections()) == before  # refused before contacting a host
+
+
+def test_an_aggregate_must_fit_its_type(write, main):
+    p = book(write, """
+  diagnose:
+    - id: disk
+      ssh: {hosts: [a, b], command: "df -h /", forks: 2}
+      readonly: true
+      outputs:
+        use: {regex: '(\\d+)%', aggregate: max}
+        bad: {regex: '(yes|no)', type: integer, aggregate: any}
+""")
+    r = main("validate", p)
+    assert r.returncode == 1
+    assert "t.yaml:10:14: error: step 'disk': output 'use': aggregate: max compares numbers; add type: integer or type: number" in r.stdout
+    assert "t.yaml:11:14: error: step 'disk': output 'bad': aggregate: any counts true values; add type: boolean" in r.stdout
+    p.write_text(p.read_text().replace("aggregate: max", "aggregate: median"))
+    r = main("validate", p)
+    assert r.returncode == 1 and "'median' is not one of max, min, sum, avg, count, any, all, list" in r.stdout

@@ -48,6 +48,9 @@ class Action:
     targets: list[str] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)  # kind-specific rendered data
     env: dict[str, str] = field(default_factory=dict)  # secret environment (never shown)
+    # what it fans out over ("2 hosts", "every host of group web"), "" for one target:
+    # its outputs then need an aggregate (runbook.outputs)
+    fan_out: str = ""
 
 
 @dataclass
@@ -110,6 +113,10 @@ class StepKind(Protocol):
     def inventory_problems(self, step, inventory) -> list[tuple[str, str, str]]: ...  # (key, message, rule)
 
     def fanout(self, body: dict) -> bool | None: ...  # False: several hosts, no forks (RB104)
+
+    def fans_out(self, body: dict, inventory) -> str: ...  # "2 hosts", "every host of group web": outputs need an aggregate
+
+    def per_host(self, result: StepResult) -> dict[str, dict] | None: ...  # each target's result, for outputs per host
 
     def inventory_targets(self, body: dict) -> list[tuple[str, str, str]]: ...  # (inventory kind, name, key)
 

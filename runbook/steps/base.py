@@ -78,6 +78,22 @@ def fanout(body: dict) -> bool | None:
     return None
 
 
+def fans_out(body: dict, inventory) -> str:
+    """What the step runs on when that is several targets or a group that may
+    grow ("2 hosts", "every host of group web"), as far as the unrendered body
+    and the inventory (None: not known) tell; "" otherwise.  Its outputs then
+    need an ``aggregate`` (checked by validate; the rendered ``Action.fan_out``
+    is checked by the plan and before the step runs)."""
+    return ""
+
+
+def per_host(result) -> dict[str, dict] | None:
+    """Each target's own result (name -> dict with ``status``, ``stdout``,
+    ``stderr``) for kinds that fan out; outputs are read on each one and the
+    dicts get their own ``outputs``.  None: the step has one result."""
+    return None
+
+
 def inventory_targets(body: dict) -> list[tuple[str, str, str]]:
     """(inventory kind, name, key) of the inventory entries the step names
     ("host", "group", "cluster", "database", "prometheus", "http", "notify"),
@@ -159,7 +175,7 @@ def outline(body: dict) -> str:
 # The hooks with a default above, in the order of this module.
 DEFAULTED: tuple[str, ...] = (
     "DEFAULT_READONLY", "FIXED_EFFECT", "RESULT_FIELDS", "IMPLICIT_OUTPUTS", "WRITE_NEEDS_TIMEOUT",
-    "SERVER_DRY_RUN", "effect_of", "static_problems", "inventory_problems", "fanout", "inventory_targets",
+    "SERVER_DRY_RUN", "effect_of", "static_problems", "inventory_problems", "fanout", "fans_out", "per_host", "inventory_targets",
     "edges", "BRANCHING", "falls_through", "ENDS_RUN", "end_status",
     "SHOW_OUTPUT", "SHOW_LINES", "COMMAND_SUMMARY", "PLAN_SUMMARY", "CARD_SUMMARY", "CARD_TARGETS", "outline",
 )

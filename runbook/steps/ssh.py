@@ -35,6 +35,10 @@
 * Per-host results: ``steps.ID.hosts["api-1"].stdout`` / ``.exit_code`` /
   ``.status`` / ``.duration``, plus ``ok``/``failed`` counts and
   ``failed_hosts``.  Any failed host fails the step (``on_failure`` applies).
+* Outputs are read on every host (``steps.ID.hosts["api-1"].outputs.NAME``); on
+  a list of hosts or a group, each output says how the hosts' values combine
+  (``aggregate: max``, …: runbook.outputs), and ``steps.ID.aggregates.NAME.host``
+  names the host that gave a max or min.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ SCHEMA = S.Obj(
 )
 DEFAULT_READONLY = False
 FIXED_EFFECT = None
-RESULT_FIELDS = ("hosts", "ok_hosts", "failed_hosts", "skipped_hosts", "ok_count", "failed_count")
+RESULT_FIELDS = ("hosts", "ok_hosts", "failed_hosts", "skipped_hosts", "ok_count", "failed_count", "aggregates")
 SHOW_OUTPUT = "head"
 COMMAND_SUMMARY = True  # the summary is the remote command line; detail["where"] the hosts
 DEFAULT_FORKS = 10
@@ -130,6 +134,24 @@ def fanout(body: dict) -> bool | None:
     if "forks" in body:
         return True
     return None if not many else False
+
+
+def fans_out(body: dict, inventory) -> str:
+    return _fan_out(body["hosts"], inventory)
+
+
+def _fan_out(names: list[str], inventory) -> str:
+    groups = getattr(inventory, "groups", None) or {}
+    named = [n for n in names if n in groups]
+    if named:
+        return f"every host of group{'s' if len(named) > 1 else ''} {', '.join(named)}"
+    if len(names) > 1:
+        return f"{len(names)} hosts"
+    return ""
+
+
+def per_host(result) -> dict[str, dict] | None:
+    return result.data.get("hosts")
 
 
 # --- rendering ----------------------------------------------------------------
@@ -240,7 +262,8 @@ def action(step, r) -> Action:
     forks = body.get("forks") or (getattr(getattr(inventory, "ssh", None), "forks", None) if inventory else None) or DEFAULT_FORKS
     detail = {"command": line, "hosts": [t.__dict__ for t in targets], "forks": forks, "secret_vars": list(secret_env),
               "where": [t.describe() for t in targets]}
-    return Action(summary=line, targets=[t.name for t in targets], detail=detail, env=secret_env)
+    return Action(summary=line, targets=[t.name for t in targets], detail=detail, env=secret_env,
+                  fan_out=_fan_out(names, inventory) or (f"{len(targets)} hosts" if len(targets) > 1 else ""))
 
 
 # --- running --------------------------------------------------------------------
