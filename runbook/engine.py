@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runbook import expr
-from runbook.errors import RunbookError
+from runbook.errors import RunbookError, UsageError
 from runbook.schema import suggest
 from runbook.secrets import MASK, LazySecret, Redactor, Secret
 from runbook.spec import Runbook, Step
@@ -37,8 +37,8 @@ MAX_STEP_RUNS = 100_000  # a last guard against runaway graphs
 DONE = "<nothing left to run>"  # Engine.run(start=DONE): a resumed run whose steps had all run
 
 
-class ParamError(RunbookError):
-    pass
+class ParamError(UsageError):
+    """A parameter missing, unknown or invalid: a usage error (exit 2)."""
 
 
 class Interrupt(KeyboardInterrupt):
@@ -274,15 +274,15 @@ class Engine:
         o = self.options
         if o.start_at:
             if o.start_at not in self.rb.by_id:
-                raise RunbookError(f"--start-at {o.start_at}: no such step{suggest(o.start_at, list(self.rb.by_id))}")
+                raise UsageError(f"--start-at {o.start_at}: no such step{suggest(o.start_at, list(self.rb.by_id))}")
             step = self.rb.by_id[o.start_at]
             if o.stage and step.stage != o.stage:
-                raise RunbookError(f"--start-at {o.start_at} is a {step.stage} step, not in --stage {o.stage}")
+                raise UsageError(f"--start-at {o.start_at} is a {step.stage} step, not in --stage {o.stage}")
             return step
         if o.stage:
             steps = self.rb.stage(o.stage)
             if not steps:
-                raise RunbookError(f"--stage {o.stage}: the runbook has no {o.stage} steps")
+                raise UsageError(f"--stage {o.stage}: the runbook has no {o.stage} steps")
             return steps[0]
         return self.rb.steps[0]
 

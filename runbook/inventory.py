@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
-from runbook.errors import Problem, RunbookError
+from runbook.errors import Problem, RunbookError, UsageError
 from runbook.secrets import MASK, LazySecret, Secret
 from runbook.yamlload import Map, Seq, load_file
 
@@ -390,7 +390,7 @@ def resolve_inventory(inventory: str | None, env: str | None, base_dir: Path = P
 
 def _load_path(path: str, origin: str) -> Inventory:
     if not Path(path).is_file():
-        raise RunbookError(f"inventory file not found: {path} (from {origin})")
+        raise UsageError(f"inventory file not found: {path} (from {origin})")
     return load_inventory(path)
 
 
@@ -401,8 +401,8 @@ def _load_env(env: str, base_dir: Path, origin: str) -> Inventory:
         return load_inventory(path)
     available = sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
     if not available:
-        raise RunbookError(f"unknown environment '{env}' (from {origin}): there are no environments, {directory}/*.yaml does not exist")
-    raise RunbookError(
+        raise UsageError(f"unknown environment '{env}' (from {origin}): there are no environments, {directory}/*.yaml does not exist")
+    raise UsageError(
         f"unknown environment '{env}' (from {origin}): {path} does not exist"
         + _suggest(env, available, f"available environments: {', '.join(available)}")
     )

@@ -92,6 +92,7 @@ class Outcome:
     note: str = ""  # why nothing ran (a run already finished), for the operator
     plan: list | None = None  # a dry-run's PlanEntry list
     params_shown: dict[str, Any] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)  # a dry-run's parameters taken from example_params
     redactor: Redactor = field(default_factory=Redactor)
     inventory: Any = None
 
@@ -341,6 +342,7 @@ def start(req: RunRequest, ui) -> Outcome:
         raise UsageError("--step asks before every step: it needs a terminal")
     inventory = resolve_inventory(req.inventory_file, req.env)
     given = given_params(rb, req.params, req.interactive, ui)
+    examples: dict[str, Any] = {}
     if req.dry_run:  # a plan of a runbook as shipped: its example_params fill what was not given
         examples = {k: v for k, v in example_params(rb).items() if k not in given and not rb.params[k].has_default}
         if examples:
@@ -370,7 +372,8 @@ def start(req: RunRequest, ui) -> Outcome:
                           interactive=req.interactive, answers=dict(req.answers), who=who, step_mode=req.step_mode,
                           start_at=req.start_at, stage=req.stage,
                           clock_from=incident_start(the_alert) or time.time())
-        outcome = Outcome(run_id, "failed", EXIT_FAILED, params_shown=shown, redactor=redactor, inventory=inventory)
+        outcome = Outcome(run_id, "failed", EXIT_FAILED, params_shown=shown, redactor=redactor, inventory=inventory,
+                          examples=list(examples))
         if req.dry_run:
             return _plan(rb, params, inventory, journal, options, outcome)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from runbook import schema as S
 from runbook import steps as kinds
-from runbook.errors import Problem, RunbookError
+from runbook.errors import Problem, RunbookError, UsageError
 from runbook.yamlload import Map, load
 
 STAGES = ("diagnose", "mitigate", "verify")
@@ -374,7 +374,7 @@ def find(name: str, search: list[Path]) -> Runbook:
     p = Path(name)
     if p.suffix in (".yaml", ".yml") or os.sep in name:
         if not p.is_file():
-            raise RunbookError(f"no runbook file {name}")
+            raise UsageError(f"no runbook file {name}")
         return _load_or_raise(p)
     candidates = runbook_files(search)
     for f in candidates:
@@ -389,7 +389,7 @@ def find(name: str, search: list[Path]) -> Runbook:
             names.append(rb.name)
     where = ", ".join(str(s) for s in search)
     known = S.suggest(name, names) or (f" (known: {', '.join(sorted(names)[:10])})" if names else "")
-    raise RunbookError(f"no runbook named '{name}' in {where}{known}")
+    raise UsageError(f"no runbook named '{name}' in {where}{known}")
 
 
 def _load_or_raise(path: Path) -> Runbook:

@@ -95,12 +95,14 @@ def _excerpt(text: str, lines: int = 12, head: bool = False) -> str:
     return f"… {len(rows) - lines} earlier lines not shown\n" + "\n".join(rows[-lines:])
 
 
-def print_plan(rb, entries, params_shown: dict, redactor, inventory=None) -> None:
-    """The dry-run plan: every reachable step in order, rendered exactly."""
+def print_plan(rb, entries, params_shown: dict, redactor, inventory=None, examples=()) -> None:
+    """The dry-run plan: every reachable step in order, rendered exactly; ``examples``:
+    parameters that took the runbook's example_params (marked)."""
     c = out()
     c.print(f"[bold]Plan[/] for [bold]{esc(rb.name)}[/] — {esc(rb.title)}  [dim](dry-run: no target is contacted)[/]")
     if params_shown:
         c.print("params: " + ", ".join(f"{esc(k)}={esc(redactor.text(repr(v) if not isinstance(v, str) else v), one_line=True)}"
+                                       + (" [yellow](example)[/]" if k in examples else "")
                                        for k, v in params_shown.items()))
     if inventory is not None:
         c.print(f"inventory: {esc(inventory.path)}")

@@ -156,7 +156,7 @@ def test_label_values_must_pass_the_parameter_checks(main, write, tmp_path):
     doc = copy.deepcopy(PAYLOAD)
     doc["alerts"][0]["labels"]["job"] = "api; rm -rf /"
     r = main("run", "--alert", payload(tmp_path, doc), "--dry-run")
-    assert r.returncode == 1
+    assert r.returncode == 2  # a usage error: the parameter is invalid
     assert "parameter 'service'" in r.stderr and "does not match" in r.stderr
     # -p wins over a label
     r = main("run", "--alert", payload(tmp_path, doc), "--dry-run", "-p", "service=web")

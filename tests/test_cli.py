@@ -63,7 +63,7 @@ def test_show(cli):
     for text in ("Parameters", "service", "string", "Diagnose", "Mitigate", "Verify", "liveness", "restart", "write"):
         assert text in r.stdout
     r = cli("show", "service-unavailble", "--path", ROOT / "playbooks")
-    assert r.returncode == 1 and "did you mean 'service-unavailable'" in r.stderr
+    assert r.returncode == 2  # a usage error and "did you mean 'service-unavailable'" in r.stderr
 
 
 def test_graph_mermaid_and_dot(cli):
@@ -135,7 +135,7 @@ def test_dry_run_prints_the_exact_plan_and_runs_nothing(cli, write, tmp_path):
     assert fix["effect"] == "write" and fix["stage"] == "mitigate" and fix["targets"] == ["localhost"] and fix["timeout"] == 10
     assert {"when": "when steps.look.exit_code == 0", "step": "fix"} in j["steps"][1]["next"]
     r = cli("run", p, "--dry-run")
-    assert r.returncode == 1 and r.stderr.strip() == "runbook: error: missing required parameter 'service': pass -p service=VALUE"
+    assert r.returncode == 2  # a usage error and r.stderr.strip() == "runbook: error: missing required parameter 'service': pass -p service=VALUE"
 
 
 def test_dry_run_fails_on_a_template_that_cannot_render(cli, write):
@@ -176,7 +176,7 @@ def test_shipped_playbooks_dry_run(cli, tmp_path):
 
 def test_unknown_runbook_and_bad_file(cli, write, tmp_path):
     r = cli("run", "nope", "--path", ROOT / "playbooks", "--dry-run")
-    assert r.returncode == 1 and "no runbook named 'nope'" in r.stderr
+    assert r.returncode == 2  # a usage error and "no runbook named 'nope'" in r.stderr
     p = write("bad.yaml", "name: bad\ntitle: [x\n")
     r = cli("run", p, "--dry-run")
     assert r.returncode == 1 and f"{p}:" in r.stderr and "Traceback" not in r.stderr

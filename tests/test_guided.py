@@ -310,7 +310,7 @@ def test_sigkill_during_a_step_then_resume(tmp_path, audit_dir, cli):
     assert "in doubt" in listed.stdout
     # without a terminal, secret parameters come from the environment again
     r = cli("resume", rid)
-    assert r.returncode == 1 and "missing required parameter 'token': set RUNBOOK_PARAM_TOKEN=VALUE" in r.stderr
+    assert r.returncode == 2  # a usage error and "missing required parameter 'token': set RUNBOOK_PARAM_TOKEN=VALUE" in r.stderr
     # and without a decision about the step in doubt, resume refuses
     r = cli("resume", rid, env={"RUNBOOK_PARAM_TOKEN": "s3cret-tok"})
     assert r.returncode == 3 and "step 'slow' of run" in r.stderr and "--mark-done or --rerun" in r.stderr

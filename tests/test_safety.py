@@ -73,7 +73,7 @@ def test_secret_from_the_environment_and_name_collisions(write, main, tmp_path):
       readonly: true
 """, head="params:\n  token: {secret: true, required: true}\n  TOKEN: {secret: true, required: true}\n")
     r = main("run", p, "-p", "TOKEN=upper-one")
-    assert r.returncode == 1 and "missing required parameter 'token': set RUNBOOK_PARAM_TOKEN=VALUE" in r.stderr
+    assert r.returncode == 2  # a usage error and "missing required parameter 'token': set RUNBOOK_PARAM_TOKEN=VALUE" in r.stderr
     r = main("run", p, "-p", "token=lower-one", "-p", "TOKEN=upper-one")
     assert r.returncode == 0, r.stdout + r.stderr
     assert out.read_text() == "lower-one upper-one"

@@ -583,10 +583,31 @@ def test_a_dry_run_as_typed_plans_with_the_runbooks_example_params(audit_dir, mo
     plan = session.start(session.RunRequest(runbook=rb, dry_run=True), ui)
     assert plan.status == "planned" and plan.params_shown["service"] == rb.example_params["service"]
     assert any("example_params for service=" in n for n in ui.notices)
+    assert plan.examples == ["service"]  # the plan's header marks it (example)
     mine = session.start(session.RunRequest(runbook=rb, params={"service": "web"}, dry_run=True), FakeUI())
-    assert mine.params_shown["service"] == "web"  # given values win
-    with pytest.raises(RunbookError, match="missing required parameter 'service'"):
+    assert mine.params_shown["service"] == "web" and mine.examples == []  # given values win
+    with pytest.raises(RunbookError, match="missing required parameter 'service'") as err:
         session.start(session.RunRequest(runbook=rb), FakeUI())  # a live run never guesses
+    assert err.value.exit_code == 2  # a usage error, not "a step failed"
+
+
+def test_usage_errors_exit_2_and_say_so_in_one_line(main):
+    """Missing, unknown or invalid parameters, an unknown runbook or environment, bad flags: exit 2."""
+    from conftest import ROOT
+
+    pb = str(ROOT / "playbooks")
+    for args, said in [
+        (("run", "high-error-rate", "--path", pb), "missing required parameter 'service'"),
+        (("run", "high-error-rate", "--path", pb, "--dry-run", "-p", "nope=1"), "has no parameter 'nope'"),
+        (("run", "high-error-rate", "--path", pb, "--dry-run", "-p", "service=Bad Name"), "parameter 'service'"),
+        (("run", "no-such-runbook", "--path", pb), "no runbook named 'no-such-runbook'"),
+        (("run", "high-error-rate", "--path", pb, "--dry-run", "--env", "nowhere"), "unknown environment 'nowhere'"),
+        (("run", "high-error-rate", "--path", pb, "--dry-run", "--start-at", "nope"), "--start-at nope"),
+        (("run", "high-error-rate", "--no-such-flag"), "unrecognized arguments"),
+    ]:
+        r = main(*args, cwd=ROOT)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert said in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
 
 
 def test_a_remote_deadline_that_cannot_be_read_is_said_not_a_crash():

@@ -65,9 +65,9 @@ def run(args) -> int:
         return out.exit_code
     if args.format == "json":
         doc = {"runbook": rb.name, "title": rb.title, "path": rb.path, "run_id": out.run_id, "dry_run": True,
-               "params": out.params_shown, "inventory": getattr(out.inventory, "path", None),
+               "params": out.params_shown, "example_params": out.examples, "inventory": getattr(out.inventory, "path", None),
                "steps": [e.as_dict(out.redactor) for e in out.plan]}
         print(json.dumps(out.redactor.data(doc), indent=2, default=str))
     else:
-        ui.print_plan(rb, out.plan, out.params_shown, out.redactor, out.inventory)
+        ui.print_plan(rb, out.plan, out.params_shown, out.redactor, out.inventory, examples=out.examples)
     return out.exit_code
