@@ -35,8 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import gc
 
-    from runbook.errors import RunbookError
-
     # Loading YAML creates many small objects and no reference cycles worth
     # chasing; the default thresholds made the collector a third of the time
     # of `runbook validate` (bench/validate_throughput.py).
@@ -49,13 +47,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except RunbookError as exc:
-        if args.debug:
-            raise
-        from runbook.ui import visible  # an error can quote text from outside (a label, an answer)
-
-        print(f"runbook: error: {visible(str(exc))}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print("runbook: interrupted", file=sys.stderr)
         return 130
@@ -64,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         if args.debug:
             raise
-        from runbook.ui import visible
+        from runbook.errors import RunbookError  # here, not at start-up: it costs `--help` ~10 ms (dataclasses)
+        from runbook.ui import visible  # an error can quote text from outside (a label, an answer)
+
+        if isinstance(exc, RunbookError):
+            print(f"runbook: error: {visible(str(exc))}", file=sys.stderr)
+            return exc.exit_code
 
         print(f"runbook: internal error: {type(exc).__name__}: {visible(str(exc))} (run again with --debug for details)",
               file=sys.stderr)

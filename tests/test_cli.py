@@ -43,6 +43,26 @@ def test_fast_paths_import_no_heavy_client(args, tmp_path):
     assert "HEAVY []" in r.stdout, r.stdout + r.stderr
 
 
+def test_help_imports_only_argparse_and_the_command_modules(tmp_path):
+    """`runbook --help` is the start-up path at 3am (bench/cli_startup.py times it): besides what the
+    interpreter has already, only argparse (and what its help formatter needs) and runbook's
+    cheap command modules load; typing, dataclasses, re-heavy helpers and every library wait."""
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "from runbook.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('NEW', sorted(set(sys.modules) - before))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    new = eval(r.stdout.split("NEW", 1)[1])  # noqa: S307 - our own printed list
+    allowed = {"argparse", "gettext", "locale", "_locale", "shutil", "bz2", "_bz2", "lzma", "_lzma", "_compression",
+               "zlib", "textwrap", "gc", "runbook", "runbook.cli"}
+    extra = [m for m in new if m not in allowed and not m.startswith("runbook.commands")]
+    assert extra == [], extra
+
+
 def test_list_from_path_env_and_default(cli, write, tmp_path):
     r = cli("list", "--path", ROOT / "playbooks")
     assert r.returncode == 0
