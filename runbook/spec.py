@@ -349,24 +349,7 @@ def load_runbook(path: str | os.PathLike) -> tuple[Runbook | None, list[Problem]
 # --- finding runbooks ------------------------------------------------------
 
 
-def search_path(explicit: str | None = None) -> list[Path]:
-    """--path DIR, else $RUNBOOK_PATH (os.pathsep-separated), else ./playbooks."""
-    if explicit:
-        return [Path(explicit)]
-    env = os.environ.get("RUNBOOK_PATH")
-    if env:
-        return [Path(p) for p in env.split(os.pathsep) if p]
-    return [Path("playbooks")]
-
-
-def runbook_files(paths: list[Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml") and q.is_file()))
-        elif p.is_file():
-            out.append(p)
-    return out
+from runbook.catalog import runbook_files, search_path  # noqa: E402,F401 - where runbooks are found
 
 
 def find(name: str, search: list[Path]) -> Runbook:

@@ -48,28 +48,7 @@ def is_interactive() -> bool:
         return False
 
 
-# C0 controls but tab and newline, DEL, and C1 controls (0x9b is a one-byte CSI on some terminals)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_CONTROL_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # on one line: tab and newline too
-_NAMED = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
-
-
-def visible(text, *, one_line: bool = False) -> str:
-    """Text from outside (command output, labels, API and database errors, SQL rows)
-    fit for a terminal: every control character shown, never sent (ESC as ``\\x1b``,
-    CR as ``\\r``, other C0/C1 controls and DEL as ``\\xNN``), so a compromised target
-    cannot clear the screen, move the cursor or fake a status line.  Newlines and tabs
-    are kept (CRLF line ends read as newlines) unless ``one_line``: then they are shown
-    too.  Every path of this module to the terminal goes through here (:func:`esc`)."""
-    s = str(text)
-    if one_line:
-        return _CONTROL_LINE.sub(_show, s)
-    return _CONTROL.sub(_show, s.replace("\r\n", "\n"))
-
-
-def _show(m: re.Match) -> str:
-    ch = m.group()
-    return _NAMED.get(ch) or f"\\x{ord(ch):02x}"
+from runbook.text import visible  # noqa: E402 - the one rule for text from outside, kept importable from here
 
 
 def esc(text, *, one_line: bool = False) -> str:

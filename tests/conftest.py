@@ -31,6 +31,7 @@ def audit_dir(tmp_path, monkeypatch):
     d = tmp_path / "audit"
     monkeypatch.setenv("RUNBOOK_AUDIT_DIR", str(d))
     monkeypatch.setenv("RUNBOOK_KEY_DIR", str(tmp_path / "keys"))  # the audit log's sealing keys
+    monkeypatch.setenv("RUNBOOK_CACHE_DIR", str(tmp_path / "cache"))  # runbook list's catalog
     monkeypatch.delenv("RUNBOOK_PATH", raising=False)
     monkeypatch.delenv("RUNBOOK_INVENTORY", raising=False)
     monkeypatch.delenv("RUNBOOK_ENV", raising=False)

@@ -13,35 +13,35 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    """Fast at 3am: names, titles, severities and alerts come from runbook.catalog
+    (a cache keyed by path, size and mtime), printed as plain columns, no rich."""
     import json
+    import sys
 
-    from runbook import spec, ui
-    from runbook.errors import RunbookError
+    from runbook import catalog
+    from runbook.text import visible
 
-    paths = spec.search_path(args.path)
-    files = spec.runbook_files(paths)
+    paths = catalog.search_path(args.path)
+    files = catalog.runbook_files(paths)
     if not files:
+        from runbook.errors import RunbookError
+
         raise RunbookError(f"no runbooks found in {', '.join(map(str, paths))} (use --path DIR or set RUNBOOK_PATH)")
     rows, broken = [], []
-    for f in files:
-        rb, problems = spec.load_runbook(f)
-        if rb is None:
-            broken.append((f, next((p for p in problems if p.severity == "error"), None)))
+    for f, entry in catalog.entries(files):
+        if "broken" in entry:
+            broken.append(entry["broken"])
             continue
-        rows.append({"name": rb.name, "title": rb.title, "severity": rb.severity, "alerts": rb.alerts, "path": str(f)})
+        rows.append({"name": entry["name"], "title": entry["title"], "severity": entry["severity"],
+                     "alerts": entry["alerts"], "path": str(f)})
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
-        from rich.table import Table
-
-        t = Table(box=None, header_style="bold", pad_edge=False)
-        t.add_column("NAME", no_wrap=True)
-        t.add_column("SEVERITY", no_wrap=True)
-        t.add_column("TITLE", ratio=2)
-        t.add_column("ALERTS", ratio=1)
-        for r in rows:
-            t.add_row(ui.esc(r["name"]), ui.esc(r["severity"] or "-"), ui.esc(r["title"]), ui.esc(", ".join(r["alerts"]) or "-"))
-        ui.out().print(t)
-    for f, problem in broken:
-        ui.err().print(f"[yellow]skipped[/] {ui.esc(problem.format() if problem else str(f))}")
+        table = [("NAME", "SEVERITY", "TITLE", "ALERTS")] + [
+            (r["name"], r["severity"] or "-", r["title"], ", ".join(r["alerts"]) or "-") for r in rows]
+        table = [tuple(visible(c, one_line=True) for c in row) for row in table]
+        w = [max(len(row[i]) for row in table) for i in range(3)]
+        print("\n".join(f"{a.ljust(w[0])}  {b.ljust(w[1])}  {c.ljust(w[2])}  {d}".rstrip() for a, b, c, d in table))
+    for problem in broken:
+        print(f"skipped {visible(problem, one_line=True)}", file=sys.stderr)
     return 0
