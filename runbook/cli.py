@@ -12,11 +12,26 @@ import sys
 
 from runbook import __version__
 
-# Order here is the order in `runbook --help`.
-COMMANDS = ("run", "resume", "list", "show", "graph", "validate", "schema", "audit", "report")
+# Order here is the order in `runbook --help`; each line is the one its module's
+# register() gives (tests/test_cli.py checks they agree): `runbook --help` shows
+# them without importing a command module.
+COMMANDS = {
+    "run": "run a runbook (use --dry-run first)",
+    "resume": "continue an interrupted run from its audit log",
+    "list": "list the runbooks",
+    "show": "show a runbook's parameters and steps",
+    "graph": "print the step graph (Mermaid or DOT)",
+    "validate": "check runbooks: schema, graph, templates, safety rules",
+    "schema": "print the JSON Schema of runbook files",
+    "audit": "list, show and verify recorded runs",
+    "report": "the incident timeline of a run, in Markdown, for the post-mortem",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = "*") -> argparse.ArgumentParser:
+    """The parser: every command's (``only="*"``), just ``only``'s with the
+    others as their one help line, or (``None``) just the help lines — enough
+    for ``runbook --help`` and for a mistyped command's error."""
     parser = argparse.ArgumentParser(
         prog="runbook",
         description="Run runbooks: diagnose, mitigate, verify — with dry-run, confirmation before writes, and an audit log.",
@@ -27,9 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import importlib
 
-    for name in COMMANDS:
-        importlib.import_module(f"runbook.commands.{name}").register(sub)
+    for name, summary in COMMANDS.items():
+        if only == "*" or only == name:
+            importlib.import_module(f"runbook.commands.{name}").register(sub)
+        else:
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The command named on the line (the top-level options take no value)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     # of `runbook validate` (bench/validate_throughput.py).
     gc.set_threshold(50_000, 20, 100)
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command(argv))  # only the command that runs is imported
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
