@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 from runbook.errors import Problem, RunbookError, UsageError
 from runbook.secrets import MASK, LazySecret, Secret
-from runbook.yamlload import Map, Seq, load_file
+from runbook.yamlload import Map, Seq, load_file, size_problem
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -349,6 +349,8 @@ def check_inventory(path: str | Path) -> tuple[Inventory | None, list[Problem]]:
         return None, [Problem(str(path), 1, 1, "inventory file not found")]
     from runbook.inventory_ansible import _ANSIBLE_TAGS, _AnsibleLoader, _foreign_format, _is_ansible, _load_tagged
 
+    if (too_big := size_problem(str(path), path.stat().st_size)) is not None:
+        return None, [too_big]  # refused unread (nor scanned for an Ansible INI or vault header)
     data, problems = load_file(path)
     vaulted: set[tuple[int, int]] = set()
     if data is None and any(f"tag '{tag}'" in p.message for p in problems for tag in _ANSIBLE_TAGS):
