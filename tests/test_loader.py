@@ -239,3 +239,14 @@ def test_only_values_added_by_aliases_count_against_the_alias_budget(monkeypatch
     many = "base: &b {k: [1, 2]}\nuse: [*b, *b, *b, *b]\n"  # 12 values from aliases
     data, problems = yamlload.load(many, "x.yaml")
     assert data is None and "aliases expand the document by more than 10 values" in problems[0].message
+
+
+def test_validate_refuses_a_big_file_in_one_line(tmp_path, main):
+    from runbook.yamlload import MAX_FILE_BYTES
+
+    path = tmp_path / "big.yaml"
+    path.write_text("name: big\ntitle: Big\ndescription: " + "x" * MAX_FILE_BYTES + "\nstages: {}\n")
+    out = main("validate", path)
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
+    # just over the limit, the size is said in bytes ("1.0 MB is over the 1 MB limit" would not say much)
+    assert f"{path}:1:1: error: {path.stat().st_size:,} bytes is over runbook's 1 MB limit" in out.stdout
