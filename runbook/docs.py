@@ -90,8 +90,8 @@ def _docstring(module) -> list[str]:
 def _limits() -> str:
     from runbook.yamlload import MAX_ALIAS_VALUES, MAX_FILE_BYTES
 
-    return (f"A runbook or inventory file (and an alert payload) may be at most {MAX_FILE_BYTES // 1_000_000} MB "
-            f"({MAX_FILE_BYTES:,} bytes); a bigger one is refused before it is read, with that reason. "
+    return (f"A runbook or inventory file may be at most {MAX_FILE_BYTES // 1_000_000} MB "
+            f"({MAX_FILE_BYTES:,} bytes); a bigger one is refused before it is parsed, with that reason. "
             f"YAML aliases (`*name`) may add at most {MAX_ALIAS_VALUES:,} values to a document.")
 
 
@@ -109,6 +109,9 @@ def reference_markdown() -> str:
         "",
         "A runbook is a YAML file: the fields below at the top, and steps in `stages` (`diagnose`, `mitigate`, "
         "`verify`). Every step has the common fields and exactly one kind key.",
+        "",
+        "The hosts, clusters, databases and endpoints that steps name come from an inventory: "
+        "[inventory.md](inventory.md).",
         "",
         _limits(),
         "",
