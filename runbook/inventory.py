@@ -1,6 +1,11 @@
 """Inventory: the hosts, groups, clusters, databases and endpoints that
 runbooks target, one YAML file per environment (``inventory/NAME.yaml``).
 
+The format is declared once, in :data:`INVENTORY` (nodes in the style of
+:mod:`runbook.schema`): the loader checks every value with the node that
+declares it, and the same nodes give the JSON Schema and the reference
+(``runbook schema --inventory [--markdown]``, docs/inventory.md).
+
 ``load_inventory(path)`` validates a file strictly and raises
 :class:`InventoryError` listing every problem at ``file:line:col``;
 ``check_inventory(path)`` returns the problems (warnings included) instead.
@@ -28,12 +33,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
+from runbook import schema as S
 from runbook.errors import Problem, RunbookError, UsageError
 from runbook.secrets import MASK, LazySecret, Secret
-from runbook.yamlload import Map, Seq, load_file
+from runbook.yamlload import Map, Seq, load_file, size_problem
 
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
-_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_ENV_VAR_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
+_ENV_VAR = re.compile(_ENV_VAR_PATTERN + r"\Z")
 _URL_CREDENTIALS = re.compile(r"://[^/@\s:]+:[^/@\s]+@|\bpassword\s*=", re.IGNORECASE)
 _SECRET_KEYS = frozenset({"password", "token", "secret", "webhook", "api_key", "apikey", "authorization"})
 _SOURCES = ("env", "file")
@@ -203,38 +209,381 @@ class Notifier:
     channel: str | None = None
 
 
-# Value kinds of the schema: "text" (a string or a secret source), "name" (a
-# literal string), "port", "count" (int >= 1), "seconds" (number > 0), "bool",
-# "names" (list of literal strings), "vars" (free-form data), "headers"
-# (mapping of strings to text); a tuple lists the allowed literal values.
-Kind = str | tuple
+# -- the schema ---------------------------------------------------------------------
+# One declaration both checks a file (the loader below asks each node to read its
+# value) and documents the format (`runbook schema --inventory [--markdown]`), so
+# the reference cannot drift from what the loader accepts.
 
-_HOST: dict[str, Kind] = {"address": "text", "port": "port", "user": "text", "groups": "names", "vars": "vars", "jump_host": "name"}
-_GROUP: dict[str, Kind] = {"hosts": "names", "children": "names", "vars": "vars"}
-_SSH: dict[str, Kind] = {
-    "user": "text", "port": "port", "known_hosts": "text", "identity_file": "text",
-    "host_key_policy": ("strict", "accept-new"), "forks": "count", "connect_timeout": "seconds", "jump_host": "name",
-    "shell": ("sh", "bash"),
+NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_NAME = re.compile(NAME_PATTERN + r"\Z")
+_NO_DEFAULT = object()
+
+SECRET_SOURCE_JSON = {
+    "description": "a secret source: {env: NAME} reads an environment variable, {file: PATH} a file "
+                   "(relative to the inventory file), when a step needs it",
+    "oneOf": [
+        {"type": "object", "properties": {"env": {"type": "string", "pattern": f"^{_ENV_VAR_PATTERN}$"}},
+         "required": ["env"], "additionalProperties": False},
+        {"type": "object", "properties": {"file": {"type": "string", "minLength": 1}},
+         "required": ["file"], "additionalProperties": False},
+    ],
 }
-_ENDPOINT: dict[str, Kind] = {"url": "text", "headers": "headers", "verify_tls": "bool", "timeout": "seconds"}
-_SCHEMAS: dict[str, dict[str, Kind]] = {
-    "clusters": {"kubeconfig": "text", "context": "text", "namespace": "text", "in_cluster": "bool"},
-    "databases": {
-        "host": "text", "port": "port", "dbname": "text", "user": "text", "password": "text",
-        "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
-        "readonly_role": "text", "readonly_password": "text", "connect_timeout": "seconds", "dsn": "text", "service": "text",
+
+
+@dataclass
+class Setting(S.Node):
+    """One inventory setting. :meth:`read` checks a value for the loader and
+    returns it converted (or ``_INVALID`` after reporting it): the loader is
+    the one validator, so :meth:`check` is not used; :meth:`json` and
+    :attr:`phrase` describe the same rule for editors and the reference.
+
+    ``default`` is the value used when the key is absent (a literal, also in
+    the JSON Schema); ``default_doc`` says it in words when it is not one.
+    ``nullable``: ``null`` means something (else it is the same as absent)."""
+
+    doc: str = ""
+    default: Any = _NO_DEFAULT
+    default_doc: str = ""
+    nullable: bool = False
+    phrase = "value"
+
+    def read(self, ld: _Loader, value: Any, pos: tuple[int, int], where: str, key: str) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def schema(self) -> dict:  # pragma: no cover
+        raise NotImplementedError
+
+    def json(self) -> dict:
+        d = self.schema()
+        if self.nullable:
+            d = {"anyOf": [d, {"type": "null"}]}
+        if self.default is not _NO_DEFAULT:
+            d["default"] = self.default
+        if self.doc or self.default_doc:
+            d["description"] = self.doc + (f" (default: {self.default_doc})" if self.default_doc else "")
+        return d
+
+    def default_text(self) -> str:
+        """The default for the reference: the literal in backquotes, or the words."""
+        if self.default is not _NO_DEFAULT:
+            return f"`{str(self.default).lower() if isinstance(self.default, bool) else self.default}`"
+        return self.default_doc
+
+
+@dataclass
+class Text(Setting):
+    """A string, or a secret source ``{env: NAME}`` / ``{file: PATH}``."""
+
+    phrase = "string or secret source"
+
+    def read(self, ld, value, pos, where, key):
+        return ld.text(value, pos, where, key)
+
+    def schema(self):
+        return {"anyOf": [{"type": "string"}, SECRET_SOURCE_JSON]}
+
+
+@dataclass
+class Name(Setting):
+    """A literal, non-empty string (the name of another entry, a channel)."""
+
+    phrase = "string"
+
+    def read(self, ld, value, pos, where, key):
+        if isinstance(value, str) and value:
+            return value
+        return ld.invalid(pos, f"{where}: must be a name, got {_describe(value)}")
+
+    def schema(self):
+        return {"type": "string", "minLength": 1}
+
+
+@dataclass
+class Port(Setting):
+    phrase = "port (1–65535)"
+
+    def read(self, ld, value, pos, where, key):
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+            return value
+        return ld.invalid(pos, f"{where}: must be a port number from 1 to 65535, got {_describe(value)}")
+
+    def schema(self):
+        return {"type": "integer", "minimum": 1, "maximum": 65535}
+
+
+@dataclass
+class Count(Setting):
+    phrase = "integer ≥ 1"
+
+    def read(self, ld, value, pos, where, key):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        return ld.invalid(pos, f"{where}: must be a whole number of at least 1, got {_describe(value)}")
+
+    def schema(self):
+        return {"type": "integer", "minimum": 1}
+
+
+@dataclass
+class Seconds(Setting):
+    phrase = "seconds (a number > 0)"
+
+    def read(self, ld, value, pos, where, key):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return value
+        return ld.invalid(pos, f"{where}: must be a number of seconds greater than 0, got {_describe(value)}")
+
+    def schema(self):
+        return {"type": "number", "exclusiveMinimum": 0}
+
+
+@dataclass
+class Flag(Setting):
+    phrase = "boolean"
+
+    def read(self, ld, value, pos, where, key):
+        if isinstance(value, bool):
+            return value
+        return ld.invalid(pos, f"{where}: must be true or false, got {_describe(value)}")
+
+    def schema(self):
+        return {"type": "boolean"}
+
+
+@dataclass
+class Choice(Setting):
+    values: tuple[str, ...] = ()
+
+    @property
+    def phrase(self) -> str:  # type: ignore[override]
+        return "one of " + ", ".join(f"`{v}`" for v in self.values)
+
+    def read(self, ld, value, pos, where, key):
+        if isinstance(value, str) and value in self.values:
+            return value
+        return ld.invalid(pos, f"{where}: must be one of {', '.join(self.values)}, got {_describe(value)}")
+
+    def schema(self):
+        return {"type": "string", "enum": list(self.values)}
+
+
+@dataclass
+class Names(Setting):
+    phrase = "list of names"
+
+    def read(self, ld, value, pos, where, key):
+        if isinstance(value, Seq) and all(isinstance(v, str) for v in value):
+            return list(value)
+        return ld.invalid(pos, f"{where}: must be a list of names, e.g. [a, b]")
+
+    def schema(self):
+        return {"type": "array", "items": {"type": "string"}}
+
+
+@dataclass
+class Vars(Setting):
+    """Free-form data; a mapping whose only key is env or file is a secret source."""
+
+    phrase = "mapping of name → any value"
+
+    def read(self, ld, value, pos, where, key):
+        if not isinstance(value, Map):
+            return ld.invalid(pos, f"{where}: must be a mapping, got {_describe(value, show=False)}")
+        return ld.mapping(value, where)
+
+    def schema(self):
+        return {"type": "object", "additionalProperties": True}
+
+
+@dataclass
+class Headers(Setting):
+    phrase = "mapping of header → string or secret source"
+
+    def read(self, ld, value, pos, where, key):
+        if not isinstance(value, Map):
+            return ld.invalid(pos, f"{where}: must be a mapping, got {_describe(value, show=False)}")
+        return ld.mapping(value, where, text_only=True)
+
+    def schema(self):
+        return {"type": "object", "additionalProperties": Text().schema()}
+
+
+@dataclass
+class Entry(S.Obj):
+    """The settings of one entry (or of the ``ssh`` section, or of the whole
+    file). ``excludes`` pairs a key with the keys it cannot be combined with
+    when it is set (true or non-empty); ``example`` is YAML for the reference."""
+
+    excludes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    example: str = ""
+
+    def json(self) -> dict:
+        d = super().json()
+        rules = [{"if": {"required": [key], "properties": {key: {"not": {"enum": [False, "", None]}}}},
+                  "then": {"not": {"anyOf": [{"required": [other]} for other in others]}}}
+                 for key, others in self.excludes]
+        if rules:
+            d["allOf"] = rules
+        return d
+
+
+@dataclass
+class Section(S.MapOf):
+    """A top-level mapping of named entries (``hosts``, ``databases``...);
+    ``allow_empty`` accepts an entry written ``name:`` with no value."""
+
+    allow_empty: bool = False
+    model: type | None = None  # the class an entry becomes
+    label: str = ""  # one entry, in words ("host", "database")
+
+    def json(self) -> dict:
+        d = super().json()
+        if self.allow_empty:
+            d["additionalProperties"] = {"anyOf": [d["additionalProperties"], {"type": "null"}]}
+        return d
+
+
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _endpoint(what: str, example: str) -> Entry:
+    return Entry(
+        {
+            "url": Text(doc="the base URL (a step's path is added to it)"),
+            "headers": Headers(doc="HTTP headers sent with every request, e.g. Authorization: {env: API_TOKEN}"),
+            "verify_tls": Flag(default=True, doc="check the server's TLS certificate (https)"),
+            "timeout": Seconds(default_doc="10", doc="seconds for one request (a prometheus step's own timeout wins)"),
+        },
+        required=("url",), example=example, doc=what[0].upper() + what[1:],
+    )
+
+
+HOST = Entry(
+    {
+        "address": Text(default_doc="the host's name", doc="host name or IP address to connect to"),
+        "port": Port(default_doc="`ssh.port`, else ~/.ssh/config's Port, else 22", doc="SSH port"),
+        "user": Text(default_doc="`ssh.user`, else ~/.ssh/config's User, else your login name", doc="SSH user"),
+        "groups": Names(doc="groups the host belongs to (a group named only here is created)"),
+        "vars": Vars(doc="the host's variables (they override its groups' and the file's vars)"),
+        "jump_host": Name(default_doc="`ssh.jump_host`", nullable=True, doc="a host of this file to connect through (SSH ProxyJump); "
+                                                               "`null` connects directly"),
     },
-    "prometheus": _ENDPOINT,
-    "http": _ENDPOINT,
-    "notify": {"webhook": "text", "channel": "name"},
-}
-_ENTRY_TYPES: dict[str, type] = {
-    "clusters": Cluster, "databases": Database, "prometheus": Prometheus, "http": HttpEndpoint, "notify": Notifier,
-}
-_REQUIRED = {"prometheus": ("url",), "http": ("url",), "notify": ("webhook",)}
-# When the first key is set, none of the others may be.
-_EXCLUSIVE = {"clusters": ("in_cluster", ("kubeconfig", "context")), "databases": ("dsn", ("host", "port", "dbname", "service"))}
-_SECTIONS = ("env", "vars", "hosts", "groups", "ssh", *_SCHEMAS)
+    example="hosts:\n  bastion: {address: bastion.example.internal}\n"
+            "  api-1: {address: 192.0.2.11, port: 2222, groups: [api-servers], vars: {track: canary}}",
+    doc="A machine reached over SSH",
+)
+GROUP = Entry(
+    {
+        "hosts": Names(doc="the group's hosts"),
+        "children": Names(doc="groups whose hosts are in this group too (no cycles)"),
+        "vars": Vars(doc="variables of the group's hosts (child groups' vars override parents')"),
+    },
+    example="groups:\n  api-servers: {children: [canary], vars: {service: api}}\n  canary: {hosts: [api-1]}",
+    doc="A named set of hosts, for ssh steps' `hosts:`",
+)
+SSH = Entry(
+    {
+        "user": Text(default_doc="~/.ssh/config's User, else your login name", doc="SSH user of every host"),
+        "port": Port(default_doc="~/.ssh/config's Port, else 22", doc="SSH port of every host"),
+        "known_hosts": Text(default_doc="~/.ssh/known_hosts (and /etc/ssh/ssh_known_hosts)",
+                            doc="the known_hosts file host keys are checked against"),
+        "identity_file": Text(default_doc="the ssh-agent and ~/.ssh's default keys", doc="the private key to log in with"),
+        "host_key_policy": Choice(values=("strict", "accept-new"), default="strict",
+                                  doc="strict: an unknown host key fails the step; accept-new: a new key is added to "
+                                      "known_hosts once (never a changed one) and recorded in the audit log"),
+        "forks": Count(default=10, doc="how many hosts an ssh step reaches at once (a step's forks wins)"),
+        "connect_timeout": Seconds(default=10, doc="seconds to wait for a connection"),
+        "jump_host": Name(doc="a host of this file every other host connects through (SSH ProxyJump)"),
+        "shell": Choice(values=("sh", "bash"), default_doc="the login shell",
+                        doc="what runs ssh steps' commands (sh -c or bash -c); a step's own shell wins"),
+    },
+    example="ssh:\n  user: deploy\n  known_hosts: ~/.ssh/known_hosts\n  host_key_policy: strict\n"
+            "  forks: 20\n  jump_host: bastion",
+    doc="connection settings shared by every host",
+)
+CLUSTER = Entry(
+    {
+        "kubeconfig": Text(default_doc="$KUBECONFIG, else ~/.kube/config", doc="the kubeconfig file"),
+        "context": Text(default_doc="the kubeconfig's current context", doc="the kubeconfig context"),
+        "namespace": Text(default_doc="`default`", doc="the namespace of steps that name none"),
+        "in_cluster": Flag(default=False, doc="use the service account of the pod runbook runs in"),
+    },
+    excludes=(("in_cluster", ("kubeconfig", "context")),),
+    example="clusters:\n  main: {kubeconfig: ~/.kube/config, context: prod-eu, namespace: production}",
+    doc="A Kubernetes cluster: a kubeconfig context, or the cluster runbook runs in (k8s steps use `main` "
+        "unless they name one)",
+)
+DATABASE = Entry(
+    {
+        "host": Text(doc="the server's host name or address (libpq's default when absent)"),
+        "port": Port(default_doc="5432", doc="the server's port"),
+        "dbname": Text(doc="the database"),
+        "user": Text(doc="the role to connect as"),
+        "password": Text(default_doc="$PGPASSWORD or ~/.pgpass", doc="its password"),
+        "sslmode": Choice(values=_SSL_MODES, default_doc="libpq's (`prefer`)", doc="libpq's sslmode"),
+        "readonly_role": Text(doc="the role read-only steps run as (the boundary the server enforces; "
+                                  "`validate --strict` wants one on every non-local database)"),
+        "readonly_password": Text(doc="the read-only role's password"),
+        "connect_timeout": Seconds(default_doc="10", doc="seconds to wait for a connection"),
+        "dsn": Text(doc="a libpq connection string or URL instead of host, port, dbname and service"),
+        "service": Text(doc="a libpq service name (pg_service.conf)"),
+    },
+    excludes=(("dsn", ("host", "port", "dbname", "service")),),
+    example="databases:\n  main:\n    host: db-1.example.internal\n    dbname: app\n    user: runbook\n"
+            "    password: {env: PG_PASSWORD}\n    sslmode: verify-full\n    readonly_role: runbook_ro\n"
+            "    readonly_password: {env: PG_RO_PASSWORD}",
+    doc="A PostgreSQL database for sql steps: host/port/dbname/user, a `dsn` or a libpq `service`",
+)
+NOTIFIER = Entry(
+    {
+        "webhook": Text(doc="the incoming-webhook URL (Slack-compatible); a secret: use {env: NAME}"),
+        "channel": Name(doc="the channel name a notify step's `to:` may use instead of the notifier's name"),
+    },
+    required=("webhook",),
+    example='notify:\n  incidents: {webhook: {env: SLACK_WEBHOOK_INCIDENTS}, channel: "#incidents"}',
+    doc="A chat webhook for notify steps",
+)
+
+
+def _section(entry: Entry, model: type, label: str, allow_empty: bool = False, doc: str = "") -> Section:
+    return Section(entry, key_pattern=f"^{NAME_PATTERN}$", key_hint="letters, digits, '.', '_' and '-'",
+                   allow_empty=allow_empty, model=model, label=label, doc=doc)
+
+
+INVENTORY = Entry(
+    {
+        "env": Name(default_doc="the file's name without .yaml",
+                    doc="the environment's name: shown in a run's header, recorded in the audit log, "
+                        "`inventory.env` in templates"),
+        "vars": Vars(doc="variables every host sees (its groups' and its own vars override them)"),
+        "hosts": _section(HOST, Host, "host", allow_empty=True, doc="machines reached over SSH, by name"),
+        "groups": _section(GROUP, Group, "group", allow_empty=True, doc="named sets of hosts"),
+        "ssh": SSH,
+        "clusters": _section(CLUSTER, Cluster, "cluster", doc="Kubernetes clusters, by name"),
+        "databases": _section(DATABASE, Database, "database", doc="PostgreSQL databases, by name"),
+        "prometheus": _section(_endpoint("a Prometheus server (its HTTP API) for prometheus steps",
+                                         "prometheus:\n  default: {url: http://prometheus.example.internal:9090, timeout: 30}"),
+                               Prometheus, "Prometheus server", doc="Prometheus servers, by name (steps use `default` unless they name one)"),
+        "http": _section(_endpoint("an HTTP service for http steps",
+                                   "http:\n  api:\n    url: https://api.example.internal\n"
+                                   "    headers: {Authorization: {env: API_TOKEN}}\n    timeout: 10"),
+                         HttpEndpoint, "HTTP service", doc="HTTP services, by name"),
+        "notify": _section(NOTIFIER, Notifier, "notifier", doc="chat webhooks, by name"),
+    },
+    doc="A runbook inventory: one environment's hosts, groups, clusters, databases and endpoints",
+)
+_SECTIONS = tuple(INVENTORY.fields)
+#: The sections of named entries that become one model class each (hosts and groups are built apart).
+_ENTRY_SECTIONS = {name: node for name, node in INVENTORY.fields.items()
+                   if isinstance(node, Section) and name not in ("hosts", "groups")}
+
+
+def json_schema() -> dict:
+    """The JSON Schema of runbook's inventory format (``runbook schema --inventory``)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://github.com/runbook-executor/runbook/inventory.schema.json",
+            "title": "runbook inventory", **INVENTORY.json()}
+
 
 # lookup() kinds: kind -> (Inventory attribute, singular label, plural label)
 _KINDS = {
@@ -349,6 +698,8 @@ def check_inventory(path: str | Path) -> tuple[Inventory | None, list[Problem]]:
         return None, [Problem(str(path), 1, 1, "inventory file not found")]
     from runbook.inventory_ansible import _ANSIBLE_TAGS, _AnsibleLoader, _foreign_format, _is_ansible, _load_tagged
 
+    if (too_big := size_problem(str(path), path.stat().st_size)) is not None:
+        return None, [too_big]  # refused unread (nor scanned for an Ansible INI or vault header)
     data, problems = load_file(path)
     vaulted: set[tuple[int, int]] = set()
     if data is None and any(f"tag '{tag}'" in p.message for p in problems for tag in _ANSIBLE_TAGS):
@@ -526,15 +877,14 @@ class _Loader:
             self.error(data.kpos("all"), f"'all' starts an Ansible inventory, which cannot be mixed with runbook sections"
                                          f" ({ours}); keep them in separate files")
         self.unknown_keys(data, [*_SECTIONS, "all"] if "all" in data else _SECTIONS, "")
-        top = {key: self.value(kind, data[key], data.vpos(key), key, key)
-               for key, kind in (("env", "name"), ("vars", "vars")) if data.get(key) is not None}
+        top = {key: INVENTORY.fields[key].read(self, data[key], data.vpos(key), key, key)
+               for key in ("env", "vars") if data.get(key) is not None}
+        top = {key: value for key, value in top.items() if value is not _INVALID}
         ssh_block = self.block(data, "ssh")
-        ssh_fields = self.fields(ssh_block, _SSH, "ssh")
-        hosts = self.entries(data, "hosts", _HOST, allow_empty=True)
-        groups = self.entries(data, "groups", _GROUP, allow_empty=True)
-        sections = {section: self.entries(data, section, _SCHEMAS[section]) for section in _SCHEMAS}
-        for section, entries in sections.items():
-            self.check_entries(section, entries)
+        ssh_fields = self.fields(ssh_block, SSH, "ssh")
+        hosts = self.entries(data, "hosts")
+        groups = self.entries(data, "groups")
+        sections = {section: self.entries(data, section) for section in _ENTRY_SECTIONS}
         members, host_groups = self.group_members(hosts, groups)
         jumps = self.jump_hosts(hosts, ssh_block, ssh_fields.get("jump_host"))
         if any(p.severity == "error" for p in self.problems):
@@ -563,7 +913,7 @@ class _Loader:
                 for name, names in members.items()
             },
             **{
-                section: {name: _ENTRY_TYPES[section](name=name, **raw.fields) for name, raw in entries.items()}
+                section: {name: _ENTRY_SECTIONS[section].model(name=name, **raw.fields) for name, raw in entries.items()}
                 for section, entries in sections.items()
             },
             secret_sources=self.secrets,
@@ -578,38 +928,34 @@ class _Loader:
             self.error(data.vpos(section), f"{section}: must be a mapping, got {_describe(value, show=False)}")
         return Map()
 
-    def entries(self, data: Map, section: str, schema: dict[str, Kind], allow_empty: bool = False) -> dict[str, _Raw]:
-        """The named entries of a section; ``allow_empty`` accepts ``name:`` with no value."""
+    def entries(self, data: Map, section: str) -> dict[str, _Raw]:
+        """The named entries of a section, as its :class:`Section` declares them."""
+        declared: Section = INVENTORY.fields[section]
+        schema: Entry = declared.value
         block = self.block(data, section)
         out: dict[str, _Raw] = {}
         for name, entry in block.items():
             where = f"{section}.{name}"
             if not isinstance(name, str) or not _NAME.match(name):
-                self.error(block.kpos(name), f"{section}: invalid name '{name}' (use letters, digits, '.', '_' and '-')")
+                self.error(block.kpos(name), f"{section}: invalid name '{name}' (use {declared.key_hint})")
                 continue
-            if entry is None and allow_empty:
+            if entry is None and declared.allow_empty:
                 entry = Map()
                 entry.pos = block.vpos(name)
             if not isinstance(entry, Map):
                 self.error(block.vpos(name),
-                           f"{where}: must be a mapping with keys such as {', '.join(schema)}, got {_describe(entry, show=False)}")
+                           f"{where}: must be a mapping with keys such as {', '.join(schema.fields)}, got {_describe(entry, show=False)}")
                 continue
-            out[name] = _Raw(block.kpos(name), entry, self.fields(entry, schema, where))
-            for key in _REQUIRED.get(section, ()):
+            raw = out[name] = _Raw(block.kpos(name), entry, self.fields(entry, schema, where))
+            for key in schema.required:
                 if entry.get(key) is None:
                     self.error(entry.pos, f"{where}: missing required key '{key}'")
+            for key, others in schema.excludes:  # settings that exclude each other
+                if raw.fields.get(key):
+                    for other in others:
+                        if other in raw.fields:
+                            self.error(entry.kpos(other), f"{where}: '{other}' cannot be combined with '{key}'")
         return out
-
-    def check_entries(self, section: str, entries: dict[str, _Raw]) -> None:
-        """Settings that exclude each other within one entry."""
-        if section not in _EXCLUSIVE:
-            return
-        key, others = _EXCLUSIVE[section]
-        for name, raw in entries.items():
-            if raw.fields.get(key):
-                for other in others:
-                    if other in raw.fields:
-                        self.error(raw.entry.kpos(other), f"{section}.{name}: '{other}' cannot be combined with '{key}'")
 
     # -- references between entries ----------------------------------------
 
@@ -726,55 +1072,16 @@ class _Loader:
                 what = f"{where}: unknown key" if where else "unknown top-level key"
                 self.error(m.kpos(key), f"{what} '{key}'{hint}")
 
-    def fields(self, entry: Map, schema: dict[str, Kind], where: str) -> dict[str, Any]:
+    def fields(self, entry: Map, schema: Entry, where: str) -> dict[str, Any]:
         """The valid, non-null settings of one entry; reports the others."""
-        self.unknown_keys(entry, schema, where)
+        self.unknown_keys(entry, schema.fields, where)
         out: dict[str, Any] = {}
-        for key, kind in schema.items():
+        for key, node in schema.fields.items():
             if entry.get(key) is not None:
-                value = self.value(kind, entry[key], entry.vpos(key), _join(where, key), key)
+                value = node.read(self, entry[key], entry.vpos(key), _join(where, key), key)
                 if value is not _INVALID:
                     out[key] = value
         return out
-
-    def value(self, kind: Kind, value: Any, pos: tuple[int, int], where: str, key: str) -> Any:
-        """One checked setting, or ``_INVALID`` after reporting it."""
-        if isinstance(kind, tuple):
-            if isinstance(value, str) and value in kind:
-                return value
-            return self.invalid(pos, f"{where}: must be one of {', '.join(kind)}, got {_describe(value)}")
-        match kind:
-            case "text":
-                return self.text(value, pos, where, key)
-            case "name":
-                if isinstance(value, str) and value:
-                    return value
-                return self.invalid(pos, f"{where}: must be a name, got {_describe(value)}")
-            case "port":
-                if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
-                    return value
-                return self.invalid(pos, f"{where}: must be a port number from 1 to 65535, got {_describe(value)}")
-            case "count":
-                if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-                    return value
-                return self.invalid(pos, f"{where}: must be a whole number of at least 1, got {_describe(value)}")
-            case "seconds":
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-                    return value
-                return self.invalid(pos, f"{where}: must be a number of seconds greater than 0, got {_describe(value)}")
-            case "bool":
-                if isinstance(value, bool):
-                    return value
-                return self.invalid(pos, f"{where}: must be true or false, got {_describe(value)}")
-            case "names":
-                if isinstance(value, Seq) and all(isinstance(v, str) for v in value):
-                    return list(value)
-                return self.invalid(pos, f"{where}: must be a list of names, e.g. [a, b]")
-            case "vars" | "headers":
-                if not isinstance(value, Map):
-                    return self.invalid(pos, f"{where}: must be a mapping, got {_describe(value, show=False)}")
-                return self.mapping(value, where, text_only=kind == "headers")
-        raise AssertionError(f"unknown schema kind {kind!r}")
 
     def mapping(self, m: Map, where: str, text_only: bool = False) -> dict[str, Any]:
         """A mapping of free-form data (``vars``) or of text (``headers``)."""

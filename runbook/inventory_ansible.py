@@ -60,6 +60,46 @@ _SSH_OPTIONS_WITH_ARGUMENT = "BbcDEeFIiJLlmOoPpQRSWw"
 _MAX_EXPANDED_HOSTS = 10_000
 
 
+
+def mapping() -> list[tuple[str, str]]:
+    """How an Ansible YAML inventory maps onto runbook's model, as (what Ansible
+    has, what runbook makes of it), for the reference
+    (``runbook schema --inventory --markdown``). Built from the names this
+    module reads, so the table names exactly what the loader honours."""
+
+    def names(items: Iterable[str]) -> str:
+        return ", ".join(f"`{name}`" for name in sorted(items))
+
+    connection = {key: ", ".join(f"`{name}`" for name in aliases) for key, aliases in _ANSIBLE_CONNECTION.items()}
+    return [
+        ("`all:` at the top (or only groups with `hosts`, `children`, `vars`)",
+         "read as an Ansible inventory; it cannot be mixed with runbook sections in one file"),
+        ("a group (`hosts`, `children`, `vars`)", "a group holding its own hosts and its children's; `all` holds every host, "
+         "`ungrouped` those in no other group"),
+        ("host patterns `web[01:03]`, `db-[a:c]`, `[1:9:2]`; `name:port`",
+         f"expanded as Ansible does (at most {_MAX_EXPANDED_HOSTS:,} hosts per pattern)"),
+        (connection["address"], "the host's `address` (else its name)"),
+        (connection["port"], "the host's `port`"),
+        (connection["user"], "the host's `user`"),
+        ("where those are set", "the host's own value, else its deepest group's (`ansible_group_priority` orders "
+         "siblings), else `all.vars`, which also give the `ssh` defaults"),
+        (names(_ANSIBLE_KEY_FILES) + " in `all.vars`", "`ssh.identity_file` (set per host or group: ignored, with a warning; "
+         "use an ssh-agent)"),
+        (names(_ANSIBLE_SSH_ARGS) + " with `-o ProxyJump=H`, `-J H` or an `ssh -W` ProxyCommand",
+         "the host's `jump_host` when H is a host of the file (by name or address); else a warning and a direct connection"),
+        (names(_ANSIBLE_LOGIN_PASSWORDS) + ", " + names(_ANSIBLE_BECOME_PASSWORDS),
+         "masked and never used, with a warning: runbook logs in with SSH keys only"),
+        (names(_ANSIBLE_HOST_KEY_CHECKING) + " false", "ignored, with a warning: host keys are always checked"),
+        ("`ansible_connection` other than " + names(_ANSIBLE_SSH_CONNECTIONS), "a warning: runbook reaches hosts over SSH only"),
+        ("every other variable", "the host's or group's `vars` (secret-looking values masked, with a warning)"),
+        ("values with Jinja templates (`{{ … }}`)", "not evaluated: a variable keeps the text; a connection setting is "
+         "ignored, with a warning"),
+        ("`!unsafe`", "the value as a plain string"),
+        ("`!vault` values, vault-encrypted files, INI inventories",
+         "errors at file:line:col (convert INI with `ansible-inventory -i FILE --list -y`)"),
+        ("`group_vars/` and `host_vars/` folders, dynamic inventory plugins", "not read"),
+    ]
+
 def _is_ansible(data: Any) -> bool:
     """Whether loaded YAML is an Ansible inventory: ``all:`` or only groups
     at the top. A top-level key named like one of our sections (``vars``,

@@ -5,10 +5,16 @@
 column numbers, so that every later check can say ``file:line:col``.
 A syntax error becomes a :class:`~runbook.errors.Problem` naming the file,
 line and column, with a hint on how to fix the most common mistakes.
+
+Two limits keep a hostile or mistaken file from taking the CLI down: a file
+over :data:`MAX_FILE_BYTES` is refused before it is parsed (parsing 10 MB of
+YAML takes many seconds), and aliases may add at most :data:`MAX_ALIAS_VALUES`
+values to the document ("billion laughs").
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import yaml
@@ -63,23 +69,54 @@ _constructor = yaml.constructor.SafeConstructor()
 _STR = "tag:yaml.org,2002:str"
 
 
-MAX_NODES = 200_000  # aliases can make a small file expand enormously ("billion laughs")
+#: The largest runbook, inventory or alert payload file runbook reads, in bytes (1 MB).
+#: A runbook is a few kilobytes; a file this size is a mistake, or an attack.
+MAX_FILE_BYTES = 1_000_000
+#: The most values aliases may add to a document: a few kilobytes of nested
+#: aliases can otherwise expand to billions of values ("billion laughs").
+MAX_ALIAS_VALUES = 100_000
 
 
 class _TooBig(Exception):
     pass
 
 
-def _build(node, path: str, problems: list[Problem], budget: list[int]):
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise _TooBig
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1.05e6 else f"{size:,} bytes"
+
+
+def size_problem(path: str, size: int) -> Problem | None:
+    """The refusal of a file of ``size`` bytes over :data:`MAX_FILE_BYTES`; ``None`` when it is not."""
+    if size <= MAX_FILE_BYTES:
+        return None
+    return Problem(path, 1, 1, f"{_megabytes(size)} is over runbook's {MAX_FILE_BYTES // 1_000_000} MB limit for a runbook,"
+                               " inventory or alert file; split it into smaller files (one runbook per incident,"
+                               " one inventory per environment)", rule="yaml")
+
+
+def text_size(text: str) -> int:
+    """The size of ``text`` in UTF-8 bytes, exact only when it matters for :data:`MAX_FILE_BYTES`."""
+    if len(text) * 4 <= MAX_FILE_BYTES:  # a character is at most 4 bytes
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _build(node, path: str, problems: list[Problem], budget: list[int], seen: set[int], aliased: bool = False):
+    """Python data from a composed node. A collection node seen before is an
+    alias being expanded: every value built under it counts against ``budget``."""
+    if aliased:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _TooBig
+    elif not isinstance(node, yaml.ScalarNode):
+        aliased = id(node) in seen
+        seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         out = Map()
         out.pos = _pos(node)
         _constructor.flatten_mapping(node)
         for knode, vnode in node.value:
-            key = _build(knode, path, problems, budget)
+            key = _build(knode, path, problems, budget, seen, aliased)
             if isinstance(key, (Map, Seq)):
                 line, col = _pos(knode)
                 msg = ("a value that starts with '{{' must be quoted, e.g. \"{{ params.x }}\""
@@ -90,7 +127,7 @@ def _build(node, path: str, problems: list[Problem], budget: list[int]):
                 line, col = _pos(knode)
                 first = out.key_pos[key]
                 problems.append(Problem(path, line, col, f"duplicate key '{key}' (first defined at line {first[0]})", rule="yaml"))
-            out[key] = _build(vnode, path, problems, budget)
+            out[key] = _build(vnode, path, problems, budget, seen, aliased)
             out.key_pos[key] = _pos(knode)
             out.value_pos[key] = _pos(vnode)
         return out
@@ -98,7 +135,7 @@ def _build(node, path: str, problems: list[Problem], budget: list[int]):
         out = Seq()
         out.pos = _pos(node)
         for item in node.value:
-            out.append(_build(item, path, problems, budget))
+            out.append(_build(item, path, problems, budget, seen, aliased))
             out.item_pos.append(_pos(item))
         return out
     if node.tag == _STR:  # the common case, without the constructor's bookkeeping
@@ -128,8 +165,11 @@ def _hint(exc: yaml.MarkedYAMLError, text: str) -> str:
 
 def load(text: str, path: str = "<string>") -> tuple[Any, list[Problem]]:
     """Parse one YAML document. Returns ``(data, problems)``; a syntax error
-    is returned as a single problem with ``data`` set to ``None``."""
+    is returned as a single problem with ``data`` set to ``None``, and so is
+    a text over :data:`MAX_FILE_BYTES`, before any parsing."""
     problems: list[Problem] = []
+    if (too_big := size_problem(path, text_size(text))) is not None:
+        return None, [too_big]
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
@@ -146,9 +186,10 @@ def load(text: str, path: str = "<string>") -> tuple[Any, list[Problem]]:
     if node is None:
         return None, problems
     try:
-        return _build(node, path, problems, [MAX_NODES]), problems
+        return _build(node, path, problems, [MAX_ALIAS_VALUES], set()), problems
     except _TooBig:
-        return None, [Problem(path, 1, 1, f"YAML error: the document expands to more than {MAX_NODES} values (aliases nested too deep?)", rule="yaml")]
+        return None, [Problem(path, 1, 1, f"YAML error: aliases expand the document by more than {MAX_ALIAS_VALUES:,} values"
+                                          " (aliases nested too deep?); write the values out, or nest fewer aliases", rule="yaml")]
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -158,9 +199,12 @@ def load(text: str, path: str = "<string>") -> tuple[Any, list[Problem]]:
 
 
 def load_file(path) -> tuple[Any, list[Problem]]:
+    """:func:`load` of a file; a file over :data:`MAX_FILE_BYTES` is refused without reading it."""
     p = str(path)
     try:
         with open(p, encoding="utf-8") as f:
+            if (too_big := size_problem(p, os.fstat(f.fileno()).st_size)) is not None:
+                return None, [too_big]
             text = f.read()
     except UnicodeDecodeError as exc:
         return None, [Problem(p, 1, 1, f"file is not UTF-8 text ({exc.reason} at byte {exc.start})", rule="yaml")]

@@ -148,3 +148,105 @@ def test_generated_graphs_validate_cleanly(steps):
     res = validate_runbook(rb)
     for p in res.problems:
         assert p.line >= 1 and p.message
+
+
+# -- big files and alias bombs ------------------------------------------------------------
+
+
+def _no_parsing(monkeypatch):
+    """Make any YAML parsing fail the test: the size check must come first."""
+    import yaml
+
+    from runbook import yamlload
+
+    def compose(*a, **kw):
+        raise AssertionError("the file was parsed")
+
+    monkeypatch.setattr(yamlload.yaml, "compose", compose)
+    monkeypatch.setattr(yaml, "compose", compose)
+
+
+def test_a_file_over_the_size_limit_is_refused_before_parsing(tmp_path, monkeypatch):
+    from runbook.spec import load_runbook
+    from runbook.yamlload import MAX_FILE_BYTES
+
+    path = tmp_path / "big.yaml"
+    step = "    - id: s{}\n      shell: echo ok\n      readonly: true\n"
+    body = "".join(step.format(i) for i in range(10 * MAX_FILE_BYTES // len(step)))  # ~10 MB
+    path.write_text("name: big\ntitle: Big\nstages:\n  diagnose:\n" + body)
+    _no_parsing(monkeypatch)
+    rb, problems = load_runbook(path)
+    assert rb is None
+    assert [p.format() for p in problems] == [
+        f"{path}:1:1: error: {path.stat().st_size / 1e6:.1f} MB is over runbook's 1 MB limit for a runbook, inventory"
+        " or alert file; split it into smaller files (one runbook per incident, one inventory per environment)"
+    ]
+
+
+def test_an_inventory_over_the_size_limit_is_refused_without_reading_it(tmp_path, monkeypatch):
+    from runbook.inventory import check_inventory
+    from runbook.yamlload import MAX_FILE_BYTES
+
+    path = tmp_path / "big.yaml"
+    path.write_text("hosts:\n" + "".join(f"  h{i}: {{address: 192.0.2.1}}\n" for i in range(MAX_FILE_BYTES // 20)))
+    _no_parsing(monkeypatch)
+    inventory, problems = check_inventory(path)
+    assert inventory is None and len(problems) == 1
+    assert problems[0].message.startswith(f"{path.stat().st_size / 1e6:.1f} MB is over runbook's 1 MB limit")
+
+
+def test_the_limit_counts_bytes_not_characters():
+    from runbook.yamlload import MAX_FILE_BYTES, load
+
+    text = "name: x\ndescription: " + "é" * (MAX_FILE_BYTES // 2 + 10) + "\n"  # fewer characters than the limit
+    assert len(text) < MAX_FILE_BYTES
+    data, problems = load(text, "x.yaml")
+    assert data is None and "over runbook's 1 MB limit" in problems[0].message
+
+
+def test_a_file_just_under_the_limit_loads(tmp_path):
+    from runbook.spec import load_runbook
+    from runbook.yamlload import MAX_FILE_BYTES
+
+    head, tail = "name: demo\ntitle: Demo\ndescription: ", "\n" + GOOD.split("\n", 2)[2]
+    padding = MAX_FILE_BYTES - len(head) - len(tail)
+    path = tmp_path / "rb.yaml"
+    path.write_text(head + "x" * padding + tail)
+    assert path.stat().st_size == MAX_FILE_BYTES
+    rb, problems = load_runbook(path)
+    assert problems == [] and rb is not None and len(rb.description) == padding
+
+
+def test_an_alias_bomb_is_refused_with_the_expansion_message():
+    levels = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        levels.append(f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]")
+    _, problems = msgs("\n".join(levels) + "\n")  # a 9**9 values "billion laughs" in 500 bytes
+    assert len(problems) == 1
+    assert problems[0].startswith("rb.yaml:1:1: error: YAML error: aliases expand the document by more than 100,000 values")
+
+
+def test_only_values_added_by_aliases_count_against_the_alias_budget(monkeypatch):
+    from runbook import yamlload
+
+    monkeypatch.setattr(yamlload, "MAX_ALIAS_VALUES", 10)
+    plain = "items: [" + ", ".join(f"[{i}, {i}]" for i in range(50)) + "]\n"
+    data, problems = yamlload.load(plain, "x.yaml")
+    assert problems == [] and len(data["items"]) == 50  # 150 values, none from an alias
+    few = "base: &b {k: [1, 2]}\nuse: [*b, *b]\n"  # each alias adds 3 values: 6 in all
+    data, problems = yamlload.load(few, "x.yaml")
+    assert problems == [] and data["use"] == [{"k": [1, 2]}] * 2
+    many = "base: &b {k: [1, 2]}\nuse: [*b, *b, *b, *b]\n"  # 12 values from aliases
+    data, problems = yamlload.load(many, "x.yaml")
+    assert data is None and "aliases expand the document by more than 10 values" in problems[0].message
+
+
+def test_validate_refuses_a_big_file_in_one_line(tmp_path, main):
+    from runbook.yamlload import MAX_FILE_BYTES
+
+    path = tmp_path / "big.yaml"
+    path.write_text("name: big\ntitle: Big\ndescription: " + "x" * MAX_FILE_BYTES + "\nstages: {}\n")
+    out = main("validate", path)
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
+    # just over the limit, the size is said in bytes ("1.0 MB is over the 1 MB limit" would not say much)
+    assert f"{path}:1:1: error: {path.stat().st_size:,} bytes is over runbook's 1 MB limit" in out.stdout
