@@ -15,7 +15,13 @@ names a runbook, else the one runbook whose ``alerts:`` list names it.  Findings
   another source — Loki's ruler, Grafana — or be a proposal);
 * RB203 a ``runbook`` annotation naming no runbook (error: ``run --alert`` refuses it);
 * RB204 an alert that several runbooks list, with no annotation to choose (warning:
-  ``run --alert`` refuses it).
+  ``run --alert`` refuses it);
+* RB205 a runbook listing an alert whose every rule's annotation names another runbook
+  (warning: ``run --alert`` never starts this one for it).
+
+Annotations are read as Alertmanager would send them for the rule's own alert:
+``{{ $labels.alertname }}`` becomes the alert's name; any other template leaves the
+annotation unchecked (it is filled in when the alert fires).
 
 A rule file that is not YAML or not of that shape is reported as ``file:line:col``
 with the rule id ``alert-rules``.
@@ -77,10 +83,11 @@ def _documents(path: str) -> tuple[list[Any], list[Problem]]:
     problems = []
     with open(path, encoding="utf-8") as f:
         text = f.read()
+    budget = [yamlload.MAX_NODES]  # one budget for the file, as for a single document
     try:
         for node in yaml.compose_all(text, Loader=yamlload._Loader):
             if node is not None:
-                docs.append(yamlload._build(node, path, problems, [yamlload.MAX_NODES]))
+                docs.append(yamlload._build(node, path, problems, budget))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -201,7 +208,7 @@ def load_rule_file(path: str | Path) -> RuleFile:
         key = "alert" if "alert" in r else "record"
         name = r[key]
         if not isinstance(name, str) or not name.strip():
-            bad(r.vpos(key), f"group '{group}': '{key}' must be a name (text), not {kind(name) if name != '' else 'empty'}")
+            bad(r.vpos(key), f"group '{group}': '{key}' must be a name (text), not {'empty' if isinstance(name, str) else kind(name)}")
             return
         if "expr" not in r or r["expr"] is None or (isinstance(r["expr"], str) and not r["expr"].strip()):
             bad(r.kpos("expr") if "expr" in r else r.kpos(key), f"{key} '{name}': a rule needs an expr (a PromQL expression)")
@@ -290,6 +297,7 @@ def check(rules: list[AlertRule], runbooks: list, config=None, complete: bool = 
                 listed[a].append(rb.name)
     names = sorted({rb.name for rb in runbooks})
 
+    by_annotation: dict[str, set] = {}  # alert name -> runbooks its rules' annotations choose (None: no annotation)
     for r in rules:
         ann = {k: _ALERTNAME.sub(r.alert, v) for k, v in r.annotations.items()}
         answer: dict[str, Any] = {"alert": r.alert, "file": r.path, "line": r.pos[0], "group": r.group,
@@ -298,6 +306,7 @@ def check(rules: list[AlertRule], runbooks: list, config=None, complete: bool = 
         ref = ann.get("runbook", "").strip()
         if "{{" in ref or ("{{" in ann.get("runbook_url", "") and not ref):
             answer["by"] = "template (not checked: it is filled in when the alert fires)"
+            by_annotation.setdefault(r.alert, set()).add(None)
             continue
         try:
             found = _by_annotation(Alert(name=r.alert, status="firing", labels=r.labels, annotations=ann,
@@ -306,13 +315,16 @@ def check(rules: list[AlertRule], runbooks: list, config=None, complete: bool = 
             titled = [rb.name for rb in runbooks if re.search(rf"(?<![\w-]){re.escape(ref)}(?![\w-])", rb.title or "")]
             hint = (f" (runbook {titled[0]}'s title mentions {ref}: write runbook: {titled[0]})" if len(titled) == 1
                     else suggest(ref, names))
+            by_annotation.setdefault(r.alert, set()).add("")  # refused: no runbook
             finding(r.path, r.annotation_pos.get("runbook", r.pos), "RB203",
                     f"alert {r.alert}: its 'runbook' annotation names '{ref}', which is none of the runbooks checked"
                     f"{hint}; `runbook run --alert` would refuse the alert")
             continue
         if found:
             answer["runbook"], answer["by"] = found[0], ("annotation runbook" if ref else "annotation runbook_url")
+            by_annotation.setdefault(r.alert, set()).add(found[0])
             continue
+        by_annotation.setdefault(r.alert, set()).add(None)  # a rule of this name that the alerts: lists decide
         by_list = listed.get(r.alert, [])
         if len(by_list) == 1:
             answer["runbook"], answer["by"] = by_list[0], "alerts"
@@ -333,9 +345,15 @@ def check(rules: list[AlertRule], runbooks: list, config=None, complete: bool = 
         for rb in runbooks:
             seq = rb.data.get("alerts")
             for i, a in enumerate(rb.alerts):
+                pos = seq.ipos(i) if hasattr(seq, "ipos") else rb.data.kpos("alerts")
+                chosen = by_annotation.get(a, {None})
+                if a in defined and not chosen & {None, "", rb.name}:  # "": an annotation refused (RB203 says so)
+                    finding(rb.path, pos, "RB205",
+                            f"alert {a} (alerts:) is never answered by this runbook: every rule defining it has a "
+                            f"'runbook' annotation, naming {', '.join(sorted(chosen))}, which run --alert "
+                            f"takes first; drop {a} from this list, or name {rb.name} in the annotation")
                 if a in defined:
                     continue
-                pos = seq.ipos(i) if hasattr(seq, "ipos") else rb.data.kpos("alerts")
                 cov.not_in_rules.append({"alert": a, "runbook": rb.name, "file": rb.path, "line": pos[0]})
                 close = _close(a, defined)
                 finding(rb.path, pos, "RB202",

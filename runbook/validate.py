@@ -40,6 +40,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     "RB202": ("alert-not-in-rules", "info", "a runbook's alerts: entry that no rule of the rule files defines (a proposal, an alert from another source, or a name to fix)"),
     "RB203": ("unknown-runbook-annotation", "error", "a rule's runbook annotation names no runbook: run --alert refuses the alert"),
     "RB204": ("alert-in-several-runbooks", "warning", "an alert that several runbooks list, with no runbook annotation to choose: run --alert refuses it"),
+    "RB205": ("alert-answered-elsewhere", "warning", "a runbook lists an alert whose every rule names another runbook in its runbook annotation: run --alert never starts this one for it"),
 }
 SEVERITIES = ("error", "warning", "off")
 CONFIG_FILES = (".runbook.yaml", ".runbook.yml")

@@ -155,7 +155,7 @@ def test_sarif(setup, main):
     sarif = json.loads(r.stdout)
     run = sarif["runs"][0]
     descriptors = {d["id"]: d for d in run["tool"]["driver"]["rules"]}
-    for rid in ("RB201", "RB202", "RB203", "RB204", "alert-rules"):
+    for rid in ("RB201", "RB202", "RB203", "RB204", "RB205", "alert-rules"):
         assert rid in descriptors
     assert descriptors["RB202"]["defaultConfiguration"]["level"] == "note"
     assert descriptors["RB203"]["defaultConfiguration"]["level"] == "error"
@@ -296,6 +296,31 @@ def test_an_annotation_naming_a_missing_runbook(write, main):
     write("r.yml", "groups:\n  - name: g\n    rules:\n      - alert: DiskFull\n        expr: x\n"
                    "        annotations: {runbook: disk.yaml}\n")
     assert main("validate", rb, "--alert-rules", rules).returncode == 0
+
+
+def test_a_runbook_listing_an_alert_that_the_annotation_sends_elsewhere(write, main):
+    runbook(write, "a", ["X", "Y"])
+    runbook(write, "b", ["Y"])
+    rules = write("r.yml", """\
+        groups:
+          - name: g
+            rules:
+              - alert: X
+                expr: up == 0
+                annotations: {runbook: b}
+              - alert: Y
+                expr: up == 0
+                annotations: {runbook: b}
+              - alert: Y
+                expr: up == 1
+        """)
+    r = main("validate", write("rb/.keep", "").parent, "--alert-rules", rules)
+    out = [line for line in lines(r) if "[RB205]" in line]
+    # X: its only rule names b, so a's entry is dead; Y: one rule has no annotation, so the lists still decide
+    assert len(out) == 1 and out[0].startswith(f"{r.args[1]}/a.yaml:3:10: warning: alert X (alerts:) is never answered "
+                                               f"by this runbook: every rule defining it has a 'runbook' annotation, "
+                                               f"naming b"), r.stdout
+    assert "[RB204]" in r.stdout  # the second Y rule: listed by a and b, no annotation
 
 
 def test_validate_agrees_with_run_alert(write, main, tmp_path):

@@ -6,7 +6,8 @@ Exit 0 when every file is valid (warnings and notes allowed), 1 when any has an 
 With --alert-rules FILE…, also alert coverage against Prometheus rule files (or
 Kubernetes PrometheusRule objects): alerts no runbook answers (RB201, warning), runbook
 alerts no rule defines (RB202, info: --strict leaves it), a runbook annotation naming no
-runbook (RB203, error), an alert several runbooks list (RB204, warning).
+runbook (RB203, error), an alert several runbooks list (RB204, warning), a runbook
+listing an alert whose rules' annotations name another runbook (RB205, warning).
 """
 
 from __future__ import annotations
