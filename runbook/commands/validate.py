@@ -23,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("--strict", action="store_true", help="treat warnings as errors (info notes stay notes)")
     p.add_argument("--alert-rules", nargs="+", action="extend", metavar="FILE",
                    help="Prometheus rule files (or folders of them, or PrometheusRule manifests): report alerts no runbook "
-                        "answers and runbook alerts no rule defines")
+                        "answers and runbook alerts no rule defines, against all the runbooks given (PATHs go before "
+                        "this option, or write --alert-rules=FILE)")
     p.add_argument("--dry-run", action="store_true",
                    help="also dry-run each valid runbook with its example_params against the inventory (--env/--inventory), "
                         "contacting nothing: catches what only rendering finds (inventory names, template values)")
