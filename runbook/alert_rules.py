@@ -296,6 +296,7 @@ def check(rules: list[AlertRule], runbooks: list, config=None, complete: bool = 
             if rb.name not in listed.setdefault(a, []):
                 listed[a].append(rb.name)
     names = sorted({rb.name for rb in runbooks})
+    name_of = {rb.path: rb.name for rb in runbooks}  # an annotation may name a runbook by its file's stem
 
     by_annotation: dict[str, set] = {}  # alert name -> runbooks its rules' annotations choose (None: no annotation)
     for r in rules:
@@ -321,8 +322,9 @@ def check(rules: list[AlertRule], runbooks: list, config=None, complete: bool = 
                     f"{hint}; `runbook run --alert` would refuse the alert")
             continue
         if found:
-            answer["runbook"], answer["by"] = found[0], ("annotation runbook" if ref else "annotation runbook_url")
-            by_annotation.setdefault(r.alert, set()).add(found[0])
+            chosen = name_of.get(index[found[0]], found[0])
+            answer["runbook"], answer["by"] = chosen, ("annotation runbook" if ref else "annotation runbook_url")
+            by_annotation.setdefault(r.alert, set()).add(chosen)
             continue
         by_annotation.setdefault(r.alert, set()).add(None)  # a rule of this name that the alerts: lists decide
         by_list = listed.get(r.alert, [])
