@@ -36,6 +36,12 @@ RULES: dict[str, tuple[str, str, str]] = {
     "RB105": ("secret-printed", "error", "a secret parameter is rendered where it would be printed"),
     "RB106": ("template-in-quotes", "error", "a template inside quotes or a here-document in a shell command is not protected by quoting"),
     "RB107": ("readonly-without-role", "warning", "a read-only sql step on a non-local database whose inventory entry has no readonly_role"),
+    # alert coverage (validate --alert-rules FILE…: runbook.alert_rules); "info" is never made an error by --strict
+    "RB201": ("alert-without-runbook", "warning", "an alert of the rule files that no runbook answers: no alerts: list names it, no runbook or runbook_url annotation names a runbook"),
+    "RB202": ("alert-not-in-rules", "info", "a runbook's alerts: entry that no rule of the rule files defines (a proposal, an alert from another source, or a name to fix)"),
+    "RB203": ("unknown-runbook-annotation", "error", "a rule's runbook annotation names no runbook: run --alert refuses the alert"),
+    "RB204": ("alert-in-several-runbooks", "warning", "an alert that several runbooks list, with no runbook annotation to choose: run --alert refuses it"),
+    "RB205": ("alert-answered-elsewhere", "warning", "a runbook lists an alert whose every rule names another runbook in its runbook annotation: run --alert never starts this one for it"),
 }
 SEVERITIES = ("error", "warning", "off")
 CONFIG_FILES = (".runbook.yaml", ".runbook.yml")
