@@ -70,31 +70,12 @@ def rule_files(paths: list[Path]) -> list[Path]:
 
 
 def _documents(path: str) -> tuple[list[Any], list[Problem]]:
-    """The YAML documents of a file, with positions (runbook.yamlload); a syntax error is one problem."""
+    """The YAML documents of a file (several, `---`, as Kubernetes manifests often are), with
+    positions (runbook.yamlload); a syntax error is one problem."""
     from runbook import yamlload
 
-    data, problems = yamlload.load_file(path)
-    if not (data is None and problems and "another document" in problems[0].message):
-        return ([] if data is None else [data]), problems
-    # several documents (`---`), as Kubernetes manifests often are
-    import yaml
-
-    docs: list[Any] = []
-    problems = []
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    budget = [yamlload.MAX_NODES]  # one budget for the file, as for a single document
-    try:
-        for node in yaml.compose_all(text, Loader=yamlload._Loader):
-            if node is not None:
-                docs.append(yamlload._build(node, path, problems, budget))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return [], [Problem(path, line, col, f"YAML syntax error: {(exc.problem or exc.context or 'invalid YAML').strip()}", rule="yaml")]
-    except (yaml.YAMLError, yamlload._TooBig, RecursionError) as exc:
-        return [], [Problem(path, 1, 1, f"YAML error: {str(exc).splitlines()[0] if str(exc) else 'cannot read the document'}", rule="yaml")]
-    return docs, problems
+    docs, problems = yamlload.load_all_file(path)
+    return docs or [], problems
 
 
 @dataclass

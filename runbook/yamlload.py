@@ -167,14 +167,34 @@ def load(text: str, path: str = "<string>") -> tuple[Any, list[Problem]]:
     """Parse one YAML document. Returns ``(data, problems)``; a syntax error
     is returned as a single problem with ``data`` set to ``None``, and so is
     a text over :data:`MAX_FILE_BYTES`, before any parsing."""
+    return _load(text, path, many=False)
+
+
+def load_all(text: str, path: str = "<string>") -> tuple[list[Any] | None, list[Problem]]:
+    """Every YAML document of a text (``---`` between them, as Kubernetes manifests
+    often are): ``(documents, problems)``, with :func:`load`'s checks and one alias
+    budget for the whole text; ``None`` for the documents when it cannot be read."""
+    return _load(text, path, many=True)
+
+
+def _load(text: str, path: str, many: bool):
     problems: list[Problem] = []
     if (too_big := size_problem(path, text_size(text))) is not None:
         return None, [too_big]
+    budget, seen = [MAX_ALIAS_VALUES], set()
     try:
+        if many:
+            return [_build(node, path, problems, budget, seen) for node in yaml.compose_all(text, Loader=_Loader)
+                    if node is not None], problems
         node = yaml.compose(text, Loader=_Loader)
+        if node is None:
+            return None, problems
+        return _build(node, path, problems, budget, seen), problems
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            return None, [Problem(path, line, col, f"YAML error: {(exc.problem or 'cannot read value').strip()}", rule="yaml")]
         what = (exc.problem or exc.context or "invalid YAML").strip()
         return None, [Problem(path, line, col, f"YAML syntax error: {what} ({_hint(exc, text)})", rule="yaml")]
     except UnicodeError as exc:  # lone surrogates and the like: not text a file can hold
@@ -183,23 +203,24 @@ def load(text: str, path: str = "<string>") -> tuple[Any, list[Problem]]:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         return None, [Problem(path, line, col, f"YAML error: {str(getattr(exc, 'reason', '') or exc).splitlines()[0]}", rule="yaml")]
-    if node is None:
-        return None, problems
-    try:
-        return _build(node, path, problems, [MAX_ALIAS_VALUES], set()), problems
     except _TooBig:
         return None, [Problem(path, 1, 1, f"YAML error: aliases expand the document by more than {MAX_ALIAS_VALUES:,} values"
                                           " (aliases nested too deep?); write the values out, or nest fewer aliases", rule="yaml")]
-    except yaml.constructor.ConstructorError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return None, [Problem(path, line, col, f"YAML error: {(exc.problem or 'cannot read value').strip()}", rule="yaml")]
     except RecursionError:
         return None, [Problem(path, 1, 1, "YAML error: document nested too deeply", rule="yaml")]
 
 
 def load_file(path) -> tuple[Any, list[Problem]]:
     """:func:`load` of a file; a file over :data:`MAX_FILE_BYTES` is refused without reading it."""
+    return _load_file(path, load)
+
+
+def load_all_file(path) -> tuple[list[Any] | None, list[Problem]]:
+    """:func:`load_all` of a file, with :func:`load_file`'s checks."""
+    return _load_file(path, load_all)
+
+
+def _load_file(path, parse):
     p = str(path)
     try:
         with open(p, encoding="utf-8") as f:
@@ -210,4 +231,4 @@ def load_file(path) -> tuple[Any, list[Problem]]:
         return None, [Problem(p, 1, 1, f"file is not UTF-8 text ({exc.reason} at byte {exc.start})", rule="yaml")]
     except OSError as exc:
         raise RunbookError(f"{p}: cannot read file: {exc.strerror}") from None
-    return load(text, p)
+    return parse(text, p)
