@@ -135,12 +135,11 @@ def test_two_runbooks_answer_the_alert(main, write, tmp_path):
     assert "echo looking at api in production" in r.stdout
 
 
-def test_resolved_alert_and_bad_payloads(main, write, tmp_path):
+def test_bad_payloads(main, write, tmp_path):
     books(write, ERROR_RATE)
-    doc = copy.deepcopy(PAYLOAD)
-    doc["alerts"][0]["status"] = "resolved"
-    r = main("run", "--alert", payload(tmp_path, doc), "--dry-run")
-    assert r.returncode == 1 and "no firing alert (HighErrorRate: resolved)" in r.stderr
+    (tmp_path / "empty.json").write_text('{"alerts": []}')
+    r = main("run", "--alert", tmp_path / "empty.json", "--dry-run")
+    assert r.returncode == 2 and "the payload's 'alerts' list is empty" in r.stderr
     (tmp_path / "bad.json").write_text('{"alerts": [\n  {"labels": }\n]}')
     r = main("run", "--alert", tmp_path / "bad.json", "--dry-run")
     assert r.returncode == 2 and "not JSON (line 2, column 14" in r.stderr
@@ -261,3 +260,154 @@ def test_one_run_per_alert_at_a_time(cli, write, tmp_path, audit_dir):
     r = cli("run", "--alert", alert, "--yes")
     assert r.returncode == 0, r.stderr
     assert cli("audit", "verify").returncode == 0
+
+
+# --- resolved alerts -----------------------------------------------------------------------------
+
+FIX = """\
+name: fix
+title: Fix
+alerts: [HighErrorRate]
+params_from_labels: {service: job}
+params:
+  service: {type: string, required: true, pattern: '^[a-z0-9-]+$'}
+stages:
+  diagnose:
+    - id: look
+      shell: "while [ ! -f {tmp}/go ]; do sleep 0.05; done; echo looked"
+      readonly: true
+      timeout: 30s
+  mitigate:
+    - id: restart
+      shell: echo restarting {{ params.service }}
+      timeout: 5s
+  verify:
+    - id: check
+      shell: echo fine
+      readonly: true
+"""
+
+ENDS = "2026-11-26T03:41:07.5Z"
+
+
+def resolved(doc=None, ends=ENDS):
+    doc = copy.deepcopy(doc or PAYLOAD)
+    doc["status"] = "resolved"
+    for a in doc["alerts"]:
+        a["status"], a["endsAt"] = "resolved", ends
+    return doc
+
+
+def test_a_resolved_alert_runs_nothing_exits_0_and_is_recorded(main, write, tmp_path, audit_dir):
+    books(write, ERROR_RATE)
+    alert = payload(tmp_path, resolved())
+    r = main("run", "--alert", alert, "--dry-run")  # a dry-run says so and records nothing
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == ("resolved: nothing to run — alert HighErrorRate (c3b0e1f2a4d5e6f7) resolved at "
+                                f"{ENDS}; not recorded (--dry-run)")
+    assert not (audit_dir / "audit.jsonl").exists() and r.stdout == ""
+    r = main("run", "--alert", alert)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == ("resolved: nothing to run — alert HighErrorRate (c3b0e1f2a4d5e6f7) resolved at "
+                                f"{ENDS}; recorded in the audit log")
+    [rec] = [x for x in records(audit_dir) if x.get("type") != "epoch"]  # (the log's first key)
+    assert rec["type"] == "alert_resolved" and "run" not in rec  # an alert event, not a run
+    assert (rec["alertname"], rec["fingerprint"], rec["endsAt"], rec["startsAt"]) == (
+        "HighErrorRate", "c3b0e1f2a4d5e6f7", ENDS, "2026-11-26T03:02:11.123Z")
+    assert rec["labels"]["job"] == "api" and rec["who"]
+    assert main("audit", "verify").returncode == 0
+    assert "no runs recorded" in main("audit", "list").stdout  # nothing ran
+    # named on the command line, or picked with --fingerprint: still nothing to run
+    r = main("run", "nope-not-a-runbook", "--alert", alert, "--fingerprint", "c3b0e1f2a4d5e6f7")
+    assert r.returncode == 0 and "resolved: nothing to run" in r.stderr
+
+
+def test_a_resolution_goes_to_the_paused_run_and_its_resume_says_so(main, write, tmp_path, audit_dir):
+    (tmp_path / "go").touch()
+    write("playbooks/fix.yaml", FIX.replace("{tmp}", str(tmp_path)))
+    r = main("run", "--alert", payload(tmp_path))  # no terminal, no --yes: stops before the write step
+    assert r.returncode == 3, r.stderr
+    run_id = [x for x in records(audit_dir) if x["type"] == "run_started"][0]["run"]
+    r = main("run", "--alert", payload(tmp_path, resolved(), "resolved.json"))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == (f"resolved: nothing to run — alert HighErrorRate (c3b0e1f2a4d5e6f7) resolved at {ENDS}; "
+                                f"recorded in run {run_id} (refused, not finished): runbook resume {run_id} shows it")
+    rec = records(audit_dir)[-1]
+    assert rec["type"] == "alert_resolved" and rec["run"] == run_id and rec["endsAt"] == ENDS
+    r = main("resume", run_id, "--yes")
+    assert r.returncode == 0, r.stderr
+    assert f"the alert resolved at {ENDS}: HighErrorRate (c3b0e1f2a4d5e6f7)" in r.stderr
+    resumed = [x for x in records(audit_dir) if x["type"] == "resumed"]
+    assert len(resumed) == 1 and f"the alert resolved at {ENDS}" in resumed[0]["notice"]
+    assert main("audit", "verify").returncode == 0
+    # the run finished: a later resolution of the same incident is an event of its own
+    r = main("run", "--alert", payload(tmp_path, resolved(), "resolved.json"))
+    assert r.returncode == 0 and r.stderr.strip().endswith("; recorded in the audit log"), r.stderr
+    assert "run" not in records(audit_dir)[-1]
+
+
+def test_a_resolution_of_another_incident_is_not_given_to_an_old_run(main, write, tmp_path, audit_dir):
+    (tmp_path / "go").touch()
+    write("playbooks/fix.yaml", FIX.replace("{tmp}", str(tmp_path)))
+    assert main("run", "--alert", payload(tmp_path)).returncode == 3  # paused: last week's incident, say
+    later = copy.deepcopy(PAYLOAD)
+    later["alerts"][0]["startsAt"] = "2026-12-03T10:00:00Z"  # same fingerprint, a new startsAt: a new incident
+    r = main("run", "--alert", payload(tmp_path, resolved(later), "resolved.json"))
+    assert r.returncode == 0 and r.stderr.strip().endswith("; recorded in the audit log"), r.stderr
+    assert "run" not in records(audit_dir)[-1]
+    # the same instant written differently is the same incident
+    same = copy.deepcopy(PAYLOAD)
+    same["alerts"][0]["startsAt"] = "2026-11-26T04:02:11.123+01:00"
+    r = main("run", "--alert", payload(tmp_path, resolved(same), "resolved.json"))
+    assert "(refused, not finished): runbook resume" in r.stderr, r.stderr
+
+
+def test_a_resolution_reaches_a_run_that_is_going_and_one_that_crashed(cli, write, tmp_path, audit_dir):
+    write("playbooks/fix.yaml", FIX.replace("{tmp}", str(tmp_path)))
+    first = _start(tmp_path, "run", "--alert", payload(tmp_path), "--yes")
+    try:
+        _wait_for_step(audit_dir, "look")
+        run_id = [r for r in records(audit_dir) if r["type"] == "run_started"][0]["run"]
+        r = cli("run", "--alert", payload(tmp_path, resolved(), "resolved.json"))
+        assert r.returncode == 0, r.stderr
+        assert f"recorded in run {run_id}, which is still going" in r.stderr
+    finally:
+        first.kill()  # SIGKILL, mid-step: the run never finishes
+        first.wait(timeout=10)
+    r = cli("run", "--alert", payload(tmp_path, resolved(ends="2026-11-26T03:50:00Z"), "resolved.json"))
+    assert r.returncode == 0, r.stderr
+    assert f"recorded in run {run_id} (in progress, not finished): runbook resume {run_id} shows it" in r.stderr
+    (tmp_path / "go").touch()
+    r = cli("resume", run_id, "--yes")
+    assert r.returncode == 0, r.stderr
+    assert "the alert resolved at 2026-11-26T03:50:00Z" in r.stderr  # the last word on it
+    assert "restarting api" in r.stdout
+    assert cli("audit", "verify").returncode == 0
+
+
+def test_a_mixed_payload_runs_for_the_firing_alerts_and_records_the_resolved_ones(main, write, tmp_path, audit_dir):
+    books(write, ERROR_RATE)
+    doc = copy.deepcopy(PAYLOAD)
+    gone = resolved()["alerts"][0]
+    gone["fingerprint"], gone["labels"] = "00000000000000aa", dict(gone["labels"], job="web")
+    doc["alerts"].append(gone)
+    r = main("run", "--alert", payload(tmp_path, doc))
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == f"resolved: alert HighErrorRate (00000000000000aa) resolved at {ENDS}; recorded in the audit log"
+    assert lines[1].startswith("alert HighErrorRate (c3b0e1f2a4d5e6f7, firing since")
+    assert "looking at api in production" in r.stdout  # the resolved alert's job=web did not split the group
+    started = [x for x in records(audit_dir) if x["type"] == "run_started"][0]
+    assert started["alert"]["fingerprint"] == "c3b0e1f2a4d5e6f7" and "also" not in started["alert"]
+    assert [x["fingerprint"] for x in records(audit_dir) if x["type"] == "alert_resolved"] == ["00000000000000aa"]
+
+
+def test_a_resolved_alert_with_terminal_escapes_is_shown_harmless(main, write, tmp_path, audit_dir):
+    books(write, ERROR_RATE)
+    doc = resolved()
+    doc["alerts"][0]["labels"]["alertname"] = "High\x1b]0;pwned\x07\x1b[2JRate"
+    doc["alerts"][0]["endsAt"] = "2026\x1b[31m"
+    r = main("run", "--alert", payload(tmp_path, doc))
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert records(audit_dir)[-1]["alertname"] == "High\x1b]0;pwned\x07\x1b[2JRate"  # the log keeps what came
