@@ -515,7 +515,8 @@ def run(step, act: Action, ctx) -> StepResult:
 LABEL_FORMS = {
     "from_pod": S.Obj(
         {"from_pod": S.Str(doc="the alert label naming the pod (e.g. pod)"),
-         "namespace": S.Str(doc="the parameter holding the pod's namespace (default: the parameter 'namespace' when "
+         "namespace": S.Str(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", hint="a parameter name",  # the validator checks such a value names a declared parameter
+                            doc="the parameter holding the pod's namespace (default: the parameter 'namespace' when "
                                 "the runbook has one, else the inventory cluster's namespace, else 'default')"),
          "cluster": S.Str(doc="the inventory cluster (default: the only one, else 'main')")},
         required=("from_pod",),
