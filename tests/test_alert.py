@@ -530,6 +530,13 @@ def test_from_pod_label_and_server_answers_are_checked_before_use(main, write, t
     r = main("run", "--alert", oom_payload(tmp_path, "odd"), "--inventory", inv, "--yes")
     assert r.returncode == 1 and "names an owner ReplicaSet '../../../api/v1/secrets' that is not a name" in r.stderr
     assert not [q for q in kubeapi.requests if "secrets" in q["path"]]
+    rs = kubeapi.put({"kind": "ReplicaSet", "apiVersion": "apps/v1", "metadata": {
+        "name": "odd-rs", "namespace": "production",
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "api -n kube-system", "uid": "u2",
+                             "controller": True}]}, "spec": {"replicas": 1}})
+    kubeapi.put(make_pod("odd2", "production", {"spec": {"containers": [{"name": "x", "image": "x:1"}]}}, owner=rs))
+    r = main("run", "--alert", oom_payload(tmp_path, "odd2"), "--inventory", inv, "--yes")
+    assert r.returncode == 1 and "names an owner Deployment 'api -n kube-system' that is not a name" in r.stderr
     # a label with terminal escapes never reaches the terminal as such
     r = main("run", "--alert", oom_payload(tmp_path, "x\x1b[2J"), "--inventory", inv, "--yes")
     assert r.returncode == 1 and "\x1b" not in r.stderr
@@ -573,3 +580,15 @@ def test_params_from_labels_forms_are_validated(main, write):
     r = main("validate", "playbooks")
     assert "x.yaml:4:22: error: params_from_labels: 'deployment' is found from a label only when a live run " \
            "starts; give it an example_params value" in r.stdout, r.stdout
+
+
+def test_a_dry_run_from_an_oom_alert_imports_no_kubernetes(tmp_path):
+    code = (
+        "import sys\n"
+        "from runbook.cli import main\n"
+        "assert main(['run', '--alert', 'tests/data/alertmanager-pod-oom-killed.json', '--dry-run']) == 0\n"
+        "print('HEAVY', [m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3')])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), RUNBOOK_AUDIT_DIR=str(tmp_path / "audit")))
+    assert "HEAVY []" in r.stdout, r.stdout + r.stderr

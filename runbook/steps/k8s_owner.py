@@ -111,6 +111,8 @@ def deployment_of_pod(spec: dict, pod: str, params: dict, inventory, live: bool)
             raise RunbookError(f"from_pod: pod {pod} (namespace {ns}) belongs to ReplicaSet {rs_name}, which {by}, "
                                "not a Deployment: give the parameter with -p")
         name = str(top.get("name") or "")
+        if not K._DNS_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+            raise RunbookError(f"from_pod: ReplicaSet {rs_name} names an owner Deployment {name!r} that is not a name")
     finally:
         for conn in ctx.connections.values():
             conn.close()
