@@ -10,7 +10,13 @@ group of alerts; each has ``status``, ``labels``, ``annotations``,
 * map labels to parameters through the runbook's ``params_from_labels``
   (``service: job`` sets the parameter ``service`` from the label ``job``);
   the values then pass the parameter's type, pattern and enum like any
-  ``-p`` value, since labels are data from elsewhere;
+  ``-p`` value, since labels are data from elsewhere.  A mapping form
+  (``deployment: {from_pod: pod}``) names a label whose value a step kind
+  turns into the parameter when a live run starts (:func:`label_forms`: the
+  kinds' ``LABEL_FORMS`` hook), e.g. the Deployment that owns a pod;
+* tell resolved alerts apart from firing ones: a resolved alert starts
+  nothing, and its resolution is recorded (in the run handling it, when one
+  is open);
 * keep one run per alert at a time: a lock file per fingerprint, held (flock)
   for the run's life, so that two people paged at once do not both mitigate.
   A crashed run's lock is released by the kernel.
@@ -37,24 +43,40 @@ class Alert:
     starts_at: str | None
     fingerprint: str
     generator_url: str | None = None
+    ends_at: str | None = None  # a resolved alert's endsAt (a firing one's is a guess or the zero time)
     others: list[str] = field(default_factory=list)  # fingerprints of the group's other alerts handled by this run
 
     def record(self) -> dict[str, Any]:
         """What the audit log keeps of the alert."""
         d = {"name": self.name, "status": self.status, "labels": self.labels, "startsAt": self.starts_at,
-             "fingerprint": self.fingerprint, "generatorURL": self.generator_url}
+             "fingerprint": self.fingerprint, "generatorURL": self.generator_url,
+             "endsAt": self.ends_at if self.resolved else None}
         if self.others:
             d["also"] = self.others
         return {k: v for k, v in d.items() if v is not None}
+
+    @property
+    def resolved(self) -> bool:
+        return self.status == "resolved"
 
 
 def read_payload(source: str) -> dict:
     """The webhook document from a file or ``-`` (standard input)."""
     where = "standard input" if source == "-" else source
-    try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    from runbook.yamlload import MAX_FILE_BYTES, size_problem, text_size
+
+    try:  # never more than the limit (and one character) into memory
+        if source == "-":
+            text = sys.stdin.read(MAX_FILE_BYTES + 1)
+        else:
+            with open(source, encoding="utf-8") as f:
+                text = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"--alert {source}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--alert {where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if (too_big := size_problem(where, text_size(text))) is not None:
+        raise UsageError(f"--alert {where}: {too_big.message}")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -85,15 +107,17 @@ def _mapping(a: dict, key: str) -> dict[str, str]:
 
 def _alert(a: dict) -> Alert:
     labels = _mapping(a, "labels")
-    starts = a.get("startsAt")
+    starts, ends = a.get("startsAt"), a.get("endsAt")
     return Alert(
         name=labels.get("alertname", "?"), status=str(a.get("status", "firing")), labels=labels,
         annotations=_mapping(a, "annotations"), starts_at=str(starts) if starts else None,
         fingerprint=_fingerprint(a), generator_url=str(a.get("generatorURL") or "") or None,
+        ends_at=str(ends) if ends and not str(ends).startswith("0001-") else None,
     )
 
 
-def firing(doc: dict, fingerprint: str | None = None) -> list[Alert]:
+def alerts_of(doc: dict, fingerprint: str | None = None) -> tuple[list[Alert], list[Alert]]:
+    """(firing, resolved) alerts of the payload, or only the one ``--fingerprint`` names."""
     alerts = [_alert(a) for a in doc["alerts"] if isinstance(a, dict)]
     if fingerprint:
         chosen = [a for a in alerts if a.fingerprint == fingerprint]
@@ -101,11 +125,9 @@ def firing(doc: dict, fingerprint: str | None = None) -> list[Alert]:
             raise UsageError(f"--fingerprint {fingerprint}: no such alert in the payload "
                              f"(it has: {', '.join(a.fingerprint for a in alerts) or 'none'})")
         alerts = chosen
-    live = [a for a in alerts if a.status != "resolved"]
-    if not live:
-        names = ", ".join(sorted({a.name for a in alerts})) or "no alerts"
-        raise RunbookError(f"the payload holds no firing alert ({names}: resolved); nothing to run")
-    return live
+    if not alerts:
+        raise UsageError("--alert: the payload's 'alerts' list is empty: nothing to run")
+    return [a for a in alerts if not a.resolved], [a for a in alerts if a.resolved]
 
 
 def _by_annotation(alert: Alert, runbooks: dict[str, str]) -> tuple[str, str] | None:
@@ -167,21 +189,70 @@ def choose_runbook(alerts: list[Alert], paths: list[Path]) -> tuple[str, str]:
     return ref, why
 
 
+def label_forms() -> dict:
+    """Form key of ``params_from_labels`` (``from_pod``) -> the step-kind module
+    that resolves it (its ``LABEL_FORMS`` and ``label_value`` hooks)."""
+    from runbook import steps
+
+    out: dict = {}
+    for kind in steps.KINDS:
+        mod = steps.get(kind)
+        for form in mod.LABEL_FORMS:
+            out.setdefault(form, mod)
+    return out
+
+
+@dataclass
+class LabelSource:
+    """A parameter that comes from a label through a form (``deployment: {from_pod: pod}``):
+    the label's value is known now, the parameter only once the kind resolves it."""
+
+    param: str
+    form: str  # from_pod
+    spec: dict  # the whole mapping from the runbook
+    label: str
+    value: str  # the label's value (the pod's name)
+
+    def describe(self) -> str:
+        return f"{self.param} {self.form.replace('_', ' ')} {self.value} (label {self.label})"
+
+
+def form_of(entry) -> str | None:
+    """The form key of a ``params_from_labels`` mapping entry (None for a plain label name)."""
+    if not isinstance(entry, dict):
+        return None
+    return next((k for k in entry if k in label_forms()), None)
+
+
 def label_params(rb, alert: Alert) -> dict[str, str]:
-    """Parameters from the alert's labels, through the runbook's ``params_from_labels``."""
+    """Parameters from the alert's labels, through the runbook's ``params_from_labels``
+    (plain label names; the forms are :func:`label_sources`)."""
     out: dict[str, str] = {}
     for param, label in rb.params_from_labels.items():
-        if label in alert.labels:
+        if isinstance(label, str) and label in alert.labels:
             out[param] = alert.labels[label]
+    return out
+
+
+def label_sources(rb, alert: Alert) -> list[LabelSource]:
+    """The parameters a step kind resolves from one of the alert's labels."""
+    out = []
+    for param, entry in rb.params_from_labels.items():
+        form = form_of(entry)
+        if form is not None and str(entry[form]) in alert.labels:
+            out.append(LabelSource(param, form, dict(entry), str(entry[form]), alert.labels[str(entry[form])]))
     return out
 
 
 def group_params(rb, alerts: list[Alert]) -> tuple[Alert, dict[str, str]]:
     """The alert a run is for, and its parameters; several firing alerts of one
-    group are one run only when they give the same parameters."""
+    group are one run only when they give the same parameters (and the same
+    labels for the parameters resolved later: two pods may belong to two
+    Deployments)."""
     distinct: dict[tuple, list[Alert]] = {}
     for a in alerts:
-        distinct.setdefault(tuple(sorted(label_params(rb, a).items())), []).append(a)
+        key = sorted(label_params(rb, a).items()) + sorted((s.param, f"{s.form} {s.value}") for s in label_sources(rb, a))
+        distinct.setdefault(tuple(key), []).append(a)
     if len(distinct) > 1:
         lines = "; ".join(f"{a[0].fingerprint} ({', '.join(f'{k}={v}' for k, v in key) or 'no parameters'})"
                           for key, a in distinct.items())

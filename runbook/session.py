@@ -174,24 +174,74 @@ def incident_start(the_alert) -> float | None:
 # --- alerts ------------------------------------------------------------------------------------
 
 
-def from_alert(doc: dict, fingerprint: str | None, name: str | None, path: list[Path], given: dict[str, str]):
+@dataclass
+class AlertStart:
+    """What ``run --alert`` makes of a webhook payload."""
+
+    runbook: Any = None  # runbook.spec.Runbook; None when no alert of the payload is firing
+    alert: Any = None  # the runbook.alert.Alert the run is for
+    params: dict[str, str] = field(default_factory=dict)  # labels, then the given ones
+    line: str = ""  # how the runbook and the parameters were chosen
+    resolved: list[str] = field(default_factory=list)  # one line per resolved alert, saying where it was recorded
+
+
+def from_alert(doc: dict, fingerprint: str | None, name: str | None, path: list[Path], given: dict[str, str], *,
+               dry_run: bool = False, audit_dir: Path | None = None, who: str | None = None) -> AlertStart:
     """The runbook, the alert and the parameters (labels, then ``given``) for a
-    webhook payload; and one line saying how they were chosen."""
+    webhook payload, and one line saying how they were chosen.  Each resolved
+    alert of the payload is recorded (:func:`record_resolved`; not in a
+    dry-run) and starts nothing; with only resolved alerts there is no runbook."""
     from runbook import alert, spec
 
-    alerts = alert.firing(doc, fingerprint)
+    firing, resolved = alert.alerts_of(doc, fingerprint)
+    out = AlertStart()
+    for a in resolved:
+        what, where = record_resolved(a, dry_run=dry_run, audit_dir=audit_dir, who=who)
+        out.resolved.append(f"resolved: {'' if firing else 'nothing to run — '}{what}; {where}")
+    if not firing:
+        return out
     if name:
         ref, why = name, "named on the command line"
     else:
-        ref, why = alert.choose_runbook(alerts, path)
+        ref, why = alert.choose_runbook(firing, path)
     rb = spec.find(ref, path)
-    chosen, from_labels = alert.group_params(rb, alerts)
-    mapped = ", ".join(f"{k}={v} (label {rb.params_from_labels[k]})" for k, v in from_labels.items() if k not in given)
+    chosen, from_labels = alert.group_params(rb, firing)
+    mapped = [f"{k}={v} (label {rb.params_from_labels[k]})" for k, v in from_labels.items() if k not in given]
+    mapped += [s.describe() for s in alert.label_sources(rb, chosen) if s.param not in given]
     since = f", firing since {chosen.starts_at}" if chosen.starts_at else ""
     more = f" and {len(chosen.others)} more of its group" if chosen.others else ""
-    line = (f"alert {chosen.name} ({chosen.fingerprint}{since}){more} → runbook {rb.name}: {why}"
-            + (f"; {mapped}" if mapped else ""))
-    return rb, chosen, {**from_labels, **given}, line  # a given value wins over a label
+    out.line = (f"alert {chosen.name} ({chosen.fingerprint}{since}){more} → runbook {rb.name}: {why}"
+                + (f"; {', '.join(mapped)}" if mapped else ""))
+    out.runbook, out.alert, out.params = rb, chosen, {**from_labels, **given}  # a given value wins over a label
+    return out
+
+
+def record_resolved(the_alert, *, dry_run: bool = False, audit_dir: Path | None = None,
+                    who: str | None = None) -> tuple[str, str]:
+    """Record that ``the_alert`` resolved: an ``alert_resolved`` record in the run
+    handling it when one is open or paused (:func:`open_alert_run`; its next
+    resume says so), else in the audit log on its own.  A dry-run records
+    nothing.  Returns (what resolved, where it was recorded), for the operator."""
+    directory = audit_dir or audit.default_dir()
+    when = the_alert.ends_at or "an unknown time (the payload has no endsAt)"
+    what = f"alert {the_alert.name} ({the_alert.fingerprint}) resolved at {when}"
+    found = open_alert_run(directory / audit.LOG_NAME, the_alert)
+    if dry_run:
+        return what, "not recorded (--dry-run)" + (f"; run {found[0]['run']} handles it" if found else "")
+    fields = {"alertname": the_alert.name, "fingerprint": the_alert.fingerprint, "startsAt": the_alert.starts_at,
+              "endsAt": the_alert.ends_at, "labels": the_alert.labels, "who": who or audit.who(),
+              "host": audit.hostname()}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    with audit.AuditLog(directory) as log:
+        if found is None:
+            log.append({"type": "alert_resolved", **fields})
+            return what, "recorded in the audit log"
+        summary, going = found
+        audit.RunJournal(log, summary["run"], Redactor()).event("alert_resolved", **fields)
+    if going:
+        return what, f"recorded in run {summary['run']}, which is still going"
+    return what, (f"recorded in run {summary['run']} ({summary['status']}, not finished): "
+                  f"runbook resume {summary['run']} shows it")
 
 
 def _alert_of(started: dict):
@@ -205,18 +255,14 @@ def _alert_of(started: dict):
                  others=list(a.get("also") or []))
 
 
-def unfinished_alert_run(log_path: Path, fingerprints: list[str], this_run: str) -> dict | None:
-    """The summary of the last live run for any of ``fingerprints`` when it
-    stopped without finishing (a crash, a kill): a new run for the alert must
-    not start beside it.  A run still going (its process holds its run lock)
-    has not stopped."""
-    from runbook.alert import RunLock
-
+def _alert_runs(log_path: Path, fingerprints: list[str], this_run: str | None = None) -> list[list[dict]]:
+    """The records of every live run started for any of ``fingerprints`` (its
+    alert or one of its group), in the order they started."""
     runs: dict[str, list[dict]] = {}
     wanted = set(fingerprints)
     for r in audit.read_records(log_path):
         rid = str(r.get("run"))
-        if rid == this_run:
+        if "run" not in r or rid == this_run:
             continue
         if r.get("type") == "run_started":
             a = r.get("alert") if isinstance(r.get("alert"), dict) else {}
@@ -226,7 +272,17 @@ def unfinished_alert_run(log_path: Path, fingerprints: list[str], this_run: str)
                 runs[rid] = [r]  # insertion order: the last started run comes last
         elif rid in runs:
             runs[rid].append(r)
-    for records in reversed(list(runs.values())):
+    return list(runs.values())
+
+
+def unfinished_alert_run(log_path: Path, fingerprints: list[str], this_run: str) -> dict | None:
+    """The summary of the last live run for any of ``fingerprints`` when it
+    stopped without finishing (a crash, a kill): a new run for the alert must
+    not start beside it.  A run still going (its process holds its run lock)
+    has not stopped."""
+    from runbook.alert import RunLock
+
+    for records in reversed(_alert_runs(log_path, fingerprints, this_run)):
         summary = audit.summarize(records)
         if summary["finished"] is None:
             if RunLock(log_path.parent, f"run-{summary['run']}").held():
@@ -236,6 +292,77 @@ def unfinished_alert_run(log_path: Path, fingerprints: list[str], this_run: str)
             return None
         # a run refused before its first step (another run had the alert) says nothing: look further back
     return None
+
+
+def _same_time(a, b) -> bool:
+    ta, tb = audit.parse_time(a), audit.parse_time(b)
+    return ta == tb if ta is not None and tb is not None else str(a) == str(b)
+
+
+def open_alert_run(log_path: Path, the_alert) -> tuple[dict, bool] | None:
+    """(summary, still going) of the run handling ``the_alert`` while it is open
+    or paused: still going, stopped without finishing (a crash), or stopped
+    where a resume goes on (a write not approved, a failed or interrupted
+    step).  The newest run for its fingerprint counts, and for the same
+    incident only: when both say, its alert's startsAt is the alert's (a new
+    startsAt is a new incident).  None when that run finished (completed,
+    resolved, escalated) or there is none."""
+    from runbook.alert import RunLock
+
+    for records in reversed(_alert_runs(log_path, [the_alert.fingerprint])):
+        a = records[0].get("alert") or {}
+        if (a.get("fingerprint") == the_alert.fingerprint and a.get("startsAt") and the_alert.starts_at
+                and not _same_time(a["startsAt"], the_alert.starts_at)):
+            continue  # another incident of the same alert
+        summary = audit.summarize(records)
+        if summary["status"] in FINISHED:
+            return None
+        if summary["status"] == "refused" and not summary["steps"]:
+            continue  # refused before its first step (another run had the alert): look further back
+        going = summary["finished"] is None and RunLock(log_path.parent, f"run-{summary['run']}").held()
+        return summary, going
+    return None
+
+
+def alert_resolution(records: list[dict]) -> str | None:
+    """What a resume tells the operator when the run's alert resolved meanwhile."""
+    done = [r for r in records if r.get("type") == "alert_resolved"]
+    if not done:
+        return None
+    r = done[-1]
+    return (f"the alert resolved at {r.get('endsAt') or '? (no endsAt)'}: {r.get('alertname', '?')} "
+            f"({r.get('fingerprint', '?')}), recorded {r.get('ts', '?')} by {r.get('who', '?')}; the run goes on "
+            "from where it stopped (its verify steps say whether all is well): stop it if nothing is left to do")
+
+
+def resolve_label_params(rb, the_alert, given: dict[str, str], inventory, dry_run: bool, ui) -> dict[str, dict]:
+    """Parameters a step kind finds from the alert's labels (``deployment: {from_pod:
+    pod}``), unless given (-p): in a live run they are looked up now and added to
+    ``given``; a dry-run contacts nothing, so it only says what will be looked up
+    (the runbook's example value stands in, as for any missing parameter).
+    Returns what each became, for the run's audit record."""
+    from runbook import alert
+
+    if the_alert is None:
+        return {}
+    forms = alert.label_forms()
+    found: dict[str, dict] = {}
+    for src in alert.label_sources(rb, the_alert):
+        if src.param in given:
+            continue  # -p wins
+        known = {n: given.get(n, str(p.default) if p.has_default and p.default is not None else None)
+                 for n, p in rb.params.items()}
+        value, record, text = forms[src.form].label_value(src.form, src.spec, src.value, known, inventory, not dry_run)
+        found[src.param] = {"label": src.label, **record}
+        if dry_run:
+            example = rb.example_params.get(src.param)
+            ui.notice(f"dry-run: {src.param} {text}; this plan uses "
+                      + (f"the example value {src.param}={example}" if example is not None else "no value for it"))
+            continue
+        given[src.param] = value
+        found[src.param]["value"] = value
+        ui.notice(f"{src.param}={value} ({text})")
+    return found
 
 
 # --- locks -------------------------------------------------------------------------------------
@@ -342,6 +469,7 @@ def start(req: RunRequest, ui) -> Outcome:
         raise UsageError("--step asks before every step: it needs a terminal")
     inventory = resolve_inventory(req.inventory_file, req.env)
     given = given_params(rb, req.params, req.interactive, ui)
+    from_labels = resolve_label_params(rb, req.alert, given, inventory, req.dry_run, ui)
     examples: dict[str, Any] = {}
     if req.dry_run:  # a plan of a runbook as shipped: its example_params fill what was not given
         examples = {k: v for k, v in example_params(rb).items() if k not in given and not rb.params[k].has_default}
@@ -365,7 +493,7 @@ def start(req: RunRequest, ui) -> Outcome:
                             git_commit=_git_commit(rb.path), params=shown, dry_run=req.dry_run,
                             server_dry_run=req.server_dry_run or None, who=who, host=audit.hostname(),
                             argv=list(req.argv), inventory=str(inventory.path) if inventory is not None else None,
-                            alert=the_alert.record() if the_alert else None,
+                            alert=the_alert.record() if the_alert else None, params_from=from_labels or None,
                             source=None if req.dry_run else _source(rb.path),
                             stage=req.stage, start_at=req.start_at, step_mode=req.step_mode or None)
         options = Options(dry_run=req.dry_run, server_dry_run=req.server_dry_run, yes=req.yes,
@@ -593,6 +721,9 @@ def resume(req: ResumeRequest, ui) -> Outcome:
                            note=f"run {run_id} already finished at its end step '{step_id}' ({end_status}); "
                                 "nothing to resume")
         the_alert = _alert_of(started)
+        resolution = alert_resolution(records)
+        if resolution:  # the alert resolved since the run stopped: the operator hears it before deciding anything
+            ui.notice(resolution)
         if the_alert:
             try:
                 locks += hold_locks(directory, run_id, who, the_alert, False, plain, ui, run_lock=False)
@@ -640,7 +771,7 @@ def resume(req: ResumeRequest, ui) -> Outcome:
 
         # from here on the resume is recorded
         journal.event("resumed", who=who, host=audit.hostname(), argv=list(req.argv),
-                      previous_status=summary["status"])
+                      previous_status=summary["status"], **({"notice": resolution} if resolution else {}))
         if settle is not None:
             decision, values = settle
             journal.decision(step=doubtful, approved=True, by=who, how=decision)

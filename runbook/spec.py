@@ -95,6 +95,56 @@ def _one_kind(value: Map, pos, where, rep) -> bool:
     return True
 
 
+class _LabelForm(S.Node):
+    """A ``params_from_labels`` value given as a mapping: one of the forms the
+    step kinds resolve (``{from_pod: pod}``: their ``LABEL_FORMS`` hook), each
+    checked by its own schema."""
+
+    doc = "a label the run turns into the parameter (a step kind's form)"
+    expect = "a mapping"
+
+    def __init__(self, forms: dict):
+        self.forms = forms
+
+    def check(self, value, pos, where, rep):
+        found = [k for k in value if k in self.forms]
+        if not found:
+            unknown = next(iter(value), None)
+            at = value.kpos(unknown) if isinstance(value, Map) and unknown is not None else pos
+            names = ", ".join(self.forms) or "none"
+            rep.error(at, f"{where}: unknown label form"
+                          + (f" '{unknown}'{S.suggest(unknown, self.forms)}" if unknown is not None else " (empty mapping)")
+                          + f": give a label name (a string) or one of the forms {names}")
+            return False
+        if len(found) > 1:
+            rep.error(value.kpos(found[1]) if isinstance(value, Map) else pos,
+                      f"{where}: two label forms ('{found[0]}' and '{found[1]}'): a parameter comes from one")
+            return False
+        return self.forms[found[0]].check(value, pos, where, rep)
+
+    def json(self):
+        return {"anyOf": [n.json() for n in self.forms.values()]} if self.forms else {"type": "object"}
+
+
+def _label_forms() -> dict:
+    forms: dict = {}
+    for name in kinds.KINDS:
+        forms.update({k: v for k, v in kinds.get(name).LABEL_FORMS.items() if k not in forms})
+    return forms
+
+
+def _params_from_labels() -> S.Node:
+    forms = _label_forms()
+    label = S.Str(doc="the alert label whose value is the parameter's")
+    shown = "; ".join(f"{{{k}: LABEL}}: {n.doc}" + "".join(f"; {f}: {sub.doc}" for f, sub in n.fields.items() if f != k)
+                      for k, n in forms.items())
+    return S.MapOf(S.OneOf(((str, label), (dict, _LabelForm(forms))),
+                           expect_text=f"a label name, or a mapping with one of: {', '.join(forms) or 'none'}"),
+                   key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", key_hint="a parameter name",
+                   doc="run --alert: parameter ← alert label (e.g. service: job)"
+                       + (f", or ← what a label names, resolved when a live run starts: {shown}" if forms else ""))
+
+
 _STEP: S.Obj | None = None
 _DOC: S.Obj | None = None
 
@@ -120,9 +170,7 @@ def document_schema() -> S.Obj:
                 "example_params": S.MapOf(S.AnyValue(), key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                           key_hint="a parameter name",
                                           doc="parameters for `runbook validate --dry-run` (CI) and for trying the runbook"),
-                "params_from_labels": S.MapOf(S.Str(), key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                                              key_hint="a parameter name",
-                                              doc="run --alert: parameter ← alert label (e.g. service: job)"),
+                "params_from_labels": _params_from_labels(),
                 "owner": S.Str(doc="the team that maintains the runbook"),
                 "tags": S.List(S.Str(), doc="free-form labels (runbook list shows them)"),
                 "links": S.List(S.Str(), doc="dashboards, docs"),
@@ -258,7 +306,7 @@ class Runbook:
     description: str = ""
     severity: str | None = None
     alerts: list[str] = field(default_factory=list)
-    params_from_labels: dict[str, str] = field(default_factory=dict)
+    params_from_labels: dict[str, Any] = field(default_factory=dict)  # label name, or a form mapping
     example_params: dict[str, Any] = field(default_factory=dict)
     escalation: list[tuple[float, str, str]] = field(default_factory=list)  # (seconds, to, how)
     owner: str | None = None

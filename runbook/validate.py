@@ -132,6 +132,34 @@ _MAPPING_METHODS = frozenset(("keys", "items", "values", "get", "pop", "popitem"
                               "setdefault", "fromkeys"))
 
 
+def _label_form_problems(rb: Runbook, pname: str, problem) -> None:
+    """A parameter from a label form (``deployment: {from_pod: pod}``): the form
+    gives a name, so the parameter is a string; the form's keys that name a
+    parameter name a declared one; and a dry-run, which contacts nothing, needs
+    an example value to plan with."""
+    from runbook.alert import form_of, label_forms
+
+    entry = rb.params_from_labels[pname]
+    form = form_of(entry)
+    if form is None:
+        return
+    where = rb.data["params_from_labels"]
+    p = rb.params[pname]
+    if p.type != "string":
+        problem(where.vpos(pname), f"params_from_labels: '{pname}' gets a name ({form}: {entry[form]}), but parameter "
+                                   f"'{pname}' is type: {p.type}; make it type: string")
+    node = label_forms()[form].LABEL_FORMS[form]
+    for key, value in entry.items():
+        field = node.fields.get(key)
+        if key != form and getattr(field, "hint", "") == "a parameter name" and value not in rb.params:
+            hint = suggest(str(value), list(rb.params)) or (f" (parameters: {', '.join(rb.params)})" if rb.params else "")
+            problem(where[pname].vpos(key), f"params_from_labels: '{pname}': {key} names parameter '{value}', which "
+                                            f"the runbook does not declare{hint}")
+    if p.required and not p.has_default and pname not in rb.example_params:
+        problem(where.kpos(pname), f"params_from_labels: '{pname}' is found from a label only when a live run starts; "
+                                   f"give it an example_params value for --dry-run (which contacts nothing) to plan with")
+
+
 def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None = None) -> Result:
     config = config or Config()
     res = Result()
@@ -174,6 +202,8 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
             problem(rb.data["params_from_labels"].kpos(pname), f"params_from_labels names parameter '{pname}', which the runbook does not declare{hint}")
         elif rb.params[pname].secret:
             problem(rb.data["params_from_labels"].kpos(pname), f"params_from_labels: '{pname}' is a secret parameter; alert labels are not secret, so do not take it from one")
+        else:
+            _label_form_problems(rb, pname, problem)
 
     for pname in rb.example_params:
         if pname not in rb.params:

@@ -784,14 +784,24 @@ class FakeKube:
                   and match(o["metadata"].get("labels") or {})]:
             del self.objects[k]
         h = self._template_hash(dep["spec"]["template"])
+        rs = self.objects.get(("/apis/apps/v1", "replicasets", ns, f"{name}-{h}"))
         for i in range(dep["spec"].get("replicas", 1)):
-            self.put(make_pod(f"{name}-{h}-{i}", ns, dep["spec"]["template"], h))
+            self.put(make_pod(f"{name}-{h}-{i}", ns, dep["spec"]["template"], h, owner=rs))
 
 
 # --- object builders (for tests) ---------------------------------------------------------
 
 
-def make_pod(name, ns, template, h="0", node="node-1", oom=False, restarts=0, crashloop=False, age_hours=3):
+def owner_reference(owner: dict) -> dict:
+    """The ``ownerReferences`` entry a controller puts on what it creates."""
+    md = owner["metadata"]
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": md["name"], "uid": md["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def make_pod(name, ns, template, h="0", node="node-1", oom=False, restarts=0, crashloop=False, age_hours=3,
+             owner: dict | None = None):
+    """A pod of ``template``; ``owner`` (a ReplicaSet, StatefulSet, …) becomes its controller owner reference."""
     t = copy.deepcopy(template)
     labels = dict((t.get("metadata") or {}).get("labels") or {}, **{"pod-template-hash": h})
     statuses = []
@@ -807,19 +817,23 @@ def make_pod(name, ns, template, h="0", node="node-1", oom=False, restarts=0, cr
             s["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}}
         statuses.append(s)
     ready = "False" if crashloop else "True"
+    md = {"name": name, "namespace": ns, "labels": labels,
+          "creationTimestamp": stamp(now() - datetime.timedelta(hours=age_hours))}
+    if owner is not None:
+        md["ownerReferences"] = [owner_reference(owner)]
     return {"kind": "Pod", "apiVersion": "v1",
-            "metadata": {"name": name, "namespace": ns, "labels": labels,
-                         "creationTimestamp": stamp(now() - datetime.timedelta(hours=age_hours))},
+            "metadata": md,
             "spec": dict(t["spec"], nodeName=node),
             "status": {"phase": "Running", "podIP": "10.0.0.7", "conditions": [{"type": "Ready", "status": ready}],
                        "containerStatuses": statuses}}
 
 
 def deployment(kube: FakeKube, name="api", ns="production", replicas=2, image="registry.example/api:1.4.2",
-               memory="256Mi", oom=False, container=None, revisions=1, node="node-1") -> dict:
-    """A Deployment with its ReplicaSets (revision history) and pods.  With
+               memory="256Mi", oom=False, container=None, revisions=1, node="node-1", pods: list | None = None) -> dict:
+    """A Deployment with its ReplicaSets (revision history) and pods, each owned
+    by what made it (ownerReferences: pod → ReplicaSet → Deployment).  With
     ``oom``, its first pod's container last terminated OOMKilled and is in
-    CrashLoopBackOff."""
+    CrashLoopBackOff.  ``pods``: the pods' names (default NAME-HASH-I)."""
     container = container or name
     labels = {"app": name}
     template = {"metadata": {"labels": dict(labels)},
@@ -844,10 +858,26 @@ def deployment(kube: FakeKube, name="api", ns="production", replicas=2, image="r
             rs["spec"]["replicas"] = replicas if rev == revisions else 0
             kube.objects[("/apis/apps/v1", "replicasets", ns, rs["metadata"]["name"])] = rs
     h = kube._template_hash(template)
+    rs = kube.get("replicasets", f"{name}-{h}", ns)
     for i in range(replicas):
         bad = oom and i == 0
-        kube.put(make_pod(f"{name}-{h}-{i}", ns, template, h, node=node, oom=bad, restarts=4 if bad else 0, crashloop=bad))
+        kube.put(make_pod(pods[i] if pods else f"{name}-{h}-{i}", ns, template, h, node=node, oom=bad,
+                          restarts=4 if bad else 0, crashloop=bad, owner=rs))
     return kube.get("deployments", name, ns)
+
+
+def statefulset(kube: FakeKube, name="db", ns="production", replicas=1, image="registry.example/db:16") -> dict:
+    """A StatefulSet and its pods NAME-0…, owned by it directly (no ReplicaSet)."""
+    labels = {"app": name}
+    template = {"metadata": {"labels": dict(labels)}, "spec": {"containers": [{"name": name, "image": image}]}}
+    sts = kube.put({"kind": "StatefulSet", "apiVersion": "apps/v1", "metadata": {"name": name, "namespace": ns,
+                                                                                 "labels": dict(labels)},
+                    "spec": {"replicas": replicas, "selector": {"matchLabels": dict(labels)}, "template": template,
+                             "serviceName": name},
+                    "status": {"replicas": replicas, "readyReplicas": replicas}})
+    for i in range(replicas):
+        kube.put(make_pod(f"{name}-{i}", ns, template, owner=sts))
+    return sts
 
 
 def node(kube: FakeKube, name="node-1", pressure: tuple[str, ...] = (), ready=True) -> dict:

@@ -19,7 +19,8 @@ def register(sub) -> None:
     p.add_argument("--alert", metavar="FILE",
                    help="start from an Alertmanager webhook payload (a file, or - for standard input): the runbook is "
                         "the alert's 'runbook' annotation or the one whose alerts: list names it; labels become "
-                        "parameters through its params_from_labels")
+                        "parameters through its params_from_labels; a resolved alert runs nothing and is recorded "
+                        "(in its open run, if one is)")
     p.add_argument("--fingerprint", metavar="FP", help="with --alert: the alert of the payload to handle")
     p.add_argument("--force", action="store_true",
                    help="with --alert: run even while another run is handling the same alert")
@@ -46,9 +47,13 @@ def run(args) -> int:
     if args.alert:
         from runbook import alert
 
-        rb, the_alert, given, line = session.from_alert(alert.read_payload(args.alert), args.fingerprint, args.name,
-                                                        spec.search_path(args.path), given)
-        ui.err().print(ui.visible(line, one_line=True), markup=False, highlight=False, soft_wrap=True)  # labels come from outside
+        got = session.from_alert(alert.read_payload(args.alert), args.fingerprint, args.name,
+                                 spec.search_path(args.path), given, dry_run=args.dry_run)
+        for line in got.resolved + ([got.line] if got.line else []):  # labels come from outside
+            ui.err().print(ui.visible(line, one_line=True), markup=False, highlight=False, soft_wrap=True)
+        if got.runbook is None:  # every alert of the payload resolved: nothing to run
+            return 0
+        rb, the_alert, given = got.runbook, got.alert, got.params
     elif not args.name:
         raise UsageError("give a runbook name (runbook list shows them), or --alert FILE")
     else:

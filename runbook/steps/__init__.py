@@ -140,6 +140,11 @@ class StepKind(Protocol):
 
     def outline(self, body: dict) -> str: ...  # one line for `runbook show` when the step has no title
 
+    # alerts (runbook.alert): params_from_labels forms the kind resolves (deployment: {from_pod: pod})
+    LABEL_FORMS: dict  # form key -> runbook.schema.Obj of the mapping
+
+    def label_value(self, form: str, spec: dict, value: str, params: dict, inventory, live: bool) -> tuple: ...
+
 
 _loaded: dict[str, ModuleType] = {}
 _FILLED = "_hooks_from_base"  # module attribute: the names fill() gave the module

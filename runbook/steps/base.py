@@ -172,12 +172,31 @@ def outline(body: dict) -> str:
     return ""
 
 
+# --- alerts (runbook.alert: ``params_from_labels`` forms) ---------------------------
+
+#: Forms of ``params_from_labels`` this kind resolves: form key -> the
+#: ``runbook.schema.Obj`` of the mapping (``deployment: {from_pod: pod}``: the
+#: k8s kind finds the Deployment that owns the pod the label names).  The
+#: validator and ``run --alert`` find a form's kind through this, never by name.
+LABEL_FORMS: dict = {}
+
+
+def label_value(form: str, spec: dict, value: str, params: dict, inventory, live: bool) -> tuple:
+    """(the parameter's value, what to record, words for the operator) of a
+    ``LABEL_FORMS`` form, given the label's ``value`` and the other
+    parameters known so far (strings, None when unknown).  ``live`` False (a
+    dry-run) contacts nothing: the value is None and the words say what a
+    live run will look up.  Raises RunbookError (one line) when it cannot."""
+    raise NotImplementedError(f"this kind resolves no params_from_labels form ({form})")
+
+
 # The hooks with a default above, in the order of this module.
 DEFAULTED: tuple[str, ...] = (
     "DEFAULT_READONLY", "FIXED_EFFECT", "RESULT_FIELDS", "IMPLICIT_OUTPUTS", "WRITE_NEEDS_TIMEOUT",
     "SERVER_DRY_RUN", "effect_of", "static_problems", "inventory_problems", "fanout", "fans_out", "per_host", "inventory_targets",
     "edges", "BRANCHING", "falls_through", "ENDS_RUN", "end_status",
     "SHOW_OUTPUT", "SHOW_LINES", "COMMAND_SUMMARY", "PLAN_SUMMARY", "CARD_SUMMARY", "CARD_TARGETS", "outline",
+    "LABEL_FORMS", "label_value",
 )
 HOOKS: tuple[str, ...] = REQUIRED + DEFAULTED
 

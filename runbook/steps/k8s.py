@@ -508,3 +508,25 @@ def run(step, act: Action, ctx) -> StepResult:
     from runbook.steps import k8s_ops
 
     return k8s_ops.run(step, act, ctx)
+
+
+# --- alerts: params_from_labels forms ----------------------------------------------
+
+LABEL_FORMS = {
+    "from_pod": S.Obj(
+        {"from_pod": S.Str(doc="the alert label naming the pod (e.g. pod)"),
+         "namespace": S.Str(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", hint="a parameter name",  # the validator checks such a value names a declared parameter
+                            doc="the parameter holding the pod's namespace (default: the parameter 'namespace' when "
+                                "the runbook has one, else the inventory cluster's namespace, else 'default')"),
+         "cluster": S.Str(doc="the inventory cluster (default: the only one, else 'main')")},
+        required=("from_pod",),
+        doc="the Deployment that owns the pod the label names (Pod → ReplicaSet → Deployment), read from the cluster "
+            "when a live run starts; a dry-run contacts nothing and uses the example value",
+    ),
+}
+
+
+def label_value(form: str, spec: dict, value: str, params: dict, inventory, live: bool) -> tuple:
+    from runbook.steps import k8s_owner
+
+    return k8s_owner.deployment_of_pod(spec, value, params, inventory, live)
