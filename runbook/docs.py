@@ -90,7 +90,7 @@ def _docstring(module) -> list[str]:
 def _limits() -> str:
     from runbook.yamlload import MAX_ALIAS_VALUES, MAX_FILE_BYTES
 
-    return (f"A runbook or inventory file may be at most {MAX_FILE_BYTES // 1_000_000} MB "
+    return (f"A runbook, inventory or alert payload file may be at most {MAX_FILE_BYTES // 1_000_000} MB "
             f"({MAX_FILE_BYTES:,} bytes); a bigger one is refused before it is parsed, with that reason. "
             f"YAML aliases (`*name`) may add at most {MAX_ALIAS_VALUES:,} values to a document.")
 
