@@ -28,6 +28,7 @@ class FakeUI:
         self.calls: list[tuple] = []
         self.notices: list[str] = []
         self.finished = None
+        self.environment = None
 
     def _log(self, *call):
         self.calls.append(call)
@@ -56,6 +57,7 @@ class FakeUI:
 
     # --- the engine
     def run_started(self, rb, run_id, params_shown, **kw):
+        self.environment = kw.get("environment")  # what the header says
         self._log("run_started", run_id, kw.get("resumed", False))
 
     def step_started(self, step, action):
