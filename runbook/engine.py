@@ -387,8 +387,9 @@ class Engine:
                 raise self._interrupt  # without a person to ask, or a signal meant to stop us: the run stops
             if not result.ok and result.status != "skipped" and self._guided():
                 choice = self.ui.after_failure(step, result, step.on_failure if step.on_failure not in (None, "abort") else None)
-                if self.journal:
-                    self.journal.decision(step=step.id, approved=choice != "abort", by=self.options.who, how=choice)
+                if self.journal:  # the choice as it was: following on_failure or skipping approves nothing
+                    self.journal.decision(step=step.id, approved=choice == "retry", by=self.options.who, how=choice,
+                                          choice=choice, **({"to": step.on_failure} if choice == "on_failure" else {}))
                 if choice == "retry":
                     again = step.id
                     continue
@@ -452,8 +453,9 @@ class Engine:
         elif step.effect == "write" or (self.options.step_mode and not self._step_mode_off):
             choice, by, how = self._approve(step, act)
             if self.journal:
-                self.journal.decision(step=step.id, approved=choice == "run", by=by, how=how,
-                                      **({"choice": choice} if how in ("prompt", "step-mode") else {}))
+                self.journal.decision(step=step.id, approved=choice in ("run", "continue"), by=by, how=how, choice=choice)
+            if choice == "continue":
+                choice = "run"
             if choice == "skip":
                 return self._record_skip(step, StepResult("skipped", error="skipped by the operator"))
             if choice != "run":
@@ -509,13 +511,13 @@ class Engine:
     _step_mode_off = False  # --step: the operator answered "continue" (stop asking for read steps)
 
     def _approve(self, step: Step, act: Action) -> tuple[str, str, str]:
-        """(choice, who, how): choice is run, skip or abort."""
+        """(choice, who, how): choice is run, skip or abort; or continue (--step: run it, and stop
+        asking before read steps)."""
         who = self.options.who
         if self.options.step_mode and not self._step_mode_off and self.options.interactive:
             choice = self.ui.step_prompt(step, act)
             if choice == "continue":
                 self._step_mode_off = True
-                choice = "run"
                 if step.effect == "write" and not self.options.yes:
                     return self.ui.confirm(step, act), who, "prompt"
             return choice, who, "step-mode"

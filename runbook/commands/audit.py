@@ -140,6 +140,7 @@ def _show(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from runbook import audit
+    from runbook.report import chosen
     from runbook.ui import out, visible
 
     records = audit.run_records(_log_path(args), args.run_id)
@@ -165,7 +166,7 @@ def _show(args: argparse.Namespace) -> int:
     for r in records:
         status = r.get("status", "")
         if r.get("type") == "decision":
-            status = "approved" if r.get("approved") else "declined"
+            status = chosen(r)  # the choice as it was: approved, skipped, declined, retry, follow on_failure, …
         table.add_row(
             Text(visible(_clock(r.get("ts")), one_line=True)),
             Text(visible(r.get("type", ""), one_line=True)),
