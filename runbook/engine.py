@@ -28,6 +28,7 @@ from runbook.schema import suggest
 from runbook.secrets import MASK, LazySecret, Redactor, Secret
 from runbook.spec import Runbook, Step
 from runbook.steps import Action, StepResult
+from runbook.ui import plural
 
 # Exit codes (also documented in README.md)
 EXIT_OK = 0
@@ -502,7 +503,7 @@ class Engine:
 
     def _rehearsal_summary(self) -> str:
         r = self._rehearsal or {}
-        parts = [f"{what} {len(ids)} write step{'s' if len(ids) != 1 else ''} ({', '.join(ids)})"
+        parts = [f"{what} {plural(len(ids), 'write step')} ({', '.join(ids)})"
                  for what, ids in (("the servers accepted", r.get("accepted")), ("refused", r.get("refused")),
                                    ("did not send", r.get("not sent"))) if ids]
         return ("rehearsal (--server-dry-run): " + "; ".join(parts)

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from runbook import audit
 from runbook.audit import parse_time
 from runbook.errors import RunbookError
+from runbook.ui import plural
 
 TODO = "_to be filled in_"
 SHOWN_LINES = 10  # of a failed step's output excerpt
@@ -558,7 +559,7 @@ def _extras(r: dict[str, Any], known: set[str]) -> str:
 
 
 def _short(s: str, limit: int = 300) -> str:
-    return s if len(s) <= limit else s[:limit] + f"… ({len(s) - limit} more characters)"
+    return s if len(s) <= limit else s[:limit] + f"… ({plural(len(s) - limit, 'more character')})"
 
 
 def _rendered(value: Any, indent: str) -> tuple[str, list[str]]:
@@ -709,7 +710,7 @@ def _result_entry(head: str, r: dict[str, Any], run: _Run, step: str | None, kno
     if not ok and excerpt.strip():
         all_lines = excerpt.rstrip("\n").split("\n")
         shown = all_lines[-SHOWN_LINES:]
-        what = "output" if len(shown) == len(all_lines) else f"last {len(shown)} lines of the output"
+        what = "output" if len(shown) == len(all_lines) else f"last {plural(len(shown), 'line')} of the output"
         lines.append(f"  {what} ({text(r.get('output_bytes'))} bytes in all):" if r.get("output_bytes") is not None else f"  {what}:")
         lines += block("\n".join(shown), "  ")
     return lines

@@ -78,6 +78,12 @@ def esc(text, *, one_line: bool = False) -> str:
     return escape(visible(text, one_line=one_line))
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``n`` and ``word`` agreeing: "1 write step", "2 write steps", "0 checks"
+    (``many``: the plural when it is not ``word`` + "s")."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "red", "refused": "yellow", "skipped": "dim",
                 "interrupted": "red"}
 EFFECT_STYLE = {"read": "cyan", "write": "bold magenta"}
@@ -89,8 +95,8 @@ def _excerpt(text: str, lines: int = 12, head: bool = False) -> str:
     if len(rows) <= lines:
         return "\n".join(rows)
     if head:
-        return "\n".join(rows[:lines]) + f"\n… {len(rows) - lines} more lines not shown"
-    return f"… {len(rows) - lines} earlier lines not shown\n" + "\n".join(rows[-lines:])
+        return "\n".join(rows[:lines]) + f"\n… {plural(len(rows) - lines, 'more line')} not shown"
+    return f"… {plural(len(rows) - lines, 'earlier line')} not shown\n" + "\n".join(rows[-lines:])
 
 
 def print_plan(rb, entries, params_shown: dict, redactor, inventory=None) -> None:
@@ -140,7 +146,8 @@ def print_plan(rb, entries, params_shown: dict, redactor, inventory=None) -> Non
             c.print(f"     [yellow]{esc(label)}[/] → {esc(target)}")
         if mod.ENDS_RUN or not e.successors:
             c.print("     [dim](the run ends here)[/]")
-    c.print(f"\n{len(entries)} steps, {sum(1 for e in entries if e.step.effect == 'write')} write steps. Nothing was run.")
+    writes = sum(1 for e in entries if e.step.effect == "write")
+    c.print(f"\n{plural(len(entries), 'step')}, {plural(writes, 'write step')}. Nothing was run.")
 
 
 def clock(seconds: float) -> str:
