@@ -566,6 +566,15 @@ class Engine:
             result.error = self.redactor.text(str(exc))
             return False
 
+    def _observed(self, step: Step, result: StepResult) -> str | None:
+        """What this check read (the kind's ``observed`` hook), for the operator; a kind's
+        display hook failing must not stop the run, so that shows as nothing."""
+        try:
+            seen = step.module.observed(step, result)
+        except Exception:  # noqa: BLE001 - display only
+            return None
+        return None if seen is None else str(seen)
+
     def _attempts(self, step: Step, act: Action) -> StepResult:
         """Retries and until-polling around the kind's run."""
         deadline = time.monotonic() + step.timeout if step.timeout is not None else None
@@ -589,11 +598,11 @@ class Engine:
                         time.sleep(remaining)
                     result.status = "timeout"
                     reason = result.error or last_error
-                    result.error = f"condition '{step.until}' not met after {step.timeout:g}s ({attempt} checks)" + \
+                    result.error = f"condition '{step.until}' not met after {step.timeout:g}s ({plural(attempt, 'check')})" + \
                         (f"; last: {reason}" if reason else "")
                     return result
                 if self.ui:
-                    self.ui.polling(step, result, attempt)
+                    self.ui.polling(step, result, attempt, self._observed(step, result))
                 time.sleep(step.every)
                 continue
             if result.ok or result.status in ("refused",) or attempt > step.retries:

@@ -97,8 +97,8 @@ class FakeUI:
     def escalation_due(self, to, after, elapsed):
         self._log("escalation_due", to)
 
-    def polling(self, step, result, attempt):
-        self._log("polling", step.id, attempt)
+    def polling(self, step, result, attempt, observed=None):
+        self._log("polling", step.id, attempt, observed)
 
     def retrying(self, step, result, attempt, delay):
         self._log("retrying", step.id, attempt)
