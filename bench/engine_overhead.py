@@ -63,7 +63,7 @@ class NoopUI:
     def ask(self, step, prompt, choices, default):
         return default if default is not None else (list(choices)[0] if choices else "")
 
-    def polling(self, step, result, attempt):
+    def polling(self, step, result, attempt, observed=None):
         pass
 
     def retrying(self, step, result, attempt, delay):

@@ -27,6 +27,7 @@ from runbook.schema import suggest
 from runbook.secrets import MASK, LazySecret, Redactor, Secret
 from runbook.spec import Runbook, Step
 from runbook.steps import Action, StepResult
+from runbook.ui import plural
 
 # Exit codes (also documented in README.md)
 EXIT_OK = 0
@@ -390,8 +391,9 @@ class Engine:
                 raise self._interrupt  # without a person to ask, or a signal meant to stop us: the run stops
             if not result.ok and result.status != "skipped" and self._guided():
                 choice = self.ui.after_failure(step, result, step.on_failure if step.on_failure not in (None, "abort") else None)
-                if self.journal:
-                    self.journal.decision(step=step.id, approved=choice != "abort", by=self.options.who, how=choice)
+                if self.journal:  # the choice as it was: following on_failure or skipping approves nothing
+                    self.journal.decision(step=step.id, approved=choice == "retry", by=self.options.who, how=choice,
+                                          choice=choice, **({"to": step.on_failure} if choice == "on_failure" else {}))
                 if choice == "retry":
                     again = step.id
                     continue
@@ -458,8 +460,9 @@ class Engine:
         elif step.effect == "write" or (self.options.step_mode and not self._step_mode_off):
             choice, by, how = self._approve(step, act)
             if self.journal:
-                self.journal.decision(step=step.id, approved=choice == "run", by=by, how=how,
-                                      **({"choice": choice} if how in ("prompt", "step-mode") else {}))
+                self.journal.decision(step=step.id, approved=choice in ("run", "continue"), by=by, how=how, choice=choice)
+            if choice == "continue":
+                choice = "run"
             if choice == "skip":
                 return self._record_skip(step, StepResult("skipped", error="skipped by the operator"))
             if choice != "run":
@@ -506,7 +509,7 @@ class Engine:
 
     def _rehearsal_summary(self) -> str:
         r = self._rehearsal or {}
-        parts = [f"{what} {len(ids)} write step{'s' if len(ids) != 1 else ''} ({', '.join(ids)})"
+        parts = [f"{what} {plural(len(ids), 'write step')} ({', '.join(ids)})"
                  for what, ids in (("the servers accepted", r.get("accepted")), ("refused", r.get("refused")),
                                    ("did not send", r.get("not sent"))) if ids]
         return ("rehearsal (--server-dry-run): " + "; ".join(parts)
@@ -515,13 +518,13 @@ class Engine:
     _step_mode_off = False  # --step: the operator answered "continue" (stop asking for read steps)
 
     def _approve(self, step: Step, act: Action) -> tuple[str, str, str]:
-        """(choice, who, how): choice is run, skip or abort."""
+        """(choice, who, how): choice is run, skip or abort; or continue (--step: run it, and stop
+        asking before read steps)."""
         who = self.options.who
         if self.options.step_mode and not self._step_mode_off and self.options.interactive:
             choice = self.ui.step_prompt(step, act)
             if choice == "continue":
                 self._step_mode_off = True
-                choice = "run"
                 if step.effect == "write" and not self.options.yes:
                     return self.ui.confirm(step, act), who, "prompt"
             return choice, who, "step-mode"
@@ -569,6 +572,15 @@ class Engine:
             result.error = self.redactor.text(str(exc))
             return False
 
+    def _observed(self, step: Step, result: StepResult) -> str | None:
+        """What this check read (the kind's ``observed`` hook), for the operator; a kind's
+        display hook failing must not stop the run, so that shows as nothing."""
+        try:
+            seen = step.module.observed(step, result)
+        except Exception:  # noqa: BLE001 - display only
+            return None
+        return None if seen is None else str(seen)
+
     def _attempts(self, step: Step, act: Action) -> StepResult:
         """Retries and until-polling around the kind's run."""
         deadline = time.monotonic() + step.timeout if step.timeout is not None else None
@@ -592,11 +604,11 @@ class Engine:
                         time.sleep(remaining)
                     result.status = "timeout"
                     reason = result.error or last_error
-                    result.error = f"condition '{step.until}' not met after {step.timeout:g}s ({attempt} checks)" + \
+                    result.error = f"condition '{step.until}' not met after {step.timeout:g}s ({plural(attempt, 'check')})" + \
                         (f"; last: {reason}" if reason else "")
                     return result
                 if self.ui:
-                    self.ui.polling(step, result, attempt)
+                    self.ui.polling(step, result, attempt, self._observed(step, result))
                 time.sleep(step.every)
                 continue
             if result.ok or result.status in ("refused",) or attempt > step.retries:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from runbook import audit
 from runbook.audit import parse_time
 from runbook.errors import RunbookError
+from runbook.ui import plural
 
 TODO = "_to be filled in_"
 SHOWN_LINES = 10  # of a failed step's output excerpt
@@ -39,7 +40,7 @@ _KNOWN = {
     "run_started": {"runbook", "path", "sha256", "git_commit", "params", "dry_run", "server_dry_run", "who", "host",
                     "argv", "inventory", "alert", "source", "title", "severity"},  # source: the runbook's text (read for the title)
     "step_intent": {"step", "kind", "stage", "effect", "targets", "rendered", "attempt", "runner"},
-    "decision": {"step", "approved", "by", "how"},
+    "decision": {"step", "approved", "by", "how", "choice", "to"},
     "step_result": {"step", "status", "exit_code", "duration", "output_sha256", "output_bytes", "output_excerpt",
                     "error", "outputs", "attempt", "attempts", "data", "marked_done_by", "observed"},  # data: the engine's state for a resume
     "run_finished": {"status", "exit_code", "signal"},
@@ -63,6 +64,31 @@ _HOW = {
 }
 # Decisions on resume about a write step that was in doubt.
 _SETTLE_HOW = ("mark-done", "rerun")
+# The choice a decision records, as the report says it: before a step (what became of it) ...
+_CHOSEN_BEFORE = {"run": "approved", "continue": "approved", "skip": "skipped", "abort": "declined"}
+# ... and after it failed (what the operator chose at the prompt, in the prompt's words).
+_CHOSEN_AFTER = {"retry": "retry", "skip": "skip", "on_failure": "follow on_failure", "abort": "abort"}
+
+
+def choice_of(d: dict[str, Any]) -> str:
+    """The choice a decision records: its ``choice``; in a log written before every decision
+    had one, what ``how`` says (a choice after a failure), else ``approved`` (run or abort)."""
+    choice = d.get("choice")
+    if isinstance(choice, str) and choice:
+        return choice
+    how = d.get("how")
+    if how in audit.AFTER_FAILURE_HOW or how in _SETTLE_HOW:
+        return str(how)
+    return "run" if d.get("approved") else "abort"
+
+
+def chosen(d: dict[str, Any]) -> str:
+    """A decision in a word or two: "approved", "skipped", "declined" before a step; the
+    operator's choice after a failure ("retry", "follow on_failure", …)."""
+    choice = choice_of(d)
+    if d.get("how") in _BEFORE_STEP:
+        return _CHOSEN_BEFORE.get(choice, choice)
+    return _CHOSEN_AFTER.get(choice, choice)
 _OUTCOME = {
     "resolved": "resolved",
     "completed": "completed (the last step ran; no end step)",
@@ -533,7 +559,7 @@ def _extras(r: dict[str, Any], known: set[str]) -> str:
 
 
 def _short(s: str, limit: int = 300) -> str:
-    return s if len(s) <= limit else s[:limit] + f"… ({len(s) - limit} more characters)"
+    return s if len(s) <= limit else s[:limit] + f"… ({plural(len(s) - limit, 'more character')})"
 
 
 def _rendered(value: Any, indent: str) -> tuple[str, list[str]]:
@@ -578,10 +604,19 @@ def _timeline_entry(r: dict[str, Any], run: _Run, origin: datetime | None) -> li
     if rtype == "decision":
         step = step or "?"
         how = str(r.get("how"))
+        who = text(r.get("by") or "?")
+        if how not in _BEFORE_STEP:  # the operator's choice after the step failed
+            ex = run.by_record.get(id(r))
+            status = (ex.result or {}).get("status") if ex is not None and ex.after is r else None
+            line = (f"after step {step} {text(status or 'failed')}, {who} chose **{text(chosen(r))}**"
+                    + (f" (to {code(r['to'])})" if r.get("to") else ""))
+            return [head + line + _extras(r, known)]
         gloss = _HOW.get(how)
-        verdict = "**approved**" if r.get("approved") else "**declined**"
-        line = f"step {step} {verdict} by {text(r.get('by') or '?')} ({code(how)}" + (f": {text(gloss)}" if gloss else "") + ")"
-        if not r.get("approved"):
+        choice = choice_of(r)
+        line = f"step {step} **{text(chosen(r))}** by {who} ({code(how)}" + (f": {text(gloss)}" if gloss else "") + ")"
+        if choice == "continue":
+            line += f"; choice {code(choice)}: stop asking before read steps"
+        elif choice != "run":
             line += "; it did not run"
         return [head + line + _extras(r, known)]
     if rtype == "step_result":
@@ -675,7 +710,7 @@ def _result_entry(head: str, r: dict[str, Any], run: _Run, step: str | None, kno
     if not ok and excerpt.strip():
         all_lines = excerpt.rstrip("\n").split("\n")
         shown = all_lines[-SHOWN_LINES:]
-        what = "output" if len(shown) == len(all_lines) else f"last {len(shown)} lines of the output"
+        what = "output" if len(shown) == len(all_lines) else f"last {plural(len(shown), 'line')} of the output"
         lines.append(f"  {what} ({text(r.get('output_bytes'))} bytes in all):" if r.get("output_bytes") is not None else f"  {what}:")
         lines += block("\n".join(shown), "  ")
     return lines
@@ -770,10 +805,13 @@ def _step_summary(ex: _Step) -> str:
 
 
 def _decided(d: dict[str, Any]) -> str:
-    """``approved by alice (`prompt`)``"""
-    verdict = "approved" if d.get("approved") else "declined"
-    choice = f", choice {code(d['choice'])}" if d.get("choice") not in (None, "run") else ""
-    return f"{verdict} by {text(d.get('by') or '?')} ({code(d.get('how'))}{choice})"
+    """``approved by alice (`prompt`)``, ``skipped by alice (`step-mode`)``; after a failure
+    ``alice chose **follow on_failure**``."""
+    who = text(d.get("by") or "?")
+    if d.get("how") not in _BEFORE_STEP:
+        return f"{who} chose **{text(chosen(d))}**" + (f" (to {code(d['to'])})" if d.get("to") else "")
+    choice = f", choice {code('continue')}" if choice_of(d) == "continue" else ""
+    return f"{text(chosen(d))} by {who} ({code(d.get('how'))}{choice})"
 
 
 def _action_items(run: _Run) -> list[str]:

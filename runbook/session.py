@@ -528,10 +528,10 @@ def start(req: RunRequest, ui) -> Outcome:
 
 
 def _environment(env: str | None, inventory) -> str | None:
-    if env:
-        return env
+    """The header's environment: the inventory's ``env:`` (its file's stem when it has none), not the
+    ``--env`` name that found the file."""
     if inventory is None:
-        return None
+        return env
     return getattr(inventory, "env", None) or inventory.path.stem
 
 
@@ -786,7 +786,7 @@ def resume(req: ResumeRequest, ui) -> Outcome:
         outcome = Outcome(run_id, "failed", EXIT_FAILED, params_shown=display_params(rb, params),
                           redactor=redactor, inventory=inventory)
         engine.restore(ctx)
-        return _drive(engine, outcome, ui, environment=req.env or _environment(None, inventory),
+        return _drive(engine, outcome, ui, environment=_environment(req.env, inventory),
                       clock_label="since the alert fired" if the_alert and the_alert.starts_at else "since the run started",
                       start=start_step, visits=visits, again=again, resumed=True)
     finally:

@@ -59,6 +59,12 @@ def esc(text, *, one_line: bool = False) -> str:
     return escape(visible(text, one_line=one_line))
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``n`` and ``word`` agreeing: "1 write step", "2 write steps", "0 checks"
+    (``many``: the plural when it is not ``word`` + "s")."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "red", "refused": "yellow", "skipped": "dim",
                 "interrupted": "red"}
 EFFECT_STYLE = {"read": "cyan", "write": "bold magenta"}
@@ -70,8 +76,8 @@ def _excerpt(text: str, lines: int = 12, head: bool = False) -> str:
     if len(rows) <= lines:
         return "\n".join(rows)
     if head:
-        return "\n".join(rows[:lines]) + f"\n… {len(rows) - lines} more lines not shown"
-    return f"… {len(rows) - lines} earlier lines not shown\n" + "\n".join(rows[-lines:])
+        return "\n".join(rows[:lines]) + f"\n… {plural(len(rows) - lines, 'more line')} not shown"
+    return f"… {plural(len(rows) - lines, 'earlier line')} not shown\n" + "\n".join(rows[-lines:])
 
 
 def print_plan(rb, entries, params_shown: dict, redactor, inventory=None, examples=()) -> None:
@@ -126,7 +132,25 @@ def print_plan(rb, entries, params_shown: dict, redactor, inventory=None, exampl
             c.print(f"     [yellow]{esc(label)}[/] → {esc(target)}")
         if mod.ENDS_RUN or not e.successors:
             c.print("     [dim](the run ends here)[/]")
-    c.print(f"\n{len(entries)} steps, {sum(1 for e in entries if e.step.effect == 'write')} write steps. Nothing was run.")
+    writes = sum(1 for e in entries if e.step.effect == "write")
+    c.print(f"\n{plural(len(entries), 'step')}, {plural(writes, 'write step')}. Nothing was run.")
+
+
+def _describe_step(step) -> str:
+    """A step as the details of another name it: id, kind, stage and title, then what it
+    checks (its ``checks``, else the first line of its body when it has no title), what is
+    ``normal`` and its ``until``."""
+    lines = [f"{step.id} ({step.kind}, {step.stage})" + (f": {step.title}" if step.title else "")]
+    if step.raw.get("checks"):
+        lines.append(f"checks: {str(step.raw['checks']).strip()}")
+    elif not step.title and step.module.outline(step.body):
+        lines.append(f"{'checks' if step.stage == 'verify' else 'does'}: {step.module.outline(step.body)}")
+    if step.raw.get("normal"):
+        lines.append(f"normal: {str(step.raw['normal']).strip()}")
+    if step.until:
+        limit = f", up to {step.timeout:g}s" if step.timeout else ""
+        lines.append(f"until {step.until} (every {step.every:g}s{limit})")
+    return "\n".join(lines)
 
 
 def clock(seconds: float) -> str:
@@ -174,6 +198,7 @@ class ConsoleUI:
         self.clock_label = "since the start"
         self._streamed = False
         self._sink = None
+        self.rb = None  # the runbook, known from run_started: details say which step verifies a write
 
     def _r(self, text, one_line: bool = False) -> str:
         """Text from outside, masked and made visible (:func:`esc`)."""
@@ -190,6 +215,7 @@ class ConsoleUI:
                     clock_from: float | None = None, clock_label: str | None = None, resumed: bool = False) -> None:
         import time
 
+        self.rb = rb
         self.started = time.time()
         self.clock_from = clock_from if clock_from is not None else self.started
         if clock_label:
@@ -266,29 +292,107 @@ class ConsoleUI:
                 return 0
             limit -= 1
             self._streamed = True
-            text = self.redactor.text(line.decode("utf-8", "replace"))
-            style = "red" if stream == "stderr" else "dim"
-            bar = "│" if self.fancy else "|"
-            self.c.print(f"  [{style}]{bar}[/] {esc(text)}", soft_wrap=True, highlight=False)
+            self._framed(esc(self.redactor.text(line.decode("utf-8", "replace"))), stream)
             if limit == 0:
                 self.c.print("  [dim]… more output not shown (it is in the result and the audit log)[/]")
         return limit
 
-    def _details(self, step, action) -> None:
-        import json
+    # One layout for every kind's output, streamed or shown when the step ends: each line
+    # behind a bar (red for standard error), a labelled part (a host) under its label.
 
-        self.c.print(f"[bold]{esc(step.id)}[/] ({step.kind}, {step.effect}, stage {step.stage})")
-        self.c.print(self._r(action.summary), soft_wrap=True)
-        if action.detail:
-            self.c.print(self._r(json.dumps(action.detail, indent=2, default=str)), soft_wrap=True)
-        for key in ("timeout", "retries", "until", "next", "on_failure"):
-            v = getattr(step, key)
-            if v:
-                self.c.print(f"[dim]{key}:[/] {esc(v)}")
+    def _framed(self, markup: str, stream: str = "stdout") -> None:
+        """One line of output (already masked and escaped) behind the bar."""
+        style = "red" if stream == "stderr" else "dim"
+        bar = "│" if self.fancy else "|"
+        self.c.print(f"  [{style}]{bar}[/] {markup}", soft_wrap=True, highlight=False)
+
+    def _output_label(self, label: str) -> None:
+        """The label of a part of the output (a host's name and how it ended)."""
+        mark = "├─" if self.fancy else "+-"
+        self.c.print(f"  [dim]{mark}[/] [bold]{self._r(label, one_line=True)}[/]", soft_wrap=True)
+
+    def _show_output(self, step, result) -> None:
+        """A finished step's output that was not streamed: each part under its label, the
+        head (tables, bodies) or the tail (commands) of each as the kind says."""
+        mod = step.module
+        parts = mod.output_sections(result)
+        if not any(text.strip() for _, text in parts):
+            return
+        lines = mod.SHOW_LINES if len(parts) == 1 else max(10, mod.SHOW_LINES // len(parts))
+        for label, text in parts:
+            if label is not None:
+                self._output_label(label)
+            if text.strip():
+                excerpt = _excerpt(text, lines, head=mod.SHOW_OUTPUT == "head")
+                for line in self._r(excerpt).split("\n"):
+                    self._framed(line)
+
+    def _details(self, step, action) -> None:
+        """Everything about a step before it runs, as text: the whole command or request as
+        it will be sent (the kind's ``details``, masked), its targets, its timeout, and the
+        steps that follow it, the one that verifies it first."""
+        self.c.print(f"[bold]{esc(step.id)}[/]  {step.kind}  [{EFFECT_STYLE[step.effect]}]{step.effect}[/]  "
+                     f"[dim]stage {esc(step.stage)}[/]")
+        for label, text in step.module.details(action):
+            self._row(label, text)
+        self._row("targets", ", ".join(action.targets) or "-")
+        self._row("timeout", f"{step.timeout:g}s" if step.timeout else "none: it runs until it ends")
+        if step.retries:
+            self._row("retries", f"{step.retries} (every {step.retry_delay:g}s)")
+        if step.until:
+            self._row("until", f"{step.until} (every {step.every:g}s)")
+        for label, text in self._follows(step):
+            self._row(label, text)
+
+    def _row(self, label: str, text: str) -> None:
+        """``label: text`` (masked, made visible), or the label over an indented block when
+        the text has several lines."""
+        body = self._r(text)
+        if "\n" in body.strip("\n"):
+            self.c.print(f"  [dim]{esc(label)}:[/]")
+            for line in body.strip("\n").split("\n"):
+                self.c.print(f"    {line}", soft_wrap=True, highlight=False)
+        else:
+            self.c.print(f"  [dim]{esc(label)}:[/] {body}", soft_wrap=True, highlight=False)
+
+    def _follows(self, step) -> list[tuple[str, str]]:
+        """(label, text): the step that runs after this one succeeds, the first verify step
+        on that path (when it is not the same), and where a failure goes."""
+        rb = self.rb
+        if rb is None or step.module.ENDS_RUN:
+            return []
+
+        def branches(s) -> str:
+            return ", ".join(target for _, target in s.module.edges(s.body))
+
+        def after(s):
+            return None if s.module.ENDS_RUN else (rb.by_id.get(s.next) if s.next else rb.following(s))
+
+        if step.module.BRANCHING:
+            return [("then", f"the branch it takes: {branches(step)}")]
+        rows = []
+        nxt = after(step)
+        rows.append(("then", _describe_step(nxt) if nxt is not None else "nothing: the run ends after it"))
+        check, seen = nxt, set()  # the first verify step on the way success goes
+        while check is not None and check.stage != "verify" and check.id not in seen and not check.module.BRANCHING:
+            seen.add(check.id)
+            check = after(check)
+        if check is not None and check.module.BRANCHING and check.stage != "verify":
+            rows.append(("verified by", f"the branch {check.id} takes: {branches(check)}"))
+        elif check is not None and check.stage == "verify":
+            if check is not nxt:
+                rows.append(("verified by", _describe_step(check)))
+        elif step.stage != "verify":
+            rows.append(("verified by", "no verify step follows it on the way it goes when it succeeds"))
+        if step.on_failure:
+            target = rb.by_id.get(step.on_failure)
+            rows.append(("if it fails", _describe_step(target) if target is not None else step.on_failure))
+        return rows
 
     def confirm(self, step, action) -> str:
         """Before a write step: run, skip or abort (details shows everything first)."""
-        body = f"{self._r(action.summary)}\n\n[dim]targets:[/] {self._r(', '.join(action.targets) or '-')}"
+        body = (f"{self._r(action.summary)}\n\n[dim]targets:[/] {self._r(', '.join(action.targets) or '-')}"
+                "\n[dim]details: the whole request, the timeout and the step that verifies it[/]")
         if self.fancy:
             from rich.panel import Panel
 
@@ -353,8 +457,14 @@ class ConsoleUI:
         self.c.print(f"[bold yellow]⚠ {clock(elapsed)} {esc(self.clock_label)} (policy: after {clock(after)}): "
                      f"escalate to {esc(to)}[/]")
 
-    def polling(self, step, result, attempt: int) -> None:
-        self.c.print(f"  [dim]… not yet ({attempt} checks); next check in {step.every:g}s[/]")
+    def polling(self, step, result, attempt: int, observed: str | None = None) -> None:
+        """An ``until`` check that does not hold yet: what it read, which check, when the next."""
+        if attempt == 1:
+            limit = f", for up to {step.timeout:g}s" if step.timeout else ""
+            self.c.print(f"  [dim]waiting until {esc(step.until)} (a check every {step.every:g}s{limit})[/]", soft_wrap=True)
+        seen = f"{self._r(observed, one_line=True)} — " if observed else ""
+        why = f"; {self._r(result.error, one_line=True)}" if result.error else ""
+        self.c.print(f"  [dim]… {seen}not yet (check {attempt}, next in {step.every:g}s){why}[/]", soft_wrap=True)
 
     def retrying(self, step, result, attempt: int, delay: float) -> None:
         self.c.print(f"  [yellow]attempt {attempt} {result.status}[/]: {self._r(result.error or '')}; retrying in {delay:g}s")
@@ -367,12 +477,8 @@ class ConsoleUI:
         mark = "✓" if result.ok else ("↷" if result.status == "skipped" else "✗")
         extra = f"  {self._r(result.error)}" if result.error and result.status not in ("ok", "refused") else ""
         self.c.print(f"  [{style}]{mark} {result.status}[/] [dim]{result.duration:.2f}s[/]{extra}")
-        text = result.stdout if result.ok else (result.stdout + result.stderr)
-        show = step.module.SHOW_OUTPUT
-        if text.strip() and show and not self._streamed:
-            lines = step.module.SHOW_LINES
-            excerpt = _excerpt(text, lines, head=True) if show == "head" else _excerpt(text)
-            self.c.print("[dim]" + self._r(excerpt) + "[/]", soft_wrap=True)
+        if step.module.SHOW_OUTPUT and not self._streamed:
+            self._show_output(step, result)
         self._streamed = False
         if result.outputs:
             how = result.data.get("aggregates") or {}  # a fan-out's: how the hosts' values combined
@@ -442,7 +548,7 @@ class UI(Protocol):
     def ask(self, step, prompt: str, choices, default) -> str | None: ...
     def branch(self, step, why: str, goto: str) -> None: ...
     def escalation_due(self, to: str, after: float, elapsed: float) -> None: ...
-    def polling(self, step, result, attempt: int) -> None: ...
+    def polling(self, step, result, attempt: int, observed: str | None = None) -> None: ...  # observed: what the check read
     def retrying(self, step, result, attempt: int, delay: float) -> None: ...
     def step_finished(self, step, result) -> None: ...
     def run_finished(self, status: str, code: int, message: str) -> None: ...

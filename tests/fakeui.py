@@ -14,9 +14,10 @@ class Crash(BaseException):
 
 class FakeUI:
     def __init__(self, *, confirm=None, after_failure=None, in_doubt="abort", outputs=None, secrets=None,
-                 answers=None, manual=True, crash_at=None, on_step=None):
+                 answers=None, manual=True, crash_at=None, on_step=None, step_prompt=None):
         self.confirm_answers = confirm or {}  # step id -> run | skip | abort (default run)
         self.after_failure_answers = after_failure or {}  # step id -> retry | skip | on_failure | abort
+        self.step_prompt_answers = step_prompt or {}  # --step: step id -> run | skip | continue | abort (default run)
         self.in_doubt_answer = in_doubt
         self.outputs = outputs or {}  # "step.name" -> value
         self.secrets = secrets or {}  # parameter name -> value
@@ -28,6 +29,7 @@ class FakeUI:
         self.calls: list[tuple] = []
         self.notices: list[str] = []
         self.finished = None
+        self.environment = None
 
     def _log(self, *call):
         self.calls.append(call)
@@ -56,6 +58,7 @@ class FakeUI:
 
     # --- the engine
     def run_started(self, rb, run_id, params_shown, **kw):
+        self.environment = kw.get("environment")  # what the header says
         self._log("run_started", run_id, kw.get("resumed", False))
 
     def step_started(self, step, action):
@@ -74,7 +77,7 @@ class FakeUI:
 
     def step_prompt(self, step, action):
         self._log("step_prompt", step.id)
-        return "run"
+        return self.step_prompt_answers.get(step.id, "run")
 
     def after_failure(self, step, result, on_failure):
         self._log("after_failure", step.id, result.status)
@@ -94,8 +97,8 @@ class FakeUI:
     def escalation_due(self, to, after, elapsed):
         self._log("escalation_due", to)
 
-    def polling(self, step, result, attempt):
-        self._log("polling", step.id, attempt)
+    def polling(self, step, result, attempt, observed=None):
+        self._log("polling", step.id, attempt, observed)
 
     def retrying(self, step, result, attempt, delay):
         self._log("retrying", step.id, attempt)

@@ -199,7 +199,7 @@ def test_step_mode_asks_before_read_steps_too(pool, tmp_path, audit_dir):
     child.sendline("a")
     assert finish(child) == 1
     decisions = [(r["step"], r.get("choice") or r["how"]) for r in records(audit_dir) if r["type"] == "decision"]
-    assert decisions[:2] == [("count", "skip"), ("decide", "run")]
+    assert decisions[:2] == [("count", "skip"), ("decide", "continue")]
     assert not (tmp_path / "killed").exists()
 
 
@@ -509,3 +509,259 @@ def test_report_says_why_a_branch_was_taken(pool, cli):
     r = cli("report", "last")
     assert r.returncode == 0, r.stderr
     assert "went to `kill-idle` because `steps.count.outputs.n > params.limit  (steps.count.outputs.n = 152" in r.stdout
+
+
+# --- in-process: the guided screen (a ConsoleUI on a recorded terminal) and the engine with a
+# scripted operator (FakeUI).  No pseudo-terminal: the prompts read a scripted standard input.
+
+
+def guided(path, answers, monkeypatch, **kw):
+    """Run ``path`` in guided mode in this process: the real ConsoleUI drawing on a recorded
+    terminal, the operator's answers typed one a line.  Returns (outcome, screen text)."""
+    import io
+
+    from rich.console import Console
+
+    from runbook import session, spec
+    from runbook.ui import ConsoleUI
+
+    ui = ConsoleUI()
+    screen = io.StringIO()
+    ui.c = Console(file=screen, force_terminal=True, color_system=None, width=160, highlight=False)
+    ui.fancy = True
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(a + "\n" for a in answers)))
+    out = session.start(session.RunRequest(runbook=spec.find(str(path), []), interactive=True, **kw), ui)
+    return out, screen.getvalue()
+
+
+def engine_run(path, ui, **kw):
+    from runbook import session, spec
+
+    return session.start(session.RunRequest(runbook=spec.find(str(path), []), interactive=True, **kw), ui)
+
+
+DETAILS = """\
+name: det
+title: Details
+params:
+  token: {{type: string, secret: true, required: true}}
+stages:
+  mitigate:
+    - id: restart
+      shell:
+        command: "curl -sf -H Authorization:{{{{ params.token }}}} -X POST http://127.0.0.1:9/restart; echo done >> {tmp}/restarted"
+        env: {{MODE: fast}}
+      timeout: 45s
+    - id: notify-team
+      wait: 0s
+  verify:
+    - id: error-rate-ok
+      checks: the API error rate is back under 1%
+      normal: below 0.01
+      shell: "echo 0.002"
+      readonly: true
+      outputs:
+        rate: {{regex: '([0-9.]+)', type: number}}
+      until: "outputs.rate < 0.01"
+      every: 1s
+      timeout: 10m
+"""
+
+
+def test_details_at_a_write_prompt_are_readable_and_complete(tmp_path, monkeypatch, audit_dir):
+    p = tmp_path / "det.yaml"
+    p.write_text(DETAILS.format(tmp=tmp_path))
+    monkeypatch.setenv("RUNBOOK_PARAM_TOKEN", "tok-SECRET-4711")
+    out, screen = guided(p, ["d", "r"], monkeypatch)
+    assert out.exit_code == 0, screen
+    details = screen.split("[d]etails / [a]bort:", 1)[1].split("Run it?", 1)[0]
+    assert '"shown"' not in details and "null" not in details and '": ' not in details  # text, not a JSON dump
+    lines = [line.strip() for line in details.splitlines()]
+    command = next(line for line in lines if line.startswith("command:"))
+    assert command.endswith(f'Authorization:"${{RUNBOOK_SECRET_TOKEN}}" -X POST http://127.0.0.1:9/restart; '
+                            f"echo done >> {tmp_path}/restarted")  # the command whole, as it is sent
+    assert "environment: MODE, RUNBOOK_SECRET_TOKEN (values not shown)" in lines
+    assert "targets: localhost" in lines and "timeout: 45s" in lines
+    # the step that follows, then the one that verifies the write, with what it checks
+    i = lines.index("then:")
+    assert lines[i + 1] == "notify-team (wait, mitigate)"
+    j = lines.index("verified by:")
+    assert lines[j + 1:j + 5] == ["error-rate-ok (shell, verify)", "checks: the API error rate is back under 1%",
+                                  "normal: below 0.01", "until outputs.rate < 0.01 (every 1s, up to 600s)"]
+    assert "tok-SECRET-4711" not in screen
+
+
+def test_details_of_an_http_request_show_the_whole_body(tmp_path):
+    from runbook.engine import Engine, Options, resolve_params
+    from runbook.spec import load_text
+
+    body = {"reason": "x" * 600, "replicas": 3}
+    rb, _ = load_text(f"""\
+name: h
+title: H
+stages:
+  mitigate:
+    - id: scale
+      http: {{url: "http://127.0.0.1:9/scale", method: POST, json: {json.dumps(body)}, expect: {{status: 200}}}}
+      timeout: 5s
+""", "h.yaml")
+    entry = Engine(rb, resolve_params(rb, {}), options=Options(dry_run=True)).plan()[0]
+    rows = dict(entry.step.module.details(entry.action))
+    assert len(entry.action.summary) < 600  # the card's one line is cut short ...
+    assert rows["request"].splitlines()[0] == "POST http://127.0.0.1:9/scale"
+    assert json.loads(rows["request"].split("\n\n", 1)[1]) == body  # ... the details are not
+    assert json.loads(rows["expects"]) == {"status": 200}
+
+
+POLL = """\
+name: poll
+title: Poll
+stages:
+  verify:
+    - id: drained
+      shell: "n=$(cat {tmp}/n 2>/dev/null || echo 0); echo $((n+1)) > {tmp}/n; echo queue $((30 - n*10))"
+      readonly: true
+      outputs:
+        depth: {{regex: 'queue (-?[0-9]+)', type: integer}}
+      until: "outputs.depth < 15"
+      every: 0.05s
+      timeout: 20s
+"""
+
+
+def test_polling_shows_the_value_each_check_read(tmp_path, monkeypatch, audit_dir):
+    from fakeui import FakeUI
+
+    p = tmp_path / "poll.yaml"
+    p.write_text(POLL.format(tmp=tmp_path))
+    ui = FakeUI()
+    assert engine_run(p, ui).exit_code == 0
+    assert [c[2:] for c in ui.calls if c[0] == "polling"] == [(1, "depth = 30"), (2, "depth = 20")]
+    (tmp_path / "n").unlink()
+    out, screen = guided(p, [], monkeypatch)
+    assert out.exit_code == 0, screen
+    assert "waiting until outputs.depth < 15 (a check every 0.05s, for up to 20s)" in screen
+    assert "… depth = 30 — not yet (check 1, next in 0.05s)" in screen
+    assert "… depth = 20 — not yet (check 2, next in 0.05s)" in screen
+
+
+def test_each_kind_says_what_a_check_read():
+    """The observed hook of every kind that polls: what the operator sees on each check."""
+    from types import SimpleNamespace
+
+    from runbook.steps import StepResult, get
+    from runbook.steps.prometheus import NoValue
+
+    def seen(kind, result, body=None):
+        return get(kind).observed(SimpleNamespace(body=body or {}), result)
+
+    assert seen("shell", StepResult("failed", stdout="starting\nqueue 12\n", exit_code=1)) == "queue 12"
+    assert seen("shell", StepResult("failed", exit_code=3)) == "exit code 3"
+    assert seen("prometheus", StepResult("ok", data={"value": 0.034})) == "value 0.034"
+    assert seen("prometheus", StepResult("ok", data={"value": NoValue("no series", "no data")})) == "value no data"
+    assert seen("prometheus", StepResult("ok", data={"firing_count": 2}), {"alerts": "X"}) == "2 firing"
+    assert seen("http", StepResult("failed", data={"status_code": 503})) == "HTTP 503"
+    assert seen("sql", StepResult("ok", data={"rows": [{"n": 152, "db": "main"}, {"n": 3, "db": "x"}]})) == \
+        "n = 152, db = main (first of 2 rows)"
+    assert seen("k8s", StepResult("ok", data={"replicas": 3, "ready_replicas": 1, "updated_replicas": 2})) == \
+        "1/3 ready, 2 updated"
+    hosts = {"web-1": {"status": "ok", "stdout": "29%\n"}, "web-2": {"status": "ok", "stdout": "70%\n"}}
+    assert seen("ssh", StepResult("ok", data={"hosts": hosts})) == "web-1: 29%, web-2: 70%"
+    assert seen("ssh", StepResult("ok", data={"hosts": hosts}, outputs={"use": 70})) == "use = 70"
+
+
+@pytest.mark.parametrize("choice,approved,word", [
+    ("retry", True, "retry"), ("skip", False, "skip"), ("on_failure", False, "follow on_failure"),
+    ("abort", False, "abort")])
+def test_the_choice_after_a_failure_is_recorded_as_it_was(tmp_path, audit_dir, choice, approved, word):
+    from fakeui import FakeUI
+
+    from runbook import report
+
+    p = tmp_path / "flaky.yaml"
+    p.write_text(FLAKY.format(tmp=tmp_path))
+    out = engine_run(p, FakeUI(after_failure={"probe": choice}))
+    d = next(r for r in records(audit_dir) if r["type"] == "decision")
+    assert (d["step"], d["choice"], d["approved"]) == ("probe", choice, approved)
+    assert d.get("to") == ("page" if choice == "on_failure" else None)
+    md = report.report(audit_dir / "audit.jsonl", out.run_id, meta=lambda s: {})
+    assert f"after step `probe` failed, {d['by']} chose **{word.replace('_', chr(92) + '_')}**" in md
+    assert "**approved**" not in md  # nothing here was approved: the operator chose how to go on
+
+
+def test_every_choice_before_a_step_is_recorded_as_it_was(pool, tmp_path, audit_dir, main):
+    from fakeui import FakeUI
+
+    from runbook import report
+
+    out = engine_run(pool, FakeUI(step_prompt={"count": "continue"}, confirm={"kill-idle": "skip"}), step_mode=True)
+    assert out.exit_code == 0
+    got = [(r["step"], r["how"], r["choice"], r["approved"]) for r in records(audit_dir) if r["type"] == "decision"]
+    assert got == [("count", "step-mode", "continue", True), ("kill-idle", "prompt", "skip", False)]
+    md = report.report(audit_dir / "audit.jsonl", out.run_id, meta=lambda s: {})
+    assert "step `count` **approved** by" in md and "choice `continue`: stop asking before read steps" in md
+    assert "step `kill-idle` **skipped** by" in md and "**declined**" not in md
+    # audit show's status column says the same
+    shown = main("audit", "show", out.run_id).stdout
+    rows = [line.split()[1:4] for line in shown.splitlines() if " decision " in line]
+    assert rows == [["decision", "count", "approved"], ["decision", "kill-idle", "skipped"]]
+
+
+def test_the_header_shows_the_inventorys_env(tmp_path, monkeypatch, audit_dir):
+    from fakeui import FakeUI
+
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory" / "staging.yaml").write_text("env: staging-eu\nhosts:\n  a: {address: 127.0.0.1}\n")
+    (tmp_path / "hosts.yaml").write_text("hosts:\n  a: {address: 127.0.0.1}\n")
+    p = tmp_path / "x.yaml"
+    p.write_text("name: x\ntitle: X\nstages:\n  diagnose:\n    - id: a\n      wait: 0s\n")
+    monkeypatch.chdir(tmp_path)
+    ui = FakeUI()
+    engine_run(p, ui, env="staging")
+    assert ui.environment == "staging-eu"  # the inventory's env:, not the --env name that found the file
+    engine_run(p, ui, inventory_file=str(tmp_path / "hosts.yaml"))
+    assert ui.environment == "hosts"  # no env: the file's stem
+
+
+def test_one_frame_for_every_kinds_output(capsys):
+    """Streamed shell output, a table shown when a step ends and an ssh step's per-host
+    output: the same bar before every line, each host under its name."""
+    from types import SimpleNamespace
+
+    from runbook.secrets import Redactor
+    from runbook.steps import StepResult, get
+    from runbook.ui import ConsoleUI
+
+    ui = ConsoleUI(Redactor())
+    ui.fancy = False
+
+    def step(kind):
+        return SimpleNamespace(id=kind, kind=kind, effect="read", stage="diagnose", module=get(kind))
+
+    sink = ui.output_sink(step("shell"))
+    sink("stdout", b"streamed line\n")
+    ui.step_finished(step("shell"), StepResult("ok", stdout="streamed line\n"))
+    ui.step_finished(step("sql"), StepResult("ok", stdout="n\n---\n152\n"))
+    hosts = {"web-1": {"status": "ok", "exit_code": 0, "stdout": "29%\n", "stderr": "", "error": None},
+             "web-2": {"status": "failed", "exit_code": 1, "stdout": "70%\n", "stderr": "warn\n", "error": "exit code 1"}}
+    ui.step_finished(step("ssh"), StepResult("failed", stdout="HOST table\n", data={"hosts": hosts}, error="failed on 1 of 2 hosts"))
+    screen = capsys.readouterr().out.splitlines()
+    assert "  | streamed line" in screen
+    assert ["  | n", "  | ---", "  | 152"] == [line for line in screen if line in ("  | n", "  | ---", "  | 152")]
+    i = screen.index("  +- web-1 · ok · exit 0")
+    assert screen[i + 1] == "  | 29%" and screen[i + 2] == "  +- web-2 · failed · exit 1 · exit code 1"
+    assert screen[i + 3:i + 5] == ["  | 70%", "  | warn"]
+    assert "HOST table" not in "\n".join(screen)  # the per-host parts replace the step's summary table
+
+
+def test_counts_agree_with_their_nouns(tmp_path, capsys):
+    from runbook import ui
+    from runbook.engine import Engine, Options, resolve_params
+    from runbook.secrets import Redactor
+    from runbook.spec import load_text
+
+    assert [ui.plural(n, "write step") for n in (0, 1, 2)] == ["0 write steps", "1 write step", "2 write steps"]
+    rb, _ = load_text("name: one\ntitle: One\nstages:\n  mitigate:\n    - id: a\n      shell: 'true'\n      timeout: 1s\n",
+                      "one.yaml")
+    ui.print_plan(rb, Engine(rb, resolve_params(rb, {}), options=Options(dry_run=True)).plan(), {}, Redactor())
+    assert "1 step, 1 write step. Nothing was run." in capsys.readouterr().out

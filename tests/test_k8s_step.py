@@ -288,7 +288,7 @@ def test_logs_tail_since_previous_and_containers(run_k8s, kubeapi):
     - id: good
       end: "ok"
 """))
-    assert "line 9\njava.lang.OutOfMemoryError" in out and "line 8" not in out
+    assert "  | line 9\n  | java.lang.OutOfMemoryError" in out and "line 8" not in out  # the output, framed
     assert f"==> pod/{bad['metadata']['name']} (2 pods of deployment/api) <==" in out
     assert "fresh" in out and "stale-line" not in out  # since 10m: the last of 4 lines spread over an hour
     assert "from main" in out and "container main (of main, sidecar)" in out and "from sidecar" in out

@@ -104,9 +104,9 @@ def test_failed_step_with_on_failure() -> None:
 def test_declined_write_step() -> None:
     md = _render("declined")
     assert "Offsets are from the start of the run (it did not come from an alert)" in md
-    assert "- **T+00:01:10** (16:01:10) — step `drain-wal` **declined** by bob (`prompt`: at the prompt); it did not run; choice: `abort`" in md
+    assert "- **T+00:01:10** (16:01:10) — step `drain-wal` **declined** by bob (`prompt`: at the prompt); it did not run" in md
     assert "- **T+00:01:10** (16:01:10) — **run refused** (exit 3)" in md
-    assert "- [ ] `drain-wal` was declined by bob (`prompt`, choice `abort`) and did not run" in md
+    assert "- [ ] `drain-wal` was declined by bob (`prompt`) and did not run" in md
 
 
 def test_step_in_doubt() -> None:
@@ -221,9 +221,9 @@ def test_unknown_record_types_and_guided_decisions(tmp_path: Path) -> None:
     assert "step `a` was in doubt: **marked done** by dana on resume" in md
     assert "  ```\n  multi\n  line `cmd`\n  ```" in md
     assert "data" not in md.split("## Timeline")[1].split("## Impact")[0].replace("date", "")
-    assert "step `b` **approved** by dana (`retry`)" in md
-    assert "step `b` **declined** by dana (`abort`); it did not run" in md
-    assert "step `c` **declined** by dana (`step-mode`); it did not run; choice: `skip`" in md
+    assert "after step `b` failed, dana chose **retry**" in md  # a choice after a failure, not an approval
+    assert "after step `b` interrupted, dana chose **abort**" in md
+    assert "step `c` **skipped** by dana (`step-mode`); it did not run" in md
     assert "step `c` **skipped** in 0.00s: skipped by the operator" in md
     assert "event `escalation_due`: after: `900`; elapsed: `901`; to: `team-lead`" in md
     assert "**run interrupted** (Ctrl-C or SIGTERM) during step `b`" in md
@@ -231,9 +231,9 @@ def test_unknown_record_types_and_guided_decisions(tmp_path: Path) -> None:
     assert 'event `weird`: nested: ``{"a": [1, 2, {"b": "|`"}]}``' in md
     assert "**aborted by the operator** (exit 1)" in md
     items = md.split("## Action items")[1].split("## Lessons")[0]
-    assert "- [ ] `b` ended **failed** (boom); then approved by dana (`retry`)" in items
-    assert "- [ ] `b` ended **interrupted** (interrupted (Ctrl-C); the step was stopped); then declined by dana (`abort`)" in items
-    assert "- [ ] `c` was skipped (skipped by the operator), declined by dana (`step-mode`, choice `skip`)" in items
+    assert "- [ ] `b` ended **failed** (boom); then dana chose **retry**" in items
+    assert "- [ ] `b` ended **interrupted** (interrupted (Ctrl-C); the step was stopped); then dana chose **abort**" in items
+    assert "- [ ] `c` was skipped (skipped by the operator), skipped by dana (`step-mode`)" in items
     assert items.count("- [ ]") == 3
 
 

@@ -89,7 +89,9 @@ def test_error_branch_and_excerpt_shown_escaped(capsys):
 
     ui = ConsoleUI()
     ui.fancy = False
-    mod = SimpleNamespace(SHOW_OUTPUT="tail", SHOW_LINES=12)
+    from runbook.steps import base
+
+    mod = SimpleNamespace(SHOW_OUTPUT="tail", SHOW_LINES=12, output_sections=base.output_sections)
     step = SimpleNamespace(id="q", kind="sql", effect="read", stage="diagnose", module=mod)
     res = StepResult("failed", stdout=f"id | note\n1  | {FAKE}\n", stderr="",
                      error=f"ERROR: relation {FAKE}\n does not exist")

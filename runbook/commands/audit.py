@@ -140,6 +140,7 @@ def _show(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from runbook import audit
+    from runbook.report import chosen
     from runbook.ui import out, visible
 
     records = audit.run_records(_log_path(args), args.run_id)
@@ -165,7 +166,7 @@ def _show(args: argparse.Namespace) -> int:
     for r in records:
         status = r.get("status", "")
         if r.get("type") == "decision":
-            status = "approved" if r.get("approved") else "declined"
+            status = chosen(r)  # the choice as it was: approved, skipped, declined, retry, follow on_failure, …
         table.add_row(
             Text(visible(_clock(r.get("ts")), one_line=True)),
             Text(visible(r.get("type", ""), one_line=True)),
@@ -179,6 +180,8 @@ def _show(args: argparse.Namespace) -> int:
 
 def _details(r: dict[str, Any]) -> str:
     """The interesting fields of one record, in a line or a few."""
+    from runbook.ui import plural
+
     kind = r.get("type")
     if kind == "run_started":
         params = ", ".join(f"{k}={v}" for k, v in (r.get("params") or {}).items())
@@ -200,7 +203,7 @@ def _details(r: dict[str, Any]) -> str:
             lines.append(f"error: {r['error']}")
         output = str(r.get("output_excerpt") or "").rstrip("\n").splitlines()
         if len(output) > _SHOWN_LINES:
-            lines.append(f"[... {len(output) - _SHOWN_LINES} earlier lines of the excerpt: see --format json ...]")
+            lines.append(f"[... {plural(len(output) - _SHOWN_LINES, 'earlier line')} of the excerpt: see --format json ...]")
         lines.extend(output[-_SHOWN_LINES:])
         return "\n".join(lines)
     if kind == "run_finished":

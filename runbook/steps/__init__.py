@@ -138,6 +138,12 @@ class StepKind(Protocol):
     CARD_SUMMARY: bool  # the live step card shows the summary
     CARD_TARGETS: bool  # the live step card shows the targets
 
+    def details(self, action: Action) -> list[tuple[str, str]]: ...  # (label, text): the whole request, at a prompt
+
+    def observed(self, step, result: StepResult) -> str | None: ...  # what one until-check read
+
+    def output_sections(self, result: StepResult) -> list[tuple[str | None, str]]: ...  # (label, text) parts of the output
+
     def outline(self, body: dict) -> str: ...  # one line for `runbook show` when the step has no title
 
     # alerts (runbook.alert): params_from_labels forms the kind resolves (deployment: {from_pod: pod})

@@ -160,6 +160,39 @@ CARD_SUMMARY: bool = True
 #: whose targets say nothing (the operator, none).
 CARD_TARGETS: bool = True
 
+
+
+def details(action) -> list[tuple[str, str]]:
+    """(label, text) rows the operator sees on asking for details at a prompt: the whole
+    command or request exactly as it will be sent (secrets masked as in the summary,
+    nothing cut short), then what else decides what it does (working directory, where it
+    runs, a body); readable text, never the kind's internal fields.  The UI adds the
+    targets, the timeout and the step that verifies it.  By default the summary, which
+    for most kinds is the whole request."""
+    return [("request", action.summary)]
+
+
+def observed(step, result) -> str | None:
+    """What one check read, shown each time an ``until`` condition does not hold yet
+    (``value 0.034``): by default the step's outputs (``n = 12``), else the last line of
+    its output, else its exit code; None when there is nothing to show."""
+    if result.outputs:
+        return ", ".join(f"{k} = {v}" for k, v in result.outputs.items())
+    lines = [line.strip() for line in (result.stdout or "").splitlines() if line.strip()]
+    if lines:
+        return lines[-1]
+    if result.exit_code not in (None, 0):
+        return f"exit code {result.exit_code}"
+    return None
+
+
+def output_sections(result) -> list[tuple[str | None, str]]:
+    """(label, text) parts of a finished step's output as the UI frames them, each part
+    under its label (None: no label).  By default one part: the output (with the errors
+    when the step failed).  A kind that runs on several hosts gives one part per host."""
+    return [(None, result.stdout if result.ok else result.stdout + result.stderr)]
+
+
 _OUTLINE_KEYS = ("command", "instructions", "prompt", "message")
 
 
@@ -195,8 +228,8 @@ DEFAULTED: tuple[str, ...] = (
     "DEFAULT_READONLY", "FIXED_EFFECT", "RESULT_FIELDS", "IMPLICIT_OUTPUTS", "WRITE_NEEDS_TIMEOUT",
     "SERVER_DRY_RUN", "effect_of", "static_problems", "inventory_problems", "fanout", "fans_out", "per_host", "inventory_targets",
     "edges", "BRANCHING", "falls_through", "ENDS_RUN", "end_status",
-    "SHOW_OUTPUT", "SHOW_LINES", "COMMAND_SUMMARY", "PLAN_SUMMARY", "CARD_SUMMARY", "CARD_TARGETS", "outline",
-    "LABEL_FORMS", "label_value",
+    "SHOW_OUTPUT", "SHOW_LINES", "COMMAND_SUMMARY", "PLAN_SUMMARY", "CARD_SUMMARY", "CARD_TARGETS", "details",
+    "observed", "output_sections", "outline", "LABEL_FORMS", "label_value",
 )
 HOOKS: tuple[str, ...] = REQUIRED + DEFAULTED
 

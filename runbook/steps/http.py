@@ -68,6 +68,7 @@ from runbook.errors import RunbookError
 from runbook.secrets import MASK
 from runbook.steps import BASE_RESULT_FIELDS, Action, StepResult
 from runbook.steps import _web as W
+from runbook.steps import base
 
 METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -269,6 +270,27 @@ def action(step, r) -> Action:
                  detail=detail)
     act.http_send = {"headers": headers, "payload": payload, "json": "json" in body}  # the real values, revealed in run
     return act
+
+
+def details(action: Action) -> list[tuple[str, str]]:
+    """The whole request as sent (its body not cut short), and what it must answer."""
+    d = action.detail
+    lines = [f"{d['method']} {d['url']}"] + [f"{k}: {v}" for k, v in (d.get("headers") or {}).items()]
+    if d.get("body") is not None:
+        lines += ["", str(d["body"])]
+    rows = [("request", "\n".join(lines))]
+    if d.get("expect") is not None:
+        rows.append(("expects", jsonlib.dumps(d["expect"], ensure_ascii=False, default=str)))
+    if not d.get("verify_tls", True):
+        rows.append(("TLS", "the server's certificate is not checked (verify_tls: false)"))
+    return rows
+
+
+def observed(step, result: StepResult) -> str | None:
+    code = result.data.get("status_code")
+    if code is None:
+        return base.observed(step, result) if result.outputs else None
+    return f"HTTP {code}" + (f", {base.observed(step, result)}" if result.outputs else "")
 
 
 # --- running ----------------------------------------------------------------

@@ -504,6 +504,39 @@ def action(step, r) -> Action:
     return Action(summary=summary, targets=[f"cluster {spec['cluster']} ({_where(cluster)})"], detail=detail)
 
 
+def details(action: Action) -> list[tuple[str, str]]:
+    """What the step does in kubectl's words, then every API call as sent (bodies included)."""
+    d = action.detail
+    calls = []
+    for c in d.get("calls") or []:
+        query = "&".join(f"{k}={v}" for k, v in (c.get("query") or {}).items())
+        text = f"{c['method']} {c['path']}" + (f"?{query}" if query else "")
+        if c.get("body") is not None:
+            text += "\n" + json.dumps(c["body"], indent=2, ensure_ascii=False, default=str)
+        if c.get("note"):
+            text += f"\n({c['note']})"
+        calls.append(text)
+    return [("as kubectl", describe(d["spec"])), ("API calls", "\n".join(calls))]
+
+
+def observed(step, result: StepResult) -> str | None:
+    """Replicas ready for a Deployment, else how many objects and which are not ready."""
+    d = result.data
+    if result.outputs:
+        from runbook.steps import base
+
+        return base.observed(step, result)
+    if d.get("replicas") is not None:
+        return (f"{d.get('ready_replicas') or 0}/{d['replicas']} ready, {d.get('updated_replicas') or 0} updated"
+                + (", rollout done" if d.get("done") else ""))
+    if d.get("not_ready"):
+        names = [str(n) for n in d["not_ready"]]
+        return f"{len(names)} not ready: {', '.join(names[:5])}" + (" …" if len(names) > 5 else "")
+    if d.get("count") is not None and d.get("resource"):
+        return f"{d['count']} {d['resource']}"
+    return None
+
+
 def run(step, act: Action, ctx) -> StepResult:
     from runbook.steps import k8s_ops
 

@@ -45,6 +45,10 @@ def action(step, r) -> Action:
                   targets=["operator"], detail={"confirm": r.text(step.body.get("confirm", "Done?"))})
 
 
+def details(action: Action) -> list[tuple[str, str]]:
+    return [("instructions", action.summary)]
+
+
 def run(step, act: Action, ctx) -> StepResult:
     answer = ctx.answer(step.id)
     if answer is None:

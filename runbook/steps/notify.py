@@ -142,6 +142,14 @@ def action(step, r) -> Action:
                           "required": bool(body.get("required", False)), "timeout": timeout, "format": fmt})
 
 
+def details(action: Action) -> list[tuple[str, str]]:
+    d = action.detail
+    if d.get("payload") is None:
+        return [("request", action.summary)]
+    return [("request", f"POST to notifier {action.targets[0] if action.targets else d.get('notifier')}"),
+            ("payload", json.dumps(d["payload"], ensure_ascii=False, indent=2))]
+
+
 def run(step, act: Action, ctx) -> StepResult:
     d = act.detail
     started = time.monotonic()

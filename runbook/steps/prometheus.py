@@ -238,6 +238,27 @@ def action(step, r) -> Action:
     return act
 
 
+def details(action: Action) -> list[tuple[str, str]]:
+    d = action.detail
+    rows = [("query", d["query"])] if "query" in d else [("alerts", ", ".join(d.get("alerts") or []))]
+    if d.get("labels"):
+        rows.append(("with labels", ", ".join(f"{k}={v!r}" for k, v in d["labels"].items())))
+    rows.append(("sent as", f"GET {d['url']}"))
+    if d.get("for"):
+        rows.append(("holds when", f"until holds on {d['for']} consecutive checks"))
+    return rows
+
+
+def observed(step, result: StepResult) -> str | None:
+    """The query's value (or why there is none), or how many alerts fire."""
+    d = result.data
+    if "alerts" in step.body:
+        return None if d.get("firing_count") is None else f"{d['firing_count']} firing"
+    if "value" not in d:
+        return None
+    return f"value {d['value']}"
+
+
 # --- running ----------------------------------------------------------------
 
 

@@ -174,6 +174,15 @@ def action(step, r) -> Action:
     return Action(summary=command, targets=["localhost"], detail=detail, env=env)
 
 
+def details(action: Action) -> list[tuple[str, str]]:
+    rows = [("command", action.summary)]
+    if action.detail.get("cwd"):
+        rows.append(("in directory", action.detail["cwd"]))
+    if action.env:
+        rows.append(("environment", ", ".join(sorted(action.env)) + " (values not shown)"))
+    return rows
+
+
 class Capture:
     """One output stream, kept bounded while it is read: the first
     ``head`` bytes and the last ``limit - head`` bytes (the

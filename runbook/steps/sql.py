@@ -45,6 +45,7 @@ from runbook.errors import RunbookError
 from runbook.schema import parse_duration
 from runbook.secrets import LazySecret, Secret
 from runbook.steps import Action, StepResult
+from runbook.steps import base
 
 SCHEMA = S.Obj(
     {
@@ -92,6 +93,26 @@ PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
 
 def normalize(value) -> dict:
     return dict(value)
+
+
+def details(action: Action) -> list[tuple[str, str]]:
+    d = action.detail
+    how = "autocommit (each statement on its own)" if d.get("autocommit") else "in one transaction"
+    if d.get("readonly"):
+        how += ", READ ONLY" + (f", as role {d['role']}" if d.get("role") else "")
+    rows = [("statement", action.summary), ("runs", how)]
+    if d.get("statement_timeout"):
+        rows.append(("statement timeout", f"{d['statement_timeout']:g}s"))
+    return rows
+
+
+def observed(step, result: StepResult) -> str | None:
+    """The outputs, else the first row read."""
+    rows = result.data.get("rows")
+    if result.outputs or not rows:
+        return base.observed(step, result) if result.outputs else (None if rows is None else f"{len(rows)} rows")
+    first = ", ".join(f"{k} = {v}" for k, v in rows[0].items())
+    return first + (f" (first of {len(rows)} rows)" if len(rows) > 1 else "")
 
 
 def templates(body: dict) -> list[tuple[str, str, str]]:

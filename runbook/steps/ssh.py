@@ -266,6 +266,47 @@ def action(step, r) -> Action:
                   fan_out=_fan_out(names, inventory) or (f"{len(targets)} hosts" if len(targets) > 1 else ""))
 
 
+def details(action: Action) -> list[tuple[str, str]]:
+    """The remote command line as sent, and where it goes."""
+    d = action.detail
+    rows = [("command", action.summary), ("on", "\n".join(d.get("where") or action.targets))]
+    if len(action.targets) > 1:
+        rows.append(("at once", f"{min(int(d.get('forks') or 1), len(action.targets))} of {len(action.targets)} hosts"))
+    if d.get("secret_vars"):
+        rows.append(("sent on stdin", ", ".join(d["secret_vars"]) + " (values not shown)"))
+    return rows
+
+
+def observed(step, result: StepResult) -> str | None:
+    """The step's outputs, else each host's last line of output."""
+    hosts = result.data.get("hosts") if isinstance(result.data, dict) else None
+    if result.outputs or not hosts:
+        from runbook.steps import base
+
+        return base.observed(step, result)
+    shown = []
+    for name, r in hosts.items():
+        lines = [line.strip() for line in str(r.get("stdout") or "").splitlines() if line.strip()]
+        shown.append(f"{name}: {lines[-1] if lines else r.get('error') or r.get('status')}")
+    return ", ".join(shown)
+
+
+def output_sections(result: StepResult) -> list[tuple[str | None, str]]:
+    """One part per host, labelled with its name and how it ended."""
+    hosts = result.data.get("hosts") if isinstance(result.data, dict) else None
+    if not hosts:
+        from runbook.steps import base
+
+        return base.output_sections(result)
+    parts = []
+    for name, r in hosts.items():
+        label = f"{name} · {r.get('status')}" + (f" · exit {r['exit_code']}" if r.get("exit_code") is not None else "")
+        if r.get("error") and r.get("status") != "ok":
+            label += f" · {r['error']}"
+        parts.append((label, str(r.get("stdout") or "") + str(r.get("stderr") or "")))
+    return parts
+
+
 # --- running --------------------------------------------------------------------
 
 
