@@ -22,7 +22,7 @@ COMMANDS = {
     "show": "show a runbook's parameters and steps",
     "graph": "print the step graph (Mermaid or DOT)",
     "validate": "check runbooks: schema, graph, templates, safety rules",
-    "schema": "print the JSON Schema of runbook files",
+    "schema": "print the JSON Schema of runbook (or inventory) files",
     "audit": "list, show and verify recorded runs",
     "report": "the incident timeline of a run, in Markdown, for the post-mortem",
 }

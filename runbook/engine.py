@@ -585,6 +585,7 @@ class Engine:
         """Retries and until-polling around the kind's run."""
         deadline = time.monotonic() + step.timeout if step.timeout is not None else None
         attempt = 0
+        before = None  # why the last check that ran its course did not hold
         while True:
             attempt += 1
             self.step_ctx.timeout = max(0.0, deadline - time.monotonic()) if deadline is not None else None
@@ -602,13 +603,16 @@ class Engine:
                 if remaining is not None and remaining <= step.every:
                     if remaining > 0:
                         time.sleep(remaining)
-                    result.status = "timeout"
                     reason = result.error or last_error
+                    if result.status == "timeout" and before:  # this check only ran out of the step's time
+                        reason = f"{before} (the check after it was cut short by the step's timeout)"
+                    result.status = "timeout"
                     result.error = f"condition '{step.until}' not met after {step.timeout:g}s ({plural(attempt, 'check')})" + \
                         (f"; last: {reason}" if reason else "")
                     return result
                 if self.ui:
                     self.ui.polling(step, result, attempt, self._observed(step, result))
+                before = result.error or last_error if result.status != "timeout" else before
                 time.sleep(step.every)
                 continue
             if result.ok or result.status in ("refused",) or attempt > step.retries:

@@ -433,3 +433,22 @@ def test_dry_run_renders_arithmetic_on_run_time_values(write, main):
     r = main("run", p, "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "--replicas=<steps.probe.outputs.n * 2>" in r.stdout
+
+
+def test_a_last_check_cut_short_by_the_timeout_keeps_the_reason_before_it(write, main, tmp_path):
+    """The final poll can start with almost no time left; "did not finish" would hide why the
+    condition never held. The reason of the last check that ran its course is kept."""
+    marker = tmp_path / "seen"
+    p = book(write, f"""
+  verify:
+    - id: healthy
+      shell: "if [ -e {marker} ]; then sleep 30; else touch {marker}; echo 'replica lag 42s' >&2; exit 3; fi"
+      readonly: true
+      until: "exit_code == 0"
+      every: 0.1s
+      timeout: 1.5s
+""")
+    r = main("run", p)
+    assert r.returncode == 1
+    assert "not met after 1.5s (2 checks); last: " in r.stdout, r.stdout
+    assert "(the check after it was cut short by the step's timeout)" in r.stdout, r.stdout
