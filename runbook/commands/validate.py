@@ -84,16 +84,9 @@ def run(args) -> int:
     from pathlib import Path
 
     from runbook import spec
-    from runbook.errors import UsageError
     from runbook.validate import RULES, load_config
 
-    paths = [Path(p) for p in args.paths] or spec.search_path(None)
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise UsageError(f"no such file or folder: {', '.join(missing)}")
-    files = spec.runbook_files(paths)
-    if not files:
-        raise UsageError(f"no runbook files (*.yaml, *.yml) in {', '.join(map(str, paths))}")
+    files = _files([Path(p) for p in args.paths] or spec.search_path(None), spec.runbook_files, "", "runbook")
     config, config_problems = load_config(args.config)
     inventory = None
     problems_extra = list(config_problems)
@@ -171,15 +164,8 @@ def alert_coverage(rule_paths, results, runbooks, config):
     from pathlib import Path
 
     from runbook import alert_rules
-    from runbook.errors import UsageError
 
-    paths = [Path(p) for p in rule_paths]
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise UsageError(f"--alert-rules: no such file or folder: {', '.join(missing)}")
-    files = alert_rules.rule_files(paths)
-    if not files:
-        raise UsageError(f"--alert-rules: no rule files (*.yml, *.yaml) in {', '.join(map(str, paths))}")
+    files = _files([Path(p) for p in rule_paths], alert_rules.rule_files, "--alert-rules: ", "rule")
     loaded = [alert_rules.load_rule_file(f) for f in files]
     rules = [r for rf in loaded for r in rf.rules]
     cov = alert_rules.check(rules, runbooks, config, complete=all(rf.readable for rf in loaded))
@@ -236,3 +222,16 @@ def _sarif(problems) -> dict:
         "runs": [{"tool": {"driver": {"name": "runbook", "version": __version__, "informationUri": "https://pypi.org/project/runbook-executor/", "rules": rules}},
                   "results": results}],
     }
+
+
+def _files(paths, find, prefix: str, what: str) -> list:
+    """The files ``find`` finds under ``paths``; a usage error when a path is missing or none is found."""
+    from runbook.errors import UsageError
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UsageError(f"{prefix}no such file or folder: {', '.join(missing)}")
+    files = find(paths)
+    if not files:
+        raise UsageError(f"{prefix}no {what} files (*.yaml, *.yml) in {', '.join(map(str, paths))}")
+    return files
