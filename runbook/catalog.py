@@ -17,7 +17,23 @@ import json
 import os
 from pathlib import Path
 
-_VERSION = 1  # of the cache's format: another version is ignored (rebuilt)
+_FORMAT = 1  # of the cache's format
+
+
+def _version() -> list:
+    """Whose cache this is: the format, runbook's version, and the modification times of
+    its package folders (an upgrade or an edit of runbook replaces files there), so that a
+    file another version refused, or accepted, is read again."""
+    from runbook import __version__
+
+    here = Path(__file__).resolve().parent
+    stamps = []
+    for d in (here, here / "steps"):
+        try:
+            stamps.append(d.stat().st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return [_FORMAT, __version__, *stamps]
 
 
 def search_path(explicit: str | None = None) -> list[Path]:
@@ -49,25 +65,39 @@ def cache_path() -> Path:
     return Path(xdg or Path.home() / ".cache") / "runbook" / "catalog.json"
 
 
-def _load_cache(path: Path) -> dict:
+def _load_cache(path: Path, version: list) -> dict:
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or data.get("version") != _VERSION or not isinstance(data.get("files"), dict):
+    if not isinstance(data, dict) or data.get("version") != version or not isinstance(data.get("files"), dict):
         return {}
     return data["files"]
 
 
-def _save_cache(path: Path, files: dict) -> None:
+def _save_cache(path: Path, files: dict, version: list) -> None:
     """Atomically (a reader never sees half a file); a cache that cannot be written is no error."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": _VERSION, "files": files}, separators=(",", ":")))
+        tmp.write_text(json.dumps({"version": version, "files": files}, separators=(",", ":")))
         os.replace(tmp, path)
     except OSError:
-        pass
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def _valid(entry) -> bool:
+    """An entry as :func:`_entry` makes it (a cache is a file anyone may have edited)."""
+    if not isinstance(entry, dict):
+        return False
+    if "broken" in entry:
+        return isinstance(entry["broken"], str)
+    return (isinstance(entry.get("name"), str) and isinstance(entry.get("title"), str)
+            and isinstance(entry.get("severity"), (str, type(None)))
+            and isinstance(entry.get("alerts"), list) and all(isinstance(a, str) for a in entry["alerts"]))
 
 
 def _entry(f: Path) -> dict:
@@ -84,8 +114,8 @@ def _entry(f: Path) -> dict:
 def entries(files: list[Path]) -> list[tuple[Path, dict]]:
     """(file, entry) for each file, in order; an entry is either
     ``{"name", "title", "severity", "alerts"}`` or ``{"broken": first error}``."""
-    where = cache_path()
-    cache = _load_cache(where)
+    where, version = cache_path(), _version()
+    cache = _load_cache(where, version)
     out, changed, seen = [], False, set()
     for f in files:
         key = str(f.resolve())
@@ -96,7 +126,7 @@ def entries(files: list[Path]) -> list[tuple[Path, dict]]:
             continue
         stamp = [st.st_size, st.st_mtime_ns]
         hit = cache.get(key)
-        if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("entry"), dict):
+        if isinstance(hit, dict) and hit.get("stamp") == stamp and _valid(hit.get("entry")):
             out.append((f, hit["entry"]))
             continue
         entry = _entry(f)
@@ -107,5 +137,5 @@ def entries(files: list[Path]) -> list[tuple[Path, dict]]:
     for k in gone:
         del cache[k]
     if changed or gone:
-        _save_cache(where, cache)
+        _save_cache(where, cache, version)
     return out

@@ -655,9 +655,11 @@ MAX_RESTORABLE = 64 * 1024
 
 
 def _restorable(data: dict) -> dict | None:
-    """A step's kind-specific result fields (an answer, rows, items) as the
-    audit log keeps them, so that a resumed run's conditions see them again;
-    left out when too large to keep."""
+    """A step's kind-specific result fields (an answer, rows, items, each host's
+    result and outputs, aggregates) as the audit log keeps them, so that a
+    resumed run's conditions see them again.  When too large, long texts in them
+    (a host's output) are cut first, so that the structure — which host gave a
+    max, each host's outputs — survives; left out only when still too large."""
     if not data:
         return None
     try:
@@ -665,8 +667,25 @@ def _restorable(data: dict) -> dict | None:
     except (TypeError, ValueError):
         return None
     if len(text) > MAX_RESTORABLE:
-        return {"_truncated": len(text)}
+        slim = json.dumps(_cut_texts(json.loads(text)))
+        if len(slim) > MAX_RESTORABLE:
+            return {"_truncated": len(text)}
+        text = slim
     return json.loads(text)
+
+
+_KEPT_TEXT = 1024
+
+
+def _cut_texts(value):
+    """``value`` with every string over 1 KiB cut to its first KiB and a note."""
+    if isinstance(value, str):
+        return value if len(value) <= _KEPT_TEXT else value[:_KEPT_TEXT] + f"…[{len(value) - _KEPT_TEXT} more characters]"
+    if isinstance(value, dict):
+        return {k: _cut_texts(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut_texts(v) for v in value]
+    return value
 
 
 from runbook.outputs import convert  # noqa: E402,F401 - kept importable from here

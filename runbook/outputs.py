@@ -40,7 +40,10 @@ def convert(value: Any, type_: str | None) -> Any:
     if type_ == "integer":
         return int(str(value).strip())
     if type_ == "number":
-        return float(str(value).strip())
+        number = float(str(value).strip())
+        if number != number:  # NaN compares false with everything: a max over hosts would depend on their order
+            raise ValueError(f"{value!r} is not a number (NaN)")
+        return number
     if type_ == "boolean":
         low = str(value).strip().lower()
         if low in ("true", "yes", "1"):
@@ -134,7 +137,11 @@ def take(step_id: str, outputs: dict, result, per_host: dict[str, dict] | None) 
                 result.status, result.error = "failed", f"output '{name}': {exc}"
                 return
         return
-    hosts = {h: r for h, r in per_host.items() if r.get("status") == "ok"}
+    # every host whose command ran to its end: an `until` decides whatever the exit code
+    hosts = {h: r for h, r in per_host.items() if r.get("exit_code") is not None}
+    if not hosts:
+        result.status, result.error = "failed", "no host's command ran to its end, so no output could be read"
+        return
     for host, r in hosts.items():
         got: dict[str, Any] = {}
         for name, spec in outputs.items():

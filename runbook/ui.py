@@ -177,6 +177,23 @@ def _choice(c, question: str, options: dict[str, str], aliases: dict[str, str] |
         c.print(f"  [dim]please answer {esc(', '.join(keys))}[/]")
 
 
+def _fold(parts: list[tuple[str | None, str]]) -> list[tuple[str | None, str, list]]:
+    """Labelled parts (``"web-1 · ok · exit 0"``) with the same ending and the same text
+    folded into one (``"web-1, web-2 and 48 more · ok · exit 0"``), failures first:
+    (label, text, the names folded)."""
+    if len(parts) < 2 or any(label is None for label, _ in parts):
+        return [(label, text, [label]) for label, text in parts]
+    groups: dict[tuple[str, str], list[str]] = {}
+    for label, text in parts:
+        name, _, rest = label.partition(" · ")
+        groups.setdefault((rest, text), []).append(name)
+    out = []
+    for (rest, text), names in sorted(groups.items(), key=lambda g: g[0][0].startswith("ok")):  # stable: failures first
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        out.append((f"{shown} · {rest}" if rest else shown, text, names))
+    return out
+
+
 class ConsoleUI:
     """The live run's view.  On a terminal (guided mode): a header, a card per
     step with its output streamed as it comes, and choices before write steps
@@ -318,13 +335,22 @@ class ConsoleUI:
         parts = mod.output_sections(result)
         if not any(text.strip() for _, text in parts):
             return
-        lines = mod.SHOW_LINES if len(parts) == 1 else max(10, mod.SHOW_LINES // len(parts))
-        for label, text in parts:
+        parts = _fold(parts)
+        lines = mod.SHOW_LINES if len(parts) == 1 else max(5, mod.SHOW_LINES // len(parts))
+        budget = max(mod.SHOW_LINES, 40)  # lines for the whole step: 200 hosts must not flood the screen
+        for n, (label, text, _names) in enumerate(parts):
+            if budget <= 0:
+                rest = sum(len(p[2]) for p in parts[n:])
+                self._framed(f"… {plural(rest, 'more host')} not shown here (steps.{esc(step.id)}.hosts; all of it is in the audit log)")
+                break
             if label is not None:
                 self._output_label(label)
+                budget -= 1
             if text.strip():
-                excerpt = _excerpt(text, lines, head=mod.SHOW_OUTPUT == "head")
-                for line in self._r(excerpt).split("\n"):
+                excerpt = _excerpt(text, min(lines, max(1, budget)), head=mod.SHOW_OUTPUT == "head")
+                shown = self._r(excerpt).split("\n")
+                budget -= len(shown)
+                for line in shown:
                     self._framed(line)
 
     def _details(self, step, action) -> None:

@@ -40,8 +40,15 @@ def test_the_cache_follows_every_change(main, write, tmp_path):
 def test_a_bad_or_foreign_cache_is_a_miss_not_an_error(main, write, tmp_path):
     write("pb/a.yaml", RB.format(name="a", title="Real title"))
     catalog.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    key = str((tmp_path / "pb/a.yaml").resolve())
+    st = (tmp_path / "pb/a.yaml").stat()
+    stamp = [st.st_size, st.st_mtime_ns]
     for junk in ("{not json", json.dumps({"version": 99, "files": {}}), json.dumps([1, 2]),
-                 json.dumps({"version": 1, "files": {str((tmp_path / "pb/a.yaml").resolve()): {"stamp": [0, 0], "entry": {"name": "forged"}}}})):
+                 json.dumps({"version": catalog._version(), "files": {key: {"stamp": [0, 0], "entry": {"name": "forged"}}}}),
+                 # a current stamp, but an entry list could not print (missing fields, wrong types)
+                 json.dumps({"version": catalog._version(), "files": {key: {"stamp": stamp, "entry": {"name": "forged"}}}}),
+                 json.dumps({"version": catalog._version(), "files": {key: {"stamp": stamp, "entry": {
+                     "name": "forged", "title": "t", "severity": None, "alerts": None}}}})):
         catalog.cache_path().write_text(junk)
         r = main("list", "--path", str(tmp_path / "pb"))
         assert r.returncode == 0 and "Real title" in r.stdout and "forged" not in r.stdout, junk
@@ -81,3 +88,20 @@ def test_a_warm_list_reads_no_yaml_and_no_rich(write, tmp_path):
     warm = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert "'yaml'" in cold.stdout  # the first time, the file is read
     assert "LOADED []" in warm.stdout, warm.stdout + warm.stderr
+
+
+def test_another_runbook_version_does_not_reuse_the_cache(main, write, tmp_path, monkeypatch):
+    """A file one version refused may be valid for the next (and the reverse): the cache is keyed by
+    runbook's version and its package's modification times, not only the file's."""
+    import runbook
+
+    write("pb/a.yaml", RB.format(name="a", title="Listed"))
+    main("list", "--path", str(tmp_path / "pb"))
+    cached = json.loads(catalog.cache_path().read_text())
+    key = next(iter(cached["files"]))
+    cached["files"][key]["entry"] = {"broken": "refused by an older runbook"}
+    catalog.cache_path().write_text(json.dumps(cached))
+    assert "refused by an older runbook" in main("list", "--path", str(tmp_path / "pb")).stderr  # same version: trusted
+    monkeypatch.setattr(runbook, "__version__", "99.0")
+    r = main("list", "--path", str(tmp_path / "pb"))
+    assert "Listed" in r.stdout and "older runbook" not in r.stderr

@@ -748,9 +748,9 @@ def test_one_frame_for_every_kinds_output(capsys):
     screen = capsys.readouterr().out.splitlines()
     assert "  | streamed line" in screen
     assert ["  | n", "  | ---", "  | 152"] == [line for line in screen if line in ("  | n", "  | ---", "  | 152")]
-    i = screen.index("  +- web-1 · ok · exit 0")
-    assert screen[i + 1] == "  | 29%" and screen[i + 2] == "  +- web-2 · failed · exit 1 · exit code 1"
-    assert screen[i + 3:i + 5] == ["  | 70%", "  | warn"]
+    i = screen.index("  +- web-2 · failed · exit 1")  # failures first, the exit code said once
+    assert screen[i + 1:i + 3] == ["  | 70%", "  | warn"]
+    assert screen[i + 3:i + 5] == ["  +- web-1 · ok · exit 0", "  | 29%"]
     assert "HOST table" not in "\n".join(screen)  # the per-host parts replace the step's summary table
 
 
@@ -765,3 +765,30 @@ def test_counts_agree_with_their_nouns(tmp_path, capsys):
                       "one.yaml")
     ui.print_plan(rb, Engine(rb, resolve_params(rb, {}), options=Options(dry_run=True)).plan(), {}, Redactor())
     assert "1 step, 1 write step. Nothing was run." in capsys.readouterr().out
+
+
+def test_a_step_over_200_hosts_shows_failures_first_folds_the_same_output_and_stays_bounded(capsys, monkeypatch):
+    """One frame per host would print 200 labels and ~2,000 lines: the step's outcome would scroll
+    away. Hosts with the same ending and output fold into one part, failures come first, and the
+    whole step stays within SHOW_LINES."""
+    from runbook import ui
+    from runbook.spec import load_text
+    from runbook.steps import ssh as SSH
+
+    monkeypatch.setenv("COLUMNS", "200")
+    rb, _ = load_text("name: m\ntitle: M\nstages:\n  diagnose:\n    - id: up\n      ssh: {hosts: [a, b], command: uptime, forks: 10}\n      readonly: true\n", "m.yaml")
+
+    def host(i, status="ok", out="same\n"):
+        return {"status": status, "exit_code": 0 if status == "ok" else 2, "stdout": out, "stderr": "", "duration": 0.1,
+                "error": None if status == "ok" else "exit 2"}
+
+    hosts = {f"web-{i:03d}": host(i) for i in range(150)}
+    hosts.update({f"db-{i:03d}": host(i, out="".join(f"line {i}.{j}\n" for j in range(12))) for i in range(49)})
+    hosts["web-199"] = host(199, status="failed", out="disk full\n")
+    ui.ConsoleUI().step_finished(rb.steps[0], SSH._result([{"name": n} for n in hosts], hosts))
+    shown = capsys.readouterr().out.splitlines()
+    assert len(shown) <= SSH.SHOW_LINES + 5, len(shown)
+    labels = [line for line in shown if line.lstrip().startswith(("+-", "├─"))]
+    assert "web-199 · failed · exit 2" in labels[0] and "exit 2 · exit" not in labels[0]  # the failure first, said once
+    assert any("web-000, web-001, web-002 and 147 more · ok · exit 0" in line for line in shown)
+    assert any("more hosts not shown here" in line for line in shown)

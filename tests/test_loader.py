@@ -250,3 +250,20 @@ def test_validate_refuses_a_big_file_in_one_line(tmp_path, main):
     assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
     # just over the limit, the size is said in bytes ("1.0 MB is over the 1 MB limit" would not say much)
     assert f"{path}:1:1: error: {path.stat().st_size:,} bytes is over runbook's 1 MB limit" in out.stdout
+
+
+def test_merge_keys_and_long_aliased_texts_count_against_the_alias_budget():
+    """`<<: *a` copies every key of `a` into each mapping (400 x 400 = 160,000 values from 8 KB),
+    and an alias of a long text repeats all of it: both are expansions, refused like alias bombs."""
+    from runbook import yamlload
+
+    merges = "base: &a {" + ", ".join(f"k{i}: 1" for i in range(400)) + "}\nl:\n" + "- {<<: *a}\n" * 400
+    long_text = "s: &s '" + "x" * 300_000 + "'\nl:\n" + "- *s\n" * 600
+    for text in (merges, long_text):
+        assert len(text.encode()) < yamlload.MAX_FILE_BYTES
+        data, problems = yamlload.load(text, "bomb.yaml")
+        assert data is None and "aliases expand the document" in problems[0].message, problems[:1]
+    # ordinary merges and short aliases stay fine
+    ok = "base: &a {x: 1, y: 2}\nl:\n" + "- {<<: *a, z: 3}\n" * 50 + "t: &t hello\nu: [" + ", ".join(["*t"] * 50) + "]\n"
+    data, problems = yamlload.load(ok, "ok.yaml")
+    assert problems == [] and data["l"][49] == {"x": 1, "y": 2, "z": 3} and data["u"][0] == "hello"

@@ -60,7 +60,7 @@ def test_wrong_key_is_an_authentication_failure(write, main, sshd, ssh_known_hos
     r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts, key=other),
             env={"SSH_AUTH_SOCK": "", "HOME": str(tmp_path)})
     assert r.returncode == 1
-    assert f"authentication failed for {sshd.user}@h1 ({sshd.host}:{sshd.port}); tried: key {other}" in r.stdout
+    assert f"authentication failed for {sshd.user}@h1 ({sshd.host}:{sshd.port}); tried: key {other}" in " ".join(r.stdout.split())  # wrapped at 200 columns
 
 
 def test_unknown_host_key_is_refused_then_accept_new_adds_and_audits_it(write, main, sshd, tmp_path, audit_dir):
@@ -684,3 +684,66 @@ def test_an_aggregate_must_fit_its_type(write, main):
     p.write_text(p.read_text().replace("aggregate: max", "aggregate: median"))
     r = main("validate", p)
     assert r.returncode == 1 and "'median' is not one of max, min, sum, avg, count, any, all, list" in r.stdout
+
+
+def test_a_one_host_ssh_step_whose_until_holds_on_a_failed_command_still_reads_its_output(write, main, sshd, ssh_known_hosts):
+    """`until` decides whatever the exit code: the outputs of a host whose command exited 3 are still read."""
+    p = book(write, """
+  diagnose:
+    - id: probe
+      ssh: {hosts: h1, command: "echo 'active=0'; exit 3"}
+      readonly: true
+      until: "exit_code == 3"
+      every: 1s
+      timeout: 10s
+      outputs:
+        active: {regex: 'active=(\\d+)', type: integer}
+    - id: done
+      end: "active {{ steps.probe.outputs.active }}"
+""")
+    r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts))
+    assert "0 hosts" not in r.stdout, r.stdout
+    assert r.returncode == 0 and "active 0" in r.stdout, r.stdout + r.stderr
+
+
+def test_which_host_gave_the_max_survives_a_pause_and_resume(write, main, sshd, sshd_bastion, ssh_known_hosts, audit_dir):
+    """The hosts' outputs are large (40 KB each): over the audit log's 64 KB restore limit, the
+    outputs are cut, not the structure: a resume still knows which host gave the max."""
+    inv = _two_hosts(write, sshd, sshd_bastion, ssh_known_hosts)
+    cmd = _by_server(sshd, "29%", "70%") + "; head -c 40000 /dev/zero | tr '\\\\0' x; echo"
+    p = book(write, f"""
+  diagnose:
+    - id: disk
+      ssh: {{hosts: web, command: {json.dumps(cmd)}, forks: 2}}
+      readonly: true
+      outputs:
+        use: {{regex: '(\\d+)%', type: integer, aggregate: max}}
+  mitigate:
+    - id: clean
+      shell: "echo cleaning {{{{ steps.disk.aggregates.use.host }}}}"
+      timeout: 5s
+  verify:
+    - id: fine
+      shell: "true"
+      readonly: true
+""")
+    r = main("run", p, "--inventory", inv)  # no terminal, no --yes: pauses before the write
+    assert r.returncode == 3, r.stdout + r.stderr
+    run_id = [x for x in audit.read_records(audit_dir / "audit.jsonl") if x["type"] == "run_started"][0]["run"]
+    r = main("resume", run_id, "--yes", "--inventory", inv)
+    assert r.returncode == 0 and "cleaning web-2" in r.stdout, r.stdout + r.stderr
+
+
+# --- runbook list's cache --------------------------------------------------------------------
+
+
+def test_max_over_hosts_is_never_decided_by_a_nan():
+    """A probe printing "nan" (awk's 0/0) on the first host would make max() keep NaN, and every
+    `> 90` false: NaN is refused as a number, so the step fails instead of deciding wrongly."""
+    import pytest
+
+    from runbook import outputs
+
+    with pytest.raises(ValueError, match="not a number"):
+        outputs.convert(" NaN ", "number")
+    assert outputs.combine("max", {"web-1": 29.0, "web-2": 70.0, "web-3": 70.0}) == (70.0, "web-2")  # first on a tie

@@ -301,8 +301,8 @@ def output_sections(result: StepResult) -> list[tuple[str | None, str]]:
     parts = []
     for name, r in hosts.items():
         label = f"{name} · {r.get('status')}" + (f" · exit {r['exit_code']}" if r.get("exit_code") is not None else "")
-        if r.get("error") and r.get("status") != "ok":
-            label += f" · {r['error']}"
+        if r.get("error") and r.get("status") != "ok" and r["error"] not in (f"exit {r.get('exit_code')}", f"exit code {r.get('exit_code')}"):
+            label += f" · {r['error']}"  # not "exit 3 · exit code 3"
         parts.append((label, str(r.get("stdout") or "") + str(r.get("stderr") or "")))
     return parts
 
