@@ -59,7 +59,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from runbook.errors import RunbookError
+from runbook.errors import RunbookError, UsageError
 from runbook.secrets import Redactor
 
 LOG_NAME = "audit.jsonl"
@@ -1147,10 +1147,10 @@ def run_records(path: str | os.PathLike[str], run_id: str) -> list[dict[str, Any
     if run_id in runs:
         return runs[run_id]
     if not runs:
-        raise RunbookError(f"no run {run_id!r} in the audit log {path} (see `runbook audit list`)")
+        raise UsageError(f"no run {run_id!r} in the audit log {path} (see `runbook audit list`)")
     if len(runs) > 1:
         shown = ", ".join(list(runs)[:5]) + (", ..." if len(runs) > 5 else "")
-        raise RunbookError(f"run id {run_id!r} is ambiguous: {len(runs)} runs start with it ({shown})")
+        raise UsageError(f"run id {run_id!r} is ambiguous: {len(runs)} runs start with it ({shown})")
     return next(iter(runs.values()))
 
 

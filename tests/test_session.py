@@ -604,6 +604,7 @@ def test_usage_errors_exit_2_and_say_so_in_one_line(main):
         (("run", "high-error-rate", "--path", pb, "--dry-run", "--env", "nowhere"), "unknown environment 'nowhere'"),
         (("run", "high-error-rate", "--path", pb, "--dry-run", "--start-at", "nope"), "--start-at nope"),
         (("run", "high-error-rate", "--no-such-flag"), "unrecognized arguments"),
+        (("list", "--path", "/no/such/folder"), "no runbooks found"),
     ]:
         r = main(*args, cwd=ROOT)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
@@ -613,3 +614,14 @@ def test_usage_errors_exit_2_and_say_so_in_one_line(main):
 def test_a_remote_deadline_that_cannot_be_read_is_said_not_a_crash():
     lines = procs.running_lines([{"type": "step_process", "step": "s", "hosts": ["a"], "deadline": "x"}])
     assert lines == ["step s: its remote command on a may still be running (its deadline 'x' cannot be read)"]
+
+
+def test_an_unknown_run_id_is_a_usage_error(main):
+    """resume, report and audit show of a run the log does not have: exit 2, one line."""
+    from conftest import ROOT
+
+    main("run", str(ROOT / "playbooks" / "high-error-rate.yaml"), "--dry-run")  # a log exists
+    for args in (("resume", "20990101T000000Z-nope00"), ("report", "20990101T000000Z-nope00"),
+                 ("audit", "show", "20990101T000000Z-nope00")):
+        r = main(*args)
+        assert r.returncode == 2 and "no run '20990101T000000Z-nope00'" in r.stderr, (args, r.returncode, r.stderr)

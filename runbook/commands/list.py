@@ -24,9 +24,9 @@ def run(args) -> int:
     paths = catalog.search_path(args.path)
     files = catalog.runbook_files(paths)
     if not files:
-        from runbook.errors import RunbookError
+        from runbook.errors import UsageError
 
-        raise RunbookError(f"no runbooks found in {', '.join(map(str, paths))} (use --path DIR or set RUNBOOK_PATH)")
+        raise UsageError(f"no runbooks found in {', '.join(map(str, paths))} (use --path DIR or set RUNBOOK_PATH)")
     rows, broken = [], []
     for f, entry in catalog.entries(files):
         if "broken" in entry:
