@@ -76,7 +76,9 @@ import threading
 import time
 from pathlib import Path
 
-sys.dont_write_bytecode = True  # keep bench/ and tests/ free of __pycache__
+# keep bench/ and tests/ free of __pycache__; the children this script starts to time or profile runbook in
+# process write theirs under the temporary folder (PYTHONPYCACHEPREFIX), as `python -m runbook` does
+sys.dont_write_bytecode = not os.environ.get("PYTHONPYCACHEPREFIX")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, child_env, machine, median, run_rusage, runbook_cmd, verdict  # noqa: E402
 
@@ -100,14 +102,18 @@ PR_SET_CHILD_SUBREAPER = 36
 LIKE_KEX = "curve25519-sha256@libssh.org"
 
 FLOOR_SRC = r'''
+import time
+started = time.time()
 import json, socket, sys, threading
 import paramiko
+imported = time.time()
 
 cfg = json.load(sys.stdin)
 names, commands = cfg["names"], cfg["commands"]
 key = paramiko.Ed25519Key.from_private_key_file(cfg["key"])  # the same key, read once
 barrier = threading.Barrier(len(names))  # a command starts on every host once the last one ended (as steps do)
 results = {}
+connected = []
 
 def one(name):
     out = []
@@ -119,6 +125,7 @@ def one(name):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.connect(cfg["address"], port=cfg["port"], username=cfg["user"], pkey=key, sock=sock, timeout=30,
                        banner_timeout=30, auth_timeout=30, allow_agent=False, look_for_keys=False)
+        connected.append(time.time())
         for command in commands:
             _, stdout, stderr = client.exec_command(command)
             text, err = stdout.read().decode(), stderr.read().decode()
@@ -137,6 +144,8 @@ for t in threads:
 for t in threads:
     t.join()
 json.dump(results, sys.stdout)
+json.dump({"started": started, "imported": imported, "connected": max(connected, default=None), "done": time.time()},
+          sys.stderr)  # the floor's own timeline, for the breakdown
 '''
 
 
@@ -285,10 +294,11 @@ class Bench:
     def _measure(self, cmd: list[str], env: dict, stdin=subprocess.DEVNULL):
         before_conn = self.srv.connections()
         s0 = _server_cpu(self.srv.pid)
+        spawned = time.time()
         wall, code, out, err, cpu, rss = run_rusage(cmd, cwd=self.tmp, env=env, stdin=stdin)
         time.sleep(0.3)  # let sshd log the last logins and reap its handlers
         info = {"conns": self.srv.connections() - before_conn, "server_cpu": _server_cpu(self.srv.pid) - s0,
-                "rss": rss}
+                "rss": rss, "spawned": spawned}
         return wall, code, out, err, cpu, info
 
     def runbook(self, book: str, n: int) -> Sample:
@@ -332,6 +342,11 @@ class Bench:
             raise SystemExit(f"bench: the paramiko floor ({book}, {n} hosts): {problem}")
         if info["conns"] != n:
             raise SystemExit(f"bench: the paramiko floor ({book}, {n} hosts): sshd accepted {info['conns']} logins")
+        tl = json.loads(err.strip().splitlines()[-1])
+        info["timeline"] = {"interpreter start + import paramiko": tl["imported"] - info["spawned"],
+                            "connections (the last one ready)": tl["connected"] - tl["imported"],
+                            "commands after the last connection": tl["done"] - tl["connected"],
+                            "interpreter exit": info["spawned"] + wall - tl["done"]}
         return Sample(wall, cpu, info)
 
     def plain_ssh(self, kex: str | None = None) -> Sample:
@@ -495,7 +510,7 @@ def breakdown_child(book: Path, inv: Path) -> str:
     import contextlib
     from collections import defaultdict
 
-    t_start = time.perf_counter()
+    t_start, abs_start = time.perf_counter(), time.time()
     calls: dict[str, list[tuple[float, float]]] = defaultdict(list)
 
     def wrap(owner, attr: str, label: str) -> None:
@@ -545,7 +560,7 @@ def breakdown_child(book: Path, inv: Path) -> str:
         rows[label] = {"n": len(xs), "sum": sum(spans), "median": median(spans), "max": max(spans),
                        "first": min(s for s, _ in xs) - t0, "last": max(e for _, e in xs) - t0}
     return json.dumps({"code": code, "imports": t_imported - t_start, "fabric_import": t_fabric - t_imported,
-                       "main": t1 - t0, "cpu": c1 - c0, "rows": rows,
+                       "main": t1 - t0, "cpu": c1 - c0, "rows": rows, "abs_start": abs_start, "abs_end": time.time(),
                        "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -554,13 +569,16 @@ def breakdown(bench: Bench, book: str, n: int, runs: int = 3) -> str:
     got = []
     for i in range(runs):
         env = bench.env(bench.audit_root / f"breakdown-{book}-{n}-{i}")
+        spawned = time.time()
         wall, code, out, err, cpu, rss = run_rusage(
             [sys.executable, __file__, "--breakdown-child", str(bench.rb[f"{book}-{n}"]), str(bench.rb[f"inv-{n}"])],
             cwd=bench.tmp, env=env)
         if code != 0:
             return f"breakdown failed (exit {code}):\n{out[-2000:]}{err[-3000:]}"
-        d = json.loads(out)
+        d = json.loads(out.splitlines()[-1])
         d["wall"], d["proc_cpu"] = wall, cpu
+        d["startup"] = d["abs_start"] - spawned  # interpreter, site, this script's own imports
+        d["teardown"] = spawned + wall - d["abs_end"]  # after main: printing this, interpreter exit
         got.append(d)
         time.sleep(0.3)
 
@@ -570,10 +588,11 @@ def breakdown(bench: Bench, book: str, n: int, runs: int = 3) -> str:
     wall, main_s = med(lambda d: d["wall"]), med(lambda d: d["main"])
     lines = [f"{book}.yaml on {n} hosts, medians of {runs} fresh processes: wall {wall:.3f} s (process CPU "
              f"{med(lambda d: d['proc_cpu']):.3f} s, peak RSS {med(lambda d: d['rss']):.1f} MiB)",
-             f"  {'interpreter start + site (wall − the rest)':<48} {wall - main_s - med(lambda d: d['imports'] + d['fabric_import']):7.3f} s",
+             f"  {'interpreter start, site, the timer script':<48} {med(lambda d: d['startup']):7.3f} s",
              f"  {'import runbook.cli, audit, ui, ssh step':<48} {med(lambda d: d['imports']):7.3f} s",
              f"  {'import fabric + paramiko (the step does it lazily)':<48} {med(lambda d: d['fabric_import']):7.3f} s",
              f"  {'runbook.cli.main(run …) in all':<48} {main_s:7.3f} s   (CPU of main {med(lambda d: d['cpu']):.3f} s)",
+             f"  {'after main: interpreter exit':<48} {med(lambda d: d['teardown']):7.3f} s",
              f"  {'timer':<48} {'calls':>6} {'Σ wall':>8} {'median':>8} {'max':>8} {'first@':>8} {'last@':>8}  (s; @: since main)"]
     labels = sorted({k for d in got for k in d["rows"]}, key=lambda k: med(lambda d: d["rows"].get(k, {"first": 9e9})["first"]))
     for k in labels:
@@ -789,6 +808,9 @@ def main() -> int:
         print()
         if a.breakdown or not ok_all:
             for book, size in [("one", n), *([("one", max(sizes))] if len(sizes) > 1 else []), ("five", n)]:
+                fl = res[(book, size, "floor")]
+                print(f"the floor, {book} on {size} hosts (medians of its {len(fl)} timed runs above): " + "; ".join(
+                    f"{k} {median([s.info['timeline'][k] for s in fl]):.3f} s" for k in fl[0].info["timeline"]))
                 print(breakdown(bench, book, size) + "\n")
         if a.profile:
             for book in ("one", "five"):
