@@ -567,7 +567,12 @@ def _open(ctx, target: dict, settings: dict, by_name: dict, seen: frozenset):
                               "connect_kwargs": {"banner_timeout": settings["connect_timeout"],
                                                  "auth_timeout": settings["connect_timeout"]}}
     if settings["identity_file"]:
-        kwargs["connect_kwargs"]["key_filename"] = [os.path.expanduser(str(settings["identity_file"]))]
+        path = os.path.expanduser(str(settings["identity_file"]))
+        pkey = _identity(path)
+        if pkey is not None:  # tried first, as paramiko tries the first key_filename
+            kwargs["connect_kwargs"]["pkey"] = pkey
+        else:
+            kwargs["connect_kwargs"]["key_filename"] = [path]
     conn = Connection(target["address"], user=target.get("user"), port=target.get("port"), config=Config(),
                       gateway=gateway, **kwargs)
     if gateway is False and conn.ssh_config.get("proxycommand") and conn.ssh_config["proxycommand"].lower() != "none":
@@ -596,6 +601,40 @@ def _open(ctx, target: dict, settings: dict, by_name: dict, seen: frozenset):
     conn.transport.set_keepalive(30)
     ctx.connections[key] = conn
     return conn
+
+
+_identities: dict[str, tuple[tuple, Any]] = {}
+_identities_lock = threading.Lock()
+
+
+def _identity(path: str):
+    """The inventory's identity file as a paramiko key, read once per process (while the file is
+    unchanged) instead of three times per host: with ``key_filename`` paramiko parses the file as RSA,
+    then ECDSA, then Ed25519, for every connection.  None when it is anything but a plain private
+    key that loads without a passphrase (encrypted, with a certificate beside it, unreadable): then
+    paramiko reads it as before, and says what is wrong in its own words."""
+    import paramiko
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _identities_lock:
+        cached = _identities.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        if os.path.isfile(path + "-cert.pub"):
+            return None
+        key = None
+        for cls in (paramiko.RSAKey, paramiko.ECDSAKey, paramiko.Ed25519Key):  # paramiko's order
+            try:
+                key = cls.from_private_key_file(path)
+                break
+            except Exception:  # noqa: BLE001, S112 - not this type, encrypted or unreadable: paramiko decides
+                continue
+        _identities[path] = (stamp, key)
+        return key
 
 
 def _connect_error(target: dict, settings: dict, exc: BaseException) -> str:
