@@ -707,7 +707,13 @@ def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channel
             if deadline is not None and time.monotonic() > deadline:
                 return None, out.text(), err.text(), True
             if not got:
-                select.select([chan], [], [], 0.05)
+                if chan.eof_received:
+                    # Both streams are at their end and only the exit status is missing: wait for it. (The
+                    # channel's pipe stays readable after EOF, so select would return at once: with 50 hosts,
+                    # 50 threads spun on the GIL until sshd sent each exit status.)
+                    chan.status_event.wait(0.05)  # set by the exit status and by the channel's close
+                else:
+                    select.select([chan], [], [], 0.05)
         code = chan.recv_exit_status()
         return (None if code == -1 else code), out.text(), err.text(), False
     finally:
