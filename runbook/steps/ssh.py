@@ -95,6 +95,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 KILL_AFTER = 5  # seconds between TERM and KILL for a timed-out remote command
 _DEADLINE_SLACK = 2  # seconds: the remote `timeout` starts a little after the command is sent
+_EOF_GRACE = 2.0  # seconds of silence after the exit status, waiting for the output's end (EOF)
 
 
 def normalize(value) -> dict:
@@ -692,6 +693,7 @@ def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channel
             chan.sendall("".join(s + "\n" for s in secrets).encode())
         chan.shutdown_write()
         out, err = Capture(MAX_CAPTURE, HEAD_KEEP), Capture(MAX_CAPTURE, HEAD_KEEP)
+        quiet_since = None  # when the exit status was there and no output came any more
         while True:
             got = False
             while chan.recv_ready():
@@ -701,7 +703,16 @@ def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channel
                 err.add(chan.recv_stderr(65536))
                 got = True
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                break
+                # sshd may send the exit status before the last output (it has not read the command's
+                # pipe yet): the output is whole at EOF. A background process that keeps the output
+                # open holds EOF back; it is not waited for more than _EOF_GRACE seconds of silence.
+                if chan.eof_received or chan.closed:
+                    break
+                now = time.monotonic()
+                if got or quiet_since is None:
+                    quiet_since = now
+                elif now - quiet_since >= _EOF_GRACE:
+                    break
             if stop.is_set():
                 raise KeyboardInterrupt
             if deadline is not None and time.monotonic() > deadline:
