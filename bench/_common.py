@@ -55,3 +55,23 @@ def machine() -> str:
 
 def verdict(name: str, ok: bool, detail: str) -> None:
     print(f"TARGET {name}: {'MET' if ok else 'MISSED'} ({detail})")
+
+
+def run_rusage(cmd: list[str], *, cwd: Path | str = REPO, env: dict | None = None, stdin=subprocess.DEVNULL):
+    """Run ``cmd`` to its end: (wall s, returncode, stdout, stderr, CPU s, peak RSS in MiB).
+
+    CPU (user + sys) and peak RSS are the child's own, from ``wait4`` (its waited-for descendants
+    included), not this process's running RUSAGE_CHILDREN totals. Output goes through temporary
+    files, so no reader thread competes with the child."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, cwd=cwd, env=env or child_env(), stdin=stdin, stdout=out, stderr=err)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return (wall, p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024)

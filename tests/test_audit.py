@@ -520,4 +520,4 @@ def test_cli_list_and_show(tmp_path: Path) -> None:
     assert [r["type"] for r in records] == ["run_started", "step_intent", "decision", "step_result", "run_finished"]
 
     unknown = main("show", "1999", audit_dir=tmp_path)
-    assert unknown.returncode == 1 and "no run" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert unknown.returncode == 2 and "no run" in unknown.stderr and "Traceback" not in unknown.stderr

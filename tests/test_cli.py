@@ -91,7 +91,7 @@ def test_list_from_path_env_and_default(cli, write, tmp_path):
     r = cli("list", "--format", "json")
     assert [x["name"] for x in json.loads(r.stdout)] == ["local-one"]
     r = cli("list", "--path", tmp_path / "nowhere")
-    assert r.returncode == 1 and "no runbooks found" in r.stderr
+    assert r.returncode == 2 and "no runbooks found" in r.stderr
 
 
 def test_show(cli):

@@ -359,7 +359,7 @@ def test_cli_unknown_and_ambiguous_ids(main, write, tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
     assert main("run", "t.yaml", "--dry-run").returncode == 0
     r = main("report", "20")
-    assert r.returncode == 1 and "ambiguous" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode == 2 and "ambiguous" in r.stderr and r.stderr.count("\n") == 1
     r = main("report")
     assert r.returncode == 2 and "RUN_ID" in r.stderr
 

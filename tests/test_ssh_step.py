@@ -747,3 +747,100 @@ def test_max_over_hosts_is_never_decided_by_a_nan():
     with pytest.raises(ValueError, match="not a number"):
         outputs.convert(" NaN ", "number")
     assert outputs.combine("max", {"web-1": 29.0, "web-2": 70.0, "web-3": 70.0}) == (70.0, "web-2")  # first on a tie
+
+
+def test_fan_out_records_every_host_before_its_command_and_the_log_stays_sealed(write, main, sshd, ssh_known_hosts,
+                                                                                audit_dir):
+    names = tuple(f"web-{i:02d}" for i in range(20))
+    inv = inventory(write, sshd, ssh_known_hosts, names=names, groups={"web": {"hosts": list(names)}})
+    p = book(write, """
+  diagnose:
+    - id: first
+      ssh: {hosts: web, command: "echo one", forks: 20}
+      readonly: true
+      timeout: 30s
+    - id: second
+      ssh: {hosts: web, command: "echo two", forks: 20}
+      readonly: true
+""")
+    before = sshd.connections()
+    r = main("run", p, "--inventory", inv)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sshd.connections() - before == 20  # the second step reuses the connections (and the workers)
+    recs = list(audit.read_records(audit_dir / "audit.jsonl"))
+    for step in ("first", "second"):
+        intent = next(i for i, x in enumerate(recs) if x["type"] == "step_intent" and x["step"] == step)
+        result = next(i for i, x in enumerate(recs) if x["type"] == "step_result" and x["step"] == step)
+        procs = [x for x in recs[intent:result] if x["type"] == "step_process"]
+        # several hosts may share a record (group commit), but every host is in exactly one
+        assert sorted(h for x in procs for h in x["hosts"]) == list(names)
+        assert all((x["deadline"] is not None) == (step == "first") for x in procs)
+        assert sorted(recs[result]["data"]["hosts"]) == list(names)
+    assert audit.verify(audit_dir / "audit.jsonl").ok
+
+
+def test_group_commit_writes_waiting_hosts_together_and_fails_them_together():
+    import threading
+
+    from runbook.steps.ssh import _GroupCommit
+
+    writes: list[list[str]] = []
+    release = threading.Event()
+    fail = {"on": None}
+
+    def write(names):
+        writes.append(list(names))
+        if len(writes) == 1:
+            release.wait(10)  # the first record is slow: the other hosts queue meanwhile
+        if fail["on"] == len(writes):
+            raise OSError("disk full")
+
+    commit = _GroupCommit(write)
+    errors: dict[str, BaseException] = {}
+
+    def host(name):
+        try:
+            commit(name)
+        except BaseException as exc:  # noqa: BLE001
+            errors[name] = exc
+
+    first = threading.Thread(target=host, args=("h0",))
+    first.start()
+    while not writes:
+        time.sleep(0.01)
+    others = [threading.Thread(target=host, args=(f"h{i}",)) for i in range(1, 10)]
+    for t in others:
+        t.start()
+    while len(commit._pending) < 9:
+        time.sleep(0.01)
+    fail["on"] = 2  # the second record fails: none of its hosts may go on
+    release.set()
+    for t in [first, *others]:
+        t.join(10)
+    assert writes[0] == ["h0"] and sorted(writes[1]) == [f"h{i}" for i in range(1, 10)] and len(writes) == 2
+    assert "h0" not in errors and sorted(errors) == [f"h{i}" for i in range(1, 10)]
+    assert all(isinstance(e, OSError) for e in errors.values())
+    commit("alone")  # a lone host is written at once
+    assert writes[-1] == ["alone"]
+
+
+def test_output_after_the_exit_status_is_kept_and_a_background_holder_is_not_waited_for(write, main, sshd,
+                                                                                       ssh_known_hosts, audit_dir):
+    # sshd may send the exit status before it has forwarded the command's last output: the output is
+    # read until EOF. A background process holding the output open only delays the step by a grace period.
+    p = book(write, """
+  diagnose:
+    - id: late
+      ssh: {hosts: h1, command: "exec 3>&1; (sleep 0.5; echo late-output >&3) & exit 0"}
+      readonly: true
+    - id: holder
+      ssh: {hosts: h1, command: "(sleep 30 &); echo done"}
+      readonly: true
+""")
+    started = time.monotonic()
+    r = main("run", p, "--inventory", inventory(write, sshd, ssh_known_hosts))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert time.monotonic() - started < 20
+    results = {x["step"]: x for x in audit.read_records(audit_dir / "audit.jsonl") if x["type"] == "step_result"}
+    assert results["late"]["data"]["hosts"]["h1"]["stdout"] == "late-output\n"
+    assert results["holder"]["data"]["hosts"]["h1"]["stdout"] == "done\n"
