@@ -354,7 +354,7 @@ def test_cli_unknown_and_ambiguous_ids(main, write, tmp_path: Path) -> None:
     assert r.stderr.startswith("runbook: error: no runs recorded in ") and r.stderr.count("\n") == 1
     _live_run(main, write, tmp_path)
     r = main("report", "nope")
-    assert r.returncode == 1 and r.stdout == ""
+    assert r.returncode == 2 and r.stdout == ""  # a usage error
     assert r.stderr.startswith("runbook: error: no run 'nope' in the audit log") and r.stderr.count("\n") == 1
     assert "Traceback" not in r.stderr
     assert main("run", "t.yaml", "--dry-run").returncode == 0
