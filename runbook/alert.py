@@ -82,6 +82,9 @@ def read_payload(source: str) -> dict:
     except json.JSONDecodeError as exc:
         raise UsageError(f"--alert {where}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                          "expected an Alertmanager webhook payload") from None
+    except RecursionError:  # arrays or objects nested deeper than Python's parser goes: no webhook is like that
+        raise UsageError(f"--alert {where}: nested too deeply to read (arrays or objects within each other "
+                         "hundreds of levels down); expected an Alertmanager webhook payload") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("alerts"), list):
         raise UsageError(f"--alert {where}: not an Alertmanager webhook payload (no 'alerts' list)")
     return doc
@@ -137,7 +140,7 @@ def _by_annotation(alert: Alert, runbooks: dict[str, str]) -> tuple[str, str] | 
         # a name only: an annotation (data from elsewhere) never picks a file outside the runbook path
         name = Path(ref).stem if ref.endswith((".yaml", ".yml")) else ref
         if name not in runbooks:
-            raise RunbookError(f"alert {alert.name}'s 'runbook' annotation names '{ref}', which is not a runbook on the "
+            raise UsageError(f"alert {alert.name}'s 'runbook' annotation names '{ref}', which is not a runbook on the "
                                f"runbook path (runbook list shows them)")
         return name, f"its 'runbook' annotation ({ref})"
     url = alert.annotations.get("runbook_url")
@@ -174,7 +177,7 @@ def choose_runbook(alerts: list[Alert], paths: list[Path]) -> tuple[str, str]:
         if found is None:
             names = sorted(set(answers.get(a.name, [])))
             if not names:
-                raise RunbookError(f"no runbook answers alert {a.name}: none has it in its 'alerts:' list and the alert has no "
+                raise UsageError(f"no runbook answers alert {a.name}: none has it in its 'alerts:' list and the alert has no "
                                    f"'runbook' annotation; add {a.name} to a runbook's alerts, or name the runbook: "
                                    f"runbook run NAME --alert …")
             if len(names) > 1:

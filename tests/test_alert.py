@@ -112,16 +112,18 @@ def test_annotation_naming_no_runbook_or_a_path_is_refused(main, write, tmp_path
     for ref in ("nope", "../../etc/evil.yaml"):
         doc["alerts"][0]["annotations"]["runbook"] = ref
         r = main("run", "--alert", payload(tmp_path, doc), "--dry-run")
-        assert r.returncode == 1
+        assert r.returncode == 2  # a usage error: nothing ran
         assert f"'runbook' annotation names '{ref}', which is not a runbook" in r.stderr
         assert "Traceback" not in r.stderr
 
 
-def test_no_runbook_answers_the_alert(main, write, tmp_path):
+def test_no_runbook_answers_the_alert(main, write, tmp_path, audit_dir):
     books(write, SLOW)
-    r = main("run", "--alert", payload(tmp_path), "--dry-run")
-    assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].startswith("runbook: error: no runbook answers alert HighErrorRate")
+    for extra in (["--dry-run"], []):  # a usage error (exit 2), dry-run or not: nothing ran
+        r = main("run", "--alert", payload(tmp_path), *extra)
+        assert r.returncode == 2, (extra, r.returncode, r.stderr)
+        assert r.stderr.strip().splitlines()[-1].startswith("runbook: error: no runbook answers alert HighErrorRate")
+    assert not (audit_dir / "audit.jsonl").exists() or not [x for x in records(audit_dir) if x.get("type") == "run_started"]
 
 
 def test_two_runbooks_answer_the_alert(main, write, tmp_path):
@@ -148,6 +150,14 @@ def test_bad_payloads(main, write, tmp_path):
     assert r.returncode == 2 and "not an Alertmanager webhook payload" in r.stderr
     r = main("run", "--alert", tmp_path / "missing.json")
     assert r.returncode == 2 and "cannot read it" in r.stderr
+
+
+def test_a_deeply_nested_alert_payload_is_a_usage_error_not_an_internal_error(main, tmp_path):
+    p = tmp_path / "deep.json"
+    p.write_text("[" * 100_000 + "]" * 100_000)  # 200 KB: under the 1 MB limit, too deep for the JSON parser
+    r = main("run", "--alert", p, "--dry-run")
+    assert "internal error" not in r.stderr and r.returncode == 2, (r.returncode, r.stderr)
+    assert "nested too deeply" in r.stderr, r.stderr
 
 
 def test_label_values_must_pass_the_parameter_checks(main, write, tmp_path):
