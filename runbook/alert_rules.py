@@ -2,7 +2,9 @@
 
 A rule file is Prometheus's ``groups: [{name, rules: [{alert, expr, for, labels,
 annotations}]}]``, or a Kubernetes ``PrometheusRule`` (its ``spec.groups``; several
-``---`` documents and ``kind: List`` are read too).  Recording rules (``record:``) are
+``---`` documents and ``kind: List`` are read too).  A document of any other ``kind``
+(a ServiceMonitor beside the PrometheusRule in ``helm template`` output) is skipped
+with a note.  Recording rules (``record:``) are
 checked for shape and otherwise ignored.
 
 An alert is answered the way ``runbook run --alert`` (:mod:`runbook.alert`) would
@@ -127,6 +129,14 @@ def load_rule_file(path: str | Path) -> RuleFile:
                 return
             for i, item in enumerate(items):
                 document(item, f"items[{i}]: ")
+            return
+        if doc.get("kind") is not None and doc.get("kind") not in ("PrometheusRule", "List"):
+            # helm template / kustomize build: the PrometheusRule beside the ServiceMonitor, the Deployment…
+            meta = doc.get("metadata")
+            name = meta.get("name") if isinstance(meta, Map) else None
+            what = f"{doc['kind']}" + (f" '{name}'" if isinstance(name, str) else "")
+            problems.append(Problem(path, *doc.vpos("kind"), f"{where}skipped: a {what} holds no alerting rules "
+                                    "(only PrometheusRule objects and plain rule files are read)", "info", FORMAT))
             return
         if "groups" in doc:
             groups(doc, "groups")

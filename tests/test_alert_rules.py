@@ -222,6 +222,53 @@ def test_a_prometheus_rule_object_and_several_documents(write, main):
     assert sorted(a["alert"] for a in data["alert_rules"]["alerts"]) == ["NATSDown", "RedisDown", "RedisDown"]
 
 
+def test_a_manifest_with_a_prometheusrule_beside_other_kinds_is_read_not_an_error(write, main):
+    """helm template / kustomize build put a PrometheusRule beside a ServiceMonitor in one file,
+    and kubectl get -o yaml a List of several kinds: the others are skipped with a note."""
+    rb = runbook(write, "api", ["HighErrorRate", "Other"])
+    manifest = write("monitoring.yaml", """\
+        apiVersion: monitoring.coreos.com/v1
+        kind: PrometheusRule
+        metadata: {name: api}
+        spec:
+          groups:
+            - name: g
+              rules:
+                - alert: HighErrorRate
+                  expr: up == 0
+        ---
+        apiVersion: monitoring.coreos.com/v1
+        kind: ServiceMonitor
+        metadata: {name: api}
+        spec:
+          endpoints: [{port: web}]
+        ---
+        apiVersion: v1
+        kind: List
+        items:
+          - apiVersion: v1
+            kind: ConfigMap
+            data: {groups: "not read"}
+          - apiVersion: monitoring.coreos.com/v1
+            kind: PrometheusRule
+            spec:
+              groups:
+                - name: h
+                  rules:
+                    - alert: Other
+                      expr: up == 0
+        """)
+    r = main("validate", rb, "--alert-rules", manifest, "--strict")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert lines(r) == [
+        f"{manifest}:12:7: info: document 2: skipped: a ServiceMonitor 'api' holds no alerting rules "
+        "(only PrometheusRule objects and plain rule files are read) [alert-rules]",
+        f"{manifest}:21:11: info: items[0]: skipped: a ConfigMap holds no alerting rules "
+        "(only PrometheusRule objects and plain rule files are read) [alert-rules]",
+    ], r.stdout
+    assert "2 alerting rules in 1 file, 2 answered by a runbook" in r.stderr  # and no RB202: both rules were read
+
+
 @pytest.mark.parametrize("text, where, what", [
     ("groups:\n  - name: g\n    rules:\n      - alert: \"unclosed\n        expr: x\n", "6:1", "YAML syntax error"),
     ("groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: [x\n", "6:1", "YAML syntax error"),
