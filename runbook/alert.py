@@ -45,14 +45,20 @@ class Alert:
     generator_url: str | None = None
     ends_at: str | None = None  # a resolved alert's endsAt (a firing one's is a guess or the zero time)
     others: list[str] = field(default_factory=list)  # fingerprints of the group's other alerts handled by this run
+    others_starts: dict[str, str] = field(default_factory=dict)  # their startsAt, by fingerprint (which incident)
 
     def record(self) -> dict[str, Any]:
-        """What the audit log keeps of the alert."""
+        """What the audit log keeps of the alert (``also``: the group's other alerts this
+        run handles; ``also_startsAt``: when each started, so that a resolution of a later
+        incident of one of them is not taken for this run's)."""
         d = {"name": self.name, "status": self.status, "labels": self.labels, "startsAt": self.starts_at,
              "fingerprint": self.fingerprint, "generatorURL": self.generator_url,
              "endsAt": self.ends_at if self.resolved else None}
         if self.others:
             d["also"] = self.others
+            starts = {fp: self.others_starts[fp] for fp in self.others if self.others_starts.get(fp)}
+            if starts:
+                d["also_startsAt"] = starts
         return {k: v for k, v in d.items() if v is not None}
 
     @property
@@ -264,6 +270,7 @@ def group_params(rb, alerts: list[Alert]) -> tuple[Alert, dict[str, str]]:
     group = sorted(alerts, key=lambda a: a.starts_at or "")
     first = group[0]
     first.others = [a.fingerprint for a in group[1:]]
+    first.others_starts = {a.fingerprint: a.starts_at for a in group[1:] if a.starts_at}
     return first, label_params(rb, first)
 
 
