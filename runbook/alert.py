@@ -45,14 +45,20 @@ class Alert:
     generator_url: str | None = None
     ends_at: str | None = None  # a resolved alert's endsAt (a firing one's is a guess or the zero time)
     others: list[str] = field(default_factory=list)  # fingerprints of the group's other alerts handled by this run
+    others_starts: dict[str, str] = field(default_factory=dict)  # their startsAt, by fingerprint (which incident)
 
     def record(self) -> dict[str, Any]:
-        """What the audit log keeps of the alert."""
+        """What the audit log keeps of the alert (``also``: the group's other alerts this
+        run handles; ``also_startsAt``: when each started, so that a resolution of a later
+        incident of one of them is not taken for this run's)."""
         d = {"name": self.name, "status": self.status, "labels": self.labels, "startsAt": self.starts_at,
              "fingerprint": self.fingerprint, "generatorURL": self.generator_url,
              "endsAt": self.ends_at if self.resolved else None}
         if self.others:
             d["also"] = self.others
+            starts = {fp: self.others_starts[fp] for fp in self.others if self.others_starts.get(fp)}
+            if starts:
+                d["also_startsAt"] = starts
         return {k: v for k, v in d.items() if v is not None}
 
     @property
@@ -82,6 +88,9 @@ def read_payload(source: str) -> dict:
     except json.JSONDecodeError as exc:
         raise UsageError(f"--alert {where}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                          "expected an Alertmanager webhook payload") from None
+    except RecursionError:  # arrays or objects nested deeper than Python's parser goes: no webhook is like that
+        raise UsageError(f"--alert {where}: nested too deeply to read (arrays or objects within each other "
+                         "hundreds of levels down); expected an Alertmanager webhook payload") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("alerts"), list):
         raise UsageError(f"--alert {where}: not an Alertmanager webhook payload (no 'alerts' list)")
     return doc
@@ -137,7 +146,7 @@ def _by_annotation(alert: Alert, runbooks: dict[str, str]) -> tuple[str, str] | 
         # a name only: an annotation (data from elsewhere) never picks a file outside the runbook path
         name = Path(ref).stem if ref.endswith((".yaml", ".yml")) else ref
         if name not in runbooks:
-            raise RunbookError(f"alert {alert.name}'s 'runbook' annotation names '{ref}', which is not a runbook on the "
+            raise UsageError(f"alert {alert.name}'s 'runbook' annotation names '{ref}', which is not a runbook on the "
                                f"runbook path (runbook list shows them)")
         return name, f"its 'runbook' annotation ({ref})"
     url = alert.annotations.get("runbook_url")
@@ -174,7 +183,7 @@ def choose_runbook(alerts: list[Alert], paths: list[Path]) -> tuple[str, str]:
         if found is None:
             names = sorted(set(answers.get(a.name, [])))
             if not names:
-                raise RunbookError(f"no runbook answers alert {a.name}: none has it in its 'alerts:' list and the alert has no "
+                raise UsageError(f"no runbook answers alert {a.name}: none has it in its 'alerts:' list and the alert has no "
                                    f"'runbook' annotation; add {a.name} to a runbook's alerts, or name the runbook: "
                                    f"runbook run NAME --alert …")
             if len(names) > 1:
@@ -261,6 +270,7 @@ def group_params(rb, alerts: list[Alert]) -> tuple[Alert, dict[str, str]]:
     group = sorted(alerts, key=lambda a: a.starts_at or "")
     first = group[0]
     first.others = [a.fingerprint for a in group[1:]]
+    first.others_starts = {a.fingerprint: a.starts_at for a in group[1:] if a.starts_at}
     return first, label_params(rb, first)
 
 

@@ -2,7 +2,9 @@
 
 A rule file is Prometheus's ``groups: [{name, rules: [{alert, expr, for, labels,
 annotations}]}]``, or a Kubernetes ``PrometheusRule`` (its ``spec.groups``; several
-``---`` documents and ``kind: List`` are read too).  Recording rules (``record:``) are
+``---`` documents and ``kind: List`` are read too).  A document of any other ``kind``
+(a ServiceMonitor beside the PrometheusRule in ``helm template`` output) is skipped
+with a note.  Recording rules (``record:``) are
 checked for shape and otherwise ignored.
 
 An alert is answered the way ``runbook run --alert`` (:mod:`runbook.alert`) would
@@ -24,7 +26,8 @@ Annotations are read as Alertmanager would send them for the rule's own alert:
 annotation unchecked (it is filled in when the alert fires).
 
 A rule file that is not YAML or not of that shape is reported as ``file:line:col``
-with the rule id ``alert-rules``.
+with the rule id ``alert-rules``; so is, as a warning, an alert name outside the
+classic ``[a-zA-Z_][a-zA-Z0-9_]*`` (Prometheus accepts any text there).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from runbook.errors import Problem
 FORMAT = "alert-rules"  # the rule id of a malformed rule file (never turned off)
 RULE_KEYS = ("alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations")
 _DURATION = re.compile(r"^(0|(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?)$")
+_CLASSIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # a metric or label name before Prometheus 3's UTF-8 names
 _ALERTNAME = re.compile(r"\{\{-?\s*\$labels\.alertname\s*-?\}\}|\{\{-?\s*index\s+\$labels\s+\"alertname\"\s*-?\}\}")
 
 
@@ -126,6 +130,14 @@ def load_rule_file(path: str | Path) -> RuleFile:
             for i, item in enumerate(items):
                 document(item, f"items[{i}]: ")
             return
+        if doc.get("kind") is not None and doc.get("kind") not in ("PrometheusRule", "List"):
+            # helm template / kustomize build: the PrometheusRule beside the ServiceMonitor, the Deployment…
+            meta = doc.get("metadata")
+            name = meta.get("name") if isinstance(meta, Map) else None
+            what = f"{doc['kind']}" + (f" '{name}'" if isinstance(name, str) else "")
+            problems.append(Problem(path, *doc.vpos("kind"), f"{where}skipped: a {what} holds no alerting rules "
+                                    "(only PrometheusRule objects and plain rule files are read)", "info", FORMAT))
+            return
         if "groups" in doc:
             groups(doc, "groups")
             return
@@ -212,6 +224,12 @@ def load_rule_file(path: str | Path) -> RuleFile:
                 if isinstance(lv, (Map, Seq)):
                     bad(m.vpos(lk), f"{key} '{name}': {k}.{lk} must be text, not {kind(lv)}")
             maps[k] = {str(lk): str(lv) for lk, lv in m.items() if not isinstance(lv, (Map, Seq)) and lv is not None}
+        if key == "alert" and not _CLASSIC_NAME.fullmatch(name):
+            # Prometheus takes any text (alertname is a label value), so a warning, not an error
+            problems.append(Problem(path, *r.vpos("alert"), f"alert '{name}': the name is not a classic Prometheus name "
+                                    "([a-zA-Z_][a-zA-Z0-9_]*): Prometheus accepts it, but Alertmanager matchers, amtool "
+                                    "and URLs built from {{ $labels.alertname }} need it quoted or escaped",
+                                    "warning", FORMAT))
         if key == "alert":
             ann = r.get("annotations")
             rules.append(AlertRule(
@@ -281,7 +299,8 @@ def check(rules: list[AlertRule], runbooks: list, config=None, complete: bool = 
 
     by_annotation: dict[str, set] = {}  # alert name -> runbooks its rules' annotations choose (None: no annotation)
     for r in rules:
-        ann = {k: _ALERTNAME.sub(r.alert, v) for k, v in r.annotations.items()}
+        # a function, not the name itself: re.sub reads a replacement string as a template (Foo\\1, \\g<0>)
+        ann = {k: _ALERTNAME.sub(lambda _m, name=r.alert: name, v) for k, v in r.annotations.items()}
         answer: dict[str, Any] = {"alert": r.alert, "file": r.path, "line": r.pos[0], "group": r.group,
                                   "runbook": None, "by": None}
         cov.answers.append(answer)

@@ -52,6 +52,7 @@ _KNOWN = {
     "resume_declined": {"who", "step"},
     "error": {"step", "error"},
     "plan": {"steps"},
+    "alert_resolved": {"alertname", "fingerprint", "startsAt", "endsAt", "labels", "who", "host"},
 }
 # Ways of deciding before a step runs (a decision with another ``how`` right after a failure is about the failure).
 _BEFORE_STEP = audit.BEFORE_STEP_HOW
@@ -430,19 +431,23 @@ def render(records: list[dict[str, Any]], *, problem: Problem | None = None,
     out.append("")
     if fired_at:
         out.append(f"- **{offset(fired_at, origin)}** ({_clock(fired_at)}) — alert {code(alert.get('name'))} fired")
-    previous: dict[str, Any] | None = None
+    previous: dict[str, Any] | None = None  # the run's own last record (not one another process added to it)
+    others_since = 0  # records of other processes since
     open_writes: dict[tuple[str, Any], str] = {}  # write steps announced and not yet settled, at each point
     for r in records:
         if r.get("type") in _RESUME_RECORDS and previous is not None and previous.get("type") not in _CLEAN_STOPS:
-            out += _stopped_entry(previous, list(dict.fromkeys(open_writes.values())), origin)
+            out += _stopped_entry(previous, list(dict.fromkeys(open_writes.values())), origin, others_since)
         out += _timeline_entry(r, run, origin)
+        if r.get("type") in _OTHER_PROCESS:
+            others_since += 1
+            continue
         step = str(r.get("step"))
         if r.get("type") == "step_intent" and r.get("effect") != "read":
             open_writes[(step, r.get("attempt", 1))] = step
         elif r.get("type") == "step_result" or (r.get("type") == "decision" and not r.get("approved")):
             for key in [k for k in open_writes if k[0] == step]:
                 del open_writes[key]
-        previous = r
+        previous, others_since = r, 0
     if run.finished is None:
         last = parse_time(records[-1].get("ts")) if records else None
         doubt = [ex.id for ex in run.executions if ex.in_doubt]
@@ -463,13 +468,19 @@ def render(records: list[dict[str, Any]], *, problem: Problem | None = None,
 # Records after which a run has stopped on purpose (not a crash) before a resume.
 _CLEAN_STOPS = ("run_finished", "resume_refused", "resume_declined")
 _RESUME_RECORDS = ("resumed", "resume_refused", "resume_declined")  # an operator came back to the run
+# Records another process writes into a run (``run --alert`` with a resolved alert): they say
+# nothing of how the run's own process stopped, so they are never "its last record".
+_OTHER_PROCESS = ("alert_resolved",)
 
 
-def _stopped_entry(last: dict[str, Any], doubt: list[str], origin: datetime | None) -> list[str]:
+def _stopped_entry(last: dict[str, Any], doubt: list[str], origin: datetime | None,
+                   others_since: int = 0) -> list[str]:
     """The crash before a resume: the run's process ended with no record of it (killed, crashed, machine lost)."""
     t = parse_time(last.get("ts"))
-    line = (f"- **{offset(t, origin)}** ({_clock(t)}) — **the run stopped without finishing**: the record above is "
-            "its last before anyone came back to it (its process was killed, crashed, or lost its machine)")
+    which = (f"the record before the {'alert resolutions' if others_since > 1 else 'alert resolution'} above is its last"
+             if others_since else "the record above is its last")
+    line = (f"- **{offset(t, origin)}** ({_clock(t)}) — **the run stopped without finishing**: {which} "
+            "before anyone came back to it (its process was killed, crashed, or lost its machine)")
     if doubt:
         line += f"; {_names(doubt)} may or may not have run"
     return [line]
@@ -656,6 +667,11 @@ def _timeline_entry(r: dict[str, Any], run: _Run, origin: datetime | None) -> li
                 + _extras(r, known)]
     if rtype == "error":
         return [head + "**error**" + (f" in step {step}" if step else "") + f": {text(r.get('error'))}" + _extras(r, known)]
+    if rtype == "alert_resolved":  # recorded by another process: run --alert with the resolved alert
+        line = (f"alert {code(r.get('alertname') or '?')} resolved at {text(r.get('endsAt') or '? (no endsAt)')}"
+                + (f" ({code(r['fingerprint'])})" if r.get("fingerprint") else "")
+                + f"; recorded by {text(r.get('who') or '?')} on {code(r.get('host') or '?')}")
+        return [head + line + _extras(r, known)]
     if rtype == "plan":
         steps = r.get("steps") if isinstance(r.get("steps"), list) else []
         return [head + f"dry-run plan: {_names([str(x) for x in steps]) or 'no steps'}" + _extras(r, known)]

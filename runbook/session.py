@@ -252,7 +252,8 @@ def _alert_of(started: dict):
         return None
     return Alert(name=a.get("name", "?"), status=a.get("status", "firing"), labels=a.get("labels") or {},
                  annotations={}, starts_at=a.get("startsAt"), fingerprint=a.get("fingerprint", ""),
-                 others=list(a.get("also") or []))
+                 others=list(a.get("also") or []),
+                 others_starts=dict(a["also_startsAt"]) if isinstance(a.get("also_startsAt"), dict) else {})
 
 
 def _alert_runs(log_path: Path, fingerprints: list[str], this_run: str | None = None) -> list[list[dict]]:
@@ -299,20 +300,29 @@ def _same_time(a, b) -> bool:
     return ta == tb if ta is not None and tb is not None else str(a) == str(b)
 
 
+def _started_at(recorded: dict, fingerprint: str) -> str | None:
+    """The startsAt a run recorded for one of its alerts (its own, or one of ``also``;
+    runs recorded before ``also_startsAt`` existed know only their own)."""
+    if recorded.get("fingerprint") == fingerprint:
+        return recorded.get("startsAt")
+    starts = recorded.get("also_startsAt")
+    return starts.get(fingerprint) if isinstance(starts, dict) else None
+
+
 def open_alert_run(log_path: Path, the_alert) -> tuple[dict, bool] | None:
     """(summary, still going) of the run handling ``the_alert`` while it is open
     or paused: still going, stopped without finishing (a crash), or stopped
     where a resume goes on (a write not approved, a failed or interrupted
-    step).  The newest run for its fingerprint counts, and for the same
-    incident only: when both say, its alert's startsAt is the alert's (a new
+    step).  The newest run for its fingerprint (the run's alert, or one of
+    its group: ``also``) counts, and for the same incident only: when both
+    say, the startsAt the run recorded for that alert is the alert's (a new
     startsAt is a new incident).  None when that run finished (completed,
     resolved, escalated) or there is none."""
     from runbook.alert import RunLock
 
     for records in reversed(_alert_runs(log_path, [the_alert.fingerprint])):
-        a = records[0].get("alert") or {}
-        if (a.get("fingerprint") == the_alert.fingerprint and a.get("startsAt") and the_alert.starts_at
-                and not _same_time(a["startsAt"], the_alert.starts_at)):
+        started = _started_at(records[0].get("alert") or {}, the_alert.fingerprint)
+        if started and the_alert.starts_at and not _same_time(started, the_alert.starts_at):
             continue  # another incident of the same alert
         summary = audit.summarize(records)
         if summary["status"] in FINISHED:
@@ -325,14 +335,31 @@ def open_alert_run(log_path: Path, the_alert) -> tuple[dict, bool] | None:
 
 
 def alert_resolution(records: list[dict]) -> str | None:
-    """What a resume tells the operator when the run's alert resolved meanwhile."""
+    """What a resume tells the operator when the run's alert resolved meanwhile.  A run
+    for a group of alerts (``also``) hears which of them resolved, and is told it may
+    stop only when every one of them did."""
     done = [r for r in records if r.get("type") == "alert_resolved"]
     if not done:
         return None
     r = done[-1]
-    return (f"the alert resolved at {r.get('endsAt') or '? (no endsAt)'}: {r.get('alertname', '?')} "
-            f"({r.get('fingerprint', '?')}), recorded {r.get('ts', '?')} by {r.get('who', '?')}; the run goes on "
-            "from where it stopped (its verify steps say whether all is well): stop it if nothing is left to do")
+    recorded = next((x.get("alert") for x in records if x.get("type") == "run_started"), None)
+    recorded = recorded if isinstance(recorded, dict) else {}
+    fps = [fp for fp in [recorded.get("fingerprint"), *(recorded.get("also") or [])] if fp]
+    when = r.get("endsAt") or "? (no endsAt)"
+    said = f"recorded {r.get('ts', '?')} by {r.get('who', '?')}"
+    still = [fp for fp in fps if fp not in {x.get("fingerprint") for x in done}]
+    if len(fps) <= 1:
+        return (f"the alert resolved at {when}: {r.get('alertname', '?')} ({r.get('fingerprint', '?')}), {said}; "
+                "the run goes on from where it stopped (its verify steps say whether all is well): stop it if "
+                "nothing is left to do")
+    gone, last = len(fps) - len(still), f"{r.get('alertname', '?')}, {r.get('fingerprint', '?')}"
+    if still:
+        which = (f"one of the run's {len(fps)} alerts ({last}) resolved at {when}" if gone <= 1 else
+                 f"{gone} of the run's {len(fps)} alerts resolved, the last ({last}) at {when}")
+        return (f"{which}, {said}; the run goes on from where it stopped: its other alerts "
+                f"({', '.join(still)}) have not resolved, as far as the audit log knows")
+    return (f"all {len(fps)} of the run's alerts resolved, the last ({last}) at {when}, {said}; the run goes on from "
+            "where it stopped (its verify steps say whether all is well): stop it if nothing is left to do")
 
 
 def resolve_label_params(rb, the_alert, given: dict[str, str], inventory, dry_run: bool, ui) -> dict[str, dict]:

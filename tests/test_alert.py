@@ -112,16 +112,18 @@ def test_annotation_naming_no_runbook_or_a_path_is_refused(main, write, tmp_path
     for ref in ("nope", "../../etc/evil.yaml"):
         doc["alerts"][0]["annotations"]["runbook"] = ref
         r = main("run", "--alert", payload(tmp_path, doc), "--dry-run")
-        assert r.returncode == 1
+        assert r.returncode == 2  # a usage error: nothing ran
         assert f"'runbook' annotation names '{ref}', which is not a runbook" in r.stderr
         assert "Traceback" not in r.stderr
 
 
-def test_no_runbook_answers_the_alert(main, write, tmp_path):
+def test_no_runbook_answers_the_alert(main, write, tmp_path, audit_dir):
     books(write, SLOW)
-    r = main("run", "--alert", payload(tmp_path), "--dry-run")
-    assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].startswith("runbook: error: no runbook answers alert HighErrorRate")
+    for extra in (["--dry-run"], []):  # a usage error (exit 2), dry-run or not: nothing ran
+        r = main("run", "--alert", payload(tmp_path), *extra)
+        assert r.returncode == 2, (extra, r.returncode, r.stderr)
+        assert r.stderr.strip().splitlines()[-1].startswith("runbook: error: no runbook answers alert HighErrorRate")
+    assert not (audit_dir / "audit.jsonl").exists() or not [x for x in records(audit_dir) if x.get("type") == "run_started"]
 
 
 def test_two_runbooks_answer_the_alert(main, write, tmp_path):
@@ -148,6 +150,14 @@ def test_bad_payloads(main, write, tmp_path):
     assert r.returncode == 2 and "not an Alertmanager webhook payload" in r.stderr
     r = main("run", "--alert", tmp_path / "missing.json")
     assert r.returncode == 2 and "cannot read it" in r.stderr
+
+
+def test_a_deeply_nested_alert_payload_is_a_usage_error_not_an_internal_error(main, tmp_path):
+    p = tmp_path / "deep.json"
+    p.write_text("[" * 100_000 + "]" * 100_000)  # 200 KB: under the 1 MB limit, too deep for the JSON parser
+    r = main("run", "--alert", p, "--dry-run")
+    assert "internal error" not in r.stderr and r.returncode == 2, (r.returncode, r.stderr)
+    assert "nested too deeply" in r.stderr, r.stderr
 
 
 def test_label_values_must_pass_the_parameter_checks(main, write, tmp_path):
@@ -362,6 +372,64 @@ def test_a_resolution_of_another_incident_is_not_given_to_an_old_run(main, write
     same["alerts"][0]["startsAt"] = "2026-11-26T04:02:11.123+01:00"
     r = main("run", "--alert", payload(tmp_path, resolved(same), "resolved.json"))
     assert "(refused, not finished): runbook resume" in r.stderr, r.stderr
+
+
+def _group_payload():
+    """Two alerts of one group with the same parameters (same job): one run for both, for
+    c3b0… (the earlier), with 00000000000000bb in its `also`."""
+    doc = copy.deepcopy(PAYLOAD)
+    other = copy.deepcopy(doc["alerts"][0])
+    other["fingerprint"], other["startsAt"] = "00000000000000bb", "2026-11-26T03:04:00Z"
+    other["labels"] = dict(other["labels"], alertname="HighLatency", instance="api-2")
+    doc["alerts"].append(other)
+    return doc
+
+
+def _only(doc, i):
+    doc = copy.deepcopy(doc)
+    doc["alerts"] = [doc["alerts"][i]]
+    return doc
+
+
+def test_a_resolution_of_one_alert_of_the_group_does_not_say_the_runs_alert_resolved(main, write, tmp_path, audit_dir):
+    write("playbooks/fix.yaml", FIX.replace("{tmp}", str(tmp_path)).replace("[HighErrorRate]", "[HighErrorRate, HighLatency]"))
+    (tmp_path / "go").touch()
+    r = main("run", "--alert", payload(tmp_path, _group_payload()))  # stops before the write step (exit 3)
+    assert r.returncode == 3, r.stderr
+    started = [x for x in records(audit_dir) if x["type"] == "run_started"][0]
+    assert started["alert"]["fingerprint"] == "c3b0e1f2a4d5e6f7" and started["alert"]["also"] == ["00000000000000bb"]
+    assert started["alert"]["also_startsAt"] == {"00000000000000bb": "2026-11-26T03:04:00Z"}
+    # only the second alert resolved; the run's own alert still fires
+    r = main("run", "--alert", payload(tmp_path, _only(resolved(_group_payload()), 1), "b-resolved.json"))
+    assert r.returncode == 0 and f"recorded in run {started['run']} (refused, not finished)" in r.stderr, r.stderr
+    r = main("resume", started["run"])  # no --yes: it stops again before the write step
+    assert "the alert resolved at" not in r.stderr and "stop it if nothing is left to do" not in r.stderr, r.stderr
+    assert (f"one of the run's 2 alerts (HighLatency, 00000000000000bb) resolved at {ENDS}, recorded " in r.stderr
+            and "its other alerts (c3b0e1f2a4d5e6f7) have not resolved" in r.stderr), r.stderr
+    # then the run's own alert resolves too: now it may be stopped
+    r = main("run", "--alert", payload(tmp_path, _only(resolved(_group_payload()), 0), "a-resolved.json"))
+    assert r.returncode == 0 and f"recorded in run {started['run']}" in r.stderr, r.stderr
+    r = main("resume", started["run"], "--yes")
+    assert r.returncode == 0, r.stderr
+    assert (f"all 2 of the run's alerts resolved, the last (HighErrorRate, c3b0e1f2a4d5e6f7) at {ENDS}, recorded "
+            in r.stderr and "stop it if nothing is left to do" in r.stderr), r.stderr
+
+
+def test_a_new_incident_of_a_group_member_is_not_given_to_an_old_paused_run(main, write, tmp_path, audit_dir):
+    write("playbooks/fix.yaml", FIX.replace("{tmp}", str(tmp_path)).replace("[HighErrorRate]", "[HighErrorRate, HighLatency]"))
+    (tmp_path / "go").touch()
+    assert main("run", "--alert", payload(tmp_path, _group_payload())).returncode == 3  # last week's, left paused
+    run_id = [x for x in records(audit_dir) if x["type"] == "run_started"][0]["run"]
+    later = _only(resolved(_group_payload()), 1)
+    later["alerts"][0]["startsAt"] = "2026-12-03T10:00:00Z"  # a new incident of alert bb
+    r = main("run", "--alert", payload(tmp_path, later, "later.json"))
+    assert r.returncode == 0 and r.stderr.strip().endswith("; recorded in the audit log"), r.stderr
+    assert records(audit_dir)[-1].get("run") != run_id
+    # the same incident of bb (its startsAt written another way) is the run's
+    same = _only(resolved(_group_payload()), 1)
+    same["alerts"][0]["startsAt"] = "2026-11-26T04:04:00+01:00"
+    r = main("run", "--alert", payload(tmp_path, same, "same.json"))
+    assert r.returncode == 0 and records(audit_dir)[-1].get("run") == run_id, r.stderr
 
 
 def test_a_resolution_reaches_a_run_that_is_going_and_one_that_crashed(cli, write, tmp_path, audit_dir):

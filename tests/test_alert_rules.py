@@ -222,6 +222,53 @@ def test_a_prometheus_rule_object_and_several_documents(write, main):
     assert sorted(a["alert"] for a in data["alert_rules"]["alerts"]) == ["NATSDown", "RedisDown", "RedisDown"]
 
 
+def test_a_manifest_with_a_prometheusrule_beside_other_kinds_is_read_not_an_error(write, main):
+    """helm template / kustomize build put a PrometheusRule beside a ServiceMonitor in one file,
+    and kubectl get -o yaml a List of several kinds: the others are skipped with a note."""
+    rb = runbook(write, "api", ["HighErrorRate", "Other"])
+    manifest = write("monitoring.yaml", """\
+        apiVersion: monitoring.coreos.com/v1
+        kind: PrometheusRule
+        metadata: {name: api}
+        spec:
+          groups:
+            - name: g
+              rules:
+                - alert: HighErrorRate
+                  expr: up == 0
+        ---
+        apiVersion: monitoring.coreos.com/v1
+        kind: ServiceMonitor
+        metadata: {name: api}
+        spec:
+          endpoints: [{port: web}]
+        ---
+        apiVersion: v1
+        kind: List
+        items:
+          - apiVersion: v1
+            kind: ConfigMap
+            data: {groups: "not read"}
+          - apiVersion: monitoring.coreos.com/v1
+            kind: PrometheusRule
+            spec:
+              groups:
+                - name: h
+                  rules:
+                    - alert: Other
+                      expr: up == 0
+        """)
+    r = main("validate", rb, "--alert-rules", manifest, "--strict")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert lines(r) == [
+        f"{manifest}:12:7: info: document 2: skipped: a ServiceMonitor 'api' holds no alerting rules "
+        "(only PrometheusRule objects and plain rule files are read) [alert-rules]",
+        f"{manifest}:21:11: info: items[0]: skipped: a ConfigMap holds no alerting rules "
+        "(only PrometheusRule objects and plain rule files are read) [alert-rules]",
+    ], r.stdout
+    assert "2 alerting rules in 1 file, 2 answered by a runbook" in r.stderr  # and no RB202: both rules were read
+
+
 @pytest.mark.parametrize("text, where, what", [
     ("groups:\n  - name: g\n    rules:\n      - alert: \"unclosed\n        expr: x\n", "6:1", "YAML syntax error"),
     ("groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: [x\n", "6:1", "YAML syntax error"),
@@ -249,6 +296,44 @@ def test_a_malformed_rule_file_is_one_line_with_its_place(write, main, text, whe
     assert len(mine) == 1, r.stdout
     assert mine[0].startswith(f"{bad}:{where}: error: ") and what in mine[0] and mine[0].endswith("[alert-rules]"), mine[0]
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_an_alert_name_with_a_backslash_is_reported_not_an_internal_error(write, main):
+    """The name was given to re.sub as its replacement, a template: Foo\\1 asked for a group the
+    pattern does not have (internal error), \\g<0> put the template back.  Prometheus takes any
+    text as an alert name; one outside the classic form is a warning at its line (the file's line 4:
+    ``write`` drops the text's first newline)."""
+    rb = runbook(write, "a", ["A"])
+    rules = write("rules.yml", """
+groups:
+  - name: g
+    rules:
+      - alert: 'Foo\\1'
+        expr: up == 0
+        annotations:
+          runbook: "{{ $labels.alertname }}"
+      - alert: 'x\\g<0>y'
+        expr: up == 0
+        annotations:
+          runbook: "{{ $labels.alertname }}"
+      - alert: A
+        expr: up == 0
+""")
+    r = main("validate", rb, "--alert-rules", rules)
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr  # the annotations name no runbook (RB203)
+    mine = [line for line in lines(r) if line.startswith(str(rules))]
+    assert mine[0] == (f"{rules}:4:16: warning: alert 'Foo\\1': the name is not a classic Prometheus name "
+                       "([a-zA-Z_][a-zA-Z0-9_]*): Prometheus accepts it, but Alertmanager matchers, amtool and URLs "
+                       "built from {{ $labels.alertname }} need it quoted or escaped [alert-rules]"), mine
+    # the annotation reads as the name itself, not as a template
+    assert any(":7:" in line and "names 'Foo\\1', which is none of the runbooks" in line for line in mine), mine
+    assert any(":11:" in line and "names 'x\\g<0>y', which is none of the runbooks" in line for line in mine), mine
+    assert len(mine) == 4 and not any(":12:" in line for line in mine), mine  # A is a classic name
+    # a warning only: Prometheus loads the file
+    rules.write_text("groups:\n  - name: g\n    rules:\n      - alert: 'A-1'\n        expr: up == 0\n")
+    r = main("validate", runbook(write, "b", ["A-1"]), "--alert-rules", rules)
+    assert r.returncode == 0 and f"{rules}:4:16: warning: alert 'A-1'" in r.stdout, r.stdout + r.stderr
 
 
 def test_an_unreadable_rule_file_does_not_flood_with_runbook_notes(write, main):

@@ -439,3 +439,43 @@ def test_a_torn_last_line_is_a_crash_not_tampering(main, write, tmp_path: Path) 
     r = main("report", run_id)
     assert r.returncode == 0, r.stderr
     assert "torn write" in r.stdout and "does not verify" not in r.stdout and "modified" not in r.stdout.split("## Summary")[0]
+
+
+def test_the_report_does_not_call_a_refused_run_that_received_a_resolution_a_crash(main, write, tmp_path: Path) -> None:
+    """The alert_resolved record that `run --alert` (another process) writes after the run's
+    run_finished is not the run's last record: the resume after it follows a clean stop."""
+    from test_alert import ENDS, FIX, payload, records, resolved
+
+    audit_dir = Path(os.environ["RUNBOOK_AUDIT_DIR"])
+    write("playbooks/fix.yaml", FIX.replace("{tmp}", str(tmp_path)))
+    (tmp_path / "go").touch()
+    assert main("run", "--alert", payload(tmp_path)).returncode == 3  # refused cleanly: run_finished is recorded
+    run_id = [x for x in records(audit_dir) if x["type"] == "run_started"][0]["run"]
+    assert main("run", "--alert", payload(tmp_path, resolved(), "r.json")).returncode == 0
+    assert main("resume", run_id, "--yes").returncode == 0
+    r = main("report", run_id)
+    assert r.returncode == 0, r.stderr
+    assert "the run stopped without finishing" not in r.stdout, r.stdout  # nothing crashed
+    assert re.search(rf"— alert `HighErrorRate` resolved at {re.escape(ENDS)} \(`c3b0e1f2a4d5e6f7`\); "
+                     r"recorded by \S+ on `[^`]+`$", r.stdout, re.M), r.stdout
+    assert "event `alert_resolved`" not in r.stdout
+
+
+def test_a_crash_before_a_resolution_is_still_a_crash(tmp_path: Path) -> None:
+    path = _write_log(tmp_path, "R-crash", [
+        ("run_started", STARTED),
+        ("step_intent", {"step": "w", "kind": "shell", "stage": "mitigate", "effect": "write", "targets": [],
+                         "rendered": "restart", "attempt": 1}),
+        # killed here; then the alert resolves (recorded by run --alert), and someone resumes
+        ("alert_resolved", {"alertname": "A", "fingerprint": "f1", "endsAt": "2026-11-26T03:41:07Z", "who": "pat",
+                            "host": "h2", "labels": {"alertname": "A"}, "startsAt": "2026-11-26T03:00:00Z"}),
+        ("resumed", {"who": "dana", "host": "h"}),
+        ("run_finished", {"status": "resolved", "exit_code": 0}),
+    ])
+    md = report.report(path, "R-crash", meta=lambda s: {})
+    timeline = md.split("## Timeline")[1].split("## Impact")[0]
+    assert "— alert `A` resolved at 2026-11-26T03:41:07Z (`f1`); recorded by pat on `h2`\n" in timeline
+    crash = [line for line in timeline.splitlines() if "the run stopped without finishing" in line]
+    assert len(crash) == 1 and crash[0].endswith(
+        "**the run stopped without finishing**: the record before the alert resolution above is its last before "
+        "anyone came back to it (its process was killed, crashed, or lost its machine); `w` may or may not have run"), crash
