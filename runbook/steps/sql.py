@@ -566,7 +566,7 @@ def _run_on(conn, stmt, step, act: Action, ctx, started: float) -> StepResult:
         status = "timeout" if by_step and getattr(exc, "sqlstate", None) == "57014" else "failed"
         return StepResult(status, error=ctx.redactor.text(_statement_error(exc, act, timeout)),
                           duration=time.monotonic() - started)
-    return StepResult("ok", stdout=_table(got) if got["columns"] else f"{got['rowcount']} rows affected\n",
+    return StepResult("ok", stdout=_table(got) if got["columns"] else f"{got['rowcount']} row{'' if got['rowcount'] == 1 else 's'} affected\n",
                       data=got, duration=time.monotonic() - started)
 
 
@@ -612,7 +612,7 @@ def _check_rows(expect, rowcount: int) -> None:
         return
     if isinstance(expect, int):
         if rowcount != expect:
-            raise _Rollback(f"expected exactly {expect} rows, the statement touched {rowcount}")
+            raise _Rollback(f"expected exactly {expect} row{'' if expect == 1 else 's'}, the statement touched {rowcount}")
         return
     if "max" in expect and rowcount > expect["max"]:
         raise _Rollback(f"expected at most {expect['max']} rows, the statement touched {rowcount}")
