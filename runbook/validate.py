@@ -36,6 +36,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     "RB105": ("secret-printed", "error", "a secret parameter is rendered where it would be printed"),
     "RB106": ("template-in-quotes", "error", "a template inside quotes or a here-document in a shell command is not protected by quoting"),
     "RB107": ("readonly-without-role", "warning", "a read-only sql step on a non-local database whose inventory entry has no readonly_role"),
+    "RB108": ("aggregate-unchecked", "info", "without an inventory, validate cannot tell whether a host name is a group whose outputs need an aggregate"),
     # alert coverage (validate --alert-rules FILE…: runbook.alert_rules); "info" is never made an error by --strict
     "RB201": ("alert-without-runbook", "warning", "an alert of the rule files that no runbook answers: no alerts: list names it, no runbook or runbook_url annotation names a runbook"),
     "RB202": ("alert-not-in-rules", "info", "a runbook's alerts: entry that no rule of the rule files defines (a proposal, an alert from another source, or a name to fix)"),
@@ -285,6 +286,12 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
         unsaid = outputs.missing_aggregates(s.outputs) if where else []
         if unsaid:
             problem(s.raw["outputs"].kpos(unsaid[0]), outputs.needs_aggregate(s.id, unsaid, where))
+        elif inventory is None and s.outputs and outputs.missing_aggregates(s.outputs) \
+                and s.module.fans_out(s.body, _EVERY_NAME_A_GROUP):
+            problem(s.raw["outputs"].kpos(outputs.missing_aggregates(s.outputs)[0]),
+                    f"step '{s.id}': not checked without an inventory: if its host is a group, its outputs need an "
+                    "aggregate (the plan and the run refuse them without one); validate with --env or --inventory",
+                    rule="RB108")
         for field_name, source, mode in step_templates(s):
             _check_template(rb, s, field_name, source, mode, problem, can_run_before, secret_params)
         for field_name, source, mode in step_templates(s):
@@ -325,6 +332,23 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
     if rb.stage("mitigate") and not rb.stage("verify"):
         problem(rb.data["stages"].kpos("mitigate"), "the mitigate stage has no verify stage after it: add verify steps that prove the system is healthy again", rule="RB102")
     return res
+
+
+class _EveryName(dict):
+    def __contains__(self, name) -> bool:
+        return True
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class _EveryNameAGroup:
+    """A stand-in inventory in which every name is a group: could this step fan out?"""
+
+    groups = _EveryName()
+
+
+_EVERY_NAME_A_GROUP = _EveryNameAGroup()
 
 
 # template section under `inventory.` -> Inventory kind

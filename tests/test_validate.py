@@ -395,3 +395,27 @@ def test_names_that_templates_would_read_as_mapping_methods(write):
     msgs = [x.message for x in validate_runbook(rb).problems]
     assert any("parameter name 'items' is also a mapping method" in m for m in msgs), msgs
     assert any("output name 'keys' is also a mapping method" in m for m in msgs), msgs
+
+
+def test_without_an_inventory_validate_says_what_it_could_not_check(write, main, tmp_path):
+    """`hosts: web` may be a group: with an inventory that is an error (no aggregate), without
+    one validate cannot know, and says so in a note (RB108) instead of passing silently."""
+    import json as _json
+
+    p = write("g.yaml", """
+        name: g
+        title: G
+        stages:
+          diagnose:
+            - id: disk
+              ssh: {hosts: web, command: "df -h /"}
+              readonly: true
+              outputs:
+                use: {regex: '(\\d+)%', type: integer}
+        """)
+    r = main("validate", p, cwd=tmp_path)
+    assert r.returncode == 0 and "info: step 'disk': not checked without an inventory" in r.stdout and "[RB108]" in r.stdout
+    inv = write("inv.yaml", _json.dumps({"hosts": {"a": {"address": "192.0.2.1"}, "b": {"address": "192.0.2.2"}},
+                                         "groups": {"web": {"hosts": ["a", "b"]}}}))
+    r = main("validate", p, "--inventory", inv, cwd=tmp_path)
+    assert r.returncode == 1 and "runs on every host of group web" in r.stdout and "RB108" not in r.stdout
