@@ -21,13 +21,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from runbook import expr
+from runbook import expr, outputs
 from runbook.errors import RunbookError, UsageError
 from runbook.schema import suggest
 from runbook.secrets import MASK, LazySecret, Redactor, Secret
 from runbook.spec import Runbook, Step
 from runbook.steps import Action, StepResult
-from runbook.ui import plural
+from runbook.text import plural
 
 # Exit codes (also documented in README.md)
 EXIT_OK = 0
@@ -612,7 +612,8 @@ class Engine:
                     return result
                 if self.ui:
                     self.ui.polling(step, result, attempt, self._observed(step, result))
-                before = result.error or last_error if result.status != "timeout" else before
+                if result.status != "timeout":
+                    before = result.error or last_error
                 time.sleep(step.every)
                 continue
             if result.ok or result.status in ("refused",) or attempt > step.retries:
@@ -626,8 +627,6 @@ class Engine:
             time.sleep(step.retry_delay)
 
     def _outputs(self, step: Step, result: StepResult) -> None:
-        from runbook import outputs
-
         outputs.take(step.id, step.outputs, result, step.module.per_host(result))
 
     def _close_connections(self) -> None:
@@ -643,8 +642,6 @@ def _unaggregated(step: Step, act: Action) -> tuple[list[str], str] | None:
     say how the hosts' values combine, with the message; None when all do."""
     if not act.fan_out or not step.outputs:
         return None
-    from runbook import outputs
-
     names = outputs.missing_aggregates(step.outputs)
     if not names:
         return None
@@ -686,6 +683,3 @@ def _cut_texts(value):
     if isinstance(value, list):
         return [_cut_texts(v) for v in value]
     return value
-
-
-from runbook.outputs import convert  # noqa: E402,F401 - kept importable from here

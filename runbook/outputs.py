@@ -26,6 +26,7 @@ import re
 from typing import Any
 
 from runbook.errors import RunbookError
+from runbook.text import plural
 
 NUMERIC = ("max", "min", "sum", "avg")
 BOOLEAN = ("count", "any", "all")
@@ -177,8 +178,7 @@ def note(name: str, info: dict | None) -> str:
     """`` (max of 3 hosts, from web-2)`` for a step-level output shown on a card."""
     if not info:
         return ""
-    n = info.get("hosts")
-    text = f"{info.get('aggregate')} of {n} host{'s' if n != 1 else ''}"
+    text = f"{info.get('aggregate')} of {plural(info.get('hosts'), 'host')}"
     if info.get("host"):
         text += f", from {info['host']}"
     return f" ({text})"

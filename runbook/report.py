@@ -29,7 +29,7 @@ from typing import Any, Callable
 from runbook import audit
 from runbook.audit import parse_time
 from runbook.errors import RunbookError
-from runbook.ui import plural
+from runbook.text import plural
 
 TODO = "_to be filled in_"
 SHOWN_LINES = 10  # of a failed step's output excerpt

@@ -956,7 +956,7 @@ def _typed(step, name: str, text: str):
     """An output given by hand, as its declared type (ValueError when it is not one)."""
     import json
 
-    from runbook.engine import convert
+    from runbook.outputs import convert
 
     type_ = (step.outputs.get(name) or {}).get("type")
     if type_ == "json":

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runbook import schema as S
+from runbook.catalog import runbook_files, search_path  # noqa: F401 - where runbooks are found (spec.* for callers)
 from runbook import steps as kinds
 from runbook.errors import Problem, RunbookError, UsageError
 from runbook.yamlload import Map, load
@@ -395,9 +396,6 @@ def load_runbook(path: str | os.PathLike) -> tuple[Runbook | None, list[Problem]
 
 
 # --- finding runbooks ------------------------------------------------------
-
-
-from runbook.catalog import runbook_files, search_path  # noqa: E402,F401 - where runbooks are found
 
 
 def find(name: str, search: list[Path]) -> Runbook:

@@ -1,7 +1,10 @@
-"""Text from outside made safe for a terminal: the one rule (:func:`visible`).
+"""Small text rules shared by the UI, the engine and the report: text from
+outside made safe for a terminal (:func:`visible`, the one rule) and counts
+that agree with their nouns (:func:`plural`).
 
 Its own small module (only ``re``) so that fast paths such as ``runbook list``
-can use it without loading the terminal UI; :mod:`runbook.ui` re-exports it.
+and modules below the UI can use it without loading the terminal UI;
+:mod:`runbook.ui` re-exports both.
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ def visible(text, *, one_line: bool = False) -> str:
     if one_line:
         return _CONTROL_LINE.sub(_show, s)
     return _CONTROL.sub(_show, s.replace("\r\n", "\n"))
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``n`` and ``word`` agreeing: "1 write step", "2 write steps", "0 checks"
+    (``many``: the plural when it is not ``word`` + "s")."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def _show(m: re.Match) -> str:

@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from runbook import outputs
+from runbook.text import plural, visible  # noqa: F401 - the shared text rules, importable from here too
 
 
 def _width() -> int | None:
@@ -48,21 +49,12 @@ def is_interactive() -> bool:
         return False
 
 
-from runbook.text import visible  # noqa: E402 - the one rule for text from outside, kept importable from here
-
-
 def esc(text, *, one_line: bool = False) -> str:
     """``text`` for rich markup: control characters made visible (:func:`visible`), then
     rich's markup escaped.  Everything interpolated into markup here goes through it."""
     from rich.markup import escape
 
     return escape(visible(text, one_line=one_line))
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``n`` and ``word`` agreeing: "1 write step", "2 write steps", "0 checks"
-    (``many``: the plural when it is not ``word`` + "s")."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "red", "refused": "yellow", "skipped": "dim",

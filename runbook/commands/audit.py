@@ -180,7 +180,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _details(r: dict[str, Any]) -> str:
     """The interesting fields of one record, in a line or a few."""
-    from runbook.ui import plural
+    from runbook.text import plural
 
     kind = r.get("type")
     if kind == "run_started":

@@ -44,6 +44,7 @@ from runbook import schema as S
 from runbook.errors import RunbookError
 from runbook.schema import parse_duration
 from runbook.secrets import LazySecret, Secret
+from runbook.text import plural
 from runbook.steps import Action, StepResult
 from runbook.steps import base
 
@@ -566,7 +567,7 @@ def _run_on(conn, stmt, step, act: Action, ctx, started: float) -> StepResult:
         status = "timeout" if by_step and getattr(exc, "sqlstate", None) == "57014" else "failed"
         return StepResult(status, error=ctx.redactor.text(_statement_error(exc, act, timeout)),
                           duration=time.monotonic() - started)
-    return StepResult("ok", stdout=_table(got) if got["columns"] else f"{got['rowcount']} row{'' if got['rowcount'] == 1 else 's'} affected\n",
+    return StepResult("ok", stdout=_table(got) if got["columns"] else f"{plural(got['rowcount'], 'row')} affected\n",
                       data=got, duration=time.monotonic() - started)
 
 
@@ -612,7 +613,7 @@ def _check_rows(expect, rowcount: int) -> None:
         return
     if isinstance(expect, int):
         if rowcount != expect:
-            raise _Rollback(f"expected exactly {expect} row{'' if expect == 1 else 's'}, the statement touched {rowcount}")
+            raise _Rollback(f"expected exactly {plural(expect, 'row')}, the statement touched {rowcount}")
         return
     if "max" in expect and rowcount > expect["max"]:
         raise _Rollback(f"expected at most {expect['max']} rows, the statement touched {rowcount}")
@@ -670,7 +671,7 @@ def _table(got: dict) -> str:
     if total > len(shown):
         notes.append(f"… {total - len(shown)} more rows not shown ({total} in all)")
     else:
-        notes.append(f"({total} row{'s' if total != 1 else ''})")
+        notes.append(f"({plural(total, 'row')})")
     if len(columns) > len(shown_cols):
         notes.append(f"{len(columns) - len(shown_cols)} more columns not shown: {', '.join(columns[len(shown_cols):])}")
     return "\n".join(lines + notes) + "\n"

@@ -58,6 +58,7 @@ from runbook import expr
 from runbook import schema as S
 from runbook.errors import RunbookError
 from runbook.secrets import LazySecret, Secret
+from runbook.text import plural
 from runbook.steps import Action, StepResult
 from runbook.steps.shell import Capture
 
@@ -961,7 +962,7 @@ def _result(hosts: list[dict], results: dict[str, dict]) -> StepResult:
     codes = {r["exit_code"] for r in ran}
     tail = f"; {len(skipped)} not started (fail_fast)" if skipped else ""
     return StepResult(status, exit_code=codes.pop() if len(codes) == 1 else None, stdout=stdout, stderr=stderr, data=data,
-                      error=f"failed on {len(failed)} of {len(ordered)} host{'s' if len(ordered) != 1 else ''}: {details}{tail}")
+                      error=f"failed on {len(failed)} of {plural(len(ordered), 'host')}: {details}{tail}")
 
 
 def _table(results: dict[str, dict]) -> str:
