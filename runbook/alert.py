@@ -139,7 +139,7 @@ def alerts_of(doc: dict, fingerprint: str | None = None) -> tuple[list[Alert], l
     return [a for a in alerts if not a.resolved], [a for a in alerts if a.resolved]
 
 
-def _by_annotation(alert: Alert, runbooks: dict[str, str]) -> tuple[str, str] | None:
+def by_annotation(alert: Alert, runbooks: dict[str, str]) -> tuple[str, str] | None:
     """(runbook reference, how it was found) from the alert's annotations."""
     ref = alert.annotations.get("runbook", "").strip()
     if ref:
@@ -179,7 +179,7 @@ def choose_runbook(alerts: list[Alert], paths: list[Path]) -> tuple[str, str]:
             answers.setdefault(name, []).append(rb.name)
     choices: dict[str, str] = {}
     for a in alerts:
-        found = _by_annotation(a, index)
+        found = by_annotation(a, index)
         if found is None:
             names = sorted(set(answers.get(a.name, [])))
             if not names:

@@ -272,7 +272,8 @@ def check(rules: list[AlertRule], runbooks: list, config=None, complete: bool = 
 
     ``complete`` is False when a rule file could not be read at all: then a runbook's alert
     missing from the rules proves nothing, and RB202 is not reported."""
-    from runbook.alert import Alert, _by_annotation
+    from runbook.alert import Alert
+    from runbook.alert import by_annotation as annotated_runbook
     from runbook.errors import RunbookError
     from runbook.schema import suggest
     from runbook.validate import Config
@@ -310,7 +311,7 @@ def check(rules: list[AlertRule], runbooks: list, config=None, complete: bool = 
             by_annotation.setdefault(r.alert, set()).add(None)
             continue
         try:
-            found = _by_annotation(Alert(name=r.alert, status="firing", labels=r.labels, annotations=ann,
+            found = annotated_runbook(Alert(name=r.alert, status="firing", labels=r.labels, annotations=ann,
                                          starts_at=None, fingerprint=""), index)
         except RunbookError:
             titled = [rb.name for rb in runbooks if re.search(rf"(?<![\w-]){re.escape(ref)}(?![\w-])", rb.title or "")]
