@@ -283,6 +283,7 @@ class RunLock:
     def __init__(self, directory: Path, name: str, what: str = "this alert is already being handled"):
         safe = "".join(c for c in name if c.isalnum() or c in "-_")[:80] or "lock"
         self.path = directory / "locks" / f"{safe}.lock"
+        self.name = safe
         self.what = what
         self.fd: int | None = None
 

@@ -202,37 +202,39 @@ class Problem:
     crash: bool = False  # only the last line is torn: a crash while writing, repaired by the next write
 
 
-def resolve_run(path: Path, run_id: str) -> list[dict[str, Any]]:
-    """The records of ``run_id`` (a run id, a unique prefix, or ``last``)."""
+def resolve_run(store, run_id: str) -> list[dict[str, Any]]:
+    """The records of ``run_id`` (a run id, a unique prefix, or ``last``) in ``store``
+    (a :class:`runbook.store.Store`, or a log's path)."""
+    store = _as_store(store)
     if run_id == "last":
-        runs = audit.list_runs(path)
+        runs = store.list_runs()
         if not runs:
-            raise RunbookError(f"no runs recorded in {path}")
+            raise RunbookError(f"no runs recorded in {store.where}")
         run_id = runs[-1]["run"]
-    return audit.run_records(path, run_id)
+    return store.run_records(run_id)
 
 
-def check_chain(path: Path, run_id: str, result: audit.VerifyResult | None = None) -> Problem | None:
+def _as_store(store):
+    from runbook.store import FileStore
+
+    if isinstance(store, (str, os.PathLike)):
+        return FileStore(path=store)
+    return store
+
+
+def check_chain(store, run_id: str, result: audit.VerifyResult | None = None) -> Problem | None:
     """None when the log verifies (like ``runbook audit verify``), else where it does not."""
-    result = result or audit.verify(path)
+    store = _as_store(store)
+    result = result or store.verify()
     if result.ok:
         return None
     if result.status == "torn":  # a crash, not tampering: the next write keeps the bytes
-        return Problem(str(path), result.line, result.problem or result.message, False, crash=True)
+        return Problem(store.where, result.line, result.problem or result.message, False, crash=True)
     this_run = False
     if result.line is not None:
-        try:
-            with open(path, "rb") as f:
-                for number, line in enumerate(f, start=1):
-                    if number == result.line:
-                        try:
-                            this_run = str(json.loads(line).get("run")) == run_id
-                        except (ValueError, AttributeError):
-                            pass
-                        break
-        except OSError:
-            pass
-    return Problem(str(path), result.line, result.problem or result.message, this_run)
+        record = store.record_at(result.line)
+        this_run = record is not None and str(record.get("run")) == run_id
+    return Problem(store.where, result.line, result.problem or result.message, this_run)
 
 
 def runbook_meta(started: dict[str, Any]) -> dict[str, Any]:
@@ -870,12 +872,13 @@ def _action_items(run: _Run) -> list[str]:
 # --- Entry point -----------------------------------------------------------------------------
 
 
-def report(path: str | os.PathLike[str], run_id: str,
+def report(store, run_id: str,
            meta: Callable[[dict[str, Any]], dict[str, Any]] = runbook_meta,
            checked: audit.VerifyResult | None = None) -> str:
-    """The Markdown report of run ``run_id`` (an id, a unique prefix or ``last``) of the log at ``path``."""
-    path = Path(path)
-    records = resolve_run(path, run_id)
-    problem = check_chain(path, str(records[0].get("run")), checked)
+    """The Markdown report of run ``run_id`` (an id, a unique prefix or ``last``) in ``store``
+    (a :class:`runbook.store.Store`, or the path of a log file)."""
+    store = _as_store(store)
+    records = resolve_run(store, run_id)
+    problem = check_chain(store, str(records[0].get("run")), checked)
     started = next((r for r in records if r.get("type") == "run_started"), {})
     return render(records, problem=problem, meta=meta(started))

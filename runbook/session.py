@@ -36,6 +36,7 @@ from typing import Any
 from runbook import audit
 from runbook.errors import RunbookError
 from runbook.secrets import Redactor
+from runbook.store import open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 3, 130
 FINISHED = ("completed", "resolved", "escalated", "rehearsed")  # a run that ended where its runbook ends (or its rehearsal)
@@ -64,6 +65,7 @@ class RunRequest:
     argv: list[str] = field(default_factory=list)
     who: str | None = None
     audit_dir: Path | None = None
+    store: Any = None  # a runbook.store.Store; default: open_store(audit_dir)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class ResumeRequest:
     argv: list[str] = field(default_factory=list)
     who: str | None = None
     audit_dir: Path | None = None
+    store: Any = None  # a runbook.store.Store; default: open_store(audit_dir)
 
 
 @dataclass
@@ -186,7 +189,8 @@ class AlertStart:
 
 
 def from_alert(doc: dict, fingerprint: str | None, name: str | None, path: list[Path], given: dict[str, str], *,
-               dry_run: bool = False, audit_dir: Path | None = None, who: str | None = None) -> AlertStart:
+               dry_run: bool = False, audit_dir: Path | None = None, who: str | None = None,
+               store=None) -> AlertStart:
     """The runbook, the alert and the parameters (labels, then ``given``) for a
     webhook payload, and one line saying how they were chosen.  Each resolved
     alert of the payload is recorded (:func:`record_resolved`; not in a
@@ -196,7 +200,7 @@ def from_alert(doc: dict, fingerprint: str | None, name: str | None, path: list[
     firing, resolved = alert.alerts_of(doc, fingerprint)
     out = AlertStart()
     for a in resolved:
-        what, where = record_resolved(a, dry_run=dry_run, audit_dir=audit_dir, who=who)
+        what, where = record_resolved(a, dry_run=dry_run, audit_dir=audit_dir, who=who, store=store)
         out.resolved.append(f"resolved: {'' if firing else 'nothing to run — '}{what}; {where}")
     if not firing:
         return out
@@ -217,22 +221,22 @@ def from_alert(doc: dict, fingerprint: str | None, name: str | None, path: list[
 
 
 def record_resolved(the_alert, *, dry_run: bool = False, audit_dir: Path | None = None,
-                    who: str | None = None) -> tuple[str, str]:
+                    who: str | None = None, store=None) -> tuple[str, str]:
     """Record that ``the_alert`` resolved: an ``alert_resolved`` record in the run
     handling it when one is open or paused (:func:`open_alert_run`; its next
     resume says so), else in the audit log on its own.  A dry-run records
     nothing.  Returns (what resolved, where it was recorded), for the operator."""
-    directory = audit_dir or audit.default_dir()
+    store = store or open_store(audit_dir)
     when = the_alert.ends_at or "an unknown time (the payload has no endsAt)"
     what = f"alert {the_alert.name} ({the_alert.fingerprint}) resolved at {when}"
-    found = open_alert_run(directory / audit.LOG_NAME, the_alert)
+    found = open_alert_run(store, the_alert)
     if dry_run:
         return what, "not recorded (--dry-run)" + (f"; run {found[0]['run']} handles it" if found else "")
     fields = {"alertname": the_alert.name, "fingerprint": the_alert.fingerprint, "startsAt": the_alert.starts_at,
               "endsAt": the_alert.ends_at, "labels": the_alert.labels, "who": who or audit.who(),
               "host": audit.hostname()}
     fields = {k: v for k, v in fields.items() if v is not None}
-    with audit.AuditLog(directory) as log:
+    with store.log() as log:
         if found is None:
             log.append({"type": "alert_resolved", **fields})
             return what, "recorded in the audit log"
@@ -256,12 +260,12 @@ def _alert_of(started: dict):
                  others_starts=dict(a["also_startsAt"]) if isinstance(a.get("also_startsAt"), dict) else {})
 
 
-def _alert_runs(log_path: Path, fingerprints: list[str], this_run: str | None = None) -> list[list[dict]]:
+def _alert_runs(store, fingerprints: list[str], this_run: str | None = None) -> list[list[dict]]:
     """The records of every live run started for any of ``fingerprints`` (its
     alert or one of its group), in the order they started."""
     runs: dict[str, list[dict]] = {}
     wanted = set(fingerprints)
-    for r in audit.read_records(log_path):
+    for r in store.records():
         rid = str(r.get("run"))
         if "run" not in r or rid == this_run:
             continue
@@ -276,17 +280,15 @@ def _alert_runs(log_path: Path, fingerprints: list[str], this_run: str | None = 
     return list(runs.values())
 
 
-def unfinished_alert_run(log_path: Path, fingerprints: list[str], this_run: str) -> dict | None:
+def unfinished_alert_run(store, fingerprints: list[str], this_run: str) -> dict | None:
     """The summary of the last live run for any of ``fingerprints`` when it
     stopped without finishing (a crash, a kill): a new run for the alert must
     not start beside it.  A run still going (its process holds its run lock)
     has not stopped."""
-    from runbook.alert import RunLock
-
-    for records in reversed(_alert_runs(log_path, fingerprints, this_run)):
+    for records in reversed(_alert_runs(store, fingerprints, this_run)):
         summary = audit.summarize(records)
         if summary["finished"] is None:
-            if RunLock(log_path.parent, f"run-{summary['run']}").held():
+            if store.lock(f"run-{summary['run']}").held():
                 return None  # still going: the alert lock (or --force) decides
             return summary
         if summary["steps"]:  # a later run finished after doing something: the alert was handled since
@@ -309,7 +311,7 @@ def _started_at(recorded: dict, fingerprint: str) -> str | None:
     return starts.get(fingerprint) if isinstance(starts, dict) else None
 
 
-def open_alert_run(log_path: Path, the_alert) -> tuple[dict, bool] | None:
+def open_alert_run(store, the_alert) -> tuple[dict, bool] | None:
     """(summary, still going) of the run handling ``the_alert`` while it is open
     or paused: still going, stopped without finishing (a crash), or stopped
     where a resume goes on (a write not approved, a failed or interrupted
@@ -318,9 +320,7 @@ def open_alert_run(log_path: Path, the_alert) -> tuple[dict, bool] | None:
     say, the startsAt the run recorded for that alert is the alert's (a new
     startsAt is a new incident).  None when that run finished (completed,
     resolved, escalated) or there is none."""
-    from runbook.alert import RunLock
-
-    for records in reversed(_alert_runs(log_path, [the_alert.fingerprint])):
+    for records in reversed(_alert_runs(store, [the_alert.fingerprint])):
         started = _started_at(records[0].get("alert") or {}, the_alert.fingerprint)
         if started and the_alert.starts_at and not _same_time(started, the_alert.starts_at):
             continue  # another incident of the same alert
@@ -329,7 +329,7 @@ def open_alert_run(log_path: Path, the_alert) -> tuple[dict, bool] | None:
             return None
         if summary["status"] == "refused" and not summary["steps"]:
             continue  # refused before its first step (another run had the alert): look further back
-        going = summary["finished"] is None and RunLock(log_path.parent, f"run-{summary['run']}").held()
+        going = summary["finished"] is None and store.lock(f"run-{summary['run']}").held()
         return summary, going
     return None
 
@@ -395,18 +395,16 @@ def resolve_label_params(rb, the_alert, given: dict[str, str], inventory, dry_ru
 # --- locks -------------------------------------------------------------------------------------
 
 
-def hold_locks(directory: Path, run_id: str, who: str, the_alert, force: bool, journal, ui,
+def hold_locks(store, run_id: str, who: str, the_alert, force: bool, journal, ui,
                run_lock: bool = True) -> list:
     """The locks a live run holds: its run id (resume waits for it) and each
     alert it handles (one run per alert unless ``force``).  On a refusal the
     locks taken so far are released and the RunbookError goes to the caller,
     which says in the journal what that means for its run."""
-    from runbook.alert import RunLock
-
     started = audit.now()
-    wanted = [RunLock(directory, f"run-{run_id}", f"run {run_id} is still going")] if run_lock else []
+    wanted = [store.lock(f"run-{run_id}", f"run {run_id} is still going")] if run_lock else []
     if the_alert is not None:
-        wanted += [RunLock(directory, f"alert-{fp}") for fp in [the_alert.fingerprint, *the_alert.others]]
+        wanted += [store.lock(f"alert-{fp}") for fp in [the_alert.fingerprint, *the_alert.others]]
     held = []
     for lock in wanted:
         try:
@@ -416,7 +414,7 @@ def hold_locks(directory: Path, run_id: str, who: str, the_alert, force: bool, j
             raise
         held.append(lock)
         if warning:
-            journal.event("forced", lock=lock.path.stem, warning=warning)
+            journal.event("forced", lock=lock.name, warning=warning)
             ui.notice(warning)
     return held
 
@@ -426,10 +424,10 @@ def release(locks: list) -> None:
         lock.release()
 
 
-def _guard_alert(log_path: Path, run_id: str, the_alert, force: bool, journal, ui) -> None:
+def _guard_alert(store, run_id: str, the_alert, force: bool, journal, ui) -> None:
     """Refuse a new run for an alert whose last run stopped without finishing."""
     fps = [the_alert.fingerprint, *the_alert.others]
-    last = unfinished_alert_run(log_path, fps, run_id)
+    last = unfinished_alert_run(store, fps, run_id)
     if last is None:
         return
     what = (f"with step {', '.join(last['in_doubt'])} in doubt" if last["in_doubt"]
@@ -509,8 +507,8 @@ def start(req: RunRequest, ui) -> Outcome:
     ui.attach(redactor)
     shown = display_params(rb, params)
 
-    directory = req.audit_dir or audit.default_dir()
-    log = audit.AuditLog(directory)
+    store = req.store or open_store(req.audit_dir)
+    log = store.log()
     run_id = audit.new_run_id()
     journal = audit.RunJournal(log, run_id, redactor)
     who = req.who or audit.who()
@@ -533,14 +531,14 @@ def start(req: RunRequest, ui) -> Outcome:
             return _plan(rb, params, inventory, journal, options, outcome)
 
         try:
-            locks = hold_locks(directory, run_id, who, the_alert, req.force, journal, ui)
+            locks = hold_locks(store, run_id, who, the_alert, req.force, journal, ui)
         except RunbookError:
             journal.run_finished(status="refused", exit_code=EXIT_REFUSED)  # another run has this alert
             raise
         try:
             if the_alert is not None:
                 try:
-                    _guard_alert(log.path, run_id, the_alert, req.force, journal, ui)
+                    _guard_alert(store, run_id, the_alert, req.force, journal, ui)
                 except RunbookError:
                     journal.run_finished(status="refused", exit_code=EXIT_REFUSED)
                     raise
@@ -706,13 +704,12 @@ def resume(req: ResumeRequest, ui) -> Outcome:
     """Go on with an interrupted run from its audit log (see the module's doc).
     Every check comes before the first record of the resume: a refusal leaves
     the run as it was (and says so in its log)."""
-    from runbook.alert import RunLock
     from runbook.engine import Engine, Options, display_params, resolve_params
     from runbook.inventory import resolve_inventory
     from runbook.steps import StepResult
 
-    directory = req.audit_dir or audit.default_dir()
-    records = audit.run_records(directory / audit.LOG_NAME, req.run_id)
+    store = req.store or open_store(req.audit_dir)
+    records = store.run_records(req.run_id)
     run_id = str(records[0]["run"])
     started = next((r for r in records if r.get("type") == "run_started"), None)
     if started is None:
@@ -725,13 +722,13 @@ def resume(req: ResumeRequest, ui) -> Outcome:
                        note=f"run {run_id} already finished: {summary['status']} at {summary['finished']} "
                             f"(exit {summary['exit_code']}); nothing to resume")
     who = req.who or audit.who()
-    log = audit.AuditLog(directory)
+    log = store.log()
     plain = audit.RunJournal(log, run_id, Redactor())  # for refusals before the parameters are known
     locks: list = []
     try:
-        _trust_log(directory / audit.LOG_NAME, run_id, req.force, plain, who, ui)
+        _trust_log(store, run_id, req.force, plain, who, ui)
         # no resume while the run still goes, nor two resumes at once
-        lock = RunLock(directory, f"run-{run_id}", f"run {run_id} is still going or being resumed")
+        lock = store.lock(f"run-{run_id}", f"run {run_id} is still going or being resumed")
         try:
             lock.acquire(run_id, who, audit.now())
         except RunbookError as exc:
@@ -753,7 +750,7 @@ def resume(req: ResumeRequest, ui) -> Outcome:
             ui.notice(resolution)
         if the_alert:
             try:
-                locks += hold_locks(directory, run_id, who, the_alert, False, plain, ui, run_lock=False)
+                locks += hold_locks(store, run_id, who, the_alert, False, plain, ui, run_lock=False)
             except RunbookError as exc:  # the run stays as it was: not finished, resumable later
                 raise _refuse(plain, who, str(exc)) from None
 
@@ -853,19 +850,20 @@ def _check_running(records: list[dict], run_id: str, step_id: str, force: bool, 
         ui.notice(warning)
 
 
-def log_trust(path: Path) -> tuple[str, str, Any]:
-    """(status, message, the VerifyResult or None) of the audit log's verification: "ok", "torn"
+def log_trust(store) -> tuple[str, str, Any]:
+    """(status, message, the VerifyResult or None) of the audit store's verification: "ok", "torn"
     (a crash; the next write repairs it), "unsealed" (written before sealing), "tampered" or
     "key-missing"; ("ok", "no log yet", None) when there is none."""
-    if not Path(path).exists():
+    if not store.exists():
         return "ok", "no log yet", None
-    check = audit.verify(path)
+    check = store.verify()
     return check.status, check.message, check
 
 
-def _trust_log(path: Path, run_id: str, force: bool, journal, who: str, ui) -> None:
+def _trust_log(store, run_id: str, force: bool, journal, who: str, ui) -> None:
     """Resume rests on the log: refuse one that does not verify, unless ``force`` (recorded)."""
-    status, message, _ = log_trust(path)
+    path = store.where
+    status, message, _ = log_trust(store)
     if status in ("ok", "torn"):
         return
     if status == "unsealed":

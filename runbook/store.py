@@ -72,11 +72,15 @@ class Store(Protocol):
 
 
 class FileStore:
-    """The audit log file ``audit.jsonl`` in ``directory``."""
+    """The audit log file ``audit.jsonl`` in ``directory`` (or the log file at ``path``, to read it)."""
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None):
-        self.directory = Path(directory) if directory is not None else audit.default_dir()
-        self.path = self.directory / audit.LOG_NAME
+    def __init__(self, directory: str | os.PathLike[str] | None = None, path: str | os.PathLike[str] | None = None):
+        if path is not None:
+            self.path = Path(path)
+            self.directory = self.path.parent
+        else:
+            self.directory = Path(directory) if directory is not None else audit.default_dir()
+            self.path = self.directory / audit.LOG_NAME
         self.where = str(self.path)
 
     def log(self) -> audit.AuditLog:

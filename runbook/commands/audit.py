@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--dir", metavar="DIR", help="audit log directory (default: $RUNBOOK_AUDIT_DIR or ~/.local/state/runbook)"
+        "--dir", metavar="DIR", help="audit log directory (default: $RUNBOOK_AUDIT_URL's store, else $RUNBOOK_AUDIT_DIR, else "
+        "~/.local/state/runbook)"
     )
     fmt = argparse.ArgumentParser(add_help=False)
     fmt.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
@@ -70,12 +71,11 @@ def run(args: argparse.Namespace) -> int:
     return args.audit_func(args)
 
 
-def _log_path(args: argparse.Namespace) -> Path:
-    from pathlib import Path
+def _store(args: argparse.Namespace):
+    """The store the command reads: --dir's log, else RUNBOOK_AUDIT_URL's store, else the default log."""
+    from runbook.store import open_store
 
-    from runbook import audit
-
-    return (Path(args.dir) if args.dir else audit.default_dir()) / audit.LOG_NAME
+    return open_store(args.dir or None)
 
 
 def _print_json(data: Any) -> None:
@@ -100,18 +100,17 @@ def _list(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from runbook import audit
     from runbook.ui import out, visible
 
-    path = _log_path(args)
-    runs = audit.list_runs(path)[::-1]
+    store = _store(args)
+    runs = store.list_runs()[::-1]
     if args.limit > 0:
         runs = runs[: args.limit]
     if args.format == "json":
         _print_json(runs)
         return 0
     if not runs:
-        out().print(Text(visible(f"no runs recorded in {path}")))
+        out().print(Text(visible(f"no runs recorded in {store.where}")))
         return 0
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     table.add_column("run id", no_wrap=True, min_width=23)
@@ -143,7 +142,7 @@ def _show(args: argparse.Namespace) -> int:
     from runbook.report import chosen
     from runbook.ui import out, visible
 
-    records = audit.run_records(_log_path(args), args.run_id)
+    records = _store(args).run_records(args.run_id)
     if args.format == "json":
         _print_json(records)
         return 0
@@ -219,8 +218,11 @@ def _verify(args: argparse.Namespace) -> int:
     from runbook import audit
     from runbook.ui import out, visible
 
-    path = args.file or _log_path(args)
-    result = audit.verify(path, args.key)
+    if args.file:
+        path, result = args.file, audit.verify(args.file, args.key)
+    else:
+        store = _store(args)
+        path, result = store.where, store.verify(args.key)
     if result.status == "ok":
         text = result.message
     else:

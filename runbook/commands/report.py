@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("run_id", metavar="RUN_ID", help="a run id, a unique prefix of one, or 'last' for the most recent run")
     p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (default: standard output)")
-    p.add_argument("--dir", metavar="DIR", help="audit log directory (default: $RUNBOOK_AUDIT_DIR or ~/.local/state/runbook)")
+    p.add_argument("--dir", metavar="DIR", help="audit log directory (default: $RUNBOOK_AUDIT_URL's store, else $RUNBOOK_AUDIT_DIR, else "
+                   "~/.local/state/runbook)")
     p.add_argument("--force", action="store_true",
                    help="write the report although the audit log does not verify (it says so at the top)")
     p.set_defaults(func=run)
@@ -26,19 +27,19 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from runbook.commands.audit import _log_path
+    from runbook.commands.audit import _store
     from runbook.errors import RunbookError
     from runbook.report import report
-
     from runbook.session import log_trust
 
-    path = _log_path(args)
-    status, message, checked = log_trust(path)  # verified once: the report reuses the result
+    store = _store(args)
+    path = store.where
+    status, message, checked = log_trust(store)  # verified once: the report reuses the result
     if status in ("tampered", "key-missing") and not args.force:
         what = "cannot be verified" if status == "key-missing" else "does not verify"
         raise RunbookError(f"the audit log {path} {what}: {message}; a report would rest on records that may have "
                            "been changed (runbook audit verify gives the details; --force writes it with a warning)")
-    text = report(path, args.run_id, checked=checked)
+    text = report(store, args.run_id, checked=checked)
     if not args.output or args.output == "-":
         sys.stdout.write(text)
         return 0
