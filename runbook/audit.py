@@ -111,7 +111,7 @@ def now() -> str:
 
 
 # What a ``decision`` record's ``how`` says: before a step ran, or the operator's choice after it failed.
-BEFORE_STEP_HOW = ("prompt", "--yes", "no-terminal", "answer-flag", "step-mode")
+BEFORE_STEP_HOW = ("prompt", "--yes", "no-terminal", "answer-flag", "step-mode", "worker", "auto-approved")
 AFTER_FAILURE_HOW = ("retry", "skip", "on_failure", "abort")
 
 

@@ -25,7 +25,7 @@ from runbook import expr, outputs
 from runbook.errors import RunbookError, UsageError
 from runbook.schema import suggest
 from runbook.secrets import MASK, LazySecret, Redactor, Secret
-from runbook.spec import Runbook, Step
+from runbook.spec import STAGES, Runbook, Step
 from runbook.steps import Action, StepResult
 from runbook.text import plural
 
@@ -150,6 +150,10 @@ class Options:
     start_at: str | None = None  # --start-at STEP
     stage: str | None = None  # --stage NAME: run that stage only
     clock_from: float | None = None  # epoch seconds the incident clock counts from (the alert, else the start)
+    # a team worker's run (runbook worker): no person is there, so the run pauses (status "paused", resumable)
+    # when it reaches a stage after pause_after, and before a write step unless the step has auto_approve
+    pause_after: str | None = None
+    pause_before_writes: bool = False
 
 
 @dataclass
@@ -357,6 +361,13 @@ class Engine:
         total = 0
         last_ok = True
         while step is not None:
+            after = self.options.pause_after
+            if after and STAGES.index(step.stage) > STAGES.index(after):
+                message = (f"the {after} stage is done; paused before {step.stage} step '{step.id}' for a person: "
+                           f"runbook resume {self.run_id}")
+                if self.journal:
+                    self.journal.event("paused", step=step.id, reason=f"the {after} stage is done")
+                return "paused", EXIT_OK, message
             if self.options.stage and step.stage != self.options.stage:
                 if not last_ok:  # the stage's failure path leads out of it: that is no success
                     return "failed", EXIT_FAILED, (f"the {self.options.stage} stage ended with a failure "
@@ -385,6 +396,12 @@ class Engine:
                 self._record_skip(step, result)
                 return "failed", EXIT_FAILED, result.error
             result = self._execute(step)
+            if result.status == "paused":
+                return "paused", EXIT_OK, result.error
+            if result.status == "refused" and self.options.pause_before_writes:  # a question for a person
+                if self.journal:
+                    self.journal.event("paused", step=step.id, reason="a person must answer")
+                return "paused", EXIT_OK, f"paused at step '{step.id}' for a person ({result.error}): runbook resume {self.run_id}"
             if result.status == "refused":
                 return "refused", EXIT_REFUSED, result.error or f"step '{step.id}' was not approved"
             if result.status == "interrupted" and (not self._guided() or self._interrupt.signame != "SIGINT"):
@@ -465,6 +482,11 @@ class Engine:
                 choice = "run"
             if choice == "skip":
                 return self._record_skip(step, StepResult("skipped", error="skipped by the operator"))
+            if choice == "pause":
+                if self.journal:
+                    self.journal.event("paused", step=step.id, reason="a write step needs a person")
+                return StepResult("paused", error=f"paused before step '{step.id}', which changes things ({shown}): "
+                                  f"a person approves it with runbook resume {self.run_id}; nothing was changed")
             if choice != "run":
                 if how == "no-terminal":
                     msg = (f"step '{step.id}' changes things ({shown}) and needs approval: run it in a terminal, "
@@ -528,6 +550,8 @@ class Engine:
                 if step.effect == "write" and not self.options.yes:
                     return self.ui.confirm(step, act), who, "prompt"
             return choice, who, "step-mode"
+        if self.options.pause_before_writes and step.effect == "write":
+            return ("run", who, "auto-approved") if step.auto_approve else ("pause", who, "worker")
         if self.options.yes:
             return "run", who, "--yes"
         if not self.options.interactive:

@@ -46,6 +46,7 @@ _KNOWN = {
     "run_finished": {"status", "exit_code", "signal"},
     "retry": {"step", "attempt", "status", "error"},
     "interrupted": {"step", "signal"},
+    "paused": {"step", "reason"},
     "resumed": {"who", "host", "argv", "previous_status"},
     "step_process": {"step", "pid", "pgid", "start_ticks", "boot_id", "host", "hosts", "deadline"},
     "resume_refused": {"who", "reason", "step"},
@@ -62,11 +63,14 @@ _HOW = {
     "--yes": "on the command line",
     "no-terminal": "no terminal to ask, and no --yes",
     "answer-flag": "with --answer",
+    "worker": "a team worker paused for a person",
+    "auto-approved": "auto-approved by the runbook (auto_approve), run by a team worker",
 }
 # Decisions on resume about a write step that was in doubt.
 _SETTLE_HOW = ("mark-done", "rerun")
 # The choice a decision records, as the report says it: before a step (what became of it) ...
-_CHOSEN_BEFORE = {"run": "approved", "continue": "approved", "skip": "skipped", "abort": "declined"}
+_CHOSEN_BEFORE = {"run": "approved", "continue": "approved", "skip": "skipped", "abort": "declined",
+                  "pause": "paused for a person"}
 # ... and after it failed (what the operator chose at the prompt, in the prompt's words).
 _CHOSEN_AFTER = {"retry": "retry", "skip": "skip", "on_failure": "follow on_failure", "abort": "abort"}
 
@@ -99,6 +103,7 @@ _OUTCOME = {
     "interrupted": "interrupted (Ctrl-C or SIGTERM)",
     "planned": "planned (dry-run: nothing was contacted)",
     "aborted": "aborted by the operator",
+    "paused": "paused for a person (a team worker diagnosed it; runbook resume goes on)",
     "rehearsed": "rehearsed (--server-dry-run: writes validated by their servers, not stored; verify not run)",
 }
 
@@ -644,6 +649,9 @@ def _timeline_entry(r: dict[str, Any], run: _Run, origin: datetime | None) -> li
         sig = str(r.get("signal") or "")
         how = "Ctrl-C" if sig == "SIGINT" else (sig or "Ctrl-C or SIGTERM")
         return [head + f"**run interrupted** ({text(how)})" + (f" during step {step}" if step else "") + _extras(r, known)]
+    if rtype == "paused":  # a team worker's run: nobody at a terminal
+        return [head + f"**run paused for a person** before step {step or '?'}: {text(r.get('reason') or '?')}"
+                + _extras(r, known)]
     if rtype == "resumed":
         line = f"**run resumed** by {text(r.get('who') or '?')} on {code(r.get('host') or '?')}"
         if isinstance(r.get("argv"), list):

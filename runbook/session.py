@@ -66,6 +66,9 @@ class RunRequest:
     who: str | None = None
     audit_dir: Path | None = None
     store: Any = None  # a runbook.store.Store; default: open_store(audit_dir)
+    run_id: str | None = None  # given by a host that named the run before it started (the team ledger)
+    pause_after: str | None = None  # a team worker: pause when the walk leaves this stage (engine.Options)
+    pause_before_writes: bool = False  # a team worker: pause before a write step not marked auto_approve
 
 
 @dataclass
@@ -84,6 +87,8 @@ class ResumeRequest:
     who: str | None = None
     audit_dir: Path | None = None
     store: Any = None  # a runbook.store.Store; default: open_store(audit_dir)
+    pause_after: str | None = None  # as RunRequest's: a team worker going on with a run a worker started
+    pause_before_writes: bool = False
 
 
 @dataclass
@@ -509,7 +514,7 @@ def start(req: RunRequest, ui) -> Outcome:
 
     store = req.store or open_store(req.audit_dir)
     log = store.log()
-    run_id = audit.new_run_id()
+    run_id = req.run_id or audit.new_run_id()
     journal = audit.RunJournal(log, run_id, redactor)
     who = req.who or audit.who()
     the_alert = req.alert
@@ -523,7 +528,8 @@ def start(req: RunRequest, ui) -> Outcome:
                             stage=req.stage, start_at=req.start_at, step_mode=req.step_mode or None)
         options = Options(dry_run=req.dry_run, server_dry_run=req.server_dry_run, yes=req.yes,
                           interactive=req.interactive, answers=dict(req.answers), who=who, step_mode=req.step_mode,
-                          start_at=req.start_at, stage=req.stage,
+                          start_at=req.start_at, stage=req.stage, pause_after=req.pause_after,
+                          pause_before_writes=req.pause_before_writes,
                           clock_from=incident_start(the_alert) or time.time())
         outcome = Outcome(run_id, "failed", EXIT_FAILED, params_shown=shown, redactor=redactor, inventory=inventory,
                           examples=list(examples))
@@ -766,6 +772,7 @@ def resume(req: ResumeRequest, ui) -> Outcome:
         options = Options(yes=req.yes, interactive=req.interactive, answers=dict(req.answers), who=who,
                           server_dry_run=bool(started.get("server_dry_run")), stage=started.get("stage"),
                           step_mode=bool(started.get("step_mode")) and req.interactive,
+                          pause_after=req.pause_after, pause_before_writes=req.pause_before_writes,
                           clock_from=_clock_from(started, the_alert))
         engine = Engine(rb, params, inventory=inventory, ui=ui, journal=journal, options=options, run_id=run_id,
                         redactor=redactor)

@@ -71,6 +71,8 @@ COMMON_FIELDS: dict[str, S.Node] = {
     "next": S.Str(doc="the step to go to after this one succeeds (default: the following step)"),
     "on_failure": S.Str(doc="the step to go to when this one fails, or 'continue' / 'abort' (default)"),
     "max_visits": S.Int(minimum=1, maximum=10000, doc="how often the step may run in one run: the bound of a loop"),
+    "auto_approve": S.Bool(doc="a team worker (runbook worker) may run this write step without a person; recorded as "
+                                "auto-approved; validate warns for SEV1/SEV2 runbooks (RB109)"),
     # for the operator (guided mode, the report): what the step looks at and what to make of it
     "checks": S.Str(doc="what this step checks"),
     "normal": S.Str(doc="what a healthy answer looks like"),
@@ -267,6 +269,7 @@ class Step:
     next: str | None = None
     on_failure: str | None = None
     max_visits: int | None = None
+    auto_approve: bool = False
 
     @property
     def pos(self) -> tuple[int, int]:
@@ -350,7 +353,7 @@ def _build(data: Map, path: str, sha: str) -> Runbook:
                 retries=retries, retry_delay=S.parse_duration(raw.get("retry_delay", 5)),
                 until=raw.get("until"), every=S.parse_duration(raw.get("every", 10)),
                 outputs=dict(raw.get("outputs") or {}), next=raw.get("next"), on_failure=raw.get("on_failure"),
-                max_visits=raw.get("max_visits"),
+                max_visits=raw.get("max_visits"), auto_approve=bool(raw.get("auto_approve")),
             ))
     return Runbook(
         name=data["name"], title=data["title"], path=path, sha256=sha, data=data,

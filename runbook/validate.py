@@ -36,6 +36,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     "RB105": ("secret-printed", "error", "a secret parameter is rendered where it would be printed"),
     "RB106": ("template-in-quotes", "error", "a template inside quotes or a here-document in a shell command is not protected by quoting"),
     "RB107": ("readonly-without-role", "warning", "a read-only sql step on a non-local database whose inventory entry has no readonly_role"),
+    "RB109": ("auto-approve-severe", "warning", "a SEV1/SEV2 runbook lets a team worker run a write step without a person (auto_approve: true); validate --allow-auto-approve accepts it"),
     "RB108": ("aggregate-unchecked", "info", "without an inventory, validate cannot tell whether a host name is a group whose outputs need an aggregate"),
     # alert coverage (validate --alert-rules FILE…: runbook.alert_rules); "info" is never made an error by --strict
     "RB201": ("alert-without-runbook", "warning", "an alert of the rule files that no runbook answers: no alerts: list names it, no runbook or runbook_url annotation names a runbook"),
@@ -329,6 +330,10 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
             problem(s.pos, f"step '{s.id}' writes in the diagnose stage; mark it readonly: true if it only looks, or move it to mitigate", rule="RB101")
         if s.effect == "write" and s.timeout is None and s.module.WRITE_NEEDS_TIMEOUT:
             problem(s.pos, f"step '{s.id}' writes and has no timeout; add timeout: 5m (or what fits)", rule="RB103")
+        if s.auto_approve and s.effect == "write" and str(rb.severity or "").upper() in ("SEV1", "SEV2"):
+            problem(s.raw.vpos("auto_approve"), f"step '{s.id}' may be run by a team worker without a person "
+                    f"(auto_approve) in a {rb.severity} runbook; remove auto_approve, or accept it with "
+                    "validate --allow-auto-approve (or RB109: off in .runbook.yaml)", rule="RB109")
     if rb.stage("mitigate") and not rb.stage("verify"):
         problem(rb.data["stages"].kpos("mitigate"), "the mitigate stage has no verify stage after it: add verify steps that prove the system is healthy again", rule="RB102")
     return res

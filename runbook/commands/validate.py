@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("--format", choices=("text", "json", "github", "sarif"), default="text")
     p.add_argument("--config", metavar="FILE", help="rule settings (default: .runbook.yaml found upwards)")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors (info notes stay notes)")
+    p.add_argument("--allow-auto-approve", action="store_true",
+                   help="accept auto_approve write steps in SEV1/SEV2 runbooks (RB109 off)")
     p.add_argument("--alert-rules", nargs="+", action="extend", metavar="FILE",
                    help="Prometheus rule files (or folders of them, or PrometheusRule manifests): report alerts no runbook "
                         "answers and runbook alerts no rule defines, against all the runbooks given (PATHs go before "
@@ -88,6 +90,8 @@ def run(args) -> int:
 
     files = _files([Path(p) for p in args.paths] or spec.search_path(None), spec.runbook_files, "", "runbook")
     config, config_problems = load_config(args.config)
+    if args.allow_auto_approve:
+        config.severities["RB109"] = "off"
     inventory = None
     problems_extra = list(config_problems)
     if args.inventory or args.env:

@@ -1,0 +1,357 @@
+"""``runbook worker``: Celery workers that diagnose an alert before anyone wakes.
+
+``runbook serve`` records each firing alert in the ledger (:mod:`runbook.team.ledger`)
+and sends one job per incident (``runbook.diagnose``, its Celery task id the run id)
+to the broker (``RUNBOOK_BROKER_URL``: ``redis://…`` or ``amqp://…``).  A worker
+runs the incident's runbook through the same lifecycle as ``runbook run``
+(:mod:`runbook.session`), with nobody at a terminal: the run reads until the
+diagnose stage is done (``--through`` a later stage lets it go further) and
+pauses before the first write step, unless the runbook marks that step
+``auto_approve`` (recorded as ``auto-approved``).  A paused run is finished by a
+person: ``runbook resume RUN_ID`` on a laptop, against the same audit store.
+
+Delivery, stated:
+
+* **a job is acknowledged only once its run is recorded** — late acknowledgement
+  (``task_acks_late``): the broker keeps the message until the task returns,
+  i.e. after ``run_started`` and the diagnosis are committed to PostgreSQL;
+  a worker process that dies mid-task has its job handed out again
+  (``task_reject_on_worker_lost``; with Redis, also after the visibility timeout);
+* **exactly one start** comes from PostgreSQL, never from the broker: the run id
+  is fixed when the ledger row is inserted (unique per runbook, fingerprint and
+  startsAt), a worker takes the run's *claim* lock (an advisory lock, dropped
+  when its connection dies) before it looks at the store, and a run that has a
+  ``run_started`` record is never started again: a redelivered job for a run
+  cut short by a dead worker *resumes* it (read steps cut short run again; a
+  write in doubt would be left for a person, and workers run no writes but
+  ``auto_approve`` ones), for a run that is paused or finished it does nothing,
+  and for a run another worker holds it does nothing;
+* **a write is never run twice by redelivery**: a worker stops before writes;
+  an ``auto_approve`` write cut short is *in doubt* on resume, and a worker
+  never settles doubt (the run pauses for a person).
+
+A worker never waits for a person inside a task: ``manual`` and ``ask`` steps
+pause the run too.  When the diagnosis stops (paused, finished or failed) the
+worker posts a notification (``RUNBOOK_NOTIFY_URL``, a Slack-compatible incoming
+webhook; ``RUNBOOK_PAGE_URL``, the page's base URL for the link).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+from typing import Any
+
+from runbook.errors import RunbookError
+
+TASK = "runbook.diagnose"
+QUEUE = "runbook"
+BROKER_ENV = "RUNBOOK_BROKER_URL"
+log = logging.getLogger("runbook.worker")
+
+
+class BrokerDown(RunbookError):
+    """The broker did not take a job (unreachable, refused): the caller answers 503."""
+
+
+def shown_url(url: str) -> str:
+    """A URL without its password (for messages)."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+def broker_url() -> str:
+    url = os.environ.get(BROKER_ENV, "")
+    if not url:
+        raise RunbookError(f"no broker: set {BROKER_ENV} to redis://HOST:6379/0 or amqp://USER:PASSWORD@HOST:5672//",
+                           exit_code=2)
+    return url
+
+
+_apps: dict[str, Any] = {}
+
+
+def app(url: str | None = None):
+    """The Celery app for ``url`` (default: ``RUNBOOK_BROKER_URL``), made once per URL."""
+    url = url or broker_url()
+    if url in _apps:
+        return _apps[url]
+    from celery import Celery
+
+    a = Celery("runbook", broker=url, set_as_current=False)
+    a.conf.update(
+        task_acks_late=True,  # acknowledged when the task returns: after the run is recorded
+        task_reject_on_worker_lost=True,  # a worker process that dies: the job goes back to the queue
+        worker_prefetch_multiplier=1,  # no job waits behind a long diagnosis in another process's buffer
+        task_serializer="json", accept_content=["json"], task_ignore_result=True,
+        task_default_queue=QUEUE,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=float(os.environ.get("RUNBOOK_BROKER_TIMEOUT", "3")),
+        broker_transport_options={
+            # Redis hands an unacknowledged job to another worker after this long (default 1 h): a
+            # duplicate delivery is harmless (the claim lock), a short one finds a dead worker sooner
+            "visibility_timeout": float(os.environ.get("RUNBOOK_VISIBILITY_TIMEOUT", "3600")),
+        },
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    a.task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(_task)
+    _apps[url] = a
+    return a
+
+
+def enqueue(incident_id: int, run_id: str, url: str | None = None) -> None:
+    """Send the job for one incident (its task id the run id); :class:`BrokerDown` when the
+    broker cannot take it, so that the webhook answers 503 and Alertmanager sends it again."""
+    url = url or broker_url()
+    try:
+        a = app(url)
+        with a.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=float(os.environ.get("RUNBOOK_BROKER_TIMEOUT", "3")))
+            a.send_task(TASK, args=[incident_id], task_id=run_id, queue=QUEUE, connection=conn, retry=False)
+    except RunbookError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - kombu/redis/amqp raise many kinds; all mean "not queued"
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BrokerDown(f"the broker {shown_url(url)} did not take the job: {why}") from None
+
+
+# --- the task ----------------------------------------------------------------------------------
+
+
+def _task(self, incident_id: int) -> dict:
+    return diagnose(int(incident_id))
+
+
+def who() -> str:
+    return f"worker@{socket.gethostname()}"
+
+
+def diagnose(incident_id: int, *, paths: list | None = None, through: str | None = None, env: str | None = None,
+             inventory: str | None = None) -> dict:
+    """Diagnose one incident of the ledger: start its run, or go on with it when a dead
+    worker left it cut short; nothing when it is paused, finished or held by another
+    worker.  Returns what happened (the task's result, also logged)."""
+    from runbook import audit, session
+    from runbook.catalog import search_path
+    from runbook.errors import UsageError
+    from runbook.store import URL_ENV, open_store
+    from runbook.team import ledger
+
+    url = os.environ.get(URL_ENV, "")
+    if not url:
+        raise RunbookError(f"a worker needs the shared audit store: set {URL_ENV}=postgresql://…", exit_code=2)
+    through = through or os.environ.get("RUNBOOK_WORKER_THROUGH") or "diagnose"
+    env = env or os.environ.get("RUNBOOK_ENV") or None
+    inventory = inventory or os.environ.get("RUNBOOK_INVENTORY") or None
+    paths = paths or search_path(None)
+    store = open_store(url=url)
+    conn = ledger.connect(url)
+    try:
+        inc = ledger.get(conn, incident_id)
+    finally:
+        conn.close()
+    if inc is None:
+        log.warning("incident %s is not in the ledger; nothing to do", incident_id)
+        return {"incident": incident_id, "status": "unknown incident"}
+    me = who()
+    claim = store.lock(f"claim-{inc.run_id}", f"run {inc.run_id} is being diagnosed by another worker")
+    try:
+        claim.acquire(inc.run_id, me, audit.now())
+    except RunbookError as exc:
+        log.info("run %s: %s", inc.run_id, exc)
+        return {"incident": incident_id, "run": inc.run_id, "status": "held elsewhere"}
+    ui = LogUI(inc.run_id)
+    try:
+        try:
+            records = store.run_records(inc.run_id)
+        except UsageError:
+            records = None
+        if records is None:
+            start = session.from_alert(inc.doc, inc.fingerprint, inc.runbook, paths, {}, who=me, store=store)
+            if start.runbook is None:
+                return {"incident": incident_id, "run": inc.run_id, "status": "resolved before it started"}
+            outcome = session.start(session.RunRequest(
+                runbook=start.runbook, params=start.params, alert=start.alert, env=env, inventory_file=inventory,
+                interactive=False, who=me, store=store, run_id=inc.run_id, pause_after=through,
+                pause_before_writes=True, argv=["runbook", "worker", f"incident {incident_id}"]), ui)
+        else:
+            summary = audit.summarize(records)
+            if summary["finished"] is not None:
+                log.info("run %s is %s; nothing to do", inc.run_id, summary["status"])
+                return {"incident": incident_id, "run": inc.run_id, "status": summary["status"], "again": False}
+            log.info("run %s was cut short (a worker died?): going on with it", inc.run_id)
+            outcome = session.resume(session.ResumeRequest(
+                run_id=inc.run_id, interactive=False, who=me, store=store, env=env, inventory_file=inventory,
+                pause_after=through, pause_before_writes=True, argv=["runbook", "worker", f"incident {incident_id}"]),
+                ui)
+    except RunbookError as exc:
+        log.warning("run %s: %s", inc.run_id, exc)
+        notify(inc, None, str(exc))
+        return {"incident": incident_id, "run": inc.run_id, "status": "refused", "error": str(exc)}
+    finally:
+        claim.release()
+    log.info("run %s: %s (%s)", outcome.run_id, outcome.status, outcome.message or outcome.note)
+    notify(inc, outcome, None, store=store)
+    return {"incident": incident_id, "run": outcome.run_id, "status": outcome.status, "exit_code": outcome.exit_code}
+
+
+# --- notification ------------------------------------------------------------------------------
+
+
+def summary_text(inc, outcome, error: str | None, store=None) -> str:
+    """The message for #incidents: the alert, the runbook, the key outputs, how to go on, the page."""
+    lines = [f"*{inc.alertname}* ({inc.fingerprint}) → runbook *{inc.runbook}*"]
+    if error:
+        lines.append(f"not diagnosed: {error}")
+    else:
+        lines.append(f"diagnosis {outcome.status}: {outcome.message or outcome.note or ''}".rstrip(": "))
+        if store is not None:
+            lines += _key_outputs(store, outcome.run_id)
+    lines.append(f"go on: `runbook resume {inc.run_id}`")
+    page = os.environ.get("RUNBOOK_PAGE_URL", "").rstrip("/")
+    if page:
+        lines.append(f"{page}/runs/{inc.run_id}")
+    return "\n".join(lines)
+
+
+def _key_outputs(store, run_id: str, limit: int = 12) -> list[str]:
+    from runbook.text import visible
+
+    out = []
+    for r in store.run_records(run_id):
+        if r.get("type") == "step_result" and isinstance(r.get("outputs"), dict):
+            for k, v in r["outputs"].items():
+                out.append(f"• {r.get('step')}.{k} = {visible(str(v), one_line=True)[:120]}")
+    return out[-limit:]
+
+
+def notify(inc, outcome, error: str | None, store=None) -> bool:
+    """Post the diagnosis to ``RUNBOOK_NOTIFY_URL`` (Slack-compatible: ``{"text": …}``); a chat
+    that is down never fails the task (logged).  True when sent."""
+    url = os.environ.get("RUNBOOK_NOTIFY_URL", "")
+    if not url:
+        return False
+    import json
+
+    import urllib3
+
+    from runbook.steps import _web as W
+
+    try:
+        W.check_url(url, shown="RUNBOOK_NOTIFY_URL (not shown)")
+        text = summary_text(inc, outcome, error, store)
+        resp = urllib3.request("POST", url, body=json.dumps({"text": text}).encode(),
+                               headers={"Content-Type": "application/json"}, timeout=5.0, retries=False)
+        if not 200 <= resp.status < 300:
+            raise RunbookError(f"the webhook answered {resp.status}")
+    except Exception as exc:  # noqa: BLE001 - chat being down must not fail the diagnosis
+        log.warning("run %s: notification not sent: %s", inc.run_id, str(exc).replace(url, "(the webhook)"))
+        return False
+    return True
+
+
+# --- a UI with nobody at it ----------------------------------------------------------------------
+
+
+class LogUI:
+    """The lifecycle's UI for a worker: nobody answers; what a person would see goes to the
+    worker's log, one line per event (the audit store has the details)."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.redactor = None
+
+    def _say(self, text: str) -> None:
+        if self.redactor is not None:
+            text = self.redactor.text(text)
+        log.info("run %s: %s", self.run_id, text)
+
+    def attach(self, redactor) -> None:
+        self.redactor = redactor
+
+    def notice(self, text: str) -> None:
+        self._say(text)
+
+    def secret(self, prompt: str):
+        return None
+
+    def in_doubt(self, step, step_id: str, run_id: str) -> str:
+        return "abort"
+
+    def output_value(self, step, name: str):
+        return None
+
+    def run_started(self, rb, run_id: str, params_shown: dict, **kw) -> None:
+        self.run_id = run_id
+        self._say(f"{'resumed' if kw.get('resumed') else 'started'} {rb.name}")
+
+    def step_started(self, step, action) -> None:
+        self._say(f"step {step.id} ({step.kind}, {step.effect})")
+
+    def output_sink(self, step):
+        return None
+
+    def confirm(self, step, action) -> str:
+        return "abort"
+
+    def step_prompt(self, step, action) -> str:
+        return "abort"
+
+    def after_failure(self, step, result, on_failure) -> str:
+        return "abort"
+
+    def manual(self, step, action) -> bool:
+        return False
+
+    def ask(self, step, prompt: str, choices, default):
+        return None
+
+    def branch(self, step, why: str, goto: str) -> None:
+        self._say(f"step {step.id}: {why} → {goto}")
+
+    def escalation_due(self, to: str, after: float, elapsed: float) -> None:
+        self._say(f"escalation to {to} is due ({int(elapsed)}s since the alert)")
+
+    def polling(self, step, result, attempt: int, observed=None) -> None:
+        pass
+
+    def retrying(self, step, result, attempt: int, delay: float) -> None:
+        self._say(f"step {step.id} failed (attempt {attempt}); again in {delay:g}s")
+
+    def step_finished(self, step, result) -> None:
+        self._say(f"step {step.id}: {result.status}" + (f" ({result.error})" if result.error else ""))
+
+    def run_finished(self, status: str, code: int, message: str) -> None:
+        self._say(f"{status} ({message})" if message else status)
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def run_worker(*, concurrency: int = 2, paths: list | None = None, through: str | None = None,
+               env: str | None = None, inventory: str | None = None, loglevel: str = "INFO") -> int:
+    """Run a Celery worker (prefork: a diagnosis that crashes or is killed takes only its process)."""
+    if paths:
+        os.environ["RUNBOOK_PATH"] = os.pathsep.join(str(p) for p in paths)
+    if through:
+        os.environ["RUNBOOK_WORKER_THROUGH"] = through
+    if env:
+        os.environ["RUNBOOK_ENV"] = env
+    if inventory:
+        os.environ["RUNBOOK_INVENTORY"] = inventory
+    from runbook.store import URL_ENV
+
+    if not os.environ.get(URL_ENV, "").startswith(("postgresql://", "postgres://")):
+        raise RunbookError(f"a worker needs the shared audit store: set {URL_ENV}=postgresql://USER@HOST/DB "
+                           "(the same as runbook serve's)", exit_code=2)
+    logging.basicConfig(level=getattr(logging, loglevel.upper(), logging.INFO),
+                        format="%(asctime)s %(processName)s %(name)s: %(message)s")
+    a = app()
+    started = time.monotonic()
+    a.worker_main(["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", "-Q", QUEUE,
+                   "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"runbook-{os.getpid()}@%h"])
+    log.info("worker stopped after %.0fs", time.monotonic() - started)
+    return 0
