@@ -198,6 +198,65 @@ def diagnose(incident_id: int, *, paths: list | None = None, through: str | None
     return {"incident": incident_id, "run": outcome.run_id, "status": outcome.status, "exit_code": outcome.exit_code}
 
 
+# --- runs left behind by a dead worker -------------------------------------------------------------
+
+
+def sweep(url: str | None = None) -> list[str]:
+    """Send again the job of every run that started and stopped without finishing while no
+    worker holds its claim (a worker killed with its job, e.g. by the OOM killer, whose
+    message the broker would hand out only after its visibility timeout).  A duplicate job
+    is harmless: the claim lock and the store decide.  Returns the run ids sent again."""
+    from runbook.store import URL_ENV, open_store
+    from runbook.team import ledger
+
+    url = url or os.environ[URL_ENV]
+    store = open_store(url=url)
+    runs = {r["run"]: r for r in store.list_runs()}
+    conn = ledger.connect(url)
+    try:
+        incidents = ledger.incidents(conn, limit=1000)
+    finally:
+        conn.close()
+    sent = []
+    for inc in incidents:
+        summary = runs.get(inc.run_id)
+        if summary is None or summary["finished"] is not None:
+            continue  # not started yet (its job is queued), or paused/finished
+        if store.lock(f"claim-{inc.run_id}").held() or store.lock(f"run-{inc.run_id}").held():
+            continue  # a live worker has it, or a person is resuming it
+        if summary["in_doubt"] or not _workers_run(store.run_records(inc.run_id)):
+            continue  # a write in doubt, or a person took it over: a person settles it, not a worker
+        try:
+            enqueue(inc.id, inc.run_id)
+        except BrokerDown as exc:
+            log.warning("sweep: %s", exc)
+            break
+        log.info("run %s stopped without finishing and no worker holds it: its job is sent again", inc.run_id)
+        sent.append(inc.run_id)
+    return sent
+
+
+def _workers_run(records: list[dict]) -> bool:
+    """Whether the run was last started or resumed by a worker."""
+    last = next((r for r in reversed(records) if r.get("type") in ("run_started", "resumed")), {})
+    return str(last.get("who") or "").startswith("worker@")
+
+
+def _sweeper(every: float) -> None:
+    """Sweep at the worker's start and then every ``every`` seconds (a daemon thread)."""
+    import threading
+
+    def loop() -> None:
+        while True:
+            try:
+                sweep()
+            except Exception as exc:  # noqa: BLE001 - a sweep that fails is tried again later
+                log.warning("sweep failed: %s", exc)
+            time.sleep(every)
+
+    threading.Thread(target=loop, name="runbook-sweep", daemon=True).start()
+
+
 # --- notification ------------------------------------------------------------------------------
 
 
@@ -350,6 +409,10 @@ def run_worker(*, concurrency: int = 2, paths: list | None = None, through: str 
     logging.basicConfig(level=getattr(logging, loglevel.upper(), logging.INFO),
                         format="%(asctime)s %(processName)s %(name)s: %(message)s")
     a = app()
+    from celery.signals import worker_ready
+
+    every = float(os.environ.get("RUNBOOK_SWEEP_SECONDS", "30"))
+    worker_ready.connect(lambda **_: _sweeper(every), weak=False)
     started = time.monotonic()
     a.worker_main(["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", "-Q", QUEUE,
                    "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"runbook-{os.getpid()}@%h"])

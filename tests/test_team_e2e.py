@@ -1,0 +1,266 @@
+"""Team mode end to end, with real parts only: `runbook serve` and `runbook worker`
+processes, a real Redis broker, a real PostgreSQL holding the ledger and the
+audit store, Alertmanager's real payload shape; the engineer's `runbook resume`
+from another process.  Faults: a burst of duplicate webhooks, a worker killed
+with SIGKILL in the middle of a diagnosis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from labservers import free_port
+
+REDIS_DB = 13  # a Redis database of these tests' own (flushed first)
+
+BOOK = """\
+name: diag
+title: Diagnose {{{{ params.service }}}}
+severity: SEV3
+alerts: [DiagAlert]
+params:
+  service: {{type: string, required: true, pattern: '^[a-z0-9-]+$'}}
+params_from_labels:
+  service: service
+stages:
+  diagnose:
+    - id: look
+      shell: "{slow}echo seen {{{{ params.service }}}}; echo ms=12"
+      readonly: true
+      outputs:
+        ms: {{regex: 'ms=([0-9]+)', type: integer}}
+  mitigate:
+    - id: fix
+      shell: "echo fixed {{{{ params.service }}}} >> {marker}"
+      timeout: 10s
+  verify:
+    - id: check
+      shell: "echo ok"
+      readonly: true
+"""
+
+
+def payload(fp: str, service: str = "api", starts: str = "2026-12-05T03:00:00Z") -> dict:
+    return {
+        "version": "4", "groupKey": '{}:{alertname="DiagAlert"}', "status": "firing", "receiver": "runbook",
+        "groupLabels": {"alertname": "DiagAlert"}, "commonLabels": {"alertname": "DiagAlert"},
+        "commonAnnotations": {}, "externalURL": "http://alertmanager.example:9093", "truncatedAlerts": 0,
+        "alerts": [{
+            "status": "firing", "labels": {"alertname": "DiagAlert", "service": service},
+            "annotations": {"summary": "errors"}, "startsAt": starts, "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus.example/graph", "fingerprint": fp,
+        }],
+    }
+
+
+class Team:
+    def __init__(self, tmp: Path, url: str):
+        self.tmp, self.url = tmp, url
+        self.port = free_port()
+        self.procs: list[subprocess.Popen] = []
+        self.workers: list[subprocess.Popen] = []
+        self.env = {**os.environ, "RUNBOOK_AUDIT_URL": url,
+                    "RUNBOOK_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+                    "RUNBOOK_PATH": str(tmp / "playbooks"), "RUNBOOK_WEBHOOK_TOKEN": "hook-token",
+                    "RUNBOOK_READ_TOKEN": "read-token", "RUNBOOK_SWEEP_SECONDS": "1",
+                    "RUNBOOK_VISIBILITY_TIMEOUT": "300", "PYTHONUNBUFFERED": "1"}
+        self.env.pop("RUNBOOK_AUDIT_DIR", None)
+
+    def book(self, slow: str = "") -> None:
+        (self.tmp / "playbooks").mkdir(exist_ok=True)
+        (self.tmp / "playbooks" / "diag.yaml").write_text(BOOK.format(slow=slow, marker=self.tmp / "fixed"))
+
+    def _spawn(self, *args: str, name: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "ab")
+        p = subprocess.Popen([sys.executable, "-m", "runbook", *args], env=self.env, cwd=self.tmp, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def serve(self) -> None:
+        self._spawn("serve", "--host", "127.0.0.1", "--port", str(self.port), name="serve")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).read()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("serve did not start:\n" + self.log("serve")) from None
+                time.sleep(0.1)
+
+    def worker(self, concurrency: int = 2) -> subprocess.Popen:
+        n = len(self.workers)
+        p = self._spawn("worker", "--concurrency", str(concurrency), name=f"worker{n}")
+        self.workers.append(p)
+        deadline = time.monotonic() + 40
+        while "ready" not in self.log(f"worker{n}"):
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("worker did not start:\n" + self.log(f"worker{n}"))
+            time.sleep(0.1)
+        return p
+
+    def log(self, name: str) -> str:
+        try:
+            return (self.tmp / f"{name}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def post(self, doc: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/alertmanager", data=json.dumps(doc).encode(),
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": "Bearer hook-token"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, {"body": exc.read().decode(errors="replace")}
+
+    def store(self):
+        from runbook.store import open_store
+
+        return open_store(url=self.url)
+
+    def wait_runs(self, count: int, status: str = "paused", timeout: float = 90) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        runs: list[dict] = []
+        while time.monotonic() < deadline:
+            runs = self.store().list_runs()
+            if len([r for r in runs if r["status"] == status]) >= count:
+                return runs
+            time.sleep(0.3)
+        raise AssertionError(f"{count} runs {status} expected; got {[(r['run'], r['status']) for r in runs]}\n"
+                             + "\n".join(self.log(f"worker{i}")[-3000:] for i in range(len(self.workers))))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "runbook", *args], env=self.env, cwd=self.tmp,
+                              capture_output=True, text=True, timeout=120)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+@pytest.fixture
+def team(tmp_path, pg, pg_db):
+    import redis
+
+    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+    t = Team(tmp_path, pg.url(pg_db))
+    t.book()
+    yield t
+    t.stop()
+    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+
+
+def records(team: Team, run_id: str) -> list[dict]:
+    return team.store().run_records(run_id)
+
+
+def test_alert_is_diagnosed_by_a_worker_and_finished_by_a_person_from_another_process(team):
+    team.serve()
+    team.worker()
+    code, body = team.post(payload("fp-one"))
+    assert code == 200, body
+    [run] = team.wait_runs(1)
+    recs = records(team, run["run"])
+    started = recs[0]
+    assert started["type"] == "run_started" and started["who"].startswith("worker@")
+    assert started["params"] == {"service": "api"}
+    look = next(r for r in recs if r["type"] == "step_result" and r["step"] == "look")
+    assert look["outputs"] == {"ms": 12}
+    assert not (team.tmp / "fixed").exists()  # paused before the write: nobody approved it
+    assert [r["step"] for r in recs if r["type"] == "paused"] == ["fix"]
+
+    # the on-call engineer, on another machine: sees the diagnosis, approves the writes
+    shown = team.cli("audit", "show", run["run"])
+    assert shown.returncode == 0 and "ms" in shown.stdout, shown.stderr
+    done = team.cli("resume", run["run"], "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (team.tmp / "fixed").read_text() == "fixed api\n"  # once
+    assert team.store().run_records(run["run"])[-1]["status"] == "completed"
+    verified = team.cli("audit", "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("ok:"), verified.stdout + verified.stderr
+    listed = json.loads(team.cli("audit", "list", "--format", "json").stdout)
+    assert [(r["run"], r["status"]) for r in listed] == [(run["run"], "completed")]
+
+
+def test_a_burst_of_duplicate_webhooks_gives_exactly_one_run_per_alert(team):
+    team.serve()
+    team.worker()
+    team.worker()
+    fps = [f"fp-{i:03d}" for i in range(100)]
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def send(chunk: list[str]) -> None:
+        for fp in chunk:
+            code, _ = team.post(payload(fp, service=f"svc-{fp[3:]}"))
+            with lock:
+                codes.append(code)
+
+    posts = [fp for fp in fps for _ in range(2)]
+    threads = [threading.Thread(target=send, args=(posts[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200] * 200
+    runs = team.wait_runs(100, timeout=180)
+    time.sleep(2)  # any duplicate job would have started a second run by now
+    runs = team.store().list_runs()
+    assert len(runs) == 100 and {r["status"] for r in runs} == {"paused"}
+    started = [r for r in team.store().records() if r.get("type") == "run_started"]
+    assert len(started) == 100
+    assert sorted(r["alert"]["fingerprint"] for r in started) == fps  # none lost, none twice
+    assert team.cli("audit", "verify").returncode == 0
+
+
+def test_a_worker_killed_mid_diagnosis_leaves_one_run_that_another_worker_finishes(team):
+    team.book(slow="sleep 4; ")
+    team.serve()
+    victim = team.worker(concurrency=1)
+    code, _ = team.post(payload("fp-kill"))
+    assert code == 200
+    deadline = time.monotonic() + 60
+    run_id = None
+    while time.monotonic() < deadline:
+        intents = [r for r in team.store().records() if r.get("type") == "step_intent" and r.get("step") == "look"]
+        if intents:
+            run_id = intents[0]["run"]
+            break
+        time.sleep(0.1)
+    assert run_id, team.log("worker0")
+    os.killpg(victim.pid, signal.SIGKILL)  # the whole worker: main process and its pool
+    victim.wait()
+    assert team.store().list_runs()[0]["status"] == "in progress"
+    team.worker()  # its sweep finds the run cut short and nobody holding it
+    [run] = team.wait_runs(1, timeout=60)
+    assert run["run"] == run_id
+    recs = records(team, run_id)
+    assert [r["type"] for r in recs].count("run_started") == 1  # recorded once
+    assert [r.get("who", "").split("@")[0] for r in recs if r["type"] == "resumed"] == ["worker"]
+    looks = [r for r in recs if r["type"] == "step_result" and r["step"] == "look"]
+    assert looks[-1]["status"] == "ok" and looks[-1]["outputs"] == {"ms": 12}  # the read ran again, to the end
+    assert not (team.tmp / "fixed").exists()
+    assert team.cli("audit", "verify").returncode == 0
