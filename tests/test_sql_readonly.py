@@ -27,7 +27,8 @@ CREATE OPERATOR public.!!! (LEFTARG = int, RIGHTARG = int, FUNCTION = f_op);
 STATE = """SELECT (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t) AS md5, (SELECT count(*) FROM t) AS rows,
   (SELECT last_value FROM s) AS seq, (SELECT relfilenode FROM pg_class WHERE relname = 't') AS heap,
   (SELECT relfilenode FROM pg_class WHERE relname = 't_pkey') AS idx,
-  (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory') AS advisory,
+  (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS advisory,
   (SELECT count(*) FROM pg_largeobject_metadata) AS large_objects"""
 KILL = "SELECT to_tsvector(pg_terminate_backend(pid)::text) FROM pg_stat_activity WHERE pid = "
 
