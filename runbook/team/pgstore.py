@@ -313,11 +313,17 @@ class PgStore:
                     place = audit._Place(unit="record", head=head_name, head_name=head_name,
                                          head_missing=f"{head_name} is missing", head_hint="", torn=False)
                     columns: list[tuple[int, str]] = []  # the first row whose columns disagree with its bytes
-                    rows: Iterator[tuple[Any, ...]] = iter(())
-                    if present[0]:
-                        rows = conn.cursor().stream(f"SELECT line, hash, run, type FROM {RECORDS} ORDER BY seq")
-                    result = audit._verify_lines(_checked(rows, columns), head, head_problem, anchor, anchor_name,
-                                                 anchor_problem, place)
+                    rows: Any = ()
+                    if present[0]:  # a cursor on the server: the rows are fetched a batch at a time
+                        rows = conn.cursor(name="runbook_verify")
+                        rows.itersize = 2000
+                        rows.execute(f"SELECT line, hash, run, type FROM {RECORDS} ORDER BY seq")
+                    try:
+                        result = audit._verify_lines(_checked(iter(rows), columns), head, head_problem, anchor,
+                                                     anchor_name, anchor_problem, place)
+                    finally:
+                        if present[0]:
+                            rows.close()
         except psycopg.Error as exc:
             raise self.failed(exc, "verify") from None
         if columns and (result.line is None or columns[0][0] < result.line) and result.status in ("ok", "tampered"):
@@ -428,6 +434,7 @@ class PgLog:
 
         rotated = None
         with conn.transaction():
+            conn.execute("SET LOCAL synchronous_commit TO on")  # durable at commit, whatever the server's default
             head_row = conn.execute(f"SELECT data FROM {HEAD} WHERE id = 1 FOR UPDATE").fetchone()
             if head_row is None:  # (deleted) a row to lock: the checks below refuse a store with records
                 conn.execute(f"INSERT INTO {HEAD} (id, data) VALUES (1, NULL) ON CONFLICT DO NOTHING")
