@@ -400,13 +400,8 @@ class PgLog:
                 if self._conn is None:
                     self._conn = self.store.connect()
                     self._connected = True
-                conn = self._conn
-                if in_doubt:
-                    row = conn.execute(f"SELECT line FROM {RECORDS} WHERE token = %s", (token,)).fetchone()
-                    if row is not None:
-                        return json.loads(bytes(row[0]))
-                self.store.ensure_schema(conn)
-                return self._append(conn, dict(record), token)
+                self.store.ensure_schema(self._conn)
+                return self._append(self._conn, dict(record), token, in_doubt)
             except (psycopg.OperationalError, RunbookError) as exc:
                 if isinstance(exc, RunbookError) and not (self._connected and str(exc).startswith("cannot reach")):
                     raise  # a refusal, or a first connection that failed (a wrong URL): not a restart
@@ -427,9 +422,12 @@ class PgLog:
         return RunbookError(f"cannot seal the audit store {self.store.where}: {why} (see `runbook audit verify`; "
                             "to start a new sealed store, use a new database)")
 
-    def _append(self, conn: Any, record: dict[str, Any], token: str) -> dict[str, Any]:
+    def _append(self, conn: Any, record: dict[str, Any], token: str, in_doubt: bool = False) -> dict[str, Any]:
         """One transaction: the head locked, the record (and an epoch record first when a new
-        epoch starts) and the new head written, the old key replaced by a new one."""
+        epoch starts) and the new head written, the old key replaced by a new one.
+
+        ``in_doubt``: an earlier try with this ``token`` may have committed (its connection broke):
+        looked for under the head's lock, so that a commit still in flight is waited for."""
         from runbook import seal
 
         rotated = None
@@ -439,6 +437,10 @@ class PgLog:
             if head_row is None:  # (deleted) a row to lock: the checks below refuse a store with records
                 conn.execute(f"INSERT INTO {HEAD} (id, data) VALUES (1, NULL) ON CONFLICT DO NOTHING")
                 head_row = conn.execute(f"SELECT data FROM {HEAD} WHERE id = 1 FOR UPDATE").fetchone()
+            if in_doubt:
+                done = conn.execute(f"SELECT line FROM {RECORDS} WHERE token = %s", (token,)).fetchone()
+                if done is not None:  # committed before the connection broke: not written twice
+                    return json.loads(bytes(done[0]))
             head_bytes = bytes(head_row[0]) if head_row[0] is not None else None
             head, damaged = audit._head_from(head_bytes, "", name=f"the head row ({HEAD})")
             last_row = conn.execute(f"SELECT seq, line FROM {RECORDS} ORDER BY seq DESC LIMIT 1").fetchone()
