@@ -277,7 +277,8 @@ def resign(db) -> seal.Key:
         r["hash"], r["sig"] = hashlib.sha256(body).hexdigest(), signer.sign(body)
         key = new if r["type"] == "epoch" else key
         prev = r["hash"]
-        db.execute("UPDATE runbook_audit SET line = %s, hash = %s WHERE seq = %s", (audit._canonical(r), r["hash"], seq))
+        db.execute("UPDATE runbook_audit SET line = %s, hash = %s WHERE seq = %s",
+                   (audit._canonical(r), r["hash"], seq))
     head = json.loads(bytes(db.execute("SELECT data FROM runbook_audit_head").fetchone()[0]))
     head.update(hash=prev, anchor=key.anchor)
     head["sig"] = key.sign(audit._canonical({k: v for k, v in head.items() if k != "sig"}))
@@ -452,6 +453,8 @@ def test_a_missing_database_and_a_wrong_password(pg, pg_password) -> None:
     store = PgStore(pg_password.url(password="Wr0ng-Secret"))
     message = one_line_error(store, "Wr0ng-Secret")
     assert "password authentication failed" in message and "Wr0ng-Secret" not in store.where
+    odd = PgStore(pg_password.url(password="p@ss:w/rd%41"))
+    assert odd.where == pg_password.url(password=None) and "p%40ss" not in one_line_error(odd, "p@ss:w/rd%41")
     query = PgStore(pg_password.url(password=None) + "?password=Wr0ng-Secret")
     assert "Wr0ng-Secret" not in query.where
     one_line_error(query, "Wr0ng-Secret")

@@ -125,8 +125,8 @@ def redact_url(url: str) -> str:
         return "the audit store URL"
 
 
-def _password(url: str) -> str:
-    """The URL's password, to be scrubbed from any message."""
+def _password(url: str, quoted: bool = False) -> str:
+    """The URL's password (as written in it with ``quoted``), to be scrubbed from any message."""
     from urllib.parse import unquote
 
     try:
@@ -137,7 +137,7 @@ def _password(url: str) -> str:
     m = re.search(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", url) if "://" not in url else None
     if m:
         found.append(m.group(1).strip("'"))
-    return next((unquote(p) for p in found if p), "")
+    return next((p if quoted else unquote(p) for p in found if p), "")
 
 
 class PgStore:
@@ -146,14 +146,14 @@ class PgStore:
     def __init__(self, url: str):
         self.url = url
         self.where = redact_url(url)
-        self._secret = _password(url)
+        self._secrets = sorted({p for p in (_password(url), _password(url, quoted=True)) if p}, key=len, reverse=True)
         self._schema_ready = False
 
     # --- connections and errors ----------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        if self._secret:
-            text = text.replace(self._secret, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return text
 
     def _reason(self, exc: BaseException) -> str:
@@ -177,8 +177,9 @@ class PgStore:
     def failed(self, exc: BaseException, doing: str) -> RunbookError:
         import psycopg
 
-        if isinstance(exc, psycopg.OperationalError):
-            return self.unreachable(exc)
+        state = getattr(exc, "sqlstate", None)
+        if isinstance(exc, psycopg.OperationalError) and (state is None or state[:2] in ("08", "57", "28", "3D")):
+            return self.unreachable(exc)  # libpq's own, connection, shutdown, authorisation, no such database
         return RunbookError(f"cannot {doing} the audit store {self.where}: {self._reason(exc)}")
 
     def connect(self) -> Any:
