@@ -274,6 +274,17 @@ def group_params(rb, alerts: list[Alert]) -> tuple[Alert, dict[str, str]]:
     return first, label_params(rb, first)
 
 
+def held_by(what: str, holder: dict[str, Any], force: bool) -> str:
+    """A lock's refusal naming its ``holder`` (run, who, started, host, pid): RunbookError (exit 3),
+    or with ``force`` the warning to show instead.  Shared by every kind of :class:`runbook.store.Lock`."""
+    desc = (f"run {holder.get('run', '?')} started by {holder.get('who', '?')} at {holder.get('started', '?')}"
+            f" on {holder.get('host', '?')} (pid {holder.get('pid', '?')})")
+    if not force:
+        raise RunbookError(f"{what}: {desc}; follow that run (runbook audit show "
+                           f"{holder.get('run', 'RUN_ID')}) or pass --force to run anyway", exit_code=3) from None
+    return f"warning: --force: {what} by {desc}"
+
+
 class RunLock:
     """A named lock held (flock) for a run's life, across the processes of this
     machine; the kernel drops it when the process dies.  Used per alert
@@ -319,12 +330,7 @@ class RunLock:
         except (ValueError, OSError):
             holder = {}
         os.close(fd)
-        desc = (f"run {holder.get('run', '?')} started by {holder.get('who', '?')} at {holder.get('started', '?')}"
-                f" on {holder.get('host', '?')} (pid {holder.get('pid', '?')})")
-        if not force:
-            raise RunbookError(f"{self.what}: {desc}; follow that run (runbook audit show "
-                               f"{holder.get('run', 'RUN_ID')}) or pass --force to run anyway", exit_code=3) from None
-        return f"warning: --force: {self.what} by {desc}"
+        return held_by(self.what, holder if isinstance(holder, dict) else {}, force)
 
     def held(self) -> bool:
         """Whether a live process holds this lock now (without taking it, or creating its file)."""

@@ -52,7 +52,7 @@ import re
 import socket
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -178,8 +178,9 @@ def head_path(log_path: str | os.PathLike[str]) -> Path:
     return Path(log_path).with_suffix(".head")
 
 
-def _head_from(data: bytes | None, path: Path) -> tuple[dict[str, Any] | None, str]:
-    """(the head in ``data``, "") or (None, why not: "" when there is no head file)."""
+def _head_from(data: bytes | None, path: Path | str, name: str = "") -> tuple[dict[str, Any] | None, str]:
+    """(the head in ``data``, "") or (None, why not: "" when there is no head file); ``name``: the
+    head's, when it is not a file ``path``."""
     if data is None:
         return None, ""
     try:
@@ -192,7 +193,7 @@ def _head_from(data: bytes | None, path: Path) -> tuple[dict[str, Any] | None, s
         or not isinstance(head.get("hash"), str)
         or not (head.get("first") is None or (type(head["first"]) is int and head["first"] >= 0))
     ):
-        return None, f"the head file {path} is damaged"
+        return None, f"{name or f'the head file {path}'} is damaged"
     return head, ""
 
 
@@ -843,15 +844,12 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
     repaired crash: ``ok``.  The log and its head are read as they were between two
     appends (under the writers' lock, shared), so a write in progress is not a torn write.
     """
-    from runbook import seal
-
     path = Path(path)
     try:
         f = open(path, "rb")
     except OSError as exc:
         raise RunbookError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from None
     anchor, anchor_name, anchor_problem = _anchor(path, key)
-    retired: Path | None = None  # the log's anchor, found retired in its key directory
     hpath = head_path(path)
     try:
         size, head_bytes, head_problem = _snapshot(path)
@@ -859,7 +857,40 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
         f.close()
         raise RunbookError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from None
     head, damaged = _head_from(head_bytes, hpath)
-    head_problem = head_problem or damaged
+    place = _Place(
+        unit="line", head=f"the head {hpath}", head_name=str(hpath), head_missing=f"the head file {hpath} is missing",
+        head_hint=f"; if the log was moved, move its head beside it as {hpath.name}", torn=True,
+        retired=(lambda public: _retired_anchor(path, public)) if key is None else None,
+    )
+    with f:
+        return _verify_lines(_lines_upto(f, size), head, head_problem or damaged, anchor, anchor_name,
+                             anchor_problem, place)
+
+
+@dataclass(frozen=True)
+class _Place:
+    """How :func:`_verify_lines` names what it reads: the lines of a log file and its head file,
+    or the rows of a store and its head row."""
+
+    unit: str  # a position: "line" (of the file) or "record" (a row, in order)
+    head: str  # the head, as a subject: "the head /x/audit.head"
+    head_name: str  # the head, after "but": "/x/audit.head"
+    head_missing: str  # why there is no head: "the head file /x/audit.head is missing"
+    head_hint: str  # said after "a sealed log always has its head"
+    torn: bool  # whether unreadable lines can be writes torn by a crash (a file; never rows)
+    retired: Any = None  # public key -> the retired anchor file that holds it, or None
+
+
+def _verify_lines(lines: Iterable[bytes], head: dict[str, Any] | None, head_problem: str, anchor: bytes | None,
+                  anchor_name: str, anchor_problem: str, place: _Place) -> VerifyResult:
+    """The checks of :func:`verify` over ``lines`` (each one record's bytes and its newline), in
+    order, against ``head`` (parsed; or None and why: ``head_problem``, "" when there is none)
+    and ``anchor`` (the public key of epoch 0, or None: ``anchor_problem`` says why, "" when
+    ``anchor_name`` was not found); shared by the file log and the stores."""
+    from runbook import seal
+
+    retired: Path | None = None  # the log's anchor, found retired in its key directory
+    unit = place.unit
 
     prev = GENESIS
     records = legacy = 0
@@ -875,82 +906,83 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
     number = 0
 
     def bad(line: int, problem: str) -> VerifyResult:
-        return VerifyResult(False, records, line, f"line {line}: {problem}", problem, "tampered")
+        return VerifyResult(False, records, line, f"{unit} {line}: {problem}", problem, "tampered")
 
-    with f:
-        for number, raw in enumerate(_lines_upto(f, size), start=1):
-            text = raw[:-1] if raw.endswith(b"\n") else raw
-            record = _parse(raw)
-            if record is None:
-                if raw.endswith(b"\n") and not text.strip():
-                    return bad(number, "empty line")
-                pending.append((number, text))
-                continue
-            if pending:  # unreadable lines before a record: torn writes, kept by the torn_tail that follows
-                line = pending[0][0]
-                torn = b"\n".join(t for _, t in pending)
-                if not (record.get("type") == "torn_tail" and record.get("line") == line
-                        and seal.unb64(record.get("bytes")) == torn):
-                    return bad(line, _unreadable(pending[0][1] + b"\n"))
-                repaired.append(line)
-                pending = []
-            problem = None
-            if "sig" not in record and epoch is not None:
-                problem = "record is not sealed, after sealed records (forged, or its seal removed)"
-            elif record["hash"] != _digest(record):
-                problem = "record was modified (hash mismatch)"
-            if problem is None and text != _canonical(record):
-                problem = ("record was modified: its bytes are not its canonical JSON "
-                           "(a change that reads back the same, e.g. an escape or a number rewritten)")
-            if problem is None and record["prev"] != prev:
-                problem = "chain broken: " + (
-                    f"prev does not match the hash of line {number - 1} (a record was removed or reordered)"
-                    if number > 1
-                    else "the first record does not start the chain (records were removed from the start)"
-                )
-            if problem is None and "sig" in record:
-                problem, signer = None, public
-                e = record.get("epoch")
-                if type(e) is not int:
-                    problem = "sealed record without an epoch number"
-                elif record.get("type") == "epoch":
-                    new = seal.unb64(record.get("public_key"))
-                    if new is None or len(new) != 32:
-                        problem = "epoch record without a valid public key"
-                    elif epoch is None:
-                        signer = first_key = new
-                        if e != 0:
-                            problem = (f"the first sealed record opens epoch {e}, not 0 "
-                                       "(sealed records were removed from the start)")
-                        elif anchor is not None and new != anchor:
-                            retired = _retired_anchor(path, new) if key is None else None
-                            if retired is None:
-                                problem = (f"the log's first seal is by key {seal.fingerprint(new)}, not by the "
-                                           f"anchor {anchor_name} (key {seal.fingerprint(anchor)}): either that is "
-                                           "the anchor of another log, or this log was re-sealed from its start")
-                    elif e != epoch + 1:
-                        problem = f"epoch {e} does not follow epoch {epoch} (an epoch record was removed or forged)"
-                    if problem is None and not seal.check(signer, record.get("sig"), _body(record)):
-                        problem = f"the seal does not verify with the key of epoch {max(e - 1, 0)} (forged)"
-                    if problem is None:
-                        epoch, public = e, new
-                        keys[e] = new
+    for number, raw in enumerate(lines, start=1):
+        text = raw[:-1] if raw.endswith(b"\n") else raw
+        record = _parse(raw)
+        if record is None:
+            if raw.endswith(b"\n") and not text.strip():
+                return bad(number, f"empty {unit}")
+            if not place.torn:  # a row is whole: a damaged one was written over
+                return bad(number, _unreadable_row(raw))
+            pending.append((number, text))
+            continue
+        if pending:  # unreadable lines before a record: torn writes, kept by the torn_tail that follows
+            line = pending[0][0]
+            torn = b"\n".join(t for _, t in pending)
+            if not (record.get("type") == "torn_tail" and record.get("line") == line
+                    and seal.unb64(record.get("bytes")) == torn):
+                return bad(line, _unreadable(pending[0][1] + b"\n"))
+            repaired.append(line)
+            pending = []
+        problem = None
+        if "sig" not in record and epoch is not None:
+            problem = "record is not sealed, after sealed records (forged, or its seal removed)"
+        elif record["hash"] != _digest(record):
+            problem = "record was modified (hash mismatch)"
+        if problem is None and text != _canonical(record):
+            problem = ("record was modified: its bytes are not its canonical JSON "
+                       "(a change that reads back the same, e.g. an escape or a number rewritten)")
+        if problem is None and record["prev"] != prev:
+            problem = "chain broken: " + (
+                f"prev does not match the hash of {unit} {number - 1} (a record was removed or reordered)"
+                if number > 1
+                else "the first record does not start the chain (records were removed from the start)"
+            )
+        if problem is None and "sig" in record:
+            problem, signer = None, public
+            e = record.get("epoch")
+            if type(e) is not int:
+                problem = "sealed record without an epoch number"
+            elif record.get("type") == "epoch":
+                new = seal.unb64(record.get("public_key"))
+                if new is None or len(new) != 32:
+                    problem = "epoch record without a valid public key"
                 elif epoch is None:
-                    problem = "sealed record before the log's first epoch record (sealed records were removed)"
-                elif e != epoch:
-                    problem = f"record is sealed for epoch {e} but sits in epoch {epoch} (moved or forged)"
-                elif not seal.check(public, record.get("sig"), _body(record)):
-                    problem = (f"the seal does not verify with the key of epoch {epoch} "
-                               "(forged, or signed with another epoch's key)")
-            if problem is not None:
-                return bad(number, problem)
-            records += 1
-            legacy += "sig" not in record
-            prev = record["hash"]
-            if head is not None and records == head["records"]:
-                head_hash = prev
-            if head is not None and head.get("first") is not None and records == head["first"] + 1:
-                first_line = number
+                    signer = first_key = new
+                    if e != 0:
+                        problem = (f"the first sealed record opens epoch {e}, not 0 "
+                                   "(sealed records were removed from the start)")
+                    elif anchor is not None and new != anchor:
+                        retired = place.retired(new) if place.retired is not None else None
+                        if retired is None:
+                            problem = (f"the log's first seal is by key {seal.fingerprint(new)}, not by the "
+                                       f"anchor {anchor_name} (key {seal.fingerprint(anchor)}): either that is "
+                                       "the anchor of another log, or this log was re-sealed from its start")
+                elif e != epoch + 1:
+                    problem = f"epoch {e} does not follow epoch {epoch} (an epoch record was removed or forged)"
+                if problem is None and not seal.check(signer, record.get("sig"), _body(record)):
+                    problem = f"the seal does not verify with the key of epoch {max(e - 1, 0)} (forged)"
+                if problem is None:
+                    epoch, public = e, new
+                    keys[e] = new
+            elif epoch is None:
+                problem = "sealed record before the log's first epoch record (sealed records were removed)"
+            elif e != epoch:
+                problem = f"record is sealed for epoch {e} but sits in epoch {epoch} (moved or forged)"
+            elif not seal.check(public, record.get("sig"), _body(record)):
+                problem = (f"the seal does not verify with the key of epoch {epoch} "
+                           "(forged, or signed with another epoch's key)")
+        if problem is not None:
+            return bad(number, problem)
+        records += 1
+        legacy += "sig" not in record
+        prev = record["hash"]
+        if head is not None and records == head["records"]:
+            head_hash = prev
+        if head is not None and head.get("first") is not None and records == head["first"] + 1:
+            first_line = number
     if pending:  # the last lines: a write torn by a crash (and repairs of it torn too), if the head agrees
         for line, text in pending:
             if not _torn_like(text):
@@ -960,11 +992,11 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
     end = number + 1 if torn_line is None else torn_line
     unsealed_start = False  # a crash between the head written before the first seal and the seal itself
     if epoch is not None:
-        where = f"the head {hpath}"
+        where = place.head
         if head is None:
-            why = head_problem or f"the head file {hpath} is missing"
-            return bad(end, f"{why}: records may have been cut off the end (a sealed log always has its head; "
-                       f"if the log was moved, move its head beside it as {hpath.name})")
+            why = head_problem or place.head_missing
+            return bad(end, f"{why}: records may have been cut off the end (a sealed log always has its head"
+                       f"{place.head_hint})")
         if isinstance(head.get("anchor"), str) and head["anchor"] != seal.fingerprint(first_key):
             return bad(end, f"{where} belongs to another log (anchor {head['anchor']}, this log's is "
                        f"{seal.fingerprint(first_key)}): this log's head is missing, records may have been cut off "
@@ -986,10 +1018,10 @@ def verify(path: str | os.PathLike[str], key: str | os.PathLike[str] | None = No
             unsealed_start = True  # signed by the anchor's key for exactly this log: the seal was about to start
         elif records or torn_line is not None:
             says = f"says {head['records']} records" if head is not None else f"is there ({head_problem})"
-            return bad(first_line or 1, f"record is not sealed, but {hpath} {says}: its seals were "
+            return bad(first_line or 1, f"record is not sealed, but {place.head_name} {says}: its seals were "
                        "removed (or it is another log's head)")
         else:
-            return bad(1, f"the log is empty but {hpath} is there: its records were removed")
+            return bad(1, f"the log is empty but {place.head_name} is there: its records were removed")
     if epoch is None and records and anchor is not None and not unsealed_start:
         return bad(1, f"the log has no sealed record, but its anchor {anchor_name} exists (its seals were removed)")
 
@@ -1042,6 +1074,15 @@ def _unreadable(line: bytes) -> str:
     return "not an audit record (no hash or prev field)"
 
 
+def _unreadable_row(line: bytes) -> str:
+    """Why a stored row (whole, never torn), which is not a chained record, cannot be read."""
+    try:
+        json.loads(line)
+    except ValueError:
+        return "not valid JSON (damaged or overwritten)"
+    return "not an audit record (no hash or prev field)"
+
+
 def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The records of the log in order (none if it does not exist), without the
     log's own bookkeeping: the records of :data:`SEAL_TYPES` (new keys, repaired
@@ -1056,12 +1097,17 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     except OSError as exc:
         raise RunbookError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from None
     with f:
-        for line in f:
-            record = _parse(line)
-            if record is not None and not (record.get("type") in SEAL_TYPES and "run" not in record):
-                for k in SEAL_FIELDS:
-                    record.pop(k, None)
-                yield record
+        yield from records_of(f)
+
+
+def records_of(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """The records on ``lines`` as :func:`read_records` gives them (a store's rows too)."""
+    for line in lines:
+        record = _parse(line)
+        if record is not None and not (record.get("type") in SEAL_TYPES and "run" not in record):
+            for k in SEAL_FIELDS:
+                record.pop(k, None)
+            yield record
 
 
 def in_doubt(records: list[dict[str, Any]]) -> list[str]:
@@ -1095,8 +1141,13 @@ def list_runs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     is ``in doubt`` when a step may have run without its result being
     recorded, else ``in progress`` (a run that died between steps looks the same).
     """
+    return runs_of(read_records(path))
+
+
+def runs_of(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`list_runs` of ``records`` (as :func:`read_records` gives them)."""
     runs: dict[str, list[dict[str, Any]]] = {}
-    for record in read_records(path):
+    for record in records:
         if "run" in record:
             runs.setdefault(str(record["run"]), []).append(record)
     return [summarize(records) for records in runs.values()]
@@ -1139,15 +1190,20 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_records(path: str | os.PathLike[str], run_id: str) -> list[dict[str, Any]]:
     """The records of one run, in order; ``run_id`` may be a unique prefix."""
+    return run_of(read_records(path), run_id, path)
+
+
+def run_of(records: Iterable[dict[str, Any]], run_id: str, where: Any) -> list[dict[str, Any]]:
+    """:func:`run_records` among ``records`` (as :func:`read_records` gives them) of the log ``where``."""
     runs: dict[str, list[dict[str, Any]]] = {}
-    for record in read_records(path):
+    for record in records:
         rid = str(record.get("run"))
         if "run" in record and rid.startswith(run_id):
             runs.setdefault(rid, []).append(record)
     if run_id in runs:
         return runs[run_id]
     if not runs:
-        raise UsageError(f"no run {run_id!r} in the audit log {path} (see `runbook audit list`)")
+        raise UsageError(f"no run {run_id!r} in the audit log {where} (see `runbook audit list`)")
     if len(runs) > 1:
         shown = ", ".join(list(runs)[:5]) + (", ..." if len(runs) > 5 else "")
         raise UsageError(f"run id {run_id!r} is ambiguous: {len(runs)} runs start with it ({shown})")

@@ -176,37 +176,58 @@ def write_key(path: Path, key: Key) -> None:
 
 def read_key(path: Path) -> Key | None:
     """The key in ``path``; None when there is no such file."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     try:
-        data = json.loads(path.read_bytes())
-        raw = unb64(data["private_key"])
-        if raw is None or len(raw) != 32 or not isinstance(data["epoch"], int):
-            raise ValueError
-        private = Ed25519PrivateKey.from_private_bytes(raw)
-        start = data.get("start")
-        return Key(data["epoch"], private, _public_raw(private), str(data["anchor"]), str(data.get("log") or ""),
-                   start if isinstance(start, dict) else None)
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise RunbookError(f"cannot read the sealing key {path}: {exc.strerror or exc}") from None
+    return parse_key(data, str(path))
+
+
+def key_bytes(key: Key) -> bytes:
+    """``key`` as :func:`write_key` stores it (what :func:`parse_key` reads)."""
+    return _key_bytes(key)
+
+
+def parse_key(data: bytes, where: str) -> Key:
+    """The key stored as ``data`` (by :func:`key_bytes`); RunbookError naming ``where`` when damaged."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        fields = json.loads(data)
+        raw = unb64(fields["private_key"])
+        if raw is None or len(raw) != 32 or not isinstance(fields["epoch"], int):
+            raise ValueError
+        private = Ed25519PrivateKey.from_private_bytes(raw)
+        start = fields.get("start")
+        return Key(fields["epoch"], private, _public_raw(private), str(fields["anchor"]),
+                   str(fields.get("log") or ""), start if isinstance(start, dict) else None)
     except (ValueError, KeyError, TypeError):
-        raise RunbookError(f"the sealing key {path} is damaged") from None
+        raise RunbookError(f"the sealing key {where} is damaged") from None
+
+
+def anchor_bytes(public: bytes) -> bytes:
+    """The anchor file (``verify.pub``) of the public key ``public``."""
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = json.dumps({"type": ANCHOR_TYPE, "alg": "ed25519", "public_key": b64(public), "created": created})
+    return text.encode() + b"\n"
 
 
 def write_anchor(directory: Path, public: bytes) -> Path:
     path = directory / ANCHOR_NAME
-    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    text = json.dumps({"type": ANCHOR_TYPE, "alg": "ed25519", "public_key": b64(public), "created": created})
-    write_atomic(path, text.encode() + b"\n", mode=0o644)
+    write_atomic(path, anchor_bytes(public), mode=0o644)
     return path
 
 
 def read_anchor(path: str | os.PathLike[str]) -> bytes:
     """The raw public key in an anchor file: ``verify.pub`` as written here, or a PEM
     (SubjectPublicKeyInfo) Ed25519 public key.  Raises FileNotFoundError or RunbookError."""
-    data = Path(path).read_bytes()
+    return parse_anchor(Path(path).read_bytes(), str(path))
+
+
+def parse_anchor(data: bytes, path: str) -> bytes:
+    """The raw public key in the anchor ``data`` (see :func:`read_anchor`), read from ``path``."""
     if data.lstrip().startswith(b"-----BEGIN"):
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
         from cryptography.hazmat.primitives.serialization import (
