@@ -46,6 +46,7 @@ class Config:
     store: Callable[[], Any] | None = None  # the audit store (default runbook.store.open_store)
     body_limit: int = BODY_LIMIT
     enqueue: Callable[[int, str], None] | None = None  # default runbook.team.worker.enqueue
+    refresh: int = REFRESH_SECONDS  # the page reloads itself this often (seconds)
     extra: dict = field(default_factory=dict)
 
 
@@ -351,8 +352,8 @@ def _status(status: Any) -> str:
     return f'<span class="st {cls}" data-status="{esc(s)}">{esc(s)}</span>'
 
 
-def _page(title: str, body: str, refresh: bool = True) -> str:
-    meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
+def _page(title: str, body: str, refresh: int | None = REFRESH_SECONDS) -> str:
+    meta = f'<meta http-equiv="refresh" content="{int(refresh)}">' if refresh else ""
     return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"{meta}<title>{esc(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>")
@@ -422,7 +423,7 @@ def resumable(s: dict) -> bool:
     return s.get("paused") is not None or s.get("finished") is None or s.get("status") not in ("resolved", "completed")
 
 
-def render_index(runs: list[dict], queued: list, notice: str | None = None) -> str:
+def render_index(runs: list[dict], queued: list, notice: str | None = None, refresh: int = REFRESH_SECONDS) -> str:
     items = []
     for inc in queued:
         status = "queued" if inc.enqueued is not None else "not queued"
@@ -438,15 +439,15 @@ def render_index(runs: list[dict], queued: list, notice: str | None = None) -> s
         extra = f' · before write step <b>{esc(s["paused"])}</b>' if s.get("paused") else ""
         dry = " · dry-run" if s.get("dry_run") else ""
         items.append(
-            f'<li class="card" data-run="{esc(rid)}"><div>{_status(status)} {alert}'
-            f'<a href="/runs/{esc(rid)}">{esc(s.get("runbook") or "?")}</a>{extra}</div>'
+            f'<li class="card" data-run="{esc(rid)}"><div>{_status(status)} '
+            f'<a href="/runs/{esc(rid)}">{alert}{esc(s.get("runbook") or "?")}</a>{extra}</div>'
             f'<div class="meta">started {_when(s.get("started"))} by {esc(s.get("who") or "?")}'
             f' on {esc(s.get("host") or "?")}{dry}</div>'
             f'<div class="meta">run <code>{esc(rid)}</code></div></li>')
     if not items:
         items.append('<li class="card">No runs yet.</li>')
     note = f'<p class="banner">{esc(notice)}</p>' if notice else ""
-    return _page("runbook: runs", f"<h1>Runs</h1>{note}<ul class=runs>{''.join(items)}</ul>")
+    return _page("runbook: runs", f"<h1>Runs</h1>{note}<ul class=runs>{''.join(items)}</ul>", refresh)
 
 
 def _kv(d: Any) -> str:
@@ -466,6 +467,8 @@ def _value(v: Any) -> str:
 
 
 def _decision_text(d: dict) -> str:
+    if d.get("how") == "no-terminal" and not d.get("approved"):
+        return f"not approved: nobody was there to approve it ({d.get('by') or '?'}, no terminal, no --yes)"
     verdict = "approved" if d.get("approved") else "declined"
     choice = d.get("choice")
     how = d.get("how")
@@ -473,7 +476,7 @@ def _decision_text(d: dict) -> str:
             f"{d.get('by') or '?'} via {how or '?'}")
 
 
-def render_run(records: list[dict], hooks: list[dict], incident=None) -> str:
+def render_run(records: list[dict], hooks: list[dict], incident=None, refresh: int = REFRESH_SECONDS) -> str:
     from runbook import audit
 
     s = audit.summarize(records)
@@ -517,8 +520,6 @@ def render_run(records: list[dict], hooks: list[dict], incident=None) -> str:
                     f'started and may have changed something; its result was never recorded. '
                     f'<code>runbook resume {esc(rid)}</code> asks what happened.</div>')
     if not paused and resumable(s):
-        head.append(f'<p>Continue it: <code id="resume">runbook resume {esc(rid)}</code></p>')
-    elif paused:
         head.append(f'<p>Continue it: <code id="resume">runbook resume {esc(rid)}</code></p>')
     if started.get("params"):
         head.append(f"<h2>Parameters</h2><div class=card>{_kv(started.get('params'))}</div>")
@@ -583,7 +584,7 @@ def render_run(records: list[dict], hooks: list[dict], incident=None) -> str:
     if incident is not None or hook_items:
         body += (f'<h2>Webhooks</h2><ul class="tl" id="webhooks">{"".join(hook_items)}</ul>')
     body += '<p><a href="/">All runs</a></p>'
-    return _page(f"runbook: {s.get('runbook') or rid} {status}", body)
+    return _page(f"runbook: {s.get('runbook') or rid} {status}", body, refresh)
 
 
 def _event(r: dict) -> str:
@@ -666,7 +667,7 @@ def create_app(cfg: Config):
         """None when the reader may see the page, else the response to send."""
         if not cfg.read_token:
             return html_response(_page("runbook: page off", "<h1>The page is off</h1><p>Start runbook serve with "
-                                       "RUNBOOK_READ_TOKEN or --read-token-file to show it.</p>", refresh=False), 403)
+                                       "RUNBOOK_READ_TOKEN or --read-token-file to show it.</p>", refresh=None), 403)
         if same(bearer(request.headers), cfg.read_token) or same(request.cookies.get(COOKIE), page_key):
             return None
         given = request.query_params.get("token")
@@ -681,7 +682,7 @@ def create_app(cfg: Config):
             return resp
         return html_response(_page("runbook: unauthorized", "<h1>Unauthorized</h1><p>Open the link with "
                                    "<code>?token=…</code> (the read token) once; the browser keeps it.</p>",
-                                   refresh=False), 401)
+                                   refresh=None), 401)
 
     def open_store():
         if cfg.store is not None:
@@ -715,7 +716,7 @@ def create_app(cfg: Config):
         known = {str(s["run"]) for s in runs}
         incs, notice = _with_ledger(lambda conn: ledger.incidents(conn, RUNS_SHOWN))
         waiting = [i for i in incs or [] if i.run_id not in known and i.resolved_at is None]
-        return render_index(runs, waiting, notice), 200
+        return render_index(runs, waiting, notice, cfg.refresh), 200
 
     def run_page(run_id: str) -> tuple[str, int]:
         store = open_store()
@@ -731,9 +732,9 @@ def create_app(cfg: Config):
                         f'<h2>Webhooks</h2><ul class="tl" id="webhooks">'
                         + "".join(f"<li>{esc(h.get('status'))}: {esc(h.get('outcome'))}</li>" for h in hooks or [])
                         + '</ul><p><a href="/">All runs</a></p>')
-                return _page("runbook: queued", body), 200
+                return _page("runbook: queued", body, cfg.refresh), 200
             return _page("runbook: no such run", f"<h1>No such run</h1><p>{esc(str(exc))}</p>"
-                         '<p><a href="/">All runs</a></p>', refresh=False), 404
+                         '<p><a href="/">All runs</a></p>', refresh=None), 404
         finally:
             getattr(store, "close", lambda: None)()
         full = str(records[0].get("run"))
@@ -741,7 +742,7 @@ def create_app(cfg: Config):
         hooks = []
         if inc is not None:
             hooks, _ = _with_ledger(lambda conn: ledger.webhooks(conn, inc.id))
-        return render_run(records, hooks or [], inc), 200
+        return render_run(records, hooks or [], inc, cfg.refresh), 200
 
     async def index(request: Request) -> Response:
         if (denied := authorized(request)) is not None:
