@@ -365,3 +365,75 @@ def test_it_refuses_to_start_without_its_database_or_token(cli, tmp_path):
     r = cli("serve", "--token-file", tmp_path / "empty",
             env={"RUNBOOK_AUDIT_URL": "postgresql://u:pw@h/db", "RUNBOOK_BROKER_URL": "redis://x"})
     assert r.returncode == 2 and "is empty" in r.stderr
+
+
+def test_its_runbook_index_chooses_as_run_alert_does(tmp_path):
+    """The server keeps an index of the runbook path instead of loading every runbook per
+    alert: it must choose exactly as runbook run --alert (alert.choose_runbook) does."""
+    from runbook.alert import Alert, choose_runbook
+    from runbook.errors import RunbookError
+    from runbook.team.serve import Config, Webhook
+
+    books = tmp_path / "books"
+    books.mkdir()
+    for p in (ROOT / "playbooks").glob("*.yaml"):
+        (books / p.name).write_text(p.read_text())
+    hook = Webhook(Config(webhook_token="t", read_token=None, audit_url=None, broker_url=None, paths=[books]), None)
+    from runbook import spec
+
+    names = {n for f in spec.runbook_files([books]) for n in (spec.load_text(f.read_text(), str(f))[0].alerts)}
+    cases = [Alert(name=n, status="firing", labels={"alertname": n}, annotations={}, starts_at=None, fingerprint="f")
+             for n in sorted(names) + ["NobodyAnswers"]]
+    cases.append(Alert(name="X", status="firing", labels={}, annotations={"runbook": "nope"}, starts_at=None,
+                       fingerprint="f"))
+    cases.append(Alert(name="X", status="firing", labels={}, fingerprint="f", starts_at=None,
+                       annotations={"runbook_url": "https://wiki/runbooks/pod-oom-killed.md"}))
+
+    def outcome(fn, a):
+        try:
+            return fn(a)
+        except RunbookError as exc:
+            return type(exc).__name__, str(exc)
+
+    assert len(cases) > 5
+    for a in cases:
+        assert outcome(hook.choose, a) == outcome(lambda x: choose_runbook([x], [books]), a), a.name
+    # a runbook added later is found without a restart
+    (books / "new.yaml").write_text(RUNBOOK.replace("name: oom", "name: newer").replace("PodOOMKilled", "Newer"))
+    a = Alert(name="Newer", status="firing", labels={}, annotations={}, starts_at=None, fingerprint="f")
+    assert hook.choose(a)[0] == "newer"
+
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def rabbit_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not rabbit_up(), reason="no RabbitMQ on 127.0.0.1:5672 (Redis is the broker tested everywhere)")
+def test_rabbitmq_as_the_broker(tmp_path, pg, pg_db):
+    import uuid
+
+    from kombu import Connection
+
+    queue = f"rbtest-{uuid.uuid4().hex[:10]}"
+    srv = start_server(tmp_path, pg.url(pg_db), RABBIT, {"RUNBOOK_QUEUE": queue})
+    try:
+        assert srv.post(PAYLOAD)[0] == 200
+        code, answer = srv.post(PAYLOAD)
+        assert code == 200 and answer["alerts"][0]["outcome"] == "duplicate"
+        with Connection(RABBIT, connect_timeout=5) as conn:
+            assert conn.channel().queue_declare(queue, passive=True).message_count == 1
+    finally:
+        code = stop_server(srv)
+        with Connection(RABBIT, connect_timeout=5) as conn:
+            try:
+                conn.channel().queue_delete(queue)
+            except Exception:  # noqa: BLE001 - never declared: nothing to delete
+                pass
+    assert code == 0

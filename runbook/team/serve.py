@@ -21,6 +21,7 @@ import html
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -100,7 +101,12 @@ class Pool:
         self.slots.acquire()
         try:
             with self.lock:
-                conn = self.idle.pop() if self.idle else None
+                conn, since = self.idle.pop() if self.idle else (None, 0.0)
+            if conn is not None and not (conn.closed or conn.broken) and time.monotonic() - since > 2:
+                try:  # idle a while: PostgreSQL may have restarted since (one stale connection, one 503)
+                    conn.execute("SELECT 1")
+                except Exception:  # noqa: BLE001 - any failure: a new connection
+                    conn.close()
             if conn is not None and (conn.closed or conn.broken):
                 conn = None
             if conn is None:
@@ -115,7 +121,7 @@ class Pool:
         try:
             if ok and not conn.closed and not conn.broken and conn.info.transaction_status == 0:  # IDLE
                 with self.lock:
-                    self.idle.append(conn)
+                    self.idle.append((conn, time.monotonic()))
                     return
             try:
                 conn.close()
@@ -126,7 +132,7 @@ class Pool:
 
     def close(self) -> None:
         with self.lock:
-            for conn in self.idle:
+            for conn, _ in self.idle:
                 try:
                     conn.close()
                 except Exception:  # noqa: BLE001
@@ -188,6 +194,7 @@ class Webhook:
         self.cfg = cfg
         self.pool = pool
         self.index_lock = threading.Lock()
+        self._index: tuple | None = None
 
     def enqueue(self, incident_id: int, run_id: str) -> None:
         if self.cfg.enqueue is not None:
@@ -197,9 +204,56 @@ class Webhook:
         return enqueue(incident_id, run_id)
 
     def choose(self, alert) -> tuple[str, str]:
-        from runbook.alert import choose_runbook
+        """(runbook, why) for one alert, as :func:`runbook.alert.choose_runbook` chooses, from an
+        index of the runbook path kept while its files are unchanged (loading every runbook for
+        every alert was most of a webhook's time)."""
+        from runbook.alert import by_annotation
 
-        return choose_runbook([alert], self.cfg.paths)
+        index, answers = self.index()
+        found = by_annotation(alert, index)
+        if found is not None:
+            return found
+        names = sorted(set(answers.get(alert.name, [])))
+        if not names:
+            raise UsageError(f"no runbook answers alert {alert.name}: none has it in its 'alerts:' list and the alert "
+                             f"has no 'runbook' annotation; add {alert.name} to a runbook's alerts, or name the "
+                             f"runbook: runbook run NAME --alert …")
+        if len(names) > 1:
+            raise RunbookError(f"alert {alert.name} is answered by {len(names)} runbooks ({', '.join(names)}); "
+                               f"choose one: runbook run NAME --alert …, or set the alert's 'runbook' annotation")
+        return names[0], f"its name is in the 'alerts:' list of {names[0]}"
+
+    def index(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """(runbook name or file stem -> path, alert name -> runbook names), rebuilt when a file
+        of the runbook path is added, removed or changed."""
+        from runbook import spec
+
+        files = spec.runbook_files(self.cfg.paths)
+        signature = []
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            signature.append((str(f), st.st_mtime_ns, st.st_size))
+        with self.index_lock:
+            if self._index is not None and self._index[0] == signature:
+                return self._index[1], self._index[2]
+            index: dict[str, str] = {}
+            answers: dict[str, list[str]] = {}
+            for f in files:
+                try:
+                    rb, _ = spec.load_text(f.read_text(encoding="utf-8"), str(f))
+                except (OSError, UnicodeDecodeError):
+                    continue
+                if rb is None:
+                    continue
+                index.setdefault(rb.name, str(f))
+                index.setdefault(f.stem, str(f))
+                for name in rb.alerts:
+                    answers.setdefault(name, []).append(rb.name)
+            self._index = (signature, index, answers)
+            return index, answers
 
     def handle(self, doc: dict, firing: list, resolved: list, peer: str) -> tuple[int, dict]:
         import psycopg
