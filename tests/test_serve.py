@@ -437,3 +437,77 @@ def test_rabbitmq_as_the_broker(tmp_path, pg, pg_db):
             except Exception:  # noqa: BLE001 - never declared: nothing to delete
                 pass
     assert code == 0
+
+
+def test_the_ledger_api(pg, pg_db, pg_password):
+    from runbook.alert import alerts_of
+    from runbook.errors import RunbookError
+    from runbook.team import ledger
+
+    conn = ledger.connect(pg.url(pg_db))
+    try:
+        ledger.ensure(conn)
+        ledger.ensure(conn)  # once is enough, twice is harmless
+        [a], _ = alerts_of(PAYLOAD)
+        inc, new = ledger.record_firing(conn, "oom", a, PAYLOAD, "10.1.1.1:5")
+        assert new and inc.webhooks == 1 and inc.enqueued is None and inc.starts_at == a.starts_at
+        assert inc.run_id and inc.doc["alerts"][0]["fingerprint"] == a.fingerprint and inc.resolved_at is None
+        again, new = ledger.record_firing(conn, "oom", a, PAYLOAD, "10.1.1.2:5")
+        assert not new and again.id == inc.id and again.run_id == inc.run_id and again.webhooks == 2
+        other, new = ledger.record_firing(conn, "another-runbook", a, PAYLOAD, "p")  # another runbook: another incident
+        assert new and other.id != inc.id
+        assert [i.id for i in ledger.unqueued(conn)] == [inc.id, other.id]
+        ledger.mark_enqueued(conn, inc.id)
+        assert [i.id for i in ledger.unqueued(conn)] == [other.id]
+        assert ledger.get(conn, inc.id).enqueued is not None and ledger.get(conn, 10**9) is None
+        assert ledger.by_run(conn, inc.run_id).id == inc.id and ledger.by_run(conn, "nope") is None
+        assert [i.id for i in ledger.incidents(conn)] == [other.id, inc.id]
+        assert [i.id for i in ledger.incidents(conn, limit=1)] == [other.id]
+        ledger.record_webhook(conn, "p", a, "firing", "no runbook: test")
+        hooks = ledger.webhooks(conn, inc.id)
+        assert [(h["peer"], h["outcome"]) for h in hooks] == [
+            ("10.1.1.1:5", "new incident"), ("10.1.1.2:5", "same incident (fingerprint, startsAt): webhook 2")]
+        # committed: another connection sees it all
+        with pg.connect(pg_db) as c2:
+            assert c2.execute("SELECT count(*) FROM runbook_webhooks").fetchone() == (4,)
+    finally:
+        conn.close()
+    # one line, the password never shown
+    with pytest.raises(RunbookError) as err:
+        ledger.connect(pg_password.url(password="hunter2-wrong"))
+    assert "hunter2" not in str(err.value) and "***" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(RunbookError) as err:
+        ledger.connect(f"postgresql://u:hunter2@127.0.0.1:{free_port()}/x")
+    assert "hunter2" not in str(err.value) and "cannot reach the alert ledger" in str(err.value)
+
+
+def test_postgresql_restarted_under_it(tmp_path, broker):
+    """Down: 503 and nothing queued; back: the connections it kept are not used stale, the retry is taken."""
+    from pgserver import _run, create_database, start_throwaway
+
+    broker.cli("FLUSHALL")
+    db_server = start_throwaway(trust=True)
+    srv = None
+    try:
+        srv = start_server(tmp_path, db_server.url(create_database(db_server)), f"redis://127.0.0.1:{broker.port}/0")
+        assert srv.post(PAYLOAD)[0] == 200
+
+        def pg_ctl(*args):
+            r = _run(db_server.bindir / "pg_ctl", *args, "-D", db_server.data_dir, "-w", "-t", "20",
+                     run_as=db_server.run_as, cwd=db_server.base_dir, timeout=30)
+            assert r.returncode == 0, r.stdout + r.stderr
+
+        later = alert_payload(starts="2026-12-05T19:00:00Z")
+        pg_ctl("stop", "-m", "fast")
+        code, answer = srv.post(later)
+        assert code == 503 and "alert ledger" in answer["error"], answer
+        assert len(job_ids(broker)) == 1
+        pg_ctl("start", "-l", db_server.log_file)
+        time.sleep(1)  # the idle connections it kept are now older than its check's threshold (IDLE_CHECK)
+        code, answer = srv.post(later)
+        assert code == 200 and answer["alerts"][0]["outcome"] == "new incident", answer
+        assert len(job_ids(broker)) == 2
+    finally:
+        if srv is not None:
+            assert stop_server(srv) == 0
+        db_server.stop()

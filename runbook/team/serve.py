@@ -35,6 +35,7 @@ COOKIE = "runbook_read"
 REFRESH_SECONDS = 5
 RUNS_SHOWN = 200
 POOL_SIZE = 8  # ledger connections kept (and requests talking to PostgreSQL at once)
+IDLE_CHECK = 0.5  # seconds: a ledger connection idle longer is checked (SELECT 1) before use
 
 
 @dataclass
@@ -102,7 +103,7 @@ class Pool:
         try:
             with self.lock:
                 conn, since = self.idle.pop() if self.idle else (None, 0.0)
-            if conn is not None and not (conn.closed or conn.broken) and time.monotonic() - since > 2:
+            if conn is not None and not (conn.closed or conn.broken) and time.monotonic() - since > IDLE_CHECK:
                 try:  # idle a while: PostgreSQL may have restarted since (one stale connection, one 503)
                     conn.execute("SELECT 1")
                 except Exception:  # noqa: BLE001 - any failure: a new connection
