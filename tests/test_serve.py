@@ -275,6 +275,8 @@ def test_a_burst_of_200_webhooks_is_100_incidents_and_100_jobs(server, broker, p
     assert all(code == 200 for code, _ in answers), [a for a in answers if a[0] != 200][:3]
     outcomes = [a["alerts"][0]["outcome"] for _, a in answers]
     assert outcomes.count("new incident") == 100 and outcomes.count("duplicate") == 100
+    queued = [a["alerts"][0]["queued"] for _, a in answers]
+    assert queued.count(True) == 100 and queued.count("before") == 100  # each sent once, under the row lock
     ids = job_ids(broker)
     assert len(ids) == 100 and len(set(ids)) == 100
     assert set(ids) == {r[0] for r in rows(pg, pg_db, "SELECT run_id FROM runbook_incidents")}

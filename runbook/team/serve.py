@@ -176,7 +176,7 @@ def parse_payload(body: bytes) -> tuple[dict, list, list]:
         raise UsageError("not an Alertmanager webhook payload (no 'alerts' list)")
     version = doc.get("version")
     if version is not None and str(version) != "4":
-        raise UsageError(f"webhook payload version {str(version)[:20]!r}: only version 4 (Alertmanager ≥ 0.x) is read")
+        raise UsageError(f"webhook payload version {str(version)[:20]!r}: only version 4 (Alertmanager's) is read")
     if any(not isinstance(a, dict) for a in doc["alerts"]):
         raise UsageError("an entry of 'alerts' is not an object")
     firing, resolved = alerts_of(doc)
@@ -311,14 +311,14 @@ class Webhook:
                                   "Alertmanager retries", "alerts": out}
         return 200, {"alerts": out}
 
-    def _enqueue_once(self, conn, incident) -> bool:
+    def _enqueue_once(self, conn, incident) -> bool | str:
         """The incident's job on the broker unless another request put it there first
         (the row lock makes the check and the send one step)."""
         with conn.transaction():
             row = conn.execute("SELECT enqueued FROM runbook_incidents WHERE id = %s FOR UPDATE",
                                (incident.id,)).fetchone()
             if row is None or row[0] is not None:
-                return False
+                return "before"  # another request (or server) queued it meanwhile
             self.enqueue(incident.id, incident.run_id)
             ledger.mark_enqueued(conn, incident.id)
         return True
