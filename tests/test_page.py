@@ -107,6 +107,11 @@ def site(lab):
     inc, _ = ledger.record_firing(conn, "web", a, {"alerts": []}, "10.0.0.7:4321")
     conn.execute("UPDATE runbook_incidents SET run_id = %s WHERE id = %s", (lab["runs"]["paused"], inc.id))
     ledger.record_firing(conn, "web", a, {"alerts": []}, "10.0.0.8:999")
+    # and an alert whose diagnosis no worker has started yet (its broker was down)
+    b = Alert(name="DiskFull<b>", status="firing", labels={}, annotations={}, starts_at="2026-12-05T15:00:00Z",
+              fingerprint="d15cf011")
+    waiting, _ = ledger.record_firing(conn, "web", b, {"alerts": []}, "10.0.0.9:1")
+    lab["waiting"] = waiting.run_id
     conn.close()
 
     with running(lab, refresh=60) as url:  # no reload in the middle of a test; test_the_page_refreshes_itself: 1 s
@@ -225,7 +230,11 @@ def test_the_runs_are_listed_newest_first_with_status_alert_and_who(page, lab):
     items = page.find_elements(By.CSS_SELECTOR, "li[data-run]")
     ids = [i.get_attribute("data-run") for i in items]
     runs = lab["runs"]
-    assert ids == [runs["doubt"], runs["done"], runs["paused"]]
+    assert ids == [lab["waiting"], runs["doubt"], runs["done"], runs["paused"]]
+    waiting = items[0].text
+    assert "not queued" in waiting and "DiskFull<b> → web" in waiting and "waiting for a worker" in waiting
+    items = items[1:]
+    ids = ids[1:]
     by_id = {i.get_attribute("data-run"): i for i in items}
     status = {rid: by_id[rid].find_element(By.CSS_SELECTOR, ".st").text for rid in ids}
     assert status == {runs["doubt"]: "in doubt", runs["done"]: "completed", runs["paused"]: "paused"}
@@ -286,6 +295,8 @@ def test_a_decision_and_a_step_in_doubt(page, site, lab):
 
     page.get(f"{site}/runs/nosuchrun")
     assert "No such run" in text(page)
+    page.get(f"{site}/runs/{lab['waiting']}")
+    assert "has not started yet: waiting for a worker" in text(page) and "new incident" in text(page)
 
 
 def test_on_a_phone_nothing_scrolls_sideways(page, site, lab):
