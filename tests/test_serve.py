@@ -367,6 +367,14 @@ def test_it_refuses_to_start_without_its_database_or_token(cli, tmp_path):
     r = cli("serve", "--token-file", tmp_path / "empty",
             env={"RUNBOOK_AUDIT_URL": "postgresql://u:pw@h/db", "RUNBOOK_BROKER_URL": "redis://x"})
     assert r.returncode == 2 and "is empty" in r.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = cli("serve", "--port", port, "--path", tmp_path,
+                env={"RUNBOOK_WEBHOOK_TOKEN": "t", "RUNBOOK_BROKER_URL": "redis://127.0.0.1:1/0",
+                     "RUNBOOK_AUDIT_URL": f"postgresql://u:pw@127.0.0.1:{free_port()}/db"})
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr.splitlines()[-1]
 
 
 def test_its_runbook_index_chooses_as_run_alert_does(tmp_path):

@@ -846,6 +846,14 @@ def serve(cfg: Config, host: str, port: int) -> int:
             conn.close()
     except RunbookError as exc:
         print(f"runbook serve: warning: {exc}; webhooks are answered 503 until it is back", file=sys.stderr, flush=True)
+    import socket
+
+    try:  # bound here, so that a port in use is one clean line (uvicorn would log and exit 3)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise RunbookError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", exit_code=2) from None
     app = create_app(cfg)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=10))
@@ -859,6 +867,6 @@ def serve(cfg: Config, host: str, port: int) -> int:
     stopped: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
-    server.run()
+    server.run(sockets=[sock])
     print("runbook serve: stopped", file=sys.stderr, flush=True)
     return 0
