@@ -327,6 +327,19 @@ def test_a_resolved_alert_is_recorded(server, broker, pg, pg_db):
     assert outcomes[2] == "resolved: already recorded"
 
 
+def test_a_firing_retry_after_the_resolution_queues_nothing(server, broker, pg, pg_db):
+    broker.crash()  # the first delivery is not queued
+    try:
+        assert server.post(PAYLOAD)[0] == 503
+    finally:
+        broker.start()
+    assert server.post(alert_payload(status="resolved", ends="2026-12-05T15:02:10Z"))[0] == 200
+    code, answer = server.post(PAYLOAD)  # Alertmanager's retry of the firing webhook, late
+    assert code == 200 and answer["alerts"][0]["queued"] is False
+    assert "nothing to diagnose" in answer["alerts"][0]["detail"]
+    assert job_ids(broker) == []
+
+
 def audit_records(server) -> list[dict]:
     """Where session.record_resolved wrote: the file log today; the shared store once the lifecycle uses it."""
     found = list(audit.read_records(server.audit_dir / audit.LOG_NAME))

@@ -285,6 +285,9 @@ class Webhook:
                 if incident.enqueued is not None:
                     item["queued"] = "before"
                     continue
+                if incident.resolved_at is not None:  # a late retry of a firing webhook after its resolution
+                    item.update(queued=False, detail=f"resolved at {incident.resolved_at}: nothing to diagnose")
+                    continue
                 if broker_down is not None:
                     item["queued"] = False
                     continue
@@ -315,10 +318,12 @@ class Webhook:
         """The incident's job on the broker unless another request put it there first
         (the row lock makes the check and the send one step)."""
         with conn.transaction():
-            row = conn.execute("SELECT enqueued FROM runbook_incidents WHERE id = %s FOR UPDATE",
+            row = conn.execute("SELECT enqueued, resolved_at FROM runbook_incidents WHERE id = %s FOR UPDATE",
                                (incident.id,)).fetchone()
             if row is None or row[0] is not None:
                 return "before"  # another request (or server) queued it meanwhile
+            if row[1] is not None:
+                return False  # resolved meanwhile: nothing to diagnose
             self.enqueue(incident.id, incident.run_id)
             ledger.mark_enqueued(conn, incident.id)
         return True
