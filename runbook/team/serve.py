@@ -22,7 +22,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -49,7 +49,6 @@ class Config:
     body_limit: int = BODY_LIMIT
     enqueue: Callable[[int, str], None] | None = None  # default runbook.team.worker.enqueue
     refresh: int = REFRESH_SECONDS  # the page reloads itself this often (seconds)
-    extra: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- configuration
