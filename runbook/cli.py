@@ -25,6 +25,7 @@ COMMANDS = {
     "schema": "print the JSON Schema of runbook (or inventory) files",
     "audit": "list, show and verify recorded runs",
     "report": "the incident timeline of a run, in Markdown, for the post-mortem",
+    "serve": "receive Alertmanager webhooks and show the runs (team mode)",
     "worker": "a Celery worker that diagnoses queued alerts (team mode)",
 }
 

@@ -48,7 +48,7 @@ from typing import Any
 from runbook.errors import RunbookError
 
 TASK = "runbook.diagnose"
-QUEUE = "runbook"
+QUEUE = os.environ.get("RUNBOOK_QUEUE", "runbook")  # with Redis, the list of that name in the broker's database
 BROKER_ENV = "RUNBOOK_BROKER_URL"
 log = logging.getLogger("runbook.worker")
 
@@ -90,6 +90,7 @@ def app(url: str | None = None):
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=float(os.environ.get("RUNBOOK_BROKER_TIMEOUT", "3")),
         broker_transport_options={
+            "socket_connect_timeout": 3,
             # Redis hands an unacknowledged job to another worker after this long (default 1 h): a
             # duplicate delivery is harmless (the claim lock), a short one finds a dead worker sooner
             "visibility_timeout": float(os.environ.get("RUNBOOK_VISIBILITY_TIMEOUT", "3600")),
