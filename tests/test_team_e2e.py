@@ -177,7 +177,9 @@ def records(team: Team, run_id: str) -> list[dict]:
     return team.store().run_records(run_id)
 
 
-def test_alert_is_diagnosed_by_a_worker_and_finished_by_a_person_from_another_process(team):
+def test_alert_is_diagnosed_by_a_worker_and_finished_by_a_person_from_another_process(team, web):
+    team.env["RUNBOOK_NOTIFY_URL"] = f"{web.url}/hook/incidents"
+    team.env["RUNBOOK_PAGE_URL"] = f"http://127.0.0.1:{team.port}"
     team.serve()
     team.worker()
     code, body = team.post(payload("fp-one"))
@@ -191,6 +193,14 @@ def test_alert_is_diagnosed_by_a_worker_and_finished_by_a_person_from_another_pr
     assert look["outputs"] == {"ms": 12}
     assert not (team.tmp / "fixed").exists()  # paused before the write: nobody approved it
     assert [r["step"] for r in recs if r["type"] == "paused"] == ["fix"]
+    # #incidents heard it when the diagnosis was done: the alert, the runbook, what it found, how to go on
+    deadline = time.monotonic() + 10
+    while not web.hooks and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [message] = [h["payload"]["text"] for h in web.hooks]
+    for part in ("DiagAlert", "fp-one", "runbook *diag*", "look.ms = 12", f"runbook resume {run['run']}",
+                 f"http://127.0.0.1:{team.port}/runs/{run['run']}"):
+        assert part in message, message
 
     # the on-call engineer, on another machine: sees the diagnosis, approves the writes
     shown = team.cli("audit", "show", run["run"])
@@ -211,13 +221,16 @@ def test_a_burst_of_duplicate_webhooks_gives_exactly_one_run_per_alert(team):
     team.worker()
     fps = [f"fp-{i:03d}" for i in range(100)]
     codes: list[int] = []
+    refused: list[dict] = []
     lock = threading.Lock()
 
     def send(chunk: list[str]) -> None:
         for fp in chunk:
-            code, _ = team.post(payload(fp, service=f"svc-{fp[3:]}"))
+            code, body = team.post(payload(fp, service=f"svc-{fp[3:]}"))
             with lock:
                 codes.append(code)
+                if code != 200:
+                    refused.append(body)
 
     posts = [fp for fp in fps for _ in range(2)]
     threads = [threading.Thread(target=send, args=(posts[i::8],)) for i in range(8)]
@@ -225,7 +238,7 @@ def test_a_burst_of_duplicate_webhooks_gives_exactly_one_run_per_alert(team):
         t.start()
     for t in threads:
         t.join()
-    assert codes == [200] * 200
+    assert codes == [200] * 200, refused[:3]
     runs = team.wait_runs(100, timeout=180)
     time.sleep(2)  # any duplicate job would have started a second run by now
     runs = team.store().list_runs()

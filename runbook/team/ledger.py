@@ -127,9 +127,15 @@ def ensure(conn) -> None:
     key = (conn.info.host, conn.info.port, conn.info.dbname)
     if key in _ENSURED:
         return
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        conn.execute(_SCHEMA)
+    # DDL on tables that exist is not free: CREATE INDEX IF NOT EXISTS takes a SHARE lock on its table
+    # before it looks, which deadlocks with the webhook's inserts in flight (seen with 2 workers under a
+    # burst): look first, and run the DDL only when the ledger's last object is missing
+    exists = "SELECT to_regclass('runbook_incidents_alert') IS NOT NULL"
+    if not conn.execute(exists).fetchone()[0]:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            if not conn.execute(exists).fetchone()[0]:
+                conn.execute(_SCHEMA)
     _ENSURED.add(key)
 
 
