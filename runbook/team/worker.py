@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from typing import Any
 
@@ -71,13 +72,19 @@ def broker_url() -> str:
 
 
 _apps: dict[str, Any] = {}
+_apps_lock = threading.Lock()  # the webhook's threads: celery imported and the app made once
 
 
 def app(url: str | None = None):
     """The Celery app for ``url`` (default: ``RUNBOOK_BROKER_URL``), made once per URL."""
     url = url or broker_url()
-    if url in _apps:
+    with _apps_lock:
+        if url not in _apps:
+            _apps[url] = _make_app(url)
         return _apps[url]
+
+
+def _make_app(url: str):
     from celery import Celery
 
     a = Celery("runbook", broker=url, set_as_current=False)
@@ -99,7 +106,6 @@ def app(url: str | None = None):
         worker_send_task_events=False,
     )
     a.task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(_task)
-    _apps[url] = a
     return a
 
 
