@@ -803,16 +803,25 @@ def create_app(cfg: Config):
             hooks, _ = _with_ledger(lambda conn: ledger.webhooks(conn, inc.id))
         return render_run(records, hooks or [], inc, cfg.refresh), 200
 
+    def unavailable(fn, *args) -> tuple[str, int]:
+        """The page, or 503 saying why the audit could not be read (the store's database is down…)."""
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a page, never a traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return _page("runbook: audit unavailable", f"<h1>The audit cannot be read now</h1><p>{esc(first)}</p>"
+                         "<p>This page tries again by itself.</p>", cfg.refresh), 503
+
     async def index(request: Request) -> Response:
         if (denied := authorized(request)) is not None:
             return denied
-        text, code = await run_in_threadpool(index_page)
+        text, code = await run_in_threadpool(unavailable, index_page)
         return html_response(text, code)
 
     async def run(request: Request) -> Response:
         if (denied := authorized(request)) is not None:
             return denied
-        text, code = await run_in_threadpool(run_page, request.path_params["run_id"])
+        text, code = await run_in_threadpool(unavailable, run_page, request.path_params["run_id"])
         return html_response(text, code)
 
     async def healthz(request: Request) -> Response:
