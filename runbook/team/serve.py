@@ -347,6 +347,22 @@ class Webhook:
         return {"outcome": "resolved", "detail": where, "incident": incident_id}
 
 
+def _log(code: int, peer: str, answer: dict) -> None:
+    """One line per webhook on standard error: what became of each alert."""
+    import sys
+
+    from runbook.text import visible
+
+    parts = []
+    for a in answer.get("alerts") or []:
+        what = a.get("outcome", "not handled")
+        if a.get("run_id"):
+            what += f" {a['run_id']}" + (" queued" if a.get("queued") is True else "")
+        parts.append(f"{a.get('alertname')} ({a.get('fingerprint')}): {what}")
+    line = f"webhook from {peer}: {code}" + (f" {answer['error']}" if answer.get("error") else "")
+    print(visible(line + ("; " + "; ".join(parts) if parts else ""), one_line=True)[:2000], file=sys.stderr, flush=True)
+
+
 def record_resolved(alert) -> str:
     """The one place that records a resolution in the audit (the run lifecycle's)."""
     from runbook import session
@@ -720,6 +736,7 @@ def create_app(cfg: Config):
         client = request.client
         peer = f"{client.host}:{client.port}" if client else "?"
         code, answer = await run_in_threadpool(hook.handle, doc, firing, resolved, peer)
+        _log(code, peer, answer)
         return JSONResponse(answer, status_code=code)
 
     def authorized(request: Request) -> Response | None:
