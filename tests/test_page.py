@@ -118,15 +118,15 @@ def site(lab):
 
 
 @contextlib.contextmanager
-def running(lab, refresh: int):
+def running(lab, refresh: int, store=None):
     """The page's app on uvicorn in a thread, on a free port."""
     import uvicorn
 
     from runbook.store import FileStore
     from runbook.team import serve
 
-    cfg = serve.Config(webhook_token="hook", read_token=READ, audit_url=lab["db_url"], broker_url=None, paths=[],
-                       store=lambda: FileStore(lab["dir"]), refresh=refresh)
+    cfg = serve.Config(webhook_token="hook", read_token=READ, audit_url=None if store else lab["db_url"],
+                       broker_url=None, paths=[], store=store or (lambda: FileStore(lab["dir"])), refresh=refresh)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(serve.create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=server.run, daemon=True)
@@ -337,3 +337,23 @@ def see_it_refresh(page, lab, j):
         assert time.monotonic() < deadline, "the page did not refresh itself"
         time.sleep(0.2)
 
+
+
+def test_an_unreadable_audit_is_a_503_page_not_a_traceback(lab):
+    class Down:
+        def records(self):
+            raise RuntimeError("connection to server at 127.0.0.1 refused <b>")
+
+        def run_records(self, run_id):
+            raise RuntimeError("connection refused")
+
+    with running(lab, 60, store=Down) as url:
+        code, _ = status_of(f"{url}/", {"Authorization": f"Bearer {READ}"})
+        assert code == 503
+        c = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=10)
+        c.request("GET", "/", headers={"Authorization": f"Bearer {READ}"})
+        body = c.getresponse().read().decode()
+        assert "refused &lt;b&gt;" in body and "Traceback" not in body
+        assert status_of(f"{url}/runs/x", {"Authorization": f"Bearer {READ}"})[0] == 503
+        c.request("POST", "/alertmanager", body=b"{}")
+        assert c.getresponse().status in (404, 405)  # without a ledger there is no webhook

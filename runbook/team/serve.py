@@ -347,6 +347,22 @@ class Webhook:
         return {"outcome": "resolved", "detail": where, "incident": incident_id}
 
 
+def _log(code: int, peer: str, answer: dict) -> None:
+    """One line per webhook on standard error: what became of each alert."""
+    import sys
+
+    from runbook.text import visible
+
+    parts = []
+    for a in answer.get("alerts") or []:
+        what = a.get("outcome", "not handled")
+        if a.get("run_id"):
+            what += f" {a['run_id']}" + (" queued" if a.get("queued") is True else "")
+        parts.append(f"{a.get('alertname')} ({a.get('fingerprint')}): {what}")
+    line = f"webhook from {peer}: {code}" + (f" {answer['error']}" if answer.get("error") else "")
+    print(visible(line + ("; " + "; ".join(parts) if parts else ""), one_line=True)[:2000], file=sys.stderr, flush=True)
+
+
 def record_resolved(alert) -> str:
     """The one place that records a resolution in the audit (the run lifecycle's)."""
     from runbook import session
@@ -720,6 +736,7 @@ def create_app(cfg: Config):
         client = request.client
         peer = f"{client.host}:{client.port}" if client else "?"
         code, answer = await run_in_threadpool(hook.handle, doc, firing, resolved, peer)
+        _log(code, peer, answer)
         return JSONResponse(answer, status_code=code)
 
     def authorized(request: Request) -> Response | None:
@@ -803,16 +820,25 @@ def create_app(cfg: Config):
             hooks, _ = _with_ledger(lambda conn: ledger.webhooks(conn, inc.id))
         return render_run(records, hooks or [], inc, cfg.refresh), 200
 
+    def unavailable(fn, *args) -> tuple[str, int]:
+        """The page, or 503 saying why the audit could not be read (the store's database is down…)."""
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a page, never a traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return _page("runbook: audit unavailable", f"<h1>The audit cannot be read now</h1><p>{esc(first)}</p>"
+                         "<p>This page tries again by itself.</p>", cfg.refresh), 503
+
     async def index(request: Request) -> Response:
         if (denied := authorized(request)) is not None:
             return denied
-        text, code = await run_in_threadpool(index_page)
+        text, code = await run_in_threadpool(unavailable, index_page)
         return html_response(text, code)
 
     async def run(request: Request) -> Response:
         if (denied := authorized(request)) is not None:
             return denied
-        text, code = await run_in_threadpool(run_page, request.path_params["run_id"])
+        text, code = await run_in_threadpool(unavailable, run_page, request.path_params["run_id"])
         return html_response(text, code)
 
     async def healthz(request: Request) -> Response:
