@@ -68,6 +68,9 @@ class Store(Protocol):
     def exists(self) -> bool:
         """Whether anything was recorded yet."""
 
+    def anchor(self) -> bytes:
+        """The anchor (the public key of epoch 0) as a ``verify.pub`` file's bytes."""
+
     def lock(self, name: str, what: str = "this alert is already being handled") -> Lock: ...
 
 
@@ -116,6 +119,19 @@ class FileStore:
 
     def exists(self) -> bool:
         return self.path.exists()
+
+    def anchor(self) -> bytes:
+        """The anchor (``verify.pub``) as a file's bytes; RunbookError when none was written yet."""
+        from runbook import seal
+        from runbook.errors import RunbookError
+
+        where = seal.key_dir(self.directory) / seal.ANCHOR_NAME
+        try:
+            return where.read_bytes()
+        except FileNotFoundError:
+            raise RunbookError(f"{where}: no anchor yet (the log's first sealed record writes it)") from None
+        except OSError as exc:
+            raise RunbookError(f"cannot read {where}: {exc.strerror or exc}") from None
 
     def lock(self, name: str, what: str = "this alert is already being handled") -> Lock:
         from runbook.alert import RunLock

@@ -211,6 +211,10 @@ def test_alert_is_diagnosed_by_a_worker_and_finished_by_a_person_from_another_pr
     assert team.store().run_records(run["run"])[-1]["status"] == "completed"
     verified = team.cli("audit", "verify")
     assert verified.returncode == 0 and verified.stdout.startswith("ok:"), verified.stdout + verified.stderr
+    # the anchor, kept outside the database, is what proves the seals
+    exported = team.cli("audit", "anchor", "-o", str(team.tmp / "anchor.pub"))
+    assert exported.returncode == 0, exported.stderr
+    assert team.cli("audit", "verify", "--key", str(team.tmp / "anchor.pub")).returncode == 0
     listed = json.loads(team.cli("audit", "list", "--format", "json").stdout)
     assert [(r["run"], r["status"]) for r in listed] == [(run["run"], "completed")]
 
@@ -277,3 +281,22 @@ def test_a_worker_killed_mid_diagnosis_leaves_one_run_that_another_worker_finish
     assert looks[-1]["status"] == "ok" and looks[-1]["outputs"] == {"ms": 12}  # the read ran again, to the end
     assert not (team.tmp / "fixed").exists()
     assert team.cli("audit", "verify").returncode == 0
+
+
+def test_an_incident_whose_job_never_reached_the_broker_is_queued_by_a_worker_sweep(team):
+    """The server died between committing the incident and queueing its job, and Alertmanager
+    gave up: the workers' sweep queues it (once, under the webhook's row lock)."""
+    from runbook import alert
+    from runbook.team import ledger
+
+    doc = payload("fp-lost")
+    [firing], _ = alert.alerts_of(doc)
+    conn = ledger.connect(team.url)
+    inc, new = ledger.record_firing(conn, "diag", firing, doc, "test")
+    assert new and inc.enqueued is None
+    conn.execute("UPDATE runbook_incidents SET received = now() - interval '5 minutes' WHERE id = %s", (inc.id,))
+    team.worker()
+    [run] = team.wait_runs(1, timeout=60)
+    assert run["run"] == inc.run_id
+    assert ledger.get(conn, inc.id).enqueued is not None
+    conn.close()

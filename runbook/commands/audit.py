@@ -66,6 +66,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(audit_func=_verify)
 
+    p = actions.add_parser(
+        "anchor",
+        parents=[common],
+        help="print the log's anchor (its verify.pub) to keep where nobody who writes the log can",
+        description="Print the anchor, the public key of the log's epoch 0 that every seal is proven from, as a "
+        "verify.pub file. Keep the copy where nobody who can write the log (or the database, with "
+        "RUNBOOK_AUDIT_URL) can write, and verify with `runbook audit verify --key COPY`: an anchor kept "
+        "beside the log can be replaced together with a re-sealed log.",
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write it to FILE (default: standard output)")
+    p.set_defaults(audit_func=_anchor)
+
 
 def run(args: argparse.Namespace) -> int:
     return args.audit_func(args)
@@ -218,16 +230,39 @@ def _verify(args: argparse.Namespace) -> int:
     from runbook import audit
     from runbook.ui import out, visible
 
+    rows = False  # the store's records are rows (record N), not lines of a file (PATH:N)
     if args.file:
         path, result = args.file, audit.verify(args.file, args.key)
     else:
         store = _store(args)
         path, result = store.where, store.verify(args.key)
+        rows = not hasattr(store, "path")
     if result.status == "ok":
         text = result.message
     else:
         level = "error" if result.status in ("tampered", "key-missing") else "warning"
-        where = path if result.line is None else f"{path}:{result.line}"
+        where = path if result.line is None else (f"{path} record {result.line}" if rows else f"{path}:{result.line}")
         text = f"{where}: {level}: {result.problem}"
     out().print(visible(text, one_line=True), markup=False, soft_wrap=True)
     return EXIT_CODES[result.status]
+
+
+def _anchor(args: argparse.Namespace) -> int:
+    import sys
+
+    from runbook.errors import RunbookError
+
+    store = _store(args)
+    data = store.anchor()
+    if not args.output or args.output == "-":
+        sys.stdout.write(data.decode())
+        return 0
+    try:
+        with open(args.output, "xb") as f:
+            f.write(data)
+    except FileExistsError:
+        raise RunbookError(f"{args.output} exists; the anchor is not written over a file (remove it first)") from None
+    except OSError as exc:
+        raise RunbookError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    print(f"runbook: the anchor of {store.where} written to {args.output}", file=sys.stderr)
+    return 0

@@ -209,8 +209,8 @@ def diagnose(incident_id: int, *, paths: list | None = None, through: str | None
 
 
 def sweep(url: str | None = None) -> list[str]:
-    """Send again the job of every run that started and stopped without finishing while no
-    worker holds its claim (a worker killed with its job, e.g. by the OOM killer, whose
+    """Queue the incidents never queued (:func:`_queue_unqueued`), and send again the job of
+    every run that started and stopped without finishing while no worker holds its claim (a worker killed with its job, e.g. by the OOM killer, whose
     message the broker would hand out only after its visibility timeout).  A duplicate job
     is harmless: the claim lock and the store decide.  Returns the run ids sent again."""
     from runbook.store import URL_ENV, open_store
@@ -224,7 +224,7 @@ def sweep(url: str | None = None) -> list[str]:
         incidents = ledger.incidents(conn, limit=1000)
     finally:
         conn.close()
-    sent = []
+    sent = _queue_unqueued(url, incidents)
     for inc in incidents:
         summary = runs.get(inc.run_id)
         if summary is None or summary["finished"] is not None:
@@ -240,6 +240,44 @@ def sweep(url: str | None = None) -> list[str]:
             break
         log.info("run %s stopped without finishing and no worker holds it: its job is sent again", inc.run_id)
         sent.append(inc.run_id)
+    return sent
+
+
+UNQUEUED_AFTER = 60.0  # seconds: a webhook that committed its incident but not its job is retried by then
+
+
+def _queue_unqueued(url: str, incidents: list) -> list[str]:
+    """Queue the incidents whose webhook committed them but never got their job to the broker
+    (the server died between the two, and Alertmanager gave up retrying), under the same row
+    lock as the webhook's; a resolved incident is not diagnosed."""
+    import datetime
+
+    from runbook.team import ledger
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    late = [i for i in incidents if i.enqueued is None and i.resolved_at is None
+            and (now - i.received).total_seconds() > UNQUEUED_AFTER]
+    if not late:
+        return []
+    sent = []
+    conn = ledger.connect(url)
+    try:
+        for inc in late:
+            with conn.transaction():
+                row = conn.execute("SELECT enqueued, resolved_at FROM runbook_incidents WHERE id = %s FOR UPDATE",
+                                   (inc.id,)).fetchone()
+                if row is None or row[0] is not None or row[1] is not None:
+                    continue
+                try:
+                    enqueue(inc.id, inc.run_id)
+                except BrokerDown as exc:
+                    log.warning("sweep: %s", exc)
+                    break
+                ledger.mark_enqueued(conn, inc.id)
+            log.info("incident %s (run %s) was never queued: queued now", inc.id, inc.run_id)
+            sent.append(inc.run_id)
+    finally:
+        conn.close()
     return sent
 
 
