@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from labservers import free_port
-
-REDIS_DB = 13  # a Redis database of these tests' own (flushed first)
+from labservers import REDIS_CLI, REDIS_SERVER, RedisLab, free_port
 
 BOOK = """\
 name: diag
@@ -64,13 +62,13 @@ def payload(fp: str, service: str = "api", starts: str = "2026-12-05T03:00:00Z")
 
 
 class Team:
-    def __init__(self, tmp: Path, url: str):
+    def __init__(self, tmp: Path, url: str, broker: str):
         self.tmp, self.url = tmp, url
         self.port = free_port()
         self.procs: list[subprocess.Popen] = []
         self.workers: list[subprocess.Popen] = []
         self.env = {**os.environ, "RUNBOOK_AUDIT_URL": url,
-                    "RUNBOOK_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+                    "RUNBOOK_BROKER_URL": broker,
                     "RUNBOOK_PATH": str(tmp / "playbooks"), "RUNBOOK_WEBHOOK_TOKEN": "hook-token",
                     "RUNBOOK_READ_TOKEN": "read-token", "RUNBOOK_SWEEP_SECONDS": "1",
                     "RUNBOOK_VISIBILITY_TIMEOUT": "300", "PYTHONUNBUFFERED": "1"}
@@ -161,16 +159,61 @@ class Team:
                 p.wait()
 
 
-@pytest.fixture
-def team(tmp_path, pg, pg_db):
-    import redis
+@pytest.fixture(scope="module")
+def redis_broker(tmp_path_factory):
+    """A redis-server of these tests' own (Debian's), on a free 127.0.0.1 port."""
+    if not os.access(REDIS_SERVER, os.X_OK) or not os.access(REDIS_CLI, os.X_OK):
+        pytest.fail(f"{REDIS_SERVER} / {REDIS_CLI} missing: install Debian's redis-server and redis-tools")
+    lab = RedisLab(tmp_path_factory.mktemp("broker"))
+    try:
+        yield lab.start()
+    finally:
+        lab.stop()
 
-    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
-    t = Team(tmp_path, pg.url(pg_db))
+
+@pytest.fixture
+def team(tmp_path, pg, pg_db, redis_broker):
+    redis_broker.cli("FLUSHALL")
+    t = Team(tmp_path, pg.url(pg_db), f"redis://127.0.0.1:{redis_broker.port}/0")
     t.book()
     yield t
     t.stop()
-    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@pytest.fixture
+def rabbit_team(tmp_path, pg, pg_db):
+    """The same, with RabbitMQ (127.0.0.1:5672, guest) as the broker, where one runs; a queue of
+    this test's own, deleted at the end."""
+    import socket
+    import uuid
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672 (Redis is the broker the suite provides)")
+    t = Team(tmp_path, pg.url(pg_db), RABBIT)
+    t.env["RUNBOOK_QUEUE"] = f"runbook-test-{uuid.uuid4().hex[:8]}"
+    t.book()
+    yield t
+    t.stop()
+    from kombu import Connection
+
+    with Connection(RABBIT) as conn:
+        conn.default_channel.queue_delete(t.env["RUNBOOK_QUEUE"])
+
+
+def test_rabbitmq_as_the_broker(rabbit_team):
+    rabbit_team.serve()
+    rabbit_team.worker()
+    code, body = rabbit_team.post(payload("fp-rabbit"))
+    assert code == 200, body
+    [run] = rabbit_team.wait_runs(1)
+    recs = records(rabbit_team, run["run"])
+    assert [r["type"] for r in recs].count("run_started") == 1
+    assert [r["step"] for r in recs if r["type"] == "paused"] == ["fix"]
 
 
 def records(team: Team, run_id: str) -> list[dict]:
@@ -215,6 +258,8 @@ def test_alert_is_diagnosed_by_a_worker_and_finished_by_a_person_from_another_pr
     exported = team.cli("audit", "anchor", "-o", str(team.tmp / "anchor.pub"))
     assert exported.returncode == 0, exported.stderr
     assert team.cli("audit", "verify", "--key", str(team.tmp / "anchor.pub")).returncode == 0
+    timeline = team.cli("report", run["run"])
+    assert timeline.returncode == 0 and "run paused for a person" in timeline.stdout, timeline.stderr
     listed = json.loads(team.cli("audit", "list", "--format", "json").stdout)
     assert [(r["run"], r["status"]) for r in listed] == [(run["run"], "completed")]
 
