@@ -89,6 +89,7 @@ class ResumeRequest:
     store: Any = None  # a runbook.store.Store; default: open_store(audit_dir)
     pause_after: str | None = None  # as RunRequest's: a team worker going on with a run a worker started
     pause_before_writes: bool = False
+    path: list | None = None  # where to find the runbook when the file the run recorded is not on this machine
 
 
 @dataclass
@@ -741,7 +742,7 @@ def resume(req: ResumeRequest, ui) -> Outcome:
             reason = str(exc).split("; follow that run")[0]
             raise _refuse(plain, who, f"{reason}; wait for it to end (runbook audit show {run_id})") from None
         locks.append(lock)
-        rb = _same_runbook(started, run_id, req.force, plain, who, ui)
+        rb = _same_runbook(started, run_id, req.force, plain, who, ui, req.path)
         what, step_id, rec, choice = position(records)
         if what == "result" and step_id in rb.by_id and rb.by_id[step_id].module.ENDS_RUN and rec.get("status") == "ok":
             # it reached its end; only its last record was lost
@@ -885,15 +886,24 @@ def _trust_log(store, run_id: str, force: bool, journal, who: str, ui) -> None:
     ui.notice(warning)
 
 
-def _same_runbook(started: dict, run_id: str, force: bool, journal, who: str, ui):
-    """The runbook the run started with, or with ``force`` its new version."""
+def _same_runbook(started: dict, run_id: str, force: bool, journal, who: str, ui, search: list | None = None):
+    """The runbook the run started with, or with ``force`` its new version: the file it
+    recorded, else (another machine: a worker's run resumed on a laptop) the runbook of the
+    same name in ``search`` (--path, RUNBOOK_PATH, ./playbooks), the one with the recorded
+    sha256 first."""
     import difflib
 
     from runbook import spec
 
     path = Path(started["path"])
     if not path.is_file():
-        raise _refuse(journal, who, f"run {run_id} ran {path}, which is no longer there", exit_code=EXIT_FAILED)
+        found = _runbook_named(str(started.get("runbook") or ""), started.get("sha256"), search)
+        if found is None:
+            where = ", ".join(str(p) for p in (search or spec.search_path(None)))
+            raise _refuse(journal, who, f"run {run_id} ran {path}, which is not on this machine, and no runbook "
+                          f"named '{started.get('runbook')}' is in {where} (give its folder with --path DIR or "
+                          "RUNBOOK_PATH)", exit_code=EXIT_FAILED)
+        path = found
     raw = path.read_bytes()
     if hashlib.sha256(raw).hexdigest() != started.get("sha256"):
         old = started.get("source")
@@ -910,6 +920,21 @@ def _same_runbook(started: dict, run_id: str, force: bool, journal, who: str, ui
         ui.notice(f"warning: --force: the runbook changed since the run started:\n{change}")
         journal.event("forced", who=who, warning="the runbook changed since the run started")
     return spec.find(str(path), [])
+
+
+def _runbook_named(name: str, sha256: str | None, search: list | None) -> Path | None:
+    """The file of the runbook called ``name`` in ``search``: one whose bytes have ``sha256``,
+    else the first of that name."""
+    from runbook import spec
+
+    named = []
+    for f in spec.runbook_files(search or spec.search_path(None)):
+        rb, _ = spec.load_runbook(f)
+        if rb is not None and rb.name == name:
+            if rb.sha256 == sha256:
+                return f
+            named.append(f)
+    return named[0] if named else None
 
 
 def _settle(req: ResumeRequest, ui, journal, who: str, rb, run_id: str, step_id: str):

@@ -248,7 +248,12 @@ def test_alert_is_diagnosed_by_a_worker_and_finished_by_a_person_from_another_pr
     # the on-call engineer, on another machine: sees the diagnosis, approves the writes
     shown = team.cli("audit", "show", run["run"])
     assert shown.returncode == 0 and "ms" in shown.stdout, shown.stderr
-    done = team.cli("resume", run["run"], "--yes")
+    # ... where the worker's runbook folder is not: the runbook of the same name in --path
+    laptop = team.tmp / "laptop-checkout"
+    (team.tmp / "playbooks").rename(laptop)
+    lost = team.cli("resume", run["run"], "--yes")
+    assert lost.returncode == 1 and "not on this machine" in lost.stderr and "--path" in lost.stderr, lost.stderr
+    done = team.cli("resume", run["run"], "--yes", "--path", str(laptop))
     assert done.returncode == 0, done.stdout + done.stderr
     assert (team.tmp / "fixed").read_text() == "fixed api\n"  # once
     assert team.store().run_records(run["run"])[-1]["status"] == "completed"

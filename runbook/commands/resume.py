@@ -13,7 +13,7 @@ parameters were never stored, so they are asked for again.
 
 from __future__ import annotations
 
-from runbook.commands.common import add_inventory, parse_pairs
+from runbook.commands.common import add_inventory, add_path, parse_pairs
 
 
 def register(sub) -> None:
@@ -28,19 +28,22 @@ def register(sub) -> None:
                    help="with --mark-done: an output of the step in doubt that later steps read (repeatable)")
     p.add_argument("--force", action="store_true",
                    help="resume although the runbook changed since the run started (or another run holds its alert)")
+    add_path(p)
     add_inventory(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import sys
+    from pathlib import Path
 
     from runbook import session, ui
 
     req = session.ResumeRequest(
         run_id=args.run_id, yes=args.yes, answers=parse_pairs(args.answer, "--answer"), mark_done=args.mark_done,
         rerun=args.rerun, outputs=session.parse_outputs(parse_pairs(args.output, "--output")), force=args.force,
-        inventory_file=args.inventory, env=args.env, interactive=ui.is_interactive(), argv=sys.argv[1:])
+        inventory_file=args.inventory, env=args.env, interactive=ui.is_interactive(), argv=sys.argv[1:],
+        path=[Path(args.path)] if args.path else None)
     out = session.resume(req, ui.ConsoleUI())
     if out.note:
         print(out.note)
