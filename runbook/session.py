@@ -815,6 +815,9 @@ def resume(req: ResumeRequest, ui) -> Outcome:
             elif doubtful in audit.in_doubt(records):  # settle the old intent: it runs again
                 journal.step_result(step=doubtful, status="in doubt", exit_code=None, duration=0.0,
                                     error=f"in doubt; {who} chose to run it again on resume")
+        found = found_so_far(records)
+        if found:  # e.g. a worker's diagnosis, for the person who goes on with it
+            ui.notice(found)
         outcome = Outcome(run_id, "failed", EXIT_FAILED, params_shown=display_params(rb, params),
                           redactor=redactor, inventory=inventory)
         engine.restore(ctx)
@@ -824,6 +827,34 @@ def resume(req: ResumeRequest, ui) -> Outcome:
     finally:
         release(locks)
         log.close()
+
+
+def found_so_far(records: list[dict], limit: int = 20) -> str:
+    """What the run found before this resume, for the person going on with it: each step's
+    last result and outputs, and where and why it paused (a team worker's diagnosis)."""
+    from runbook.text import plural
+
+    started = next((r for r in records if r.get("type") == "run_started"), {})
+    last: dict[str, dict] = {}
+    for r in records:
+        if r.get("type") == "step_result" and r.get("status") != "in doubt":
+            last.pop(str(r.get("step")), None)
+            last[str(r.get("step"))] = r
+    if not last:
+        return ""
+    lines = [f"so far (run started by {started.get('who', '?')} at {started.get('ts', '?')}): "
+             f"{plural(len(last), 'step')} recorded"]
+    for step, r in list(last.items())[-limit:]:
+        outputs = r.get("outputs") if isinstance(r.get("outputs"), dict) else {}
+        shown = ", ".join(f"{k}={str(v)[:80]}" for k, v in outputs.items())
+        line = f"  {step}: {r.get('status')}" + (f" — {shown}" if shown else "")
+        if r.get("error") and r.get("status") != "ok":
+            line += f" ({str(r['error'])[:160]})"
+        lines.append(line)
+    paused = next((r for r in reversed(records) if r.get("type") in ("paused", "resumed")), None)
+    if paused is not None and paused.get("type") == "paused":
+        lines.append(f"  paused before {paused.get('step')}: {paused.get('reason')}")
+    return "\n".join(lines)
 
 
 def _check_running(records: list[dict], run_id: str, step_id: str, force: bool, journal, who: str, ui) -> None:

@@ -70,8 +70,13 @@ def test_worker_pauses_when_the_diagnosis_is_done_and_a_person_resumes(tmp_path,
     assert [r["step"] for r in recs if r["type"] == "paused"] == ["restart"]
     assert audit.summarize(recs)["status"] == "paused"
     # the engineer goes on (approving writes): from the first mitigate step, each step once
-    back = session.resume(session.ResumeRequest(run_id="R-team-1", yes=True, who="alice"), FakeUI())
+    ui = FakeUI()
+    back = session.resume(session.ResumeRequest(run_id="R-team-1", yes=True, who="alice"), ui)
     assert (back.status, back.exit_code) == ("completed", 0)
+    # alice saw what the worker found before anything ran
+    [found] = [n for n in ui.notices if n.startswith("so far")]
+    assert "started by worker@test" in found and "look: ok — load=7" in found
+    assert "paused before restart: the diagnose stage is done" in found
     assert ran(tmp_path) == ["look", "restart", "scale", "check"]
     assert "paused for a person" in report.report(audit_dir / audit.LOG_NAME, "R-team-1")
 
