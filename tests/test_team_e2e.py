@@ -350,3 +350,20 @@ def test_an_incident_whose_job_never_reached_the_broker_is_queued_by_a_worker_sw
     assert run["run"] == inc.run_id
     assert ledger.get(conn, inc.id).enqueued is not None
     conn.close()
+
+
+def test_an_incident_whose_job_the_broker_lost_is_queued_again_by_a_worker_sweep(team):
+    """Queued long ago (the ledger says so) but never started, and no job on the broker (a
+    Redis restarted without persistence): the sweep queues it again."""
+    from runbook import alert
+    from runbook.team import ledger
+
+    doc = payload("fp-dropped")
+    [firing], _ = alert.alerts_of(doc)
+    conn = ledger.connect(team.url)
+    inc, _ = ledger.record_firing(conn, "diag", firing, doc, "test")
+    conn.execute("UPDATE runbook_incidents SET enqueued = now() - interval '20 minutes' WHERE id = %s", (inc.id,))
+    team.worker()
+    [run] = team.wait_runs(1, timeout=60)
+    assert run["run"] == inc.run_id
+    conn.close()

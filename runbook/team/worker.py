@@ -128,8 +128,19 @@ def enqueue(incident_id: int, run_id: str, url: str | None = None) -> None:
 # --- the task ----------------------------------------------------------------------------------
 
 
+RETRY_MAX = 300.0  # seconds: the longest wait between tries of a job that failed for a reason outside the run
+
+
 def _task(self, incident_id: int) -> dict:
-    return diagnose(int(incident_id))
+    """A job that fails before its run could say why (PostgreSQL unreachable, the store or the
+    ledger refusing) is tried again with a growing delay, never dropped: an acknowledged
+    failure would lose the incident."""
+    try:
+        return diagnose(int(incident_id))
+    except Exception as exc:  # noqa: BLE001 - whatever it was, the incident must not be lost
+        delay = min(RETRY_MAX, 2.0 * 2 ** self.request.retries)
+        log.warning("incident %s: %s; trying again in %.0fs", incident_id, exc, delay)
+        raise self.retry(exc=exc, countdown=delay, max_retries=None) from None
 
 
 def who() -> str:
@@ -168,6 +179,8 @@ def diagnose(incident_id: int, *, paths: list | None = None, through: str | None
     try:
         claim.acquire(inc.run_id, me, audit.now())
     except RunbookError as exc:
+        if exc.exit_code != 3:
+            raise  # the store cannot be reached: the job is tried again
         log.info("run %s: %s", inc.run_id, exc)
         return {"incident": incident_id, "run": inc.run_id, "status": "held elsewhere"}
     ui = LogUI(inc.run_id)
@@ -225,6 +238,7 @@ def sweep(url: str | None = None) -> list[str]:
     finally:
         conn.close()
     sent = _queue_unqueued(url, incidents)
+    sent += _queue_stale(url, incidents, set(runs))
     for inc in incidents:
         summary = runs.get(inc.run_id)
         if summary is None or summary["finished"] is not None:
@@ -276,6 +290,46 @@ def _queue_unqueued(url: str, incidents: list) -> list[str]:
                 ledger.mark_enqueued(conn, inc.id)
             log.info("incident %s (run %s) was never queued: queued now", inc.id, inc.run_id)
             sent.append(inc.run_id)
+    finally:
+        conn.close()
+    return sent
+
+
+STALE_AFTER = 600.0  # seconds: a queued incident no worker has started by then is queued again
+
+
+def _queue_stale(url: str, incidents: list, started: set[str]) -> list[str]:
+    """Queue again the incidents queued long ago whose run never started and that nobody
+    claims: a job the broker lost (a Redis restarted without persistence, a job dropped
+    after an error).  Its ``enqueued`` time is renewed, so a long backlog is not flooded."""
+    import datetime
+
+    from runbook.store import open_store
+    from runbook.team import ledger
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stale = [i for i in incidents if i.enqueued is not None and i.resolved_at is None and i.run_id not in started
+             and (now - i.enqueued).total_seconds() > STALE_AFTER]
+    if not stale:
+        return []
+    store = open_store(url=url)
+    sent = []
+    conn = ledger.connect(url)
+    try:
+        for inc in stale:
+            if store.lock(f"claim-{inc.run_id}").held():
+                continue
+            with conn.transaction():
+                conn.execute("UPDATE runbook_incidents SET enqueued = now() WHERE id = %s", (inc.id,))
+                try:
+                    enqueue(inc.id, inc.run_id)
+                except BrokerDown as exc:
+                    log.warning("sweep: %s", exc)
+                    raise
+            log.info("incident %s (run %s) was queued long ago and never started: queued again", inc.id, inc.run_id)
+            sent.append(inc.run_id)
+    except BrokerDown:
+        pass
     finally:
         conn.close()
     return sent
