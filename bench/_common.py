@@ -75,3 +75,21 @@ def run_rusage(cmd: list[str], *, cwd: Path | str = REPO, env: dict | None = Non
         err.seek(0)
         return (wall, p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
                 ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, seconds: float, what: str) -> None:
+    """Poll ``check`` until it is true; exit the benchmark saying ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {what}")
+        time.sleep(0.02)

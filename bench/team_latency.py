@@ -36,7 +36,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from _common import child_env, runbook_cmd, time_cmd
+from _common import child_env, free_port, runbook_cmd, time_cmd, wait_for
 
 TARGET = 1.5
 TOKEN = "bench-token"
@@ -71,22 +71,6 @@ stages:
       shell: "true"
       readonly: true
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: {what}")
-        time.sleep(0.02)
 
 
 def payload(fp: str) -> bytes:

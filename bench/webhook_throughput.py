@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,26 +31,12 @@ import time
 import uuid
 from pathlib import Path
 
-from _common import REPO, child_env
+from _common import REPO, child_env, free_port, wait_for
 
 TARGET_RATE = 200.0
 TARGET_P95 = 0.250
 TOKEN = "bench-token"
 QUEUE = "runbook-bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: {what}")
-        time.sleep(0.05)
 
 
 def answers(port: int, path: str = "/healthz") -> bool:

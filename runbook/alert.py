@@ -160,6 +160,44 @@ def by_annotation(alert: Alert, runbooks: dict[str, str]) -> tuple[str, str] | N
     return None
 
 
+def runbook_index(files: list[Path]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(runbook name or file stem -> path, alert name -> runbook names) of the runbook files
+    (a file that cannot be read or loaded is left out)."""
+    from runbook import spec
+
+    index: dict[str, str] = {}
+    answers: dict[str, list[str]] = {}
+    for f in files:
+        try:
+            rb, _ = spec.load_text(f.read_text(encoding="utf-8"), str(f))
+        except (OSError, UnicodeDecodeError):
+            continue
+        if rb is None:
+            continue
+        index.setdefault(rb.name, str(f))
+        index.setdefault(f.stem, str(f))
+        for name in rb.alerts:
+            answers.setdefault(name, []).append(rb.name)
+    return index, answers
+
+
+def choose_for(a: Alert, index: dict[str, str], answers: dict[str, list[str]]) -> tuple[str, str]:
+    """(runbook, why) for one alert: its annotation, else the one runbook listing it; refused
+    when none or several do."""
+    found = by_annotation(a, index)
+    if found is not None:
+        return found
+    names = sorted(set(answers.get(a.name, [])))
+    if not names:
+        raise UsageError(f"no runbook answers alert {a.name}: none has it in its 'alerts:' list and the alert has no "
+                         f"'runbook' annotation; add {a.name} to a runbook's alerts, or name the runbook: "
+                         f"runbook run NAME --alert …")
+    if len(names) > 1:
+        raise RunbookError(f"alert {a.name} is answered by {len(names)} runbooks ({', '.join(names)}); "
+                           f"choose one: runbook run NAME --alert …, or set the alert's 'runbook' annotation")
+    return names[0], f"its name is in the 'alerts:' list of {names[0]}"
+
+
 def choose_runbook(alerts: list[Alert], paths: list[Path]) -> tuple[str, str]:
     """The runbook reference (name or file) for these alerts, and why it was chosen.
 
@@ -167,29 +205,10 @@ def choose_runbook(alerts: list[Alert], paths: list[Path]) -> tuple[str, str]:
     alerts would need different runbooks."""
     from runbook import spec
 
-    index: dict[str, str] = {}  # runbook name -> path
-    answers: dict[str, list[str]] = {}  # alert name -> runbook names
-    for f in spec.runbook_files(paths):
-        rb, _ = spec.load_text(f.read_text(encoding="utf-8"), str(f))
-        if rb is None:
-            continue
-        index.setdefault(rb.name, str(f))
-        index.setdefault(f.stem, str(f))
-        for name in rb.alerts:
-            answers.setdefault(name, []).append(rb.name)
+    index, answers = runbook_index(spec.runbook_files(paths))
     choices: dict[str, str] = {}
     for a in alerts:
-        found = by_annotation(a, index)
-        if found is None:
-            names = sorted(set(answers.get(a.name, [])))
-            if not names:
-                raise UsageError(f"no runbook answers alert {a.name}: none has it in its 'alerts:' list and the alert has no "
-                                   f"'runbook' annotation; add {a.name} to a runbook's alerts, or name the runbook: "
-                                   f"runbook run NAME --alert …")
-            if len(names) > 1:
-                raise RunbookError(f"alert {a.name} is answered by {len(names)} runbooks ({', '.join(names)}); "
-                                   f"choose one: runbook run NAME --alert …, or set the alert's 'runbook' annotation")
-            found = names[0], f"its name is in the 'alerts:' list of {names[0]}"
+        found = choose_for(a, index, answers)
         choices.setdefault(found[0], found[1])
     if len(choices) > 1:
         raise RunbookError(f"the payload's firing alerts need different runbooks ({', '.join(sorted(choices))}); "

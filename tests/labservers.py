@@ -304,6 +304,17 @@ if pytest is not None:
         finally:
             redis.stop()
 
+    @pytest.fixture(scope="module")
+    def redis_broker(tmp_path_factory):
+        """A redis-server of a test module's own on a free 127.0.0.1 port: team mode's broker."""
+        if not os.access(REDIS_SERVER, os.X_OK) or not os.access(REDIS_CLI, os.X_OK):
+            pytest.fail(f"{REDIS_SERVER} / {REDIS_CLI} missing: install Debian's redis-server and redis-tools (.ci/run does)")
+        redis = RedisLab(tmp_path_factory.mktemp("broker"))
+        try:
+            yield redis.start()
+        finally:
+            redis.stop()
+
     @pytest.fixture
     def lab_api(tmp_path):
         api = LabApi(tmp_path / "lab-api")

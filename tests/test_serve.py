@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from labservers import REDIS_CLI, REDIS_SERVER, RedisLab
 from runbook import audit
 
 TOKEN = "webhook-s3cret-token"
@@ -50,14 +49,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    if not os.access(REDIS_SERVER, os.X_OK) or not os.access(REDIS_CLI, os.X_OK):
-        pytest.fail(f"{REDIS_SERVER} / {REDIS_CLI} missing: install Debian's redis-server and redis-tools")
-    redis = RedisLab(tmp_path_factory.mktemp("broker"))
-    try:
-        yield redis.start()
-    finally:
-        redis.stop()
+def broker(redis_broker):
+    return redis_broker
 
 
 class Server:
@@ -340,19 +333,11 @@ def test_a_firing_retry_after_the_resolution_queues_nothing(server, broker, pg, 
 
 
 def audit_records(server) -> list[dict]:
-    """Where session.record_resolved wrote: the file log today; the shared store once the lifecycle uses it."""
-    found = list(audit.read_records(server.audit_dir / audit.LOG_NAME))
-    try:
-        from runbook.team.pgstore import PgStore  # noqa: F401
-    except ImportError:
-        return found
+    """What session.record_resolved wrote: the shared store (RUNBOOK_AUDIT_URL), never the file log."""
     from runbook.store import open_store
 
-    store = open_store(url=server.db_url)
-    try:
-        return found + list(store.records())
-    finally:
-        getattr(store, "close", lambda: None)()
+    assert not list(audit.read_records(server.audit_dir / audit.LOG_NAME))
+    return list(open_store(url=server.db_url).records())
 
 
 def test_postgresql_unreachable_is_503(tmp_path, broker):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from labservers import REDIS_CLI, REDIS_SERVER, RedisLab, free_port
+from labservers import free_port
 
 BOOK = """\
 name: diag
@@ -157,18 +157,6 @@ class Team:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-
-
-@pytest.fixture(scope="module")
-def redis_broker(tmp_path_factory):
-    """A redis-server of these tests' own (Debian's), on a free 127.0.0.1 port."""
-    if not os.access(REDIS_SERVER, os.X_OK) or not os.access(REDIS_CLI, os.X_OK):
-        pytest.fail(f"{REDIS_SERVER} / {REDIS_CLI} missing: install Debian's redis-server and redis-tools")
-    lab = RedisLab(tmp_path_factory.mktemp("broker"))
-    try:
-        yield lab.start()
-    finally:
-        lab.stop()
 
 
 @pytest.fixture

@@ -207,21 +207,9 @@ class Webhook:
         """(runbook, why) for one alert, as :func:`runbook.alert.choose_runbook` chooses, from an
         index of the runbook path kept while its files are unchanged (loading every runbook for
         every alert was most of a webhook's time)."""
-        from runbook.alert import by_annotation
+        from runbook.alert import choose_for
 
-        index, answers = self.index()
-        found = by_annotation(alert, index)
-        if found is not None:
-            return found
-        names = sorted(set(answers.get(alert.name, [])))
-        if not names:
-            raise UsageError(f"no runbook answers alert {alert.name}: none has it in its 'alerts:' list and the alert "
-                             f"has no 'runbook' annotation; add {alert.name} to a runbook's alerts, or name the "
-                             f"runbook: runbook run NAME --alert …")
-        if len(names) > 1:
-            raise RunbookError(f"alert {alert.name} is answered by {len(names)} runbooks ({', '.join(names)}); "
-                               f"choose one: runbook run NAME --alert …, or set the alert's 'runbook' annotation")
-        return names[0], f"its name is in the 'alerts:' list of {names[0]}"
+        return choose_for(alert, *self.index())
 
     def index(self) -> tuple[dict[str, str], dict[str, list[str]]]:
         """(runbook name or file stem -> path, alert name -> runbook names), rebuilt when a file
@@ -239,19 +227,9 @@ class Webhook:
         with self.index_lock:
             if self._index is not None and self._index[0] == signature:
                 return self._index[1], self._index[2]
-            index: dict[str, str] = {}
-            answers: dict[str, list[str]] = {}
-            for f in files:
-                try:
-                    rb, _ = spec.load_text(f.read_text(encoding="utf-8"), str(f))
-                except (OSError, UnicodeDecodeError):
-                    continue
-                if rb is None:
-                    continue
-                index.setdefault(rb.name, str(f))
-                index.setdefault(f.stem, str(f))
-                for name in rb.alerts:
-                    answers.setdefault(name, []).append(rb.name)
+            from runbook.alert import runbook_index
+
+            index, answers = runbook_index(files)
             self._index = (signature, index, answers)
             return index, answers
 
