@@ -112,7 +112,7 @@ RESULT_FIELDS = (
     "aws_service", "operation", "region", "calls",
     # ECS
     "services", "desired_count", "running_count", "pending_count", "rollout_state", "deployments", "service_events",
-    "previous_desired_count", "task_arns", "tasks", "stopped_reasons", "stopped_count",
+    "previous_desired_count", "task_arns", "tasks", "stopped_reasons", "container_reasons", "stopped_count",
     # CloudWatch
     "datapoints", "value", "values", "alarms", "in_alarm",
     # Logs

@@ -244,6 +244,7 @@ def run(step, act: Action, ctx) -> StepResult:
     except AwsError as exc:
         msg = ctx.redactor.text(str(exc))
         return StepResult("timeout" if exc.timeout else "failed", error=msg, data=base,
+                          stderr=msg + "\n" if exc.timeout else "",  # the engine words a timeout its own way
                           duration=time.monotonic() - started)
     return StepResult("ok", stdout=ctx.redactor.text(text), data=ctx.redactor.data({**base, **data}),
                       duration=time.monotonic() - started)
@@ -379,7 +380,8 @@ def describe_tasks(aws: Aws, p: dict, ctx) -> tuple[dict, str]:
         tasks = [_task(t) for t in got.get("tasks") or []]
     tasks.sort(key=lambda t: t["stopped"] or t["started"] or "", reverse=True)
     reasons = [t["stopped_reason"] for t in tasks if t["stopped_reason"]]
-    data = {"tasks": tasks, "count": len(tasks), "stopped_reasons": reasons,
+    container_reasons = list(dict.fromkeys(c["reason"] for t in tasks for c in t["containers"] if c["reason"]))
+    data = {"tasks": tasks, "count": len(tasks), "stopped_reasons": reasons, "container_reasons": container_reasons,
             "stopped_count": sum(1 for t in tasks if t["last_status"] == "STOPPED")}
     text = table(["task", "status", "stopped", "stop code", "stopped reason", "exit codes"],
                  [[t["id"], t["last_status"], t["stopped"], t["stop_code"], t["stopped_reason"],
