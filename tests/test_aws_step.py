@@ -39,7 +39,8 @@ class Account:
         self.ecs, self.ec2, self.logs, self.cw, self.rds, self.elb = (
             boto3.client(s, **kw) for s in ("ecs", "ec2", "logs", "cloudwatch", "rds", "elbv2"))
 
-    def ecs_service(self, desired: int = 1, crashed: int = 3, reason: str = "Essential container in task exited"):
+    def ecs_service(self, desired: int = 1, crashed: int = 3, reason: str = "Essential container in task exited",
+                    healthy: bool = False):
         """Cluster nano, service api wanting ``desired`` tasks with none running (the emulator starts
         none), and ``crashed`` stopped tasks of it with their reason."""
         ami = self.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
@@ -51,6 +52,8 @@ class Account:
         self.ecs.register_task_definition(family="api", containerDefinitions=[
             {"name": "api", "image": "nano/api:1", "memory": 128}])
         self.ecs.create_service(cluster="nano", serviceName="api", taskDefinition="api", desiredCount=desired)
+        if healthy:  # the emulator starts a service's tasks on an update only
+            self.ecs.update_service(cluster="nano", service="api", desiredCount=desired)
         if crashed:
             tasks = self.ecs.run_task(cluster="nano", taskDefinition="api", count=crashed, group="service:api",
                                       startedBy="ecs-svc/1")["tasks"]
@@ -58,12 +61,12 @@ class Account:
                 self.ecs.stop_task(cluster="nano", task=t["taskArn"], reason=reason)
 
     def log_group(self, name="/aws/ecs/nano-api", lines=("INFO started", "ERROR db connection refused",
-                                                         "CRITICAL exiting")):
+                                                         "CRITICAL exiting"), age: int = 0):
         self.logs.create_log_group(logGroupName=name)
         self.logs.create_log_stream(logGroupName=name, logStreamName="api/api/1")
         now = int(time.time() * 1000)
         self.logs.put_log_events(logGroupName=name, logStreamName="api/api/1", logEvents=[
-            {"timestamp": now - 1000 * (len(lines) - i) * 10, "message": m} for i, m in enumerate(lines)])
+            {"timestamp": now - 1000 * (age + (len(lines) - i) * 10), "message": m} for i, m in enumerate(lines)])
 
     def metrics(self):
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -147,6 +150,10 @@ def test_shorthand_and_mapping_give_the_same_body():
     b = P.from_shorthand("cloudwatch get-metric-data --namespace AWS/ECS --metric-name CPUUtilization "
                          "--dimensions ClusterName=nano,ServiceName=api --region us-east-1")
     assert b["params"]["dimensions"] == {"ClusterName": "nano", "ServiceName": "api"} and b["region"] == "us-east-1"
+    b = P.from_shorthand("cloudwatch get-metric-data --namespace AWS/RDS --metric-name CPUUtilization "
+                         "--dimensions DBInstanceIdentifier={{ params.db | default('a,b') }},Role=writer")
+    assert b["params"]["dimensions"] == {"DBInstanceIdentifier": "{{ params.db | default('a,b') }}", "Role": "writer"}
+    assert P.from_shorthand("cloudwatch get-metric-data --namespace A --metric-name M --dimensions {{ x }}=1")["problems"]
     b = P.from_shorthand("logs filter-log-events --log-group-name /aws/ecs/nano-api --filter-pattern '?ERROR ?CRITICAL'")
     assert b["params"]["filter_pattern"] == "?ERROR ?CRITICAL"
 
@@ -545,3 +552,22 @@ def test_ecs_crash_loop_playbook_from_failing_service_to_the_desired_count_resto
     assert calls(aws_emulator) == ["DescribeServices", "ListTasks", "DescribeTasks", "FilterLogEvents", "DescribeAlarms",
                                    "DescribeServices", "UpdateService", "DescribeServices"]
     assert audit.verify(audit_dir / "audit.jsonl").ok  # the sealed log holds the whole run
+
+
+def test_database_unavailable_playbook_reboots_only_when_asked(account, inv, aws_emulator, audit_dir):
+    from fakeui import FakeUI
+
+    account.ecs_service(desired=2, crashed=0, healthy=True)
+    account.log_group(lines=("ERROR could not connect to server: Connection refused",), age=300)  # 5 minutes ago
+    account.database()
+    _ready(aws_emulator)
+    rb = spec.find(str(ROOT / "playbooks" / "aws-database-unavailable.yaml"), [])
+    ui = FakeUI(after_failure={"announce": "on_failure", "resolved": "on_failure"})  # (no webhook here)
+    out = session.start(session.RunRequest(runbook=rb, params={"service": "api", "db_instance": "nano-db", "reboot": "true"},
+                                           inventory_file=inv(), interactive=True, audit_dir=audit_dir), ui)
+    assert "reboot" in ui.names("confirm") and "reconnect" not in ui.names("confirm"), ui.calls
+    assert "RebootDBInstance" in calls(aws_emulator) and "UpdateService" not in calls(aws_emulator)
+    res = results(audit_dir)
+    assert res["db"]["data"]["db_status"] == "available" and res["db-available"]["status"] == "ok"
+    assert res["errors"]["data"]["count"] == 1 and res["no-errors"]["status"] == "ok"
+    assert (out.status, out.exit_code) == ("completed", 0), out.message

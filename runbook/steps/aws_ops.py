@@ -235,7 +235,10 @@ def session(ctx, target: dict) -> Aws:
 def run(step, act: Action, ctx) -> StepResult:
     d = act.detail
     started = time.monotonic()
-    base = {"aws_service": d["aws_service"], "operation": d["operation"], "region": d["target"]["region"],
+    from runbook.steps.aws import RESULT_FIELDS
+
+    base = {**dict.fromkeys(RESULT_FIELDS),  # a failed step's fields read as none, never as undefined
+            "aws_service": d["aws_service"], "operation": d["operation"], "region": d["target"]["region"],
             "calls": [c["service"] + " " + c["operation"] for c in d["calls"]]}
     try:
         aws = session(ctx, d["target"])

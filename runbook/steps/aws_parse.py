@@ -132,7 +132,6 @@ WRITE_OPS = tuple(f"{s} {o}" for (s, o), op in OPS.items() if op.write)
 FIELDS = ("service", "operation", "params", "region", "shorthand", "problems")
 _INT = re.compile(r"\d+")
 _COUNT = re.compile(r"\+?\d+")
-_DIM = re.compile(r"([^=,\s]+)=([^,]*)")
 
 
 def op_of(body: dict) -> Op | None:
@@ -196,7 +195,7 @@ def from_mapping(value: dict) -> dict:
             p = op.params[key]
             if p.type == NAMES and not isinstance(v, list):
                 v = [v]
-            if p.type == DIMS and isinstance(v, str) and not is_template(v):
+            if p.type == DIMS and isinstance(v, str):
                 v = _dims(v, key, body)
             body["params"][key] = v
         else:
@@ -207,13 +206,36 @@ def from_mapping(value: dict) -> dict:
 
 
 def _dims(text: str, key: str, body: dict) -> dict:
+    """``ClusterName=nano,ServiceName={{ params.service }}``: names literal, values may be templates
+    (a comma inside ``{{ … }}`` does not split)."""
+    parts, cur, depth, i = [], "", 0, 0
+    while i < len(text):
+        two = text[i:i + 2]
+        if two in ("{{", "{%"):
+            depth += 1
+            cur += two
+            i += 2
+            continue
+        if two in ("}}", "%}") and depth:
+            depth -= 1
+            cur += two
+            i += 2
+            continue
+        if text[i] == "," and not depth:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += text[i]
+        i += 1
+    parts.append(cur)
     out = {}
-    for part in text.split(","):
-        m = _DIM.fullmatch(part.strip())
-        if not m:
-            body["problems"].append((key, f"dimensions are Name=Value pairs separated by commas, got {text!r}"))
+    for part in parts:
+        name, eq, value = part.strip().partition("=")
+        if not eq or not name or is_template(name) or not re.fullmatch(r"[A-Za-z0-9_.:/-]+", name):
+            body["problems"].append((key, f"dimensions are Name=Value pairs separated by commas, the names written "
+                                          f"literally, got {text!r}"))
             return {}
-        out[m.group(1)] = m.group(2)
+        out[name] = value
     return out
 
 
@@ -318,7 +340,7 @@ def _parse(text: str, body: dict) -> None:
             body["region"] = values[0]
         elif p.type == NAMES:
             body["params"][key] = values
-        elif p.type == DIMS and not is_template(values[0]):
+        elif p.type == DIMS:
             body["params"][key] = _dims(values[0], "shorthand", body)
         elif p.type in (INT, COUNT) and not is_template(values[0]) and (_COUNT if p.type == COUNT else _INT).fullmatch(values[0]):
             body["params"][key] = values[0] if values[0].startswith("+") else int(values[0])
