@@ -33,6 +33,23 @@ and ``rds reboot-db-instance``.  A desired count is a scale-up: the service's
 current count is read first and never lowered (asking for fewer keeps the
 current count, and says so).
 
+Results, for conditions (``steps.ID.FIELD``, or the bare names in an ``until``):
+ECS ``describe-services`` gives ``services`` (name, status, desired, running,
+pending, rollout_state, deployments, events) and, for one service,
+``desired_count``, ``running_count``, ``pending_count``, ``rollout_state``,
+``deployments``, ``service_events``; ``describe-tasks`` gives ``tasks`` (id,
+last_status, stopped_reason, stop_code, containers with exit_code and reason),
+``stopped_reasons``, ``container_reasons``, ``stopped_count``; ``list-tasks``
+``task_arns``; ``update-service`` ``previous_desired_count`` and the new
+counts.  ``get-metric-data`` gives ``datapoints`` (timestamp, value, oldest
+first), ``values`` and ``value`` (the latest; none without datapoints: test
+``count`` first); ``describe-alarms`` ``alarms`` and ``in_alarm`` (names);
+``filter-log-events`` ``log_events`` and ``messages``; ``start-query`` ``rows``
+(a mapping per row) and ``query_status``; RDS ``instances``, ``db_status`` (one
+instance), ``events`` and ``messages``; ELBv2 ``targets``, ``healthy``,
+``unhealthy``.  Every operation gives ``count``; the output is a table.  In the
+mapping form write ``desired_count: "+1"`` quoted (YAML reads +1 as 1).
+
 Credentials: the standard chain (environment, shared files, SSO, instance or
 task role), selected by the inventory's ``aws:`` section (``profile``,
 ``region``, ``role_arn`` assumed through STS, ``endpoint_url``; else

@@ -97,11 +97,15 @@ class Aws:
         return boto3.session.Session(aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"],
                                      aws_session_token=c["SessionToken"], region_name=self.region)
 
+    def _read_timeout(self) -> float:
+        """One request's limit: a minute, or what is left of the step's time."""
+        timeout = self.ctx.timeout
+        return READ_TIMEOUT if timeout is None else float(max(1, min(int(READ_TIMEOUT), int(timeout + 0.999))))
+
     def _client_of(self, session, service: str):
         from botocore.config import Config
 
-        timeout = self.ctx.timeout
-        read = READ_TIMEOUT if timeout is None else max(1.0, min(READ_TIMEOUT, timeout))
+        read = self._read_timeout()
         config = Config(region_name=self.region, connect_timeout=min(CONNECT_TIMEOUT, read), read_timeout=read,
                         retries={"total_max_attempts": 1, "mode": "standard"},  # throttling is retried here, said
                         user_agent_extra="runbook")
@@ -111,9 +115,10 @@ class Aws:
         return session.client(service, **kw)
 
     def client(self, service: str):
-        if service not in self.clients:
-            self.clients[service] = self._client_of(self.session, service)
-        return self.clients[service]
+        key = f"{service}/{self._read_timeout():g}"  # a later step with more time gets a client that waits longer
+        if key not in self.clients:
+            self.clients[key] = self._client_of(self.session, service)
+        return self.clients[key]
 
     def close(self) -> None:
         for c in self.clients.values():
