@@ -436,6 +436,9 @@ def _one(write, main, inv_path, aws_text: str, audit_dir, *args) -> str:
     assert len(mine) == before + 1, r.stdout + r.stderr
     err = mine[-1]["error"]
     assert "\n" not in err and "Traceback" not in r.stdout + r.stderr
+    logged = (audit_dir / "audit.jsonl").read_text()
+    for secret in (KEY_ID, SECRET_KEY):  # no credential in an error, the output or the log
+        assert secret not in r.stdout + r.stderr and secret not in logged
     return err
 
 
@@ -454,6 +457,34 @@ def test_unknown_cluster_service_instance_log_group_and_target_group(account, in
         f"log group '/aws/ecs/nope' not found in {REGION}")
     assert _one(write, main, path, "elbv2 describe-target-health --target-group-name nope", audit_dir) == \
         f"target group 'nope' not found in {REGION}"
+
+
+def test_an_unreachable_endpoint_is_one_line(account, write, main, audit_dir):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = write("down.yaml", f"aws: {{region: {REGION}, endpoint_url: 'http://127.0.0.1:{port}'}}\n")
+    err = _one(write, main, path, "ecs describe-services --cluster nano --services api", audit_dir)
+    assert err == f"cannot reach AWS ecs (http://127.0.0.1:{port}/) in {REGION}: connection failed"
+
+
+def test_details_show_every_call_as_sent(account, inv, write):
+    from runbook.engine import Engine, Options
+    from runbook.inventory import load_inventory
+    from runbook.steps import aws
+
+    rb = spec.find(str(PLAYBOOK), [])
+    plan = Engine(rb, {"service": "api", "cluster": "nano", "min_tasks": 2}, inventory=load_inventory(inv()),
+                  options=Options(dry_run=True)).plan()
+    act = next(e.action for e in plan if e.step.id == "redeploy")
+    rows = dict(aws.details(act))
+    assert rows["as the aws CLI"] == ("aws ecs update-service --cluster nano --service api --desired-count 2 "
+                                      f"--force-new-deployment --region {REGION}")
+    assert rows["API calls"].startswith("ecs DescribeServices\n{")
+    assert '"forceNewDeployment": true' in rows["API calls"] and "never lowers it" in rows["API calls"]
+    assert rows["region"] == f"{REGION} (from aws.region of {inv()})"
 
 
 def test_access_denied_names_the_action(account, inv, write, main, aws_emulator, audit_dir):
