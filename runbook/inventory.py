@@ -520,9 +520,9 @@ AWS = Entry(
                        doc="the region of aws steps that name none"),
         "role_arn": Text(doc="a role assumed through STS with those credentials (a session per run, named "
                              "runbook-RUN_ID)"),
-        "endpoint_url": Text(default_doc="$AWS_ENDPOINT_URL, else AWS's own",
-                             doc="another endpoint for every AWS API (an emulator such as moto or LocalStack, a VPC "
-                                 "endpoint)"),
+        "endpoint_url": Text(default_doc="$AWS_ENDPOINT_URL (and $AWS_ENDPOINT_URL_<SERVICE>), as boto3 reads them, "
+                                         "else AWS's own",
+                             doc="one endpoint for every AWS API: an emulator such as moto or LocalStack"),
     },
     example="aws:\n  profile: nano-oncall\n  region: eu-west-1\n"
             "  role_arn: arn:aws:iam::123456789012:role/runbook-oncall",

@@ -221,6 +221,17 @@ def test_dry_run_and_validate_never_import_boto3(tmp_path, inv):
     assert "LOADED []" in r.stdout, r.stdout + r.stderr
 
 
+def test_aws_endpoint_url_from_the_environment_as_boto3_reads_it(account, inv, write, main, aws_emulator, monkeypatch):
+    account.ecs_service()
+    _ready(aws_emulator)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_emulator.url)
+    p = book(write, "  diagnose:\n    - id: s\n      aws: 'ecs describe-services --cluster nano --services api'\n")
+    r = main("run", p, "--inventory", inv(endpoint=False))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"endpoint {aws_emulator.url} (AWS_ENDPOINT_URL)" in r.stdout
+    assert calls(aws_emulator) == ["DescribeServices"]
+
+
 def test_region_missing_is_one_line(account, write, main):
     p = book(write, "  diagnose:\n    - id: s\n      aws: 'ecs describe-services --cluster nano --services api'\n")
     r = main("run", p, "--dry-run", "--inventory", write("noregion.yaml", "aws: {profile: x}\n"))

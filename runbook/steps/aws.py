@@ -301,7 +301,9 @@ def target(r, body: dict) -> dict:
         return str(v) if v is not None else None
 
     profile, role_arn = setting("profile"), setting("role_arn")
-    endpoint = setting("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL") or None
+    endpoint = setting("endpoint_url")
+    # without one in the inventory boto3 reads AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>) itself: shown here
+    from_env = None if endpoint else (os.environ.get("AWS_ENDPOINT_URL") or None)
     if body.get("region") is not None:
         region = _one(r, body["region"], "region", _REGION)
         origin = "the step"
@@ -315,7 +317,8 @@ def target(r, body: dict) -> dict:
     else:
         where = f"aws: {{region: …}} in {inventory.path}" if inventory is not None else "an inventory's aws: {region: …}"
         raise RunbookError(f"no AWS region for this aws step: set {where}, --region on the step, or AWS_REGION")
-    return {"region": region, "region_from": origin, "profile": profile, "role_arn": role_arn, "endpoint_url": endpoint}
+    return {"region": region, "region_from": origin, "profile": profile, "role_arn": role_arn, "endpoint_url": endpoint,
+            "endpoint_from_env": from_env}
 
 
 def _where(t: dict) -> str:
@@ -325,6 +328,8 @@ def _where(t: dict) -> str:
         parts.append(f"role {t['role_arn']}")
     if t["endpoint_url"]:
         parts.append(f"endpoint {t['endpoint_url']}")
+    elif t.get("endpoint_from_env"):
+        parts.append(f"endpoint {t['endpoint_from_env']} (AWS_ENDPOINT_URL)")
     return ", ".join(parts)
 
 

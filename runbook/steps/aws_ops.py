@@ -227,7 +227,8 @@ def _endpoint(exc) -> str:
 
 
 def session(ctx, target: dict) -> Aws:
-    key = ("aws", target["region"], target["profile"], target["role_arn"], target["endpoint_url"])
+    key = ("aws", target["region"], target["profile"], target["role_arn"], target["endpoint_url"],
+           target.get("endpoint_from_env"))
     conn = ctx.connections.get(key)
     if conn is None:
         conn = ctx.connections[key] = Aws(target, ctx)
