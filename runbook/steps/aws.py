@@ -156,8 +156,8 @@ def normalize(value) -> dict:
 
 def effect_of(body: dict) -> str | None:
     op = P.op_of(body)
-    if op is None:
-        return None
+    if op is None:  # not a call at all (its problem is reported): no second warning that it "writes"
+        return "read" if body.get("problems") else None
     return "write" if op.write else "read"
 
 
