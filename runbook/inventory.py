@@ -160,6 +160,17 @@ class SshDefaults:
 
 
 @dataclass
+class AwsSettings:
+    """The ``aws:`` section: which credentials and region aws steps use (the standard chain selects
+    the credentials themselves: environment, shared files, SSO, instance or task role)."""
+
+    profile: Text | None = None
+    region: Text | None = None
+    role_arn: Text | None = None
+    endpoint_url: Text | None = None
+
+
+@dataclass
 class Cluster:
     """A Kubernetes cluster: a kubeconfig context, or the cluster we run in."""
 
@@ -501,6 +512,23 @@ SSH = Entry(
             "  forks: 20\n  jump_host: bastion",
     doc="connection settings shared by every host",
 )
+AWS = Entry(
+    {
+        "profile": Text(default_doc="$AWS_PROFILE, else the default chain (environment, shared files, SSO, instance "
+                                    "or task role)", doc="the shared-config profile whose credentials aws steps use"),
+        "region": Text(default_doc="$AWS_REGION, else the profile's region",
+                       doc="the region of aws steps that name none"),
+        "role_arn": Text(doc="a role assumed through STS with those credentials (a session per run, named "
+                             "runbook-RUN_ID)"),
+        "endpoint_url": Text(default_doc="$AWS_ENDPOINT_URL (and $AWS_ENDPOINT_URL_<SERVICE>), as boto3 reads them, "
+                                         "else AWS's own",
+                             doc="one endpoint for every AWS API: an emulator such as moto or LocalStack"),
+    },
+    example="aws:\n  profile: nano-oncall\n  region: eu-west-1\n"
+            "  role_arn: arn:aws:iam::123456789012:role/runbook-oncall",
+    doc="the AWS account aws steps call: a credentials profile, a region, a role to assume "
+        "(no keys here: the standard chain reads them)",
+)
 CLUSTER = Entry(
     {
         "kubeconfig": Text(default_doc="$KUBECONFIG, else ~/.kube/config", doc="the kubeconfig file"),
@@ -559,6 +587,7 @@ INVENTORY = Entry(
         "hosts": _section(HOST, Host, "host", allow_empty=True, doc="machines reached over SSH, by name"),
         "groups": _section(GROUP, Group, "group", allow_empty=True, doc="named sets of hosts"),
         "ssh": SSH,
+        "aws": AWS,
         "clusters": _section(CLUSTER, Cluster, "cluster", doc="Kubernetes clusters, by name"),
         "databases": _section(DATABASE, Database, "database", doc="PostgreSQL databases, by name"),
         "prometheus": _section(_endpoint("a Prometheus server (its HTTP API) for prometheus steps",
@@ -605,6 +634,7 @@ class Inventory:
     env: str
     vars: dict[str, Any] = field(default_factory=dict)
     ssh: SshDefaults = field(default_factory=SshDefaults)
+    aws: AwsSettings | None = None  # None: no aws: section (aws steps use the default chain)
     hosts: dict[str, Host] = field(default_factory=dict)
     groups: dict[str, Group] = field(default_factory=dict)
     clusters: dict[str, Cluster] = field(default_factory=dict)
@@ -882,6 +912,7 @@ class _Loader:
         top = {key: value for key, value in top.items() if value is not _INVALID}
         ssh_block = self.block(data, "ssh")
         ssh_fields = self.fields(ssh_block, SSH, "ssh")
+        aws_fields = self.fields(self.block(data, "aws"), AWS, "aws") if data.get("aws") is not None else None
         hosts = self.entries(data, "hosts")
         groups = self.entries(data, "groups")
         sections = {section: self.entries(data, section) for section in _ENTRY_SECTIONS}
@@ -896,6 +927,7 @@ class _Loader:
             env=top.get("env", self.path.stem),
             vars=top.get("vars", {}),
             ssh=ssh,
+            aws=AwsSettings(**aws_fields) if aws_fields is not None else None,
             hosts={
                 name: Host(
                     name=name,

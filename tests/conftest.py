@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 # real servers started on 127.0.0.1: PostgreSQL, OpenSSH, a Kubernetes API server
-# subset (kubeapi), Prometheus and small HTTP services (webservers)
-pytest_plugins = ["pgserver", "sshserver", "kubeapi", "promserver", "webservers", "labservers"]
+# subset (kubeapi), Prometheus, small HTTP services (webservers) and an AWS API emulator (awsserver: moto)
+pytest_plugins = ["pgserver", "sshserver", "kubeapi", "promserver", "webservers", "labservers", "awsserver"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -78,6 +78,7 @@ def test_help_imports_only_argparse_and_the_command_modules(tmp_path):
     allowed = {"argparse", "gettext", "locale", "_locale", "shutil", "bz2", "_bz2", "lzma", "_lzma", "_compression",
                "zlib", "textwrap", "gc", "runbook", "runbook.cli"}
     assert [m for m in new if m not in allowed and m != "runbook.commands.common"] == []  # no command module either
+    assert not [m for m in new if m.split(".")[0] in ("boto3", "botocore", "kubernetes", "psycopg", "fabric")]
 
 
 def test_list_from_path_env_and_default(cli, write, tmp_path):

@@ -80,7 +80,7 @@ def test_the_references_examples_make_a_valid_inventory(tmp_path):
 
     examples = [(n.value if isinstance(n, inv.Section) else n).example for n in inv.INVENTORY.fields.values()
                 if isinstance(n, (inv.Section, inv.Entry))]
-    assert all(examples) and len(examples) == 8
+    assert all(examples) and len(examples) == 9
     path = tmp_path / "examples.yaml"
     path.write_text("\n".join(examples) + "\n")
     inventory, problems = inv.check_inventory(path)
@@ -96,7 +96,7 @@ def test_declared_fields_and_defaults_are_the_models():
 
     from runbook import inventory as inv
 
-    pairs = [(inv.SSH, inv.SshDefaults)] + [(n.value, n.model) for n in inv.INVENTORY.fields.values()
+    pairs = [(inv.SSH, inv.SshDefaults), (inv.AWS, inv.AwsSettings)] + [(n.value, n.model) for n in inv.INVENTORY.fields.values()
                                             if isinstance(n, inv.Section)]
     for entry, model in pairs:
         model_fields = {f.name: f for f in dataclasses.fields(model)}
@@ -125,6 +125,10 @@ def test_declared_fields_and_defaults_are_the_models():
     ("http: {api: {verify_tls: false}}", False),
     ("http: {api: {url: 'https://x', headers: {Authorization: {file: tok}}}}", True),
     ("notify: {n: {webhook: {env: HOOK}, channel: '#x'}}", True),
+    ("aws: {profile: oncall, region: eu-west-1, role_arn: 'arn:aws:iam::123456789012:role/r'}", True),
+    ("aws: {endpoint_url: 'http://127.0.0.1:5000'}", True),
+    ("aws: {regoin: eu-west-1}", False),
+    ("aws: [eu-west-1]", False),
     ("nonsense: 1", False),
     ("env: ''", False),
 ])

@@ -8,7 +8,7 @@ hook and its default is documented in :mod:`runbook.steps.base`, and
 kind's name: it asks the kind's hooks.
 
 Kind modules are imported when a runbook uses them; a module that needs a
-heavy client library (fabric, kubernetes, psycopg) imports it inside ``run``
+heavy client library (fabric, kubernetes, psycopg, boto3) imports it inside ``run``
 only.
 """
 
@@ -33,6 +33,7 @@ KINDS: dict[str, str] = {
     "http": "runbook.steps.http",
     "prometheus": "runbook.steps.prometheus",
     "notify": "runbook.steps.notify",
+    "aws": "runbook.steps.aws",
 }
 
 # Fields every step result has, whatever its kind (see StepResult.as_context).
