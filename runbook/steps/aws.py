@@ -467,6 +467,10 @@ def observed(step, result: StepResult) -> str | None:
 
 
 def run(step, act: Action, ctx) -> StepResult:
+    try:
+        import boto3  # noqa: F401 - the aws extra; said in one line when it is missing
+    except ImportError:
+        return StepResult("failed", error="the aws step needs boto3: pip install 'runbook-executor[aws]'")
     from runbook.steps import aws_ops
 
     return aws_ops.run(step, act, ctx)
