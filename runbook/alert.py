@@ -160,9 +160,9 @@ def by_annotation(alert: Alert, runbooks: dict[str, str]) -> tuple[str, str] | N
     return None
 
 
-def runbook_index(files: list[Path]) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """(runbook name or file stem -> path, alert name -> runbook names) of the runbook files
-    (a file that cannot be read or loaded is left out)."""
+def runbook_index(files: list[Path], broken: list[str] | None = None) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(runbook name or file stem -> path, alert name -> runbook names) of the runbook files;
+    a file that cannot be read or loaded is left out (and named in ``broken``, when given)."""
     from runbook import spec
 
     index: dict[str, str] = {}
@@ -171,8 +171,10 @@ def runbook_index(files: list[Path]) -> tuple[dict[str, str], dict[str, list[str
         try:
             rb, _ = spec.load_text(f.read_text(encoding="utf-8"), str(f))
         except (OSError, UnicodeDecodeError):
-            continue
+            rb = None
         if rb is None:
+            if broken is not None:
+                broken.append(str(f))
             continue
         index.setdefault(rb.name, str(f))
         index.setdefault(f.stem, str(f))
@@ -350,6 +352,9 @@ class RunLock:
             holder = {}
         os.close(fd)
         return held_by(self.what, holder if isinstance(holder, dict) else {}, force)
+
+    def check(self) -> None:
+        """A flock is held until this process closes it: it cannot be lost."""
 
     def held(self) -> bool:
         """Whether a live process holds this lock now (without taking it, or creating its file)."""

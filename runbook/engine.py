@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runbook import expr, outputs
-from runbook.errors import RunbookError, UsageError
+from runbook.errors import LockLost, RunbookError, UsageError
 from runbook.schema import suggest
 from runbook.secrets import MASK, LazySecret, Redactor, Secret
 from runbook.spec import STAGES, Runbook, Step
@@ -154,6 +154,11 @@ class Options:
     # when it reaches a stage after pause_after, and before a write step unless the step has auto_approve
     pause_after: str | None = None
     pause_before_writes: bool = False
+    # called before every step: raises errors.LockLost when the run's locks were lost (a
+    # PostgreSQL session that ended), so that the run never goes on beside whoever took them
+    fence: Any = None
+    # a team worker: whether an auto_approve step may run now (False when its alert resolved)
+    auto_ok: Any = None
 
 
 @dataclass
@@ -312,6 +317,14 @@ class Engine:
                 if start is not self.rb.steps[0] and self.journal:
                     self.journal.event("start_at", step=start.id, stage=self.options.stage)
             status, code, message = self._walk(start, dict(visits or {}), again)
+        except LockLost as exc:
+            # another process may own the run now: say so, and leave its end to whoever goes on
+            status, code, message = "lock lost", exc.exit_code, (
+                f"{exc}; stopped before step '{self._current}' so that no other process runs it at the same "
+                f"time (runbook resume {self.run_id} once nothing else holds it)")
+            extra = {"lost": True}
+            if self.journal:
+                self.journal.event("lock_lost", step=self._current, error=self.redactor.text(str(exc)))
         except KeyboardInterrupt as exc:
             signame = getattr(exc, "signame", "SIGINT")
             how = "Ctrl-C" if signame == "SIGINT" else signame
@@ -330,7 +343,7 @@ class Engine:
                 self.journal.event("error", step=self._current, error=message)
         finally:
             self._close_connections()
-        if self.journal:
+        if self.journal and not extra.get("lost"):
             self.journal.run_finished(status=status, exit_code=code, **extra)
         if self.ui:
             self.ui.run_finished(status, code, message)
@@ -458,6 +471,8 @@ class Engine:
         return result
 
     def _execute(self, step: Step) -> StepResult:
+        if self.options.fence is not None:
+            self.options.fence()  # before anything of this step is recorded or run
         r = Renderer(self.context, self.redactor, self.inventory)
         try:
             act = step.module.action(step, r)
@@ -551,7 +566,9 @@ class Engine:
                     return self.ui.confirm(step, act), who, "prompt"
             return choice, who, "step-mode"
         if self.options.pause_before_writes and step.effect == "write":
-            return ("run", who, "auto-approved") if step.auto_approve else ("pause", who, "worker")
+            if step.auto_approve and (self.options.auto_ok is None or self.options.auto_ok(step)):
+                return "run", who, "auto-approved"
+            return "pause", who, "worker"
         if self.options.yes:
             return "run", who, "--yes"
         if not self.options.interactive:

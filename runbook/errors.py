@@ -23,6 +23,13 @@ class UsageError(RunbookError):
     exit_code = 2
 
 
+class LockLost(RunbookError):
+    """A run's lock was lost (its PostgreSQL session ended): another process may hold it and go
+    on with the run, so this one stops before its next step and writes no end for it."""
+
+    exit_code = 3
+
+
 @dataclass(frozen=True)
 class Problem:
     """One finding of the loader or the validator, tied to a place in a file."""

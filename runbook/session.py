@@ -69,6 +69,9 @@ class RunRequest:
     run_id: str | None = None  # given by a host that named the run before it started (the team ledger)
     pause_after: str | None = None  # a team worker: pause when the walk leaves this stage (engine.Options)
     pause_before_writes: bool = False  # a team worker: pause before a write step not marked auto_approve
+    fence: Any = None  # called before every step, with the run's own locks' checks (engine.Options.fence)
+    auto_ok: Any = None  # engine.Options.auto_ok
+    locks_held: list = field(default_factory=list)  # lock names the caller took already (not taken again)
 
 
 @dataclass
@@ -90,6 +93,9 @@ class ResumeRequest:
     pause_after: str | None = None  # as RunRequest's: a team worker going on with a run a worker started
     pause_before_writes: bool = False
     path: list | None = None  # where to find the runbook when the file the run recorded is not on this machine
+    fence: Any = None  # as RunRequest's
+    auto_ok: Any = None
+    locks_held: list = field(default_factory=list)
 
 
 @dataclass
@@ -317,7 +323,7 @@ def _started_at(recorded: dict, fingerprint: str) -> str | None:
     return starts.get(fingerprint) if isinstance(starts, dict) else None
 
 
-def open_alert_run(store, the_alert) -> tuple[dict, bool] | None:
+def open_alert_run(store, the_alert, this_run: str | None = None) -> tuple[dict, bool] | None:
     """(summary, still going) of the run handling ``the_alert`` while it is open
     or paused: still going, stopped without finishing (a crash), or stopped
     where a resume goes on (a write not approved, a failed or interrupted
@@ -326,7 +332,7 @@ def open_alert_run(store, the_alert) -> tuple[dict, bool] | None:
     say, the startsAt the run recorded for that alert is the alert's (a new
     startsAt is a new incident).  None when that run finished (completed,
     resolved, escalated) or there is none."""
-    for records in reversed(_alert_runs(store, [the_alert.fingerprint])):
+    for records in reversed(_alert_runs(store, [the_alert.fingerprint], this_run)):
         started = _started_at(records[0].get("alert") or {}, the_alert.fingerprint)
         if started and the_alert.starts_at and not _same_time(started, the_alert.starts_at):
             continue  # another incident of the same alert
@@ -402,7 +408,7 @@ def resolve_label_params(rb, the_alert, given: dict[str, str], inventory, dry_ru
 
 
 def hold_locks(store, run_id: str, who: str, the_alert, force: bool, journal, ui,
-               run_lock: bool = True) -> list:
+               run_lock: bool = True, skip: list | tuple = ()) -> list:
     """The locks a live run holds: its run id (resume waits for it) and each
     alert it handles (one run per alert unless ``force``).  On a refusal the
     locks taken so far are released and the RunbookError goes to the caller,
@@ -411,6 +417,7 @@ def hold_locks(store, run_id: str, who: str, the_alert, force: bool, journal, ui
     wanted = [store.lock(f"run-{run_id}", f"run {run_id} is still going")] if run_lock else []
     if the_alert is not None:
         wanted += [store.lock(f"alert-{fp}") for fp in [the_alert.fingerprint, *the_alert.others]]
+    wanted = [lock for lock in wanted if lock.name not in skip]
     held = []
     for lock in wanted:
         try:
@@ -430,11 +437,23 @@ def release(locks: list) -> None:
         lock.release()
 
 
+def fence(locks: list, also=None):
+    """The check the engine makes before every step: each lock still held (a PostgreSQL session
+    lock is lost with its session), and the caller's own check (a worker's claim)."""
+    def check() -> None:
+        for lock in locks:
+            lock.check()
+        if also is not None:
+            also()
+    return check
+
+
 def _guard_alert(store, run_id: str, the_alert, force: bool, journal, ui) -> None:
     """Refuse a new run for an alert whose last run stopped without finishing."""
     fps = [the_alert.fingerprint, *the_alert.others]
     last = unfinished_alert_run(store, fps, run_id)
     if last is None:
+        _guard_paused(store, run_id, the_alert, force, journal, ui)
         return
     what = (f"with step {', '.join(last['in_doubt'])} in doubt" if last["in_doubt"]
             else "between steps")
@@ -445,6 +464,23 @@ def _guard_alert(store, run_id: str, the_alert, force: bool, journal, ui) -> Non
                            "another run anyway)", exit_code=EXIT_REFUSED)
     warning = f"warning: --force: {desc}; starting another run anyway"
     journal.event("forced", unfinished_run=last["run"], warning=warning)
+    ui.notice(warning)
+
+
+def _guard_paused(store, run_id: str, the_alert, force: bool, journal, ui) -> None:
+    """Refuse a new run for an incident (fingerprint and startsAt) whose run is paused for a
+    person (a team worker diagnosed it): that run goes on with resume, not beside a new one."""
+    found = open_alert_run(store, the_alert, this_run=run_id)
+    if found is None or found[0]["status"] != "paused":
+        return
+    paused = found[0]
+    desc = (f"alert {the_alert.name} ({the_alert.fingerprint}) is handled by run {paused['run']} "
+            f"({paused['runbook']}, started by {paused['who']}), paused for a person")
+    if not force:
+        raise RunbookError(f"{desc}; go on with it: runbook resume {paused['run']} (or pass --force to start "
+                           "another run anyway)", exit_code=EXIT_REFUSED)
+    warning = f"warning: --force: {desc}; starting another run anyway"
+    journal.event("forced", paused_run=paused["run"], warning=warning)
     ui.notice(warning)
 
 
@@ -530,7 +566,7 @@ def start(req: RunRequest, ui) -> Outcome:
         options = Options(dry_run=req.dry_run, server_dry_run=req.server_dry_run, yes=req.yes,
                           interactive=req.interactive, answers=dict(req.answers), who=who, step_mode=req.step_mode,
                           start_at=req.start_at, stage=req.stage, pause_after=req.pause_after,
-                          pause_before_writes=req.pause_before_writes,
+                          pause_before_writes=req.pause_before_writes, auto_ok=req.auto_ok,
                           clock_from=incident_start(the_alert) or time.time())
         outcome = Outcome(run_id, "failed", EXIT_FAILED, params_shown=shown, redactor=redactor, inventory=inventory,
                           examples=list(examples))
@@ -538,7 +574,7 @@ def start(req: RunRequest, ui) -> Outcome:
             return _plan(rb, params, inventory, journal, options, outcome)
 
         try:
-            locks = hold_locks(store, run_id, who, the_alert, req.force, journal, ui)
+            locks = hold_locks(store, run_id, who, the_alert, req.force, journal, ui, skip=req.locks_held)
         except RunbookError:
             journal.run_finished(status="refused", exit_code=EXIT_REFUSED)  # another run has this alert
             raise
@@ -549,6 +585,7 @@ def start(req: RunRequest, ui) -> Outcome:
                 except RunbookError:
                     journal.run_finished(status="refused", exit_code=EXIT_REFUSED)
                     raise
+            options.fence = fence(locks, req.fence)
             engine = Engine(rb, params, inventory=inventory, ui=ui, journal=journal, options=options, run_id=run_id,
                             redactor=redactor)
             return _drive(engine, outcome, ui, environment=_environment(req.env, inventory),
@@ -757,7 +794,8 @@ def resume(req: ResumeRequest, ui) -> Outcome:
             ui.notice(resolution)
         if the_alert:
             try:
-                locks += hold_locks(store, run_id, who, the_alert, False, plain, ui, run_lock=False)
+                locks += hold_locks(store, run_id, who, the_alert, False, plain, ui, run_lock=False,
+                                    skip=req.locks_held)
             except RunbookError as exc:  # the run stays as it was: not finished, resumable later
                 raise _refuse(plain, who, str(exc)) from None
 
@@ -774,6 +812,7 @@ def resume(req: ResumeRequest, ui) -> Outcome:
                           server_dry_run=bool(started.get("server_dry_run")), stage=started.get("stage"),
                           step_mode=bool(started.get("step_mode")) and req.interactive,
                           pause_after=req.pause_after, pause_before_writes=req.pause_before_writes,
+                          auto_ok=req.auto_ok, fence=fence(locks, req.fence),
                           clock_from=_clock_from(started, the_alert))
         engine = Engine(rb, params, inventory=inventory, ui=ui, journal=journal, options=options, run_id=run_id,
                         redactor=redactor)

@@ -40,6 +40,11 @@ class Lock(Protocol):
     def held(self) -> bool:
         """Whether a live process holds it now (without taking it)."""
 
+    def check(self) -> None:
+        """Raise :class:`runbook.errors.LockLost` when the holder lost it (a PostgreSQL session
+        that ended); a run checks its locks before each step, so that it never goes on beside
+        the process that took its lock over."""
+
     def release(self) -> None: ...
 
 

@@ -295,7 +295,7 @@ def test_a_decision_and_a_step_in_doubt(page, site, lab):
     page.get(f"{site}/runs/nosuchrun")
     assert "No such run" in text(page)
     page.get(f"{site}/runs/{lab['waiting']}")
-    assert "has not started yet: waiting for a worker" in text(page) and "new incident" in text(page)
+    assert "has not started: waiting for a worker" in text(page) and "new incident" in text(page)
 
 
 def test_on_a_phone_nothing_scrolls_sideways(page, site, lab):

@@ -465,3 +465,22 @@ def test_the_cli_does_not_import_psycopg() -> None:
                           "print('psycopg' in sys.modules)"], env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_lock_whose_session_ended_is_found_lost_by_its_holder(store: PgStore, db) -> None:
+    """A restart or failover ends the lock's session: the holder's check says so (the run
+    then stops before its next step), while a lock still held checks fine."""
+    from runbook.errors import LockLost
+
+    kept, doomed = store.lock("run-kept"), store.lock("run-doomed")
+    assert kept.acquire("R1", "alice", "now") is None and doomed.acquire("R2", "bob", "now") is None
+    kept.check()
+    doomed.check()
+    pid = doomed._conn.info.backend_pid
+    db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(LockLost, match="lost the lock run-doomed"):
+        doomed.check()
+    kept.check()
+    assert not doomed.held()  # free: another process may take it now
+    doomed.release()  # on a dead connection: no error
+    kept.release()

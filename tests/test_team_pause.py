@@ -11,6 +11,7 @@ import pytest
 from fakeui import FakeUI
 from runbook import audit, report, session, spec
 from runbook.commands.validate import check_files
+from runbook.errors import RunbookError
 
 BOOK = """\
 name: paused
@@ -141,3 +142,59 @@ def test_validate_strict_refuses_auto_approve_in_sev1_unless_allowed(tmp_path, m
     assert r.returncode == 1 and "RB109" in r.stdout + r.stderr
     r = main("validate", "--strict", "--allow-auto-approve", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def alert_of(fp="fp-1", starts="2026-12-05T03:00:00Z"):
+    from runbook import alert
+
+    doc = {"version": "4", "alerts": [{"status": "firing", "labels": {"alertname": "Paused"}, "annotations": {},
+                                       "startsAt": starts, "endsAt": "0001-01-01T00:00:00Z", "fingerprint": fp}]}
+    [firing], _ = alert.alerts_of(doc)
+    return firing
+
+
+def test_a_laptop_run_for_an_incident_whose_worker_run_is_paused_is_refused(tmp_path, audit_dir):
+    paused = worker_start(book(tmp_path), pause_after="diagnose", alert=alert_of())
+    assert paused.status == "paused"
+    with pytest.raises(RunbookError) as refused:
+        session.start(session.RunRequest(runbook=spec.find(str(book(tmp_path)), []), alert=alert_of(), yes=True),
+                      FakeUI())
+    assert refused.value.exit_code == 3
+    assert f"go on with it: runbook resume {paused.run_id}" in str(refused.value)
+    assert ran(tmp_path) == ["look"]  # nothing of it ran beside the paused run
+    # a new incident of the same alert (a new startsAt) is not that run's
+    again = session.start(session.RunRequest(runbook=spec.find(str(book(tmp_path)), []), yes=True,
+                                             alert=alert_of(starts="2026-12-06T03:00:00Z")), FakeUI())
+    assert again.status == "completed"
+
+
+def test_an_auto_approve_write_pauses_once_the_alert_resolved(tmp_path, audit_dir):
+    asked = []
+
+    def auto_ok(step):
+        asked.append(step.id)
+        return False  # the worker's ledger says: resolved
+
+    out = worker_start(book(tmp_path, auto="      auto_approve: true"), pause_after="mitigate", auto_ok=auto_ok)
+    assert out.status == "paused" and asked == ["restart"]
+    assert ran(tmp_path) == ["look"]
+
+
+def test_a_run_that_lost_its_lock_stops_before_its_next_step_and_writes_no_end(tmp_path, audit_dir):
+    """Its PostgreSQL session ended (a restart): another process may own the run now."""
+    from runbook.errors import LockLost
+
+    lost = []
+
+    def fence():
+        if (tmp_path / "ran").exists():  # after the first step: the lock is gone
+            lost.append(True)
+            raise LockLost("lost the lock run-x on postgresql://db (its session no longer holds it)")
+
+    out = worker_start(book(tmp_path), pause_after="mitigate", fence=fence)
+    assert out.status == "lock lost" and out.exit_code == 3
+    assert "stopped before step 'restart'" in out.message
+    assert ran(tmp_path) == ["look"]
+    recs = records(audit_dir, out.run_id)
+    assert [r["type"] for r in recs][-1] == "lock_lost"
+    assert audit.summarize(recs)["status"] == "in progress"  # no end: whoever goes on with it writes it

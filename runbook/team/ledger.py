@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS runbook_incidents (
     enqueued timestamptz NULL,
     webhooks int NOT NULL DEFAULT 1,
     resolved_at text NULL,
+    refused text NULL,
     UNIQUE (runbook, fingerprint, starts_at)
 );
 CREATE TABLE IF NOT EXISTS runbook_webhooks (
@@ -56,7 +57,8 @@ CREATE INDEX IF NOT EXISTS runbook_webhooks_incident ON runbook_webhooks (incide
 CREATE INDEX IF NOT EXISTS runbook_incidents_alert ON runbook_incidents (fingerprint, starts_at);
 """
 
-_COLUMNS = "id, runbook, alertname, fingerprint, starts_at, run_id, doc, received, enqueued, webhooks, resolved_at"
+_COLUMNS = ("id, runbook, alertname, fingerprint, starts_at, run_id, doc, received, enqueued, webhooks, resolved_at, "
+            "refused")
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Incident:
     enqueued: Any  # datetime | None
     webhooks: int
     resolved_at: str | None
+    refused: str | None = None  # why a worker could not start its run (a runbook that does not load, a parameter)
 
 
 def _incident(row) -> Incident | None:
@@ -157,8 +160,10 @@ def record_firing(conn, runbook: str, alert, doc: dict, peer: str) -> tuple[Inci
     from runbook.audit import new_run_id
 
     ensure(conn)
-    starts = alert.starts_at or ""
-    body = json.dumps(_narrow(doc, alert.fingerprint))
+    starts = _text(alert.starts_at or "")
+    # PostgreSQL's text and jsonb hold no NUL character, which JSON (and a label value) may: one such
+    # alert must not make every retry of its whole notification fail; U+FFFD stands for it
+    body = json.dumps(_narrow(doc, alert.fingerprint)).replace("\\u0000", "\\ufffd")
     for attempt in range(5):
         try:
             with conn.transaction():
@@ -168,7 +173,7 @@ def record_firing(conn, runbook: str, alert, doc: dict, peer: str) -> tuple[Inci
                     f"ON CONFLICT (runbook, fingerprint, starts_at) "
                     f"DO UPDATE SET webhooks = runbook_incidents.webhooks + 1 "
                     f"RETURNING {_COLUMNS}, (xmax = 0) AS inserted",
-                    (runbook, alert.name, alert.fingerprint, starts, new_run_id(), body)).fetchone()
+                    (runbook, _text(alert.name), _text(alert.fingerprint), starts, new_run_id(), body)).fetchone()
                 incident, new = _incident(row[:-1]), bool(row[-1])
                 outcome = ("new incident" if new
                            else f"same incident (fingerprint, startsAt): webhook {incident.webhooks}")
@@ -180,10 +185,16 @@ def record_firing(conn, runbook: str, alert, doc: dict, peer: str) -> tuple[Inci
     raise AssertionError("unreachable")
 
 
+def _text(value):
+    """A string as PostgreSQL's text can hold it (no NUL: U+FFFD stands for it)."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
 def _webhook(conn, peer, alert, status, outcome, incident_id) -> None:
     conn.execute("INSERT INTO runbook_webhooks (peer, alertname, fingerprint, status, incident, outcome) "
                  "VALUES (%s, %s, %s, %s, %s, %s)",
-                 (peer, getattr(alert, "name", None), getattr(alert, "fingerprint", None), status, incident_id, outcome))
+                 (peer, _text(getattr(alert, "name", None)), _text(getattr(alert, "fingerprint", None)), status,
+                  incident_id, _text(outcome)))
 
 
 def record_webhook(conn, peer: str, alert, status: str, outcome: str, incident_id: int | None = None) -> None:
@@ -191,6 +202,13 @@ def record_webhook(conn, peer: str, alert, status: str, outcome: str, incident_i
     ensure(conn)
     with conn.transaction():
         _webhook(conn, peer, alert, status, outcome, incident_id)
+
+
+def mark_refused(conn, incident_id: int, reason: str) -> None:
+    """A worker could not start the incident's run (before anything was recorded in the audit):
+    the page says why instead of "waiting for a worker"; committed."""
+    with conn.transaction():
+        conn.execute("UPDATE runbook_incidents SET refused = %s WHERE id = %s", (reason[:2000], incident_id))
 
 
 def mark_enqueued(conn, incident_id: int) -> None:

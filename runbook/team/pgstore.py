@@ -582,6 +582,27 @@ class PgLock:
         self._conn = conn
         return None
 
+    def check(self) -> None:
+        """Raise :class:`runbook.errors.LockLost` when this holder no longer holds the lock: its
+        session ended (PostgreSQL restarted or failed over, the connection was cut), so another
+        process may hold it now.  Nothing for a lock not taken (``force``)."""
+        import psycopg
+
+        from runbook.errors import LockLost
+
+        if self._conn is None:
+            return
+        unsigned = self.key & 0xFFFFFFFFFFFFFFFF
+        try:
+            row = self._conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid = pg_backend_pid() AND classid = %s::text::oid AND objid = %s::text::oid "
+                "AND objsubid = 1)", (str(unsigned >> 32), str(unsigned & 0xFFFFFFFF))).fetchone()
+        except psycopg.Error as exc:
+            raise LockLost(f"lost the lock {self.name} on {self.store.where}: {self.store._reason(exc)}") from None
+        if not row[0]:
+            raise LockLost(f"lost the lock {self.name} on {self.store.where} (its session no longer holds it)")
+
     def held(self) -> bool:
         """Whether a live session holds the lock now (asked on a connection of its own: a session
         that holds an advisory lock can take it again)."""

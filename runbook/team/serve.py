@@ -171,6 +171,9 @@ def parse_payload(body: bytes) -> tuple[dict, list, list]:
                          "expected an Alertmanager webhook payload") from None
     except RecursionError:
         raise UsageError("nested too deeply to read; expected an Alertmanager webhook payload") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits (Python's int limit)
+        raise UsageError(f"not readable JSON ({str(exc).splitlines()[0][:120]}); expected an Alertmanager webhook "
+                         "payload") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("alerts"), list):
         raise UsageError("not an Alertmanager webhook payload (no 'alerts' list)")
     version = doc.get("version")
@@ -195,6 +198,7 @@ class Webhook:
         self.pool = pool
         self.index_lock = threading.Lock()
         self._index: tuple | None = None
+        self._broken: list[str] = []  # runbook files that did not load, at the last index
 
     def enqueue(self, incident_id: int, run_id: str) -> None:
         if self.cfg.enqueue is not None:
@@ -209,7 +213,15 @@ class Webhook:
         every alert was most of a webhook's time)."""
         from runbook.alert import choose_for
 
-        return choose_for(alert, *self.index())
+        index, answers = self.index()
+        try:
+            return choose_for(alert, index, answers)
+        except UsageError as exc:  # no runbook answers it: perhaps the one that does cannot be loaded now
+            if self._broken:
+                raise Unloadable(f"{exc}; but {len(self._broken)} runbook file(s) do not load "
+                                 f"({', '.join(self._broken[:3])}): the alert waits for them (503, Alertmanager "
+                                 "retries); fix them (runbook validate)") from None
+            raise
 
     def index(self) -> tuple[dict[str, str], dict[str, list[str]]]:
         """(runbook name or file stem -> path, alert name -> runbook names), rebuilt when a file
@@ -229,7 +241,9 @@ class Webhook:
                 return self._index[1], self._index[2]
             from runbook.alert import runbook_index
 
-            index, answers = runbook_index(files)
+            broken: list[str] = []
+            index, answers = runbook_index(files, broken)
+            self._broken = broken
             self._index = (signature, index, answers)
             return index, answers
 
@@ -249,6 +263,8 @@ class Webhook:
                 out.append(item)
                 try:
                     ref, why = self.choose(a)
+                except Unloadable:
+                    raise
                 except RunbookError as exc:
                     reason = str(exc)
                     ledger.record_webhook(conn, peer, a, "firing", f"no runbook: {reason}")
@@ -323,6 +339,11 @@ class Webhook:
                 incident_id = marked[0].id if marked else None
             ledger._webhook(conn, peer, alert, "resolved", f"resolved: {where}", incident_id)
         return {"outcome": "resolved", "detail": where, "incident": incident_id}
+
+
+class Unloadable(RunbookError):
+    """No runbook answers an alert while some runbook files do not load: the answer is 503, so
+    that Alertmanager sends the alert again once they are fixed, instead of dropping it."""
 
 
 def _log(code: int, peer: str, answer: dict) -> None:
@@ -479,12 +500,13 @@ def resumable(s: dict) -> bool:
 def render_index(runs: list[dict], queued: list, notice: str | None = None, refresh: int = REFRESH_SECONDS) -> str:
     items = []
     for inc in queued:
-        status = "queued" if inc.enqueued is not None else "not queued"
+        status = "refused" if inc.refused else "queued" if inc.enqueued is not None else "not queued"
+        why = f"the worker could not start it: {esc(inc.refused)}" if inc.refused else "waiting for a worker"
         items.append(
             f'<li class="card" data-run="{esc(inc.run_id)}"><div>{_status(status)} '
             f'<b>{esc(inc.alertname)}</b> → {esc(inc.runbook)}</div>'
             f'<div class="meta">run {esc(inc.run_id)} · received {_when(inc.received.isoformat() if inc.received else "")}'
-            f' · {esc(inc.webhooks)} webhook{"s" if inc.webhooks != 1 else ""} · waiting for a worker</div></li>')
+            f' · {esc(inc.webhooks)} webhook{"s" if inc.webhooks != 1 else ""} · {why}</div></li>')
     for s in runs[:RUNS_SHOWN]:
         status = "paused" if s.get("paused") else s.get("status")
         rid = str(s["run"])
@@ -780,9 +802,11 @@ def create_app(cfg: Config):
             inc, _ = _with_ledger(lambda conn: ledger.by_run(conn, run_id))
             if inc is not None:
                 hooks, _ = _with_ledger(lambda conn: ledger.webhooks(conn, inc.id))
-                status = "queued" if inc.enqueued is not None else "not queued"
+                status = "refused" if inc.refused else "queued" if inc.enqueued is not None else "not queued"
+                why = (f"the worker could not start it: {esc(inc.refused)}" if inc.refused
+                       else "waiting for a worker")
                 body = (f"<h1>{esc(inc.alertname)} → {esc(inc.runbook)}</h1><div class=card>{_status(status)} "
-                        f"run <code>{esc(inc.run_id)}</code> has not started yet: waiting for a worker.</div>"
+                        f"run <code>{esc(inc.run_id)}</code> has not started: {why}.</div>"
                         f'<h2>Webhooks</h2><ul class="tl" id="webhooks">'
                         + "".join(f"<li>{esc(h.get('status'))}: {esc(h.get('outcome'))}</li>" for h in hooks or [])
                         + '</ul><p><a href="/">All runs</a></p>')

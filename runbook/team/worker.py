@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -59,8 +58,10 @@ class BrokerDown(RunbookError):
 
 
 def shown_url(url: str) -> str:
-    """A URL without its password (for messages)."""
-    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+    """A URL without its password (for messages), one with ``@`` in it too."""
+    from runbook.team.pgstore import redact_url
+
+    return redact_url(url)
 
 
 def broker_url() -> str:
@@ -183,7 +184,21 @@ def diagnose(incident_id: int, *, paths: list | None = None, through: str | None
             raise  # the store cannot be reached: the job is tried again
         log.info("run %s: %s", inc.run_id, exc)
         return {"incident": incident_id, "run": inc.run_id, "status": "held elsewhere"}
+    # the alert's lock, taken here rather than by the lifecycle: while another run has the alert (the
+    # diagnosis of its previous incident), this job waits and is tried again, instead of being refused
+    alert_lock = store.lock(f"alert-{inc.fingerprint}")
+    try:
+        alert_lock.acquire(inc.run_id, me, audit.now())
+    except RunbookError as exc:
+        claim.release()
+        if exc.exit_code == 3:
+            raise Busy(f"run {inc.run_id} waits: {exc}") from None
+        raise
+    checks = session.fence([claim, alert_lock])
     ui = LogUI(inc.run_id)
+    common = dict(interactive=False, who=me, store=store, env=env, inventory_file=inventory, pause_after=through,
+                  pause_before_writes=True, fence=checks, auto_ok=lambda step: not _resolved(url, incident_id),
+                  locks_held=[alert_lock.name], argv=["runbook", "worker", f"incident {incident_id}"])
     try:
         try:
             records = store.run_records(inc.run_id)
@@ -193,29 +208,64 @@ def diagnose(incident_id: int, *, paths: list | None = None, through: str | None
             start = session.from_alert(inc.doc, inc.fingerprint, inc.runbook, paths, {}, who=me, store=store)
             if start.runbook is None:
                 return {"incident": incident_id, "run": inc.run_id, "status": "resolved before it started"}
-            outcome = session.start(session.RunRequest(
-                runbook=start.runbook, params=start.params, alert=start.alert, env=env, inventory_file=inventory,
-                interactive=False, who=me, store=store, run_id=inc.run_id, pause_after=through,
-                pause_before_writes=True, argv=["runbook", "worker", f"incident {incident_id}"]), ui)
+            outcome = session.start(session.RunRequest(runbook=start.runbook, params=start.params, alert=start.alert,
+                                                       run_id=inc.run_id, **common), ui)
         else:
             summary = audit.summarize(records)
             if summary["finished"] is not None:
                 log.info("run %s is %s; nothing to do", inc.run_id, summary["status"])
                 return {"incident": incident_id, "run": inc.run_id, "status": summary["status"], "again": False}
             log.info("run %s was cut short (a worker died?): going on with it", inc.run_id)
-            outcome = session.resume(session.ResumeRequest(
-                run_id=inc.run_id, interactive=False, who=me, store=store, env=env, inventory_file=inventory,
-                pause_after=through, pause_before_writes=True, argv=["runbook", "worker", f"incident {incident_id}"]),
-                ui)
+            outcome = session.resume(session.ResumeRequest(run_id=inc.run_id, **common), ui)
     except RunbookError as exc:
-        log.warning("run %s: %s", inc.run_id, exc)
-        notify(inc, None, str(exc))
+        _refused(url, store, inc, exc)
         return {"incident": incident_id, "run": inc.run_id, "status": "refused", "error": str(exc)}
     finally:
+        alert_lock.release()
         claim.release()
     log.info("run %s: %s (%s)", outcome.run_id, outcome.status, outcome.message or outcome.note)
-    notify(inc, outcome, None, store=store)
+    if outcome.status != "lock lost":  # whoever took the run over says how it ends
+        notify(inc, outcome, None, store=store)
     return {"incident": incident_id, "run": outcome.run_id, "status": outcome.status, "exit_code": outcome.exit_code}
+
+
+class Busy(RunbookError):
+    """The incident's alert is held by another run: the job is tried again later."""
+
+
+def _resolved(url: str, incident_id: int) -> bool:
+    """Whether the incident's alert resolved (the ledger says so): a worker then runs no write,
+    auto_approve or not; the run pauses for a person instead."""
+    from runbook.team import ledger
+
+    conn = ledger.connect(url)
+    try:
+        inc = ledger.get(conn, incident_id)
+    finally:
+        conn.close()
+    return inc is None or inc.resolved_at is not None
+
+
+def _refused(url: str, store, inc, exc: RunbookError) -> None:
+    """A run the lifecycle refused: said on the page and in #incidents.  When the store itself
+    cannot be reached, the job is tried again instead (raised)."""
+    from runbook.errors import UsageError
+    from runbook.team import ledger
+
+    try:
+        started = store.run_records(inc.run_id)
+    except UsageError:
+        started = []  # refused before anything was recorded (a runbook that does not load, a parameter)
+    except RunbookError:
+        raise exc from None  # the store is down: not a refusal
+    log.warning("run %s: %s", inc.run_id, exc)
+    if not started:
+        conn = ledger.connect(url)
+        try:
+            ledger.mark_refused(conn, inc.id, str(exc))
+        finally:
+            conn.close()
+    notify(inc, None, str(exc))
 
 
 # --- runs left behind by a dead worker -------------------------------------------------------------
