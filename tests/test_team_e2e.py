@@ -355,3 +355,127 @@ def test_an_incident_whose_job_the_broker_lost_is_queued_again_by_a_worker_sweep
     [run] = team.wait_runs(1, timeout=60)
     assert run["run"] == inc.run_id
     conn.close()
+
+
+# --- faults found by the adversarial review -------------------------------------------------------
+
+AUTO_BOOK = """\
+name: diag
+title: Diagnose and restart
+severity: SEV3
+alerts: [DiagAlert]
+stages:
+  diagnose:
+    - id: look
+      shell: "echo look-start >> {marker}; sleep 6; echo look-end >> {marker}"
+      readonly: true
+  mitigate:
+    - id: restart
+      shell: "echo WRITE-RAN >> {marker}"
+      timeout: 10s
+      auto_approve: true
+  verify:
+    - id: check
+      shell: "true"
+      readonly: true
+"""
+
+
+def test_a_postgresql_restart_mid_run_never_lets_two_workers_run_the_write(tmp_path, redis_broker):
+    """The restart ends every session, the advisory locks with them; the sweep hands the run to
+    another worker: the first one must notice its lost lock and stop, so the auto_approve write
+    runs once."""
+    import pgserver
+
+    redis_broker.cli("FLUSHALL")
+    srv = pgserver.start_throwaway()
+    team = Team(tmp_path, srv.url(), f"redis://127.0.0.1:{redis_broker.port}/0")
+    marker = tmp_path / "marker"
+    try:
+        (tmp_path / "playbooks").mkdir()
+        (tmp_path / "playbooks" / "diag.yaml").write_text(AUTO_BOOK.format(marker=marker))
+        team.env["RUNBOOK_WORKER_THROUGH"] = "mitigate"
+        team.serve()
+        team.worker(concurrency=1)
+        team.worker(concurrency=1)
+        assert team.post(payload("fp-restart"))[0] == 200
+        deadline = time.monotonic() + 30
+        while "look-start" not in (marker.read_text() if marker.exists() else ""):
+            assert time.monotonic() < deadline, team.log("worker0") + team.log("worker1")
+            time.sleep(0.1)
+        res = pgserver._run(srv.bindir / "pg_ctl", "restart", "-D", srv.data_dir, "-l", srv.log_file, "-w",
+                            "-t", "30", "-m", "fast", run_as=srv.run_as, cwd=srv.base_dir, timeout=40)
+        assert res.returncode == 0, res.stderr
+        deadline = time.monotonic() + 60
+        while True:
+            runs = team.store().list_runs()
+            if runs and runs[0]["status"] in ("completed", "paused") and runs[0]["finished"]:
+                break
+            assert time.monotonic() < deadline, (runs, marker.read_text(), team.log("worker0"), team.log("worker1"))
+            time.sleep(0.3)
+        # whoever else was going on with it (the sweep handed it over) has had time to finish too
+        time.sleep(10)
+        runs = team.store().list_runs()
+        assert marker.read_text().count("WRITE-RAN") == 1, marker.read_text()
+        recs = team.store().run_records(runs[0]["run"])
+        assert [r["type"] for r in recs].count("run_started") == 1
+        assert [r["type"] for r in recs].count("run_finished") == 1
+        assert team.cli("audit", "verify").returncode == 0
+    finally:
+        team.stop()
+        srv.stop()
+
+
+def test_a_run_refused_before_it_started_is_shown_not_left_waiting(team):
+    (team.tmp / "playbooks" / "diag.yaml").write_text(
+        BOOK.format(slow="", marker=team.tmp / "fixed").replace("pattern: '^[a-z0-9-]+$'", "pattern: '^[0-9]+$'"))
+    team.serve()
+    team.worker()
+    assert team.post(payload("fp-refused"))[0] == 200  # service=api does not match the pattern
+    from runbook.team import ledger
+
+    conn = ledger.connect(team.url)
+    deadline = time.monotonic() + 30
+    while not (inc := ledger.incidents(conn)[0]).refused:
+        assert time.monotonic() < deadline, team.log("worker0")
+        time.sleep(0.2)
+    conn.close()
+    assert "service" in inc.refused
+    page = urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{team.port}/", headers={"Authorization": "Bearer read-token"}), timeout=5).read().decode()
+    assert "the worker could not start it" in page and "waiting for a worker" not in page
+
+
+def test_an_alert_firing_again_during_its_diagnosis_waits_for_it_then_gets_its_own_run(team):
+    team.book(slow="sleep 3; ")
+    team.serve()
+    team.worker()
+    assert team.post(payload("fp-again", starts="2026-12-05T03:00:00Z"))[0] == 200
+    deadline = time.monotonic() + 30
+    while not any(r.get("type") == "step_intent" for r in team.store().records()):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert team.post(payload("fp-again", starts="2026-12-05T03:30:00Z"))[0] == 200  # a new incident
+    runs = team.wait_runs(2, timeout=90)
+    assert len(runs) == 2 and {r["status"] for r in runs} == {"paused"}
+
+
+def test_odd_payloads_get_a_clear_answer(team):
+    team.serve()
+    doc = payload("fp-nul", service="api\u0000x")  # valid JSON, a NUL PostgreSQL's text cannot hold
+    code, body = team.post(doc)
+    assert code == 200, body
+    big = json.dumps(payload("fp-big")).replace('"version": "4"', '"version": "4", "n": ' + "9" * 5000)
+    req = urllib.request.Request(f"http://127.0.0.1:{team.port}/alertmanager", data=big.encode(), method="POST",
+                                 headers={"Authorization": "Bearer hook-token"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 400
+    # a runbook file that does not load may be the one that answers: Alertmanager must retry, not drop
+    (team.tmp / "playbooks" / "broken.yaml").write_text("name: broken\ntitle: [\n")
+    unknown = payload("fp-unknown")
+    unknown["alerts"][0]["labels"]["alertname"] = "NobodyAnswers"
+    code, body = team.post(unknown)
+    assert code == 503 and "broken.yaml" in json.dumps(body), body
+    (team.tmp / "playbooks" / "broken.yaml").unlink()
+    assert team.post(unknown)[0] == 200  # now it is a plain "no runbook"
