@@ -99,8 +99,11 @@ def _step(ex, declared: dict[str, Any]) -> dict[str, Any]:
 
 def _end_message(executions) -> str | None:
     """The message of the end step the run finished at, if it did."""
+    from runbook import steps
+
     last = executions[-1] if executions else None
-    if last is None or (last.intent or {}).get("kind") != "end" or last.result is None:
+    kind = (last.intent or {}).get("kind") if last is not None else None
+    if last is None or last.result is None or kind not in steps.KINDS or not steps.get(kind).ENDS_RUN:
         return None
     return str(last.result.get("output_excerpt") or "").strip() or None
 
