@@ -162,3 +162,40 @@ def test_zsh_and_fish_scripts_ask_the_helper(main, shell, tmp_path):
 def test_completion_needs_a_known_shell(main):
     r = main("completion", "tcsh")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+def test_fish_completes_from_the_helper(tmp_path, shell_env, main):
+    (tmp_path / "runbook.fish").write_text(main("completion", "fish").stdout)
+
+    def c(line: str) -> list[str]:
+        r = subprocess.run(["fish", "-c", f"source runbook.fish; complete -C {line!r}"], cwd=tmp_path, env=shell_env,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return [x.split("\t")[0] for x in r.stdout.splitlines()]
+
+    assert c("runbook ru") == ["run"]
+    assert c("runbook run hi") == ["high-errors", "high-latency"]
+    assert c("runbook run high-errors -p le") == ["level=", "level=low", "level=high"]
+    assert c("runbook run high-errors --start-at ") == ["look", "done"]  # -k: in the runbook's order
+    assert c("runbook run high-errors --env ") == ["prod", "staging"]
+    assert len(c("runbook audit show ")) == 1
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_functions_ask_the_helper_with_the_words_before_the_cursor(tmp_path, shell_env, main):
+    (tmp_path / "_runbook").write_text(main("completion", "zsh").stdout)
+
+    def c(kind: str, *words: str) -> list[str]:
+        script = ("compdef() { : }; source ./_runbook 2>/dev/null; "
+                  "compadd() { while [[ $1 != -- ]]; do shift; done; shift; print -l -- \"$@\"; }; "
+                  f"words=({' '.join(repr(w) for w in words)} ''); CURRENT=${{#words}}; _runbook_complete_{kind}")
+        r = subprocess.run(["zsh", "-f", "-c", script], cwd=tmp_path, env=shell_env, capture_output=True, text=True,
+                           timeout=30)
+        return r.stdout.split()
+
+    assert c("runbooks", "runbook", "run") == ["disk-full", "high-errors", "high-latency"]
+    assert c("params", "runbook", "run", "high-errors", "-p") == ["service=", "level=", "level=low", "level=high",
+                                                                  "dry=", "dry=true", "dry=false"]
+    assert c("steps", "runbook", "run", "high-errors", "--start-at") == ["look", "done"]
+    assert c("envs", "runbook", "run", "-e") == ["prod", "staging"]
