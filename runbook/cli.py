@@ -27,6 +27,7 @@ COMMANDS = {
     "report": "the incident timeline of a run, in Markdown, for the post-mortem",
     "serve": "receive Alertmanager webhooks and show the runs (team mode)",
     "worker": "a Celery worker that diagnoses queued alerts (team mode)",
+    "completion": "print the shell completion script (bash, zsh or fish)",
 }
 
 
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(50_000, 20, 100)
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["__complete"]:  # the completion scripts' helper on Tab: no parser, nothing heavy
+        from runbook.complete import main as complete
+
+        return complete(argv[1:])
     parser = build_parser(_command(argv))  # only the command that runs is imported
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -216,8 +216,13 @@ class Prometheus(HttpEndpoint):
 @dataclass
 class Notifier:
     name: str
-    webhook: Text
+    webhook: Text | None = None  # with routing_key: the Events API URL (None: PagerDuty's)
     channel: str | None = None
+    routing_key: Text | None = None  # a PagerDuty notifier
+
+    @property
+    def pagerduty(self) -> bool:
+        return self.routing_key is not None
 
 
 # -- the schema ---------------------------------------------------------------------
@@ -426,6 +431,7 @@ class Entry(S.Obj):
     when it is set (true or non-empty); ``example`` is YAML for the reference."""
 
     excludes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    needs_one: tuple[str, ...] = ()  # at least one of these keys must be given
     example: str = ""
 
     def json(self) -> dict:
@@ -433,6 +439,8 @@ class Entry(S.Obj):
         rules = [{"if": {"required": [key], "properties": {key: {"not": {"enum": [False, "", None]}}}},
                   "then": {"not": {"anyOf": [{"required": [other]} for other in others]}}}
                  for key, others in self.excludes]
+        if self.needs_one:
+            rules.append({"anyOf": [{"required": [key]} for key in self.needs_one]})
         if rules:
             d["allOf"] = rules
         return d
@@ -564,12 +572,17 @@ DATABASE = Entry(
 )
 NOTIFIER = Entry(
     {
-        "webhook": Text(doc="the incoming-webhook URL (Slack-compatible); a secret: use {env: NAME}"),
+        "webhook": Text(doc="the incoming-webhook URL (Slack-compatible); a secret: use {env: NAME}. With "
+                            "`routing_key`: the Events API v2 URL (default https://events.pagerduty.com/v2/enqueue; "
+                            "https://events.eu.pagerduty.com/v2/enqueue for an EU account)"),
         "channel": Name(doc="the channel name a notify step's `to:` may use instead of the notifier's name"),
+        "routing_key": Text(doc="a PagerDuty service's Events API v2 integration key: the notifier pages through "
+                                "PagerDuty (trigger, acknowledge, resolve); a secret: use {env: NAME}"),
     },
-    required=("webhook",),
-    example='notify:\n  incidents: {webhook: {env: SLACK_WEBHOOK_INCIDENTS}, channel: "#incidents"}',
-    doc="A chat webhook for notify steps",
+    needs_one=("webhook", "routing_key"),
+    example='notify:\n  incidents: {webhook: {env: SLACK_WEBHOOK_INCIDENTS}, channel: "#incidents"}\n'
+            '  pager: {routing_key: {env: PAGERDUTY_ROUTING_KEY}}',
+    doc="A chat webhook, or a PagerDuty service (`routing_key`), for notify steps",
 )
 
 
@@ -597,7 +610,7 @@ INVENTORY = Entry(
                                    "http:\n  api:\n    url: https://api.example.internal\n"
                                    "    headers: {Authorization: {env: API_TOKEN}}\n    timeout: 10"),
                          HttpEndpoint, "HTTP service", doc="HTTP services, by name"),
-        "notify": _section(NOTIFIER, Notifier, "notifier", doc="chat webhooks, by name"),
+        "notify": _section(NOTIFIER, Notifier, "notifier", doc="chat webhooks and PagerDuty services, by name"),
     },
     doc="A runbook inventory: one environment's hosts, groups, clusters, databases and endpoints",
 )
@@ -982,6 +995,8 @@ class _Loader:
             for key in schema.required:
                 if entry.get(key) is None:
                     self.error(entry.pos, f"{where}: missing required key '{key}'")
+            if schema.needs_one and all(entry.get(key) is None for key in schema.needs_one):
+                self.error(entry.pos, f"{where}: needs one of the keys {' or '.join(repr(k) for k in schema.needs_one)}")
             for key, others in schema.excludes:  # settings that exclude each other
                 if raw.fields.get(key):
                     for other in others:

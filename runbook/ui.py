@@ -207,6 +207,7 @@ class ConsoleUI:
         self.clock_label = "since the start"
         self._streamed = False
         self._sink = None
+        self._hosts = None  # a fan-out's live progress bar (guided mode), while its step runs
         self.rb = None  # the runbook, known from run_started: details say which step verifies a write
 
     def _r(self, text, one_line: bool = False) -> str:
@@ -487,7 +488,47 @@ class ConsoleUI:
     def retrying(self, step, result, attempt: int, delay: float) -> None:
         self.c.print(f"  [yellow]attempt {attempt} {result.status}[/]: {self._r(result.error or '')}; retrying in {delay:g}s")
 
+    def host_finished(self, step, host: str, result: dict, done: int, total: int) -> None:
+        """One host of a step on several hosts has answered (called from the step's worker
+        threads): plain output prints a line for it; guided mode moves a progress bar of the
+        hosts done and failed, gone when the step's summary is shown."""
+        import threading
+
+        status = str(result.get("status"))
+        lock = self.__dict__.setdefault("_hosts_lock", threading.Lock())
+        with lock:
+            if self.fancy:
+                self._host_bar(host, status, done, total)
+                return
+            code = result.get("exit_code")
+            extra = f" · exit {code}" if code is not None else ""
+            err = result.get("error") if status != "ok" else None
+            extra += f" · {self._r(err, one_line=True)}" if err else ""
+            style = STATUS_STYLE.get(status, "white")
+            self.c.print(f"  [dim]host {done}/{total}[/] [bold]{self._r(host, one_line=True)}[/] [{style}]{status}[/]"
+                         f"{extra} [dim]{float(result.get('duration') or 0):.2f}s[/]", soft_wrap=True, highlight=False)
+
+    def _host_bar(self, host: str, status: str, done: int, total: int) -> None:
+        if self._hosts is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            bar = Progress(TextColumn("  hosts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           TextColumn("{task.description}"), console=self.c, transient=True)
+            self._hosts = {"bar": bar, "task": bar.add_task("", total=total), "failed": 0}
+            bar.start()
+        h = self._hosts
+        h["failed"] += status != "ok"
+        failed = f"[red]{h['failed']} failed[/] · " if h["failed"] else ""
+        h["bar"].update(h["task"], completed=done,
+                        description=f"{failed}{total - done} running · last {self._r(host, one_line=True)} {status}")
+
+    def _end_host_bar(self) -> None:
+        if self._hosts is not None:
+            self._hosts["bar"].stop()
+            self._hosts = None
+
     def step_finished(self, step, result) -> None:
+        self._end_host_bar()
         if self._sink is not None:
             self._sink("stdout", None)  # a last line without a newline
             self._sink = None
@@ -504,6 +545,7 @@ class ConsoleUI:
                                                   for k, v in result.outputs.items()))
 
     def run_finished(self, status: str, code: int, message: str) -> None:
+        self._end_host_bar()  # a step cut short (Ctrl-C) has no summary
         style = "green" if code == 0 else ("yellow" if code == 3 else "red")
         tail = f": {self._r(message)}" if message else ""
         self.c.print(f"\n[{style}]■ run {status}[/] (exit {code}){tail}  [dim]{self._elapsed()}[/]")
@@ -569,4 +611,6 @@ class UI(Protocol):
     def polling(self, step, result, attempt: int, observed: str | None = None) -> None: ...  # observed: what the check read
     def retrying(self, step, result, attempt: int, delay: float) -> None: ...
     def step_finished(self, step, result) -> None: ...
+    # optional: one host of a fan-out answered (from the step's threads): def host_finished(self, step,
+    # host: str, result: dict, done: int, total: int) -> None
     def run_finished(self, status: str, code: int, message: str) -> None: ...

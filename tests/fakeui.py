@@ -106,6 +106,9 @@ class FakeUI:
     def step_finished(self, step, result):
         self._log("step_finished", step.id, result.status)
 
+    def host_finished(self, step, host, result, done, total):
+        self._log("host_finished", step.id, host, result.get("status"), done, total)
+
     def run_finished(self, status, code, message):
         self.finished = (status, code, message)
         self._log("run_finished", status, code)

@@ -43,6 +43,44 @@ from pathlib import Path
 import pytest
 
 
+_PD_TOP = {"routing_key", "event_action", "dedup_key", "payload", "client", "client_url", "links", "images"}
+_PD_PAYLOAD = {"summary", "source", "severity", "timestamp", "component", "group", "class", "custom_details"}
+
+
+def pagerduty_errors(event) -> list[str]:
+    """What PagerDuty's Events API v2 would refuse in ``event`` (developer.pagerduty.com: Send an Alert Event)."""
+    if not isinstance(event, dict):
+        return ["the event must be a JSON object"]
+    errors = [f"unknown field '{k}'" for k in event if k not in _PD_TOP]
+    key = event.get("routing_key")
+    if not isinstance(key, str) or len(key) != 32:
+        errors.append("'routing_key' must be a 32-character integration key")
+    action = event.get("event_action")
+    if action not in ("trigger", "acknowledge", "resolve"):
+        errors.append("'event_action' must be trigger, acknowledge or resolve")
+    dedup = event.get("dedup_key")
+    if dedup is not None and (not isinstance(dedup, str) or not dedup or len(dedup) > 255):
+        errors.append("'dedup_key' must be a string of 1 to 255 characters")
+    if action in ("acknowledge", "resolve") and dedup is None:
+        errors.append(f"'dedup_key' is required to {action}")
+    if action == "trigger":
+        body = event.get("payload")
+        if not isinstance(body, dict):
+            errors.append("'payload' is required to trigger")
+        else:
+            errors += [f"unknown field 'payload.{k}'" for k in body if k not in _PD_PAYLOAD]
+            for k in ("summary", "source"):
+                if not isinstance(body.get(k), str) or not body[k]:
+                    errors.append(f"'payload.{k}' is required")
+            if len(str(body.get("summary", ""))) > 1024:
+                errors.append("'payload.summary' is longer than 1024 characters")
+            if body.get("severity") not in ("critical", "error", "warning", "info"):
+                errors.append("'payload.severity' must be critical, error, warning or info")
+            if "custom_details" in body and not isinstance(body["custom_details"], dict):
+                errors.append("'payload.custom_details' must be an object")
+    return errors
+
+
 class WebServer:
     def __init__(self, tls_dir: Path | None = None) -> None:
         self.requests: list[dict] = []
@@ -118,6 +156,20 @@ class WebServer:
                     if n <= int(q.get("n", ["2"])[0]):
                         return self._reply(503, {"status": "starting", "calls": n})
                     return self._reply(200, {"status": "ok", "calls": n})
+                if p == "/pagerduty/v2/enqueue":  # checks what PagerDuty's Events API v2 checks
+                    try:
+                        payload = json.loads(body or b"null")
+                    except ValueError:
+                        return self._reply(400, {"status": "invalid event", "errors": ["not JSON"]})
+                    errors = pagerduty_errors(payload)
+                    with owner.lock:
+                        owner.hooks.append({"path": p, "payload": payload, "headers": record["headers"],
+                                            "errors": errors})
+                    if errors:
+                        return self._reply(400, {"status": "invalid event", "message": "Event object is invalid",
+                                                 "errors": errors})
+                    return self._reply(202, {"status": "success", "message": "Event processed",
+                                             "dedup_key": payload.get("dedup_key")})
                 if p.startswith("/hook/") or p.startswith("/hook-fail/"):
                     try:
                         payload = json.loads(body or b"null")

@@ -43,7 +43,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--limit", type=int, default=20, metavar="N", help="show at most N runs (default: 20; 0 for all)")
     p.set_defaults(audit_func=_list)
 
-    p = actions.add_parser("show", parents=[common, fmt], help="the records of one run")
+    p = actions.add_parser("show", parents=[common], help="the records of one run")
+    p.add_argument("--format", choices=("text", "json", "result"), default="text",
+                   help="text, json (the raw records) or result (the run's result document, as `runbook run "
+                        "--format json` prints it; `runbook schema --result` is its schema) (default: text)")
     p.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
     p.set_defaults(audit_func=_show)
 
@@ -157,6 +160,11 @@ def _show(args: argparse.Namespace) -> int:
     records = _store(args).run_records(args.run_id)
     if args.format == "json":
         _print_json(records)
+        return 0
+    if args.format == "result":
+        from runbook.result import build
+
+        _print_json(build(records))
         return 0
     summary = audit.summarize(records)
     mode = "dry-run" if summary["dry_run"] else "live"

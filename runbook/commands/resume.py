@@ -28,6 +28,9 @@ def register(sub) -> None:
                    help="with --mark-done: an output of the step in doubt that later steps read (repeatable)")
     p.add_argument("--force", action="store_true",
                    help="resume although the runbook changed since the run started (or another run holds its alert)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="json: the run's result from its audit log as one JSON document on standard output at the "
+                        "end (progress goes to standard error; `runbook schema --result` is its schema)")
     add_path(p)
     add_inventory(p)
     p.set_defaults(func=run)
@@ -44,7 +47,14 @@ def run(args) -> int:
         rerun=args.rerun, outputs=session.parse_outputs(parse_pairs(args.output, "--output")), force=args.force,
         inventory_file=args.inventory, env=args.env, interactive=ui.is_interactive(), argv=sys.argv[1:],
         path=[Path(args.path)] if args.path else None)
-    out = session.resume(req, ui.ConsoleUI())
+    console = ui.ConsoleUI()
+    if args.format == "json":
+        console.c = ui.err()  # standard output carries only the result document
+    out = session.resume(req, console)
     if out.note:
-        print(out.note)
+        print(out.note, file=sys.stderr if args.format == "json" else sys.stdout)
+    if args.format == "json":
+        from runbook.commands.run import print_result
+
+        print_result(out.run_id)
     return out.exit_code

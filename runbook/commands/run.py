@@ -28,7 +28,10 @@ def register(sub) -> None:
                    help="ask before every step, read steps included (run, skip, continue, abort)")
     p.add_argument("--start-at", metavar="STEP", help="start at this step (the steps before it are not run)")
     p.add_argument("--stage", choices=("diagnose", "mitigate", "verify"), help="run this stage only")
-    p.add_argument("--format", choices=("text", "json"), default="text", help="output of --dry-run")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="json: the plan (--dry-run) or, for a live run, the run's result from its audit log as one "
+                        "JSON document on standard output at the end (progress goes to standard error; "
+                        "`runbook schema --result` is its schema)")
     add_inventory(p)
     add_path(p)
     p.set_defaults(func=run)
@@ -44,6 +47,8 @@ def run(args) -> int:
     given = parse_pairs(args.param, "-p")
     the_alert = None
     console = ui.ConsoleUI()
+    if args.format == "json" and not args.dry_run:
+        console.c = ui.err()  # standard output carries only the result document
     if args.alert:
         from runbook import alert
 
@@ -67,6 +72,8 @@ def run(args) -> int:
         interactive=ui.is_interactive(), argv=sys.argv[1:])
     out = session.start(req, console)
     if not args.dry_run:
+        if args.format == "json":
+            print_result(out.run_id)
         return out.exit_code
     if args.format == "json":
         doc = {"runbook": rb.name, "title": rb.title, "path": rb.path, "run_id": out.run_id, "dry_run": True,
@@ -76,3 +83,18 @@ def run(args) -> int:
     else:
         ui.print_plan(rb, out.plan, out.params_shown, out.redactor, out.inventory, examples=out.examples)
     return out.exit_code
+
+
+def print_result(run_id: str | None) -> None:
+    """The run's result document (runbook/result.py), read back from the audit log."""
+    import json
+    import sys
+
+    from runbook import result
+    from runbook.store import open_store
+
+    if not run_id:  # nothing was recorded (the run was refused before it started)
+        return
+    doc = result.build(open_store().run_records(run_id))
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()

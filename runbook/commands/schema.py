@@ -11,6 +11,9 @@ def register(sub) -> None:
                        "inventory.schema.json`).")
     p.add_argument("--inventory", action="store_true",
                    help="the inventory format instead of the runbook format")
+    p.add_argument("--result", action="store_true",
+                   help="the JSON Schema of a run's result (runbook run/resume --format json, "
+                        "runbook audit show --format result) instead")
     p.add_argument("--markdown", action="store_true",
                    help="print the format's reference in Markdown instead (docs/reference.md and, "
                         "with --inventory, docs/inventory.md are made with this)")
@@ -20,6 +23,15 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
 
+    if args.result:
+        if args.inventory or args.markdown:
+            from runbook.errors import UsageError
+
+            raise UsageError("--result goes alone (it has no Markdown reference)")
+        from runbook.result import json_schema
+
+        print(json.dumps(json_schema(), indent=2))
+        return 0
     if args.markdown:
         from runbook.docs import inventory_markdown, reference_markdown
 

@@ -34,6 +34,23 @@
   ``required: true`` the step fails instead (then ``on_failure`` applies).
   A missing webhook secret is treated the same way, and so is a notifier
   missing from the inventory in a live run (``--dry-run`` reports it).
+* PagerDuty: a notifier with a ``routing_key`` (an Events API v2 integration
+  key, a secret) pages instead of posting a message:
+
+      - id: page
+        notify: {to: pager, event: escalation, message: "5xx above {{ params.threshold }}", severity: critical}
+      - id: unpage
+        notify: {to: pager, page: resolve}
+
+  ``page``: ``trigger``, ``acknowledge`` or ``resolve`` (default: resolve for
+  ``event: resolved``, else trigger); ``dedup_key`` (a template; default the
+  run id) ties the trigger to its acknowledge and resolve; ``severity``:
+  critical, error (default), warning or info.  A trigger sends
+  ``{routing_key, event_action, dedup_key, payload: {summary, source, severity,
+  custom_details}, client}``; acknowledge and resolve send ``{routing_key,
+  event_action, dedup_key}``.  The routing key is added when the request is
+  sent: it is never shown, planned or logged.  ``message`` is optional for
+  acknowledge and resolve.
 * ``--dry-run`` shows the payload and sends nothing; ``--server-dry-run``
   does not send either (its read steps run, but nobody should be paged by
   a rehearsal).
@@ -53,6 +70,9 @@ from runbook.steps import _web as W
 
 EVENTS = {"started": "*STARTED*", "update": "*UPDATE*", "failed": "*FAILED*", "escalation": "*ESCALATION*",
           "resolved": "*RESOLVED*"}
+PAGE_ACTIONS = ("trigger", "acknowledge", "resolve")
+PAGE_SEVERITIES = ("critical", "error", "warning", "info")
+PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 SCHEMA = S.Obj(
     {
         "to": S.Str(doc="an inventory notify entry, or its channel (#…)"),
@@ -61,8 +81,12 @@ SCHEMA = S.Obj(
         "format": S.Str(enum=("slack", "json"), doc="slack: {text, channel} (default); json: a structured object"),
         "required": S.Bool(doc="a failed post fails the step (default: a warning only)"),
         "timeout": S.Duration(positive=True, doc="limit of the request (default 5s)"),
+        "page": S.Str(enum=PAGE_ACTIONS, doc="PagerDuty notifiers: trigger, acknowledge or resolve (default: resolve "
+                                             "for event resolved, else trigger)"),
+        "dedup_key": S.Str(doc="PagerDuty notifiers: the incident's key, a template (default: the run id)"),
+        "severity": S.Str(enum=PAGE_SEVERITIES, doc="PagerDuty notifiers: critical, error (default), warning or info"),
     },
-    required=("to", "message"),
+    required=("to",),
     doc="Post a message to a chat or webhook",
 )
 DEFAULT_READONLY = True
@@ -77,7 +101,7 @@ def normalize(value) -> dict:
 
 
 def templates(body: dict) -> list[tuple[str, str, str]]:
-    return [("to", body["to"], "text"), ("message", body["message"], "text")]
+    return [(k, body[k], "text") for k in ("to", "message", "dedup_key") if k in body]
 
 
 def edges(body: dict) -> list[tuple[str, str]]:
@@ -90,6 +114,10 @@ def inventory_targets(body: dict) -> list[tuple[str, str, str]]:
 
 
 def static_problems(step) -> list[tuple[str, str, str]]:
+    body = step.body
+    if "message" not in body and body.get("page", "trigger" if body.get("event") != "resolved" else "resolve") == "trigger":
+        return [("message", "missing required key 'message' (only a PagerDuty acknowledge or resolve goes "
+                            "without one)", "schema")]
     return []
 
 
@@ -123,7 +151,14 @@ def action(step, r) -> Action:
                       detail={"missing": str(exc), "notifier": to, "channel": None, "payload": None, "required": False})
     event = body.get("event", "update")
     run = r.context.get("run") or {}
-    message = r.text(body["message"]).strip()
+    message = r.text(body["message"]).strip() if "message" in body else ""
+    if getattr(notifier, "pagerduty", False):
+        return _page_action(body, r, notifier, event, message, run)
+    if not message:
+        raise RunbookError(f"notifier '{notifier.name}' posts messages: the step needs a message")
+    if any(k in body for k in ("page", "dedup_key", "severity")):
+        raise RunbookError(f"page, dedup_key and severity are for PagerDuty notifiers; '{notifier.name}' has no "
+                           "routing_key")
     footer = f"runbook {run.get('runbook', '?')}, run {run.get('id', '?')}"
     text = f"{EVENTS[event]} {message}\n_{footer}_"
     fmt = body.get("format", "slack")
@@ -140,6 +175,32 @@ def action(step, r) -> Action:
     return Action(summary=f"POST to notifier {where}: {shown}", targets=[where],
                   detail={"notifier": notifier.name, "channel": notifier.channel, "payload": payload,
                           "required": bool(body.get("required", False)), "timeout": timeout, "format": fmt})
+
+
+def _page_action(body: dict, r, notifier, event: str, message: str, run: dict) -> Action:
+    """A PagerDuty Events API v2 event; the routing key is added only when it is sent."""
+    page = body.get("page") or ("resolve" if event == "resolved" else "trigger")
+    dedup_key = r.text(body["dedup_key"]).strip() if body.get("dedup_key") else str(run.get("id") or "")
+    if not dedup_key:
+        raise RunbookError("the PagerDuty dedup_key is empty")
+    payload: dict[str, Any] = {"event_action": page, "dedup_key": dedup_key[:255]}
+    if page == "trigger":
+        if not message:
+            raise RunbookError("a PagerDuty trigger needs a message (its summary)")
+        summary = f"{message} (runbook {run.get('runbook', '?')}, run {run.get('id', '?')})"
+        payload["payload"] = {
+            "summary": summary[:1024], "source": f"runbook {run.get('runbook', '?')}",
+            "severity": body.get("severity", "error"),
+            "custom_details": {"event": event, "message": message, "runbook": run.get("runbook"),
+                               "run_id": run.get("id"), "dry_run": bool(run.get("dry_run"))},
+        }
+        payload["client"] = "runbook"
+    timeout = S.parse_duration(body["timeout"]) if "timeout" in body else DEFAULT_TIMEOUT
+    where = f"{notifier.name} (PagerDuty)"
+    shown = json.dumps(payload, ensure_ascii=False)
+    return Action(summary=f"{page} PagerDuty incident via notifier {notifier.name}: {shown}", targets=[where],
+                  detail={"notifier": notifier.name, "channel": None, "payload": payload, "pagerduty": True,
+                          "required": bool(body.get("required", False)), "timeout": timeout, "format": "pagerduty"})
 
 
 def details(action: Action) -> list[tuple[str, str]]:
@@ -168,15 +229,23 @@ def run(step, act: Action, ctx) -> StepResult:
     if ctx.server_dry_run:
         return StepResult("ok", stdout=f"not sent to {d['notifier']} (--server-dry-run)\n", data=data,
                           duration=time.monotonic() - started)
+    payload = d["payload"]
     try:
         notifier = ctx.inventory.lookup("notify", d["notifier"])
-        url = str(ctx.reveal(notifier.webhook))
-        ctx.redactor.add(url)  # before any check: an error must not show it
+        if d.get("pagerduty"):
+            key = str(ctx.reveal(notifier.routing_key))
+            ctx.redactor.add(key)  # a routing key pages whoever holds it: never in output or the log
+            payload = {"routing_key": key, **payload}
+            url = str(ctx.reveal(notifier.webhook)) if notifier.webhook is not None else PAGERDUTY_URL
+        else:
+            url = str(ctx.reveal(notifier.webhook))
+            ctx.redactor.add(url)  # before any check: an error must not show it
         W.check_url(url, shown="(the webhook URL, not shown)")
     except RunbookError as exc:
-        return not_sent(f"webhook of notifier '{d['notifier']}': {exc}")
-    ctx.redactor.add(url)  # a webhook URL is a credential: never in output or the log
-    body = json.dumps(d["payload"]).encode()
+        return not_sent(f"{'routing key or URL' if d.get('pagerduty') else 'webhook'} of notifier '{d['notifier']}': {exc}")
+    if not d.get("pagerduty"):
+        ctx.redactor.add(url)  # a webhook URL is a credential: never in output or the log
+    body = json.dumps(payload).encode()
     try:
         resp = W.send(ctx, "POST", url, headers={"Content-Type": "application/json"}, body=body, timeout=d["timeout"])
     except W.HttpError as exc:
@@ -186,5 +255,9 @@ def run(step, act: Action, ctx) -> StepResult:
         excerpt = W.one_line(W.decode_body(resp["body"]), 80)
         return not_sent(f"the webhook answered {resp['status']} {resp['reason']}" + (f": {excerpt}" if excerpt else ""))
     data["sent"] = True
+    if d.get("pagerduty"):
+        return StepResult("ok", stdout=f"PagerDuty {d['payload']['event_action']} sent through {d['notifier']} "
+                                       f"(dedup_key {d['payload']['dedup_key']})\n",
+                          data=data, duration=time.monotonic() - started)
     where = d["notifier"] + (f" ({d['channel']})" if d["channel"] else "")
     return StepResult("ok", stdout=f"sent to {where}\n", data=data, duration=time.monotonic() - started)

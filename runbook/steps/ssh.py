@@ -32,6 +32,8 @@
   its timeout will have ended it (``step_process``: ``hosts``, ``deadline``).
 * Secrets never travel in the remote command line: they are written to the
   command's standard input and read into environment variables there.
+* Progress: on several hosts, the UI hears of each host as it answers
+  (``host_finished``): a line per host in plain output, a progress bar in guided mode.
 * Per-host results: ``steps.ID.hosts["api-1"].stdout`` / ``.exit_code`` /
   ``.status`` / ``.duration``, plus ``ok``/``failed`` counts and
   ``failed_hosts``.  Any failed host fails the step (``on_failure`` applies).
@@ -811,8 +813,30 @@ def run(step, act: Action, ctx) -> StepResult:
         ctx.event("step_process", step=step.id, hosts=names, deadline=until)
 
     announce = _GroupCommit(write_ahead)
+    # live progress: the UI hears of each host as it answers (a fan-out of 50 shows more than the slowest)
+    progress = getattr(ctx.ui, "host_finished", None) if len(hosts) > 1 else None
+    answered = [len(done)]
+    answered_lock = threading.Lock()
+
+    def tell(name: str) -> None:
+        if progress is None:
+            return
+        with answered_lock:
+            answered[0] += 1
+            n = answered[0]
+        try:
+            progress(step, name, results[name], n, len(hosts))
+        except Exception:  # noqa: BLE001 - a display problem must not fail the host's result
+            pass
 
     def one(target: dict) -> None:
+        try:
+            _one(target)
+        finally:
+            if target["name"] in results:
+                tell(target["name"])
+
+    def _one(target: dict) -> None:
         name = target["name"]
         began = time.monotonic()
         if fail_fast.is_set() or interrupted.is_set():

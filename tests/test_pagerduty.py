@@ -1,0 +1,120 @@
+"""The notify step paging through PagerDuty's Events API v2, against a local receiver that
+checks the events as PagerDuty does (tests/webservers.py: pagerduty_errors)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import book
+from runbook import audit
+
+ROUTING_KEY = "R0ut1ngKeyF0rTest5ab12cd34ef56gh"  # 32 characters, as PagerDuty's are
+
+
+def _inv(write, extra: str = "") -> str:
+    return str(write("inv.yaml", "notify:\n"
+                                 "  pager: {routing_key: {env: PD_KEY}, webhook: {env: PD_URL}}\n"
+                                 "  chat: {webhook: {env: PD_URL}}\n" + extra))
+
+
+def _env(web) -> dict:
+    return {"PD_KEY": ROUTING_KEY, "PD_URL": f"{web.url}/pagerduty/v2/enqueue"}
+
+
+PAGES = """
+  diagnose:
+    - id: page
+      notify: {to: pager, event: escalation, message: "5xx on {{ params.service }}", severity: critical}
+    - id: ack
+      notify: {to: pager, page: acknowledge}
+    - id: check
+      choose:
+        - when: "steps.page.sent and steps.page.status_code == 202 and steps.ack.sent"
+          goto: all-clear
+    - id: bad
+      end: {status: failed, message: "not paged"}
+  verify:
+    - id: all-clear
+      notify: {to: pager, event: resolved, message: "back to normal"}
+    - id: done
+      end: ok
+"""
+
+
+def test_trigger_acknowledge_and_resolve_events(write, main, web, audit_dir):
+    p = book(write, PAGES, head="params:\n  service: {default: api}\n")
+    r = main("run", p, "--inventory", _inv(write), env=_env(web))
+    assert r.returncode == 0, r.stdout + r.stderr
+    run_id = next(x["run"] for x in audit.read_records(audit_dir / "audit.jsonl") if x["type"] == "run_started")
+    assert [h["errors"] for h in web.hooks] == [[], [], []]  # PagerDuty would accept every one
+    trigger, ack, resolve = (h["payload"] for h in web.hooks)
+    assert trigger == {
+        "routing_key": ROUTING_KEY, "event_action": "trigger", "dedup_key": run_id, "client": "runbook",
+        "payload": {"summary": f"5xx on api (runbook t, run {run_id})", "source": "runbook t", "severity": "critical",
+                    "custom_details": {"event": "escalation", "message": "5xx on api", "runbook": "t",
+                                       "run_id": run_id, "dry_run": False}},
+    }
+    assert ack == {"routing_key": ROUTING_KEY, "event_action": "acknowledge", "dedup_key": run_id}
+    assert resolve == {"routing_key": ROUTING_KEY, "event_action": "resolve", "dedup_key": run_id}
+    assert all(h["headers"]["Content-Type"] == "application/json" for h in web.hooks)
+    # the routing key is a secret: never in the output or the log
+    assert ROUTING_KEY not in r.stdout + r.stderr
+    assert ROUTING_KEY not in (audit_dir / "audit.jsonl").read_text()
+    assert f"PagerDuty trigger sent through pager (dedup_key {run_id})" in r.stdout
+
+
+def test_dedup_key_template_and_a_refused_event(write, main, web):
+    p = book(write, """
+  diagnose:
+    - id: page
+      notify: {to: pager, message: "disk full", dedup_key: "disk-{{ params.host }}", required: true}
+    - id: done
+      end: ok
+""", head="params:\n  host: {default: db-1}\n")
+    r = main("run", p, "--inventory", _inv(write), env=_env(web))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert web.hooks[0]["payload"]["dedup_key"] == "disk-db-1" and web.hooks[0]["payload"]["payload"]["severity"] == "error"
+    web.reset()
+    r = main("run", p, "--inventory", _inv(write), env={**_env(web), "PD_KEY": "too-short"})
+    assert r.returncode != 0 and "400" in r.stdout and "too-short" not in r.stdout
+
+
+def test_never_sent_in_dry_run_and_the_key_is_not_planned(write, main, web):
+    p = book(write, PAGES, head="params:\n  service: {default: api}\n")
+    r = main("run", p, "--inventory", _inv(write), "--dry-run", "--format", "json", env=_env(web))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert web.hooks == [] and ROUTING_KEY not in r.stdout
+    plan = {s["id"]: s for s in json.loads(r.stdout)["steps"]}
+    assert "trigger PagerDuty incident via notifier pager" in json.dumps(plan["page"])
+
+
+def test_pagerduty_keys_need_a_pagerduty_notifier_and_a_trigger_needs_a_message(write, main, web):
+    p = book(write, """
+  diagnose:
+    - id: page
+      notify: {to: chat, message: "x", page: trigger, required: true}
+""")
+    r = main("run", p, "--inventory", _inv(write), env=_env(web))
+    assert r.returncode != 0 and "for PagerDuty notifiers" in r.stdout + r.stderr
+    assert web.hooks == []
+    p = book(write, """
+  diagnose:
+    - id: page
+      notify: {to: pager}
+""")
+    r = main("validate", p)
+    assert r.returncode != 0 and "missing required key 'message'" in r.stdout + r.stderr
+
+
+def test_inventory_notifier_needs_a_webhook_or_a_routing_key(write):
+    import jsonschema
+
+    from runbook.inventory import check_inventory, json_schema
+
+    inventory, problems = check_inventory(write("inv.yaml", "notify:\n  nothing: {channel: '#x'}\n"))
+    assert inventory is None
+    assert [p.message for p in problems] == ["notify.nothing: needs one of the keys 'webhook' or 'routing_key'"]
+    schema = json_schema()  # editors see the same rule
+    with __import__("pytest").raises(jsonschema.ValidationError):
+        jsonschema.validate({"notify": {"nothing": {"channel": "#x"}}}, schema)
+    jsonschema.validate({"notify": {"pager": {"routing_key": {"env": "PD_KEY"}}}}, schema)
