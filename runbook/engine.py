@@ -157,6 +157,7 @@ class Options:
     # called before every step: raises errors.LockLost when the run's locks were lost (a
     # PostgreSQL session that ended), so that the run never goes on beside whoever took them
     fence: Any = None
+    fingerprint: str | None = None  # the alert the run answers (run.fingerprint: PagerDuty's dedup_key by default)
     # a team worker: whether an auto_approve step may run now (False when its alert resolved)
     auto_ok: Any = None
 
@@ -245,7 +246,8 @@ class Engine:
             "steps": self.steps_ctx,
             "inventory": inventory.template_context() if inventory is not None else _NoInventory(),
             "env": {k: os.environ.get(k, "") for k in rb.env_allow},
-            "run": {"id": run_id, "dry_run": self.options.dry_run, "runbook": rb.name},
+            "run": {"id": run_id, "dry_run": self.options.dry_run, "runbook": rb.name,
+                    "fingerprint": self.options.fingerprint},
         }
         self.step_ctx = StepContext(run_id, self.context, self.options.interactive, ui, self.options.answers,
                                     inventory, self.redactor, journal=journal,

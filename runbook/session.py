@@ -567,6 +567,7 @@ def start(req: RunRequest, ui) -> Outcome:
                           interactive=req.interactive, answers=dict(req.answers), who=who, step_mode=req.step_mode,
                           start_at=req.start_at, stage=req.stage, pause_after=req.pause_after,
                           pause_before_writes=req.pause_before_writes, auto_ok=req.auto_ok,
+                          fingerprint=the_alert.fingerprint if the_alert else None,
                           clock_from=incident_start(the_alert) or time.time())
         outcome = Outcome(run_id, "failed", EXIT_FAILED, params_shown=shown, redactor=redactor, inventory=inventory,
                           examples=list(examples))
@@ -813,6 +814,7 @@ def resume(req: ResumeRequest, ui) -> Outcome:
                           step_mode=bool(started.get("step_mode")) and req.interactive,
                           pause_after=req.pause_after, pause_before_writes=req.pause_before_writes,
                           auto_ok=req.auto_ok, fence=fence(locks, req.fence),
+                          fingerprint=the_alert.fingerprint if the_alert else None,
                           clock_from=_clock_from(started, the_alert))
         engine = Engine(rb, params, inventory=inventory, ui=ui, journal=journal, options=options, run_id=run_id,
                         redactor=redactor)

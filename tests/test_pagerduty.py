@@ -118,3 +118,16 @@ def test_inventory_notifier_needs_a_webhook_or_a_routing_key(write):
     with __import__("pytest").raises(jsonschema.ValidationError):
         jsonschema.validate({"notify": {"nothing": {"channel": "#x"}}}, schema)
     jsonschema.validate({"notify": {"pager": {"routing_key": {"env": "PD_KEY"}}}}, schema)
+
+
+def test_a_run_started_from_an_alert_pages_with_the_alerts_fingerprint(write, main, web, tmp_path):
+    """One PagerDuty incident per alert, whichever run (or rerun) pages about it."""
+    p = book(write, PAGES, head="params:\n  service: {default: api}\n")
+    doc = {"version": "4", "alerts": [{"status": "firing", "labels": {"alertname": "Errors"}, "annotations": {},
+                                       "startsAt": "2026-12-05T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                                       "fingerprint": "4f1c2a9b7d3e5f60"}]}
+    alert = tmp_path / "alert.json"
+    alert.write_text(json.dumps(doc))
+    r = main("run", p, "--alert", str(alert), "--inventory", _inv(write), env=_env(web))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [h["payload"]["dedup_key"] for h in web.hooks] == ["4f1c2a9b7d3e5f60"] * 3

@@ -44,7 +44,7 @@
 
   ``page``: ``trigger``, ``acknowledge`` or ``resolve`` (default: resolve for
   ``event: resolved``, else trigger); ``dedup_key`` (a template; default the
-  run id) ties the trigger to its acknowledge and resolve; ``severity``:
+  fingerprint of the alert the run answers, else the run id) ties the trigger to its acknowledge and resolve; ``severity``:
   critical, error (default), warning or info.  A trigger sends
   ``{routing_key, event_action, dedup_key, payload: {summary, source, severity,
   custom_details}, client}``; acknowledge and resolve send ``{routing_key,
@@ -83,7 +83,8 @@ SCHEMA = S.Obj(
         "timeout": S.Duration(positive=True, doc="limit of the request (default 5s)"),
         "page": S.Str(enum=PAGE_ACTIONS, doc="PagerDuty notifiers: trigger, acknowledge or resolve (default: resolve "
                                              "for event resolved, else trigger)"),
-        "dedup_key": S.Str(doc="PagerDuty notifiers: the incident's key, a template (default: the run id)"),
+        "dedup_key": S.Str(doc="PagerDuty notifiers: the incident's key, a template (default: the alert's "
+                                "fingerprint, else the run id)"),
         "severity": S.Str(enum=PAGE_SEVERITIES, doc="PagerDuty notifiers: critical, error (default), warning or info"),
     },
     required=("to",),
@@ -180,7 +181,9 @@ def action(step, r) -> Action:
 def _page_action(body: dict, r, notifier, event: str, message: str, run: dict) -> Action:
     """A PagerDuty Events API v2 event; the routing key is added only when it is sent."""
     page = body.get("page") or ("resolve" if event == "resolved" else "trigger")
-    dedup_key = r.text(body["dedup_key"]).strip() if body.get("dedup_key") else str(run.get("id") or "")
+    # one PagerDuty incident per alert (its fingerprint), else per run
+    dedup_key = (r.text(body["dedup_key"]).strip() if body.get("dedup_key")
+                 else str(run.get("fingerprint") or run.get("id") or ""))
     if not dedup_key:
         raise RunbookError("the PagerDuty dedup_key is empty")
     payload: dict[str, Any] = {"event_action": page, "dedup_key": dedup_key[:255]}
