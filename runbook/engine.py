@@ -589,6 +589,23 @@ class Engine:
                     self.journal.event("escalation_due", to=to, after=after, elapsed=round(elapsed))
                 if self.ui:
                     self.ui.escalation_due(to, after, elapsed)
+                if (after, to) in self.rb.escalation_page and not self.options.dry_run:
+                    self._page(to, self.rb.escalation_page[(after, to)], elapsed)
+
+    def _page(self, to: str, notifier: str, elapsed: float) -> None:
+        """The runbook's escalation pages ``to`` through a PagerDuty notifier (opt-in: ``page:``)."""
+        from runbook.steps import notify
+
+        message = f"escalation to {to}: {self.rb.title} is not resolved after {int(elapsed // 60)} min"
+        result = notify.page(self.step_ctx, Renderer(self.context, self.redactor, self.inventory), notifier,
+                             message, step_id=f"escalation-{to}")
+        sent = bool(result.data.get("sent"))
+        if self.journal:
+            self.journal.event("escalation_paged", to=to, notifier=notifier, sent=sent,
+                               **({"error": result.error} if result.error else {}))
+        if self.ui:
+            self.ui.notice(f"escalation: {'paged' if sent else 'could not page'} {to} through {notifier}"
+                           + (f" ({result.error})" if result.error else ""))
 
     def _resolve_secrets(self, act: Action) -> None:
         """Read lazy secrets (inventory {env:…}/{file:…}) only now that the step runs."""

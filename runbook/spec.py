@@ -167,7 +167,10 @@ def document_schema() -> S.Obj:
                 "escalation": S.List(
                     S.Obj({"after": S.Duration(positive=True, doc="time since the alert fired (else since the start)"),
                            "to": S.Str(doc="who: a role, a rota or a person"),
-                           "how": S.Str(doc="how to reach them")},
+                           "how": S.Str(doc="how to reach them"),
+                           "page": S.Str(doc="page them through this inventory notifier (a PagerDuty routing_key) "
+                                             "when the time passes in a live run: opt-in, recorded, never in a "
+                                             "dry-run")},
                           required=("after", "to"), doc="An escalation level"),
                     doc="who to escalate to as the incident clock passes each time (e.g. secondary after 15m)"),
                 "example_params": S.MapOf(S.AnyValue(), key_pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
@@ -313,6 +316,7 @@ class Runbook:
     params_from_labels: dict[str, Any] = field(default_factory=dict)  # label name, or a form mapping
     example_params: dict[str, Any] = field(default_factory=dict)
     escalation: list[tuple[float, str, str]] = field(default_factory=list)  # (seconds, to, how)
+    escalation_page: dict = field(default_factory=dict)  # (seconds, to) -> the notifier that pages them
     owner: str | None = None
     env_allow: list[str] = field(default_factory=list)
     params: dict[str, Param] = field(default_factory=dict)
@@ -361,6 +365,8 @@ def _build(data: Map, path: str, sha: str) -> Runbook:
         params_from_labels=dict(data.get("params_from_labels") or {}),
         example_params=dict(data.get("example_params") or {}),
         escalation=sorted((S.parse_duration(e["after"]), e["to"], e.get("how", "")) for e in data.get("escalation") or []),
+        escalation_page={(S.parse_duration(e["after"]), e["to"]): e["page"] for e in data.get("escalation") or []
+                         if e.get("page")},
         owner=data.get("owner"), env_allow=list(data.get("env") or []), params=params, steps=steps,
     )
 

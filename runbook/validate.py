@@ -334,6 +334,13 @@ def validate_runbook(rb: Runbook, inventory: Any = None, config: Config | None =
             problem(s.raw.vpos("auto_approve"), f"step '{s.id}' may be run by a team worker without a person "
                     f"(auto_approve) in a {rb.severity} runbook; remove auto_approve, or accept it with "
                     "validate --allow-auto-approve (or RB109: off in .runbook.yaml)", rule="RB109")
+    if inventory is not None:
+        for (_after, to), name in rb.escalation_page.items():
+            notifier = getattr(inventory, "notify", {}).get(name)
+            if notifier is None or not getattr(notifier, "pagerduty", False):
+                why = "is not in" if notifier is None else "has no routing_key (escalation pages go through PagerDuty) in"
+                problem(rb.data.kpos("escalation"), f"the escalation to {to} pages through notifier '{name}', which "
+                        f"{why} {inventory.path}")
     if rb.stage("mitigate") and not rb.stage("verify"):
         problem(rb.data["stages"].kpos("mitigate"), "the mitigate stage has no verify stage after it: add verify steps that prove the system is healthy again", rule="RB102")
     return res

@@ -131,3 +131,39 @@ def test_a_run_started_from_an_alert_pages_with_the_alerts_fingerprint(write, ma
     r = main("run", p, "--alert", str(alert), "--inventory", _inv(write), env=_env(web))
     assert r.returncode == 0, r.stdout + r.stderr
     assert [h["payload"]["dedup_key"] for h in web.hooks] == ["4f1c2a9b7d3e5f60"] * 3
+
+
+ESCALATING = """
+  diagnose:
+    - id: slow
+      shell: "sleep 1.3"
+      readonly: true
+    - id: next
+      shell: "true"
+      readonly: true
+"""
+ESCALATION = "escalation:\n  - {after: 1s, to: secondary, page: pager}\n  - {after: 1h, to: manager, page: pager}\n"
+
+
+def test_an_escalation_time_passed_pages_through_pagerduty_once_and_never_in_a_dry_run(write, main, web, audit_dir):
+    p = book(write, ESCALATING, head=ESCALATION)
+    r = main("run", p, "--inventory", _inv(write), "--dry-run", env=_env(web))
+    assert r.returncode == 0 and web.hooks == [], r.stdout + r.stderr
+    r = main("run", p, "--inventory", _inv(write), env=_env(web))
+    assert r.returncode == 0, r.stdout + r.stderr
+    [hook] = web.hooks  # secondary after 1s, once; the manager's hour has not come
+    assert hook["errors"] == [] and hook["payload"]["event_action"] == "trigger"
+    assert hook["payload"]["payload"]["summary"].startswith("escalation to secondary: ")
+    assert hook["payload"]["payload"]["severity"] == "critical"
+    paged = [x for x in audit.read_records(audit_dir / "audit.jsonl") if x["type"] == "escalation_paged"]
+    assert [(x["to"], x["notifier"], x["sent"]) for x in paged] == [("secondary", "pager", True)]
+    assert ROUTING_KEY not in r.stdout + r.stderr + (audit_dir / "audit.jsonl").read_text()
+
+
+def test_validate_checks_that_an_escalation_pages_through_a_pagerduty_notifier(write, main):
+    p = book(write, ESCALATING, head="escalation:\n  - {after: 15m, to: secondary, page: chat}\n")
+    r = main("validate", p, "--inventory", _inv(write))
+    assert r.returncode == 1 and "has no routing_key" in r.stdout + r.stderr
+    p = book(write, ESCALATING, head="escalation:\n  - {after: 15m, to: secondary, page: nobody}\n", name="u.yaml")
+    r = main("validate", p, "--inventory", _inv(write))
+    assert r.returncode == 1 and "'nobody', which is not in" in r.stdout + r.stderr

@@ -214,6 +214,21 @@ def details(action: Action) -> list[tuple[str, str]]:
             ("payload", json.dumps(d["payload"], ensure_ascii=False, indent=2))]
 
 
+def page(ctx, r, notifier: str, message: str, *, step_id: str, severity: str = "critical") -> StepResult:
+    """A PagerDuty trigger outside any step (a runbook's escalation ``page:``), sent and recorded as a
+    notify step's would be; never raises (a page that cannot be sent is said, not fatal)."""
+    from types import SimpleNamespace
+
+    try:
+        act = action(SimpleNamespace(id=step_id, body={"to": notifier, "message": message, "page": "trigger",
+                                                       "severity": severity}), r)
+        if not act.detail.get("pagerduty") and not act.detail.get("missing"):
+            raise RunbookError(f"notifier '{notifier}' has no routing_key: escalation pages go through PagerDuty")
+    except RunbookError as exc:
+        return StepResult("failed", error=ctx.redactor.text(str(exc)), data={"sent": False})
+    return run(SimpleNamespace(id=step_id), act, ctx)
+
+
 def run(step, act: Action, ctx) -> StepResult:
     d = act.detail
     started = time.monotonic()
