@@ -10,7 +10,6 @@ import contextlib
 import http.client
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -18,6 +17,7 @@ import time
 import pytest
 
 from fakeui import Crash, FakeUI
+from labservers import free_port
 from pgserver import create_database, drop_database
 from runbook import audit, session, spec
 from runbook.alert import Alert
@@ -55,12 +55,6 @@ stages:
       shell: "echo fine"
       readonly: true
 """ % HOSTILE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from labservers import free_port
 from runbook import audit
 
 TOKEN = "webhook-s3cret-token"
@@ -40,12 +41,6 @@ stages:
       shell: "echo looking"
       readonly: true
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
