@@ -100,6 +100,52 @@ def _kill(pid: int | None, timeout: float = 5.0) -> None:
             time.sleep(0.02)
 
 
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((HOST, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+class RabbitNode:
+    """A RabbitMQ node of its own (own node name, ports, data and log directories)."""
+
+    def __init__(self, base: Path):
+        self.base, self.port, self.dist = base, free_port(), free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        env = {**os.environ, "RABBITMQ_NODENAME": f"rbtest{os.getpid()}@localhost",
+               "RABBITMQ_NODE_IP_ADDRESS": HOST, "RABBITMQ_NODE_PORT": str(self.port),
+               "RABBITMQ_DIST_PORT": str(self.dist), "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+               "RABBITMQ_LOG_BASE": str(self.base / "log"), "RABBITMQ_CONFIG_FILE": str(self.base / "none"),
+               "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "plugins"),
+               "RABBITMQ_PID_FILE": str(self.base / "pid")}
+        self.proc = subprocess.Popen([RABBITMQ_SERVER], env=env, cwd=self.base, stdout=open(self.base / "out", "wb"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        _wait(lambda: _port_open(self.port), 60, f"rabbitmq-server on {HOST}:{self.port} did not start: "
+              + (self.base / "out").read_text(errors="replace")[-2000:])
+        return f"amqp://guest:guest@{HOST}:{self.port}//"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
 def _wait(check, timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -314,6 +360,22 @@ if pytest is not None:
             yield redis.start()
         finally:
             redis.stop()
+
+    @pytest.fixture(scope="session")
+    def rabbitmq_url(tmp_path_factory):
+        """An AMQP URL of a RabbitMQ broker: the one on 127.0.0.1:5672 (guest) when it answers, else a
+        node of the tests' own started from the installed server (Debian's rabbitmq-server) on free
+        127.0.0.1 ports and stopped at the end — never a skip."""
+        if _port_open(5672):
+            yield "amqp://guest:guest@127.0.0.1:5672//"
+            return
+        if not os.access(RABBITMQ_SERVER, os.X_OK):
+            pytest.fail(f"{RABBITMQ_SERVER} missing: install Debian's rabbitmq-server (scripts/test does)")
+        node = RabbitNode(tmp_path_factory.mktemp("rabbitmq"))
+        try:
+            yield node.start()
+        finally:
+            node.stop()
 
     @pytest.fixture
     def lab_api(tmp_path):

@@ -16,7 +16,8 @@ def test_without_the_packages_it_prints_the_one_apt_get_line_and_stops(tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
     line = [x.strip() for x in r.stderr.splitlines() if "apt-get install" in x]
     assert line == ["apt-get update && apt-get install -y --no-install-recommends openssh-server openssh-client sudo "
-                    "postgresql prometheus openssl redis-server redis-tools chromium chromium-driver zsh fish"], r.stderr
+                    "postgresql prometheus openssl redis-server redis-tools chromium chromium-driver zsh fish "
+                    "rabbitmq-server"], r.stderr
     assert r.stdout == ""  # pytest never started
 
 

@@ -406,34 +406,22 @@ def test_its_runbook_index_chooses_as_run_alert_does(tmp_path):
     assert hook.choose(a)[0] == "newer"
 
 
-RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def rabbit_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not rabbit_up(), reason="no RabbitMQ on 127.0.0.1:5672 (Redis is the broker tested everywhere)")
-def test_rabbitmq_as_the_broker(tmp_path, pg, pg_db):
+def test_rabbitmq_as_the_broker(tmp_path, pg, pg_db, rabbitmq_url):
     import uuid
 
     from kombu import Connection
 
     queue = f"rbtest-{uuid.uuid4().hex[:10]}"
-    srv = start_server(tmp_path, pg.url(pg_db), RABBIT, {"RUNBOOK_QUEUE": queue})
+    srv = start_server(tmp_path, pg.url(pg_db), rabbitmq_url, {"RUNBOOK_QUEUE": queue})
     try:
         assert srv.post(PAYLOAD)[0] == 200
         code, answer = srv.post(PAYLOAD)
         assert code == 200 and answer["alerts"][0]["outcome"] == "duplicate"
-        with Connection(RABBIT, connect_timeout=5) as conn:
+        with Connection(rabbitmq_url, connect_timeout=5) as conn:
             assert conn.channel().queue_declare(queue, passive=True).message_count == 1
     finally:
         code = stop_server(srv)
-        with Connection(RABBIT, connect_timeout=5) as conn:
+        with Connection(rabbitmq_url, connect_timeout=5) as conn:
             try:
                 conn.channel().queue_delete(queue)
             except Exception:  # noqa: BLE001 - never declared: nothing to delete

@@ -168,28 +168,20 @@ def team(tmp_path, pg, pg_db, redis_broker):
     t.stop()
 
 
-RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
-
-
 @pytest.fixture
-def rabbit_team(tmp_path, pg, pg_db):
-    """The same, with RabbitMQ (127.0.0.1:5672, guest) as the broker, where one runs; a queue of
-    this test's own, deleted at the end."""
-    import socket
+def rabbit_team(tmp_path, pg, pg_db, rabbitmq_url):
+    """The same, with RabbitMQ as the broker (tests/labservers.py: the machine's, else one of the
+    tests' own); a queue of this test's own, deleted at the end."""
     import uuid
 
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-    except OSError:
-        pytest.skip("no RabbitMQ on 127.0.0.1:5672 (Redis is the broker the suite provides)")
-    t = Team(tmp_path, pg.url(pg_db), RABBIT)
+    t = Team(tmp_path, pg.url(pg_db), rabbitmq_url)
     t.env["RUNBOOK_QUEUE"] = f"runbook-test-{uuid.uuid4().hex[:8]}"
     t.book()
     yield t
     t.stop()
     from kombu import Connection
 
-    with Connection(RABBIT) as conn:
+    with Connection(rabbitmq_url) as conn:
         conn.default_channel.queue_delete(t.env["RUNBOOK_QUEUE"])
 
 
