@@ -459,12 +459,8 @@ def _guard_alert(store, run_id: str, the_alert, force: bool, journal, ui) -> Non
             else "between steps")
     desc = (f"the last run for alert {the_alert.name} ({the_alert.fingerprint}), run {last['run']} started by "
             f"{last['who']} at {last['started']}, stopped without finishing ({what})")
-    if not force:
-        raise RunbookError(f"{desc}; settle it first: runbook resume {last['run']} (or pass --force to start "
-                           "another run anyway)", exit_code=EXIT_REFUSED)
-    warning = f"warning: --force: {desc}; starting another run anyway"
-    journal.event("forced", unfinished_run=last["run"], warning=warning)
-    ui.notice(warning)
+    _refuse_unless_forced(desc, f"settle it first: runbook resume {last['run']}", force, journal, ui,
+                          unfinished_run=last["run"])
 
 
 def _guard_paused(store, run_id: str, the_alert, force: bool, journal, ui) -> None:
@@ -476,11 +472,17 @@ def _guard_paused(store, run_id: str, the_alert, force: bool, journal, ui) -> No
     paused = found[0]
     desc = (f"alert {the_alert.name} ({the_alert.fingerprint}) is handled by run {paused['run']} "
             f"({paused['runbook']}, started by {paused['who']}), paused for a person")
+    _refuse_unless_forced(desc, f"go on with it: runbook resume {paused['run']}", force, journal, ui,
+                          paused_run=paused["run"])
+
+
+def _refuse_unless_forced(desc: str, hint: str, force: bool, journal, ui, **recorded) -> None:
+    """Another run of this alert stands in the way: refused (exit 3) saying what to do, or with
+    ``force`` a warning, shown and recorded."""
     if not force:
-        raise RunbookError(f"{desc}; go on with it: runbook resume {paused['run']} (or pass --force to start "
-                           "another run anyway)", exit_code=EXIT_REFUSED)
+        raise RunbookError(f"{desc}; {hint} (or pass --force to start another run anyway)", exit_code=EXIT_REFUSED)
     warning = f"warning: --force: {desc}; starting another run anyway"
-    journal.event("forced", paused_run=paused["run"], warning=warning)
+    journal.event("forced", **recorded, warning=warning)
     ui.notice(warning)
 
 

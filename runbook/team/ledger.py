@@ -211,6 +211,23 @@ def mark_refused(conn, incident_id: int, reason: str) -> None:
         conn.execute("UPDATE runbook_incidents SET refused = %s WHERE id = %s", (reason[:2000], incident_id))
 
 
+def queue_once(conn, incident: Incident, send) -> bool | str:
+    """Send the incident's job (``send(incident_id, run_id)``) unless it was sent already: True
+    when sent now, "before" when another request, server or worker sent it, False when the
+    incident resolved meanwhile (nothing to diagnose).  The row lock makes the check and the send
+    one step; a ``send`` that raises (the broker is down) leaves the incident unqueued."""
+    with conn.transaction():
+        row = conn.execute("SELECT enqueued, resolved_at FROM runbook_incidents WHERE id = %s FOR UPDATE",
+                           (incident.id,)).fetchone()
+        if row is None or row[0] is not None:
+            return "before"
+        if row[1] is not None:
+            return False
+        send(incident.id, incident.run_id)
+        mark_enqueued(conn, incident.id)
+    return True
+
+
 def mark_enqueued(conn, incident_id: int) -> None:
     """The incident's job is on the broker (committed, or with the caller's transaction)."""
     with conn.transaction():

@@ -285,7 +285,7 @@ class Webhook:
                     item["queued"] = False
                     continue
                 try:
-                    item["queued"] = self._enqueue_once(conn, incident)
+                    item["queued"] = ledger.queue_once(conn, incident, self.enqueue)
                 except RunbookError as exc:  # BrokerDown: the row stays unqueued, the retry queues it
                     broker_down = str(exc)
                     item["queued"] = False
@@ -306,20 +306,6 @@ class Webhook:
             return 503, {"error": f"{broker_down}; the alerts are in the ledger and will be queued when "
                                   "Alertmanager retries", "alerts": out}
         return 200, {"alerts": out}
-
-    def _enqueue_once(self, conn, incident) -> bool | str:
-        """The incident's job on the broker unless another request put it there first
-        (the row lock makes the check and the send one step)."""
-        with conn.transaction():
-            row = conn.execute("SELECT enqueued, resolved_at FROM runbook_incidents WHERE id = %s FOR UPDATE",
-                               (incident.id,)).fetchone()
-            if row is None or row[0] is not None:
-                return "before"  # another request (or server) queued it meanwhile
-            if row[1] is not None:
-                return False  # resolved meanwhile: nothing to diagnose
-            self.enqueue(incident.id, incident.run_id)
-            ledger.mark_enqueued(conn, incident.id)
-        return True
 
     def _resolved(self, conn, alert, peer: str) -> dict:
         """A resolution: the ledger's incidents marked, and (once) recorded in the audit."""

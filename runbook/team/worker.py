@@ -327,17 +327,12 @@ def _queue_unqueued(url: str, incidents: list) -> list[str]:
     conn = ledger.connect(url)
     try:
         for inc in late:
-            with conn.transaction():
-                row = conn.execute("SELECT enqueued, resolved_at FROM runbook_incidents WHERE id = %s FOR UPDATE",
-                                   (inc.id,)).fetchone()
-                if row is None or row[0] is not None or row[1] is not None:
+            try:
+                if ledger.queue_once(conn, inc, enqueue) is not True:
                     continue
-                try:
-                    enqueue(inc.id, inc.run_id)
-                except BrokerDown as exc:
-                    log.warning("sweep: %s", exc)
-                    break
-                ledger.mark_enqueued(conn, inc.id)
+            except BrokerDown as exc:
+                log.warning("sweep: %s", exc)
+                break
             log.info("incident %s (run %s) was never queued: queued now", inc.id, inc.run_id)
             sent.append(inc.run_id)
     finally:
