@@ -16,10 +16,20 @@ if str(REPO) not in sys.path:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment for `python -m runbook` children: the checkout first on sys.path."""
+    """The environment for `python -m runbook` children: the checkout first on sys.path.
+
+    Children read and write their bytecode under one cache folder outside the checkout
+    (``PYTHONPYCACHEPREFIX``), even where ``PYTHONDONTWRITEBYTECODE`` is set (it is on some CI
+    machines): an installed runbook has its ``.pyc`` files (pip compiles them at install), so a
+    figure that recompiled every module in every process would measure the compiler, not runbook.
+    The floor (``python -c pass``) runs in the same environment."""
+    import tempfile
+
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("PYTHONPROFILEIMPORTTIME", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.setdefault("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "runbook-bench-pycache"))
     env.setdefault("NO_COLOR", "1")
     env.setdefault("COLUMNS", "120")
     env.update(extra)

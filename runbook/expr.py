@@ -334,12 +334,13 @@ _SIMPLE_EXPR = re.compile(r"\{\{\s*(" + _SIMPLE_PATH + r")\s*\}\}")
 _PATH_PART = re.compile(r"""\.([A-Za-z_]\w*)|\["([^"]*)"\]|\['([^']*)'\]|\[(\d+)\]""")
 
 
-def _simple_references(source: str) -> tuple[Reference, ...] | None:
-    """References of a template made only of text and simple paths, or None."""
+def _simple_paths(source: str) -> list[tuple[str, tuple]] | None:
+    """(root, keys) of each ``{{ path }}`` of a template made only of text and simple paths, in
+    order, or None for any other template (a filter, a statement, a comment, an operator…)."""
     rest = _SIMPLE_EXPR.sub("", source)
     if "{{" in rest or "{%" in rest or "{#" in rest or "}}" in rest:
         return None
-    refs = []
+    paths = []
     for m in _SIMPLE_EXPR.finditer(source):
         path = m.group(1)
         root = re.match(r"[A-Za-z_]\w*", path).group()
@@ -347,7 +348,16 @@ def _simple_references(source: str) -> tuple[Reference, ...] | None:
         for part in _PATH_PART.finditer(path, len(root)):
             attr, dq, sq, idx = part.groups()
             keys.append(int(idx) if idx is not None else (attr if attr is not None else (dq if dq is not None else sq)))
-        refs.append(Reference((root, *keys) if keys else (root, None)))
+        paths.append((root, tuple(keys)))
+    return paths
+
+
+def _simple_references(source: str) -> tuple[Reference, ...] | None:
+    """References of a template made only of text and simple paths, or None."""
+    paths = _simple_paths(source)
+    if paths is None:
+        return None
+    refs = [Reference((root, *keys) if keys else (root, None)) for root, keys in paths]
     # as the Jinja path: a root used whole counts only when it is never used with keys
     keyed = {r.root for r in refs if r.key is not None}
     return tuple(dict.fromkeys(r for r in refs if r.key is not None or r.root not in keyed))
@@ -408,10 +418,18 @@ def _jinja_references(source: str, is_expression: bool) -> tuple[tuple[Reference
 def secret_misuse(source: str, secret_names: frozenset) -> tuple[str, ...]:
     """Secret parameters that a shell template uses other than as a whole
     ``{{ params.NAME }}`` (inside a filter, a concatenation, a statement…)."""
-    from jinja2 import nodes
-
     if not secret_names or "params" not in source:  # nothing to misuse: no parse (Jinja's lexer costs ~30 ms once)
         return ()
+    paths = _simple_paths(source)
+    if paths is not None:  # text and whole paths: only params.SECRET.more (a part of it) is a misuse
+        return tuple(dict.fromkeys(keys[0] for root, keys in paths
+                                   if root == "params" and len(keys) > 1 and keys[0] in secret_names))
+    return _jinja_secret_misuse(source, secret_names)
+
+
+def _jinja_secret_misuse(source: str, secret_names: frozenset) -> tuple[str, ...]:
+    from jinja2 import nodes
+
     ast, error = _parse(source, False)
     if error is not None:
         return ()

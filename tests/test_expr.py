@@ -61,3 +61,32 @@ def test_shell_quoting_of_every_value_type():
     ctx = {"params": {"s": "a b; rm -rf /", "n": 3, "t": True, "none": None, "q": "it's"}}
     cmd, env = expr.render_shell("x {{ params.s }} {{ params.n }} {{ params.t }} {{ params.none }} {{ params.q }}", ctx)
     assert cmd == "x 'a b; rm -rf /' 3 true '' 'it'\"'\"'s'" and env == {}
+
+
+SECRETS = frozenset({"token", "pw"})
+
+
+@pytest.mark.parametrize("source,misused", [
+    ("curl -H {{ params.token }} {{ params.url }}", ()),
+    ("echo {{ params['token'] }} {{ params[\"pw\"] }}", ()),
+    ("echo {{ params.token.x }}", ("token",)),
+    ("echo {{ params.pw[0] }} {{ params.token }} {{ params['pw'].a }}", ("pw",)),
+    ("echo {{ params.token | upper }}", ("token",)),
+    ("echo {{ 'x' ~ params.token }}", ("token",)),
+    ("{% if params.token %}{{ params.token }}{% endif %}", ("token",)),
+])
+def test_secret_misuse(source, misused):
+    expr.secret_misuse.cache_clear()
+    assert expr.secret_misuse(source, SECRETS) == misused
+    assert expr._jinja_secret_misuse(source, SECRETS) == misused
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.text(alphabet="ab $'-", max_size=5), st.sampled_from(["params", "steps", "x"]),
+                          st.lists(st.sampled_from([".token", ".pw", "['token']", '["pw"]', ".a", "[0]"]), max_size=3)),
+                min_size=1, max_size=4))
+def test_secret_misuse_fast_path_agrees_with_jinja(parts):
+    """Templates of text and simple paths are judged without Jinja's parser, the same way."""
+    source = "".join(f"{text}{{{{ {root}{''.join(k)} }}}}" for text, root, k in parts)
+    assert expr._simple_paths(source) is not None
+    assert expr.secret_misuse(source, SECRETS) == expr._jinja_secret_misuse(source, SECRETS)

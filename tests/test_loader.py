@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -267,3 +269,29 @@ def test_merge_keys_and_long_aliased_texts_count_against_the_alias_budget():
     ok = "base: &a {x: 1, y: 2}\nl:\n" + "- {<<: *a, z: 3}\n" * 50 + "t: &t hello\nu: [" + ", ".join(["*t"] * 50) + "]\n"
     data, problems = yamlload.load(ok, "ok.yaml")
     assert problems == [] and data["l"][49] == {"x": 1, "y": 2, "z": 3} and data["u"][0] == "hello"
+
+
+SCALARS = ["", "~", "null", "Null", "NULL", "true", "True", "FALSE", "yes", "no", "on", "0", "-1", "+12", "0o17",
+           "0x1F", "1_000", "3.14", ".5", "-.inf", ".NaN", "1e3", "6.8523015e+5", "2001-12-14", "2001-12-14t21:59:43.10-05:00",
+           "<<", "=", "text", "{{ params.x }}", "12:30:00", "190:20:30", "0b101", "1.", "tru", "n", "-", "+", ".", "1 2"]
+
+
+@pytest.mark.parametrize("value", SCALARS)
+def test_fast_resolver_gives_the_safe_loaders_tags(value):
+    """yamlload's loader resolves tags in fewer steps than PyYAML's: the same tags, plain or quoted."""
+    from runbook import yamlload
+
+    ref = yaml.SafeLoader("")
+    fast = yamlload._Loader("")
+    for implicit in ((True, False), (False, True)):
+        assert fast.resolve(yaml.ScalarNode, value, implicit) == ref.resolve(yaml.ScalarNode, value, implicit)
+    for kind in (yaml.SequenceNode, yaml.MappingNode):
+        assert fast.resolve(kind, None, (True, False)) == ref.resolve(kind, None, (True, False))
+    text = f"k: '{value}'\nv: {value}\n" if value[:1] not in "-+." or len(value) > 1 else f"k: '{value}'\n"
+    mine, problems = yamlload.load(text)
+    try:
+        ref_data = yaml.safe_load(text)
+    except yaml.YAMLError:  # '=', '<<', '{{ … }}' unquoted: not a plain value
+        assert problems
+    else:
+        assert repr(dict(mine)) == repr(ref_data)  # repr: nan == nan
