@@ -530,9 +530,9 @@ def breakdown_child(book: Path, inv: Path) -> str:
     from runbook.steps import ssh
 
     t_imported = time.perf_counter()
-    import fabric  # noqa: F401 - timed apart: the step imports it on the first connection
+    from runbook.steps import ssh_conn  # noqa: F401 - timed apart: the step imports it (paramiko) on the first connection
 
-    t_fabric = time.perf_counter()
+    t_paramiko = time.perf_counter()
     wrap(ssh, "run", "ssh step: run()")
     wrap(ssh, "action", "ssh step: action() (rendering)")
     wrap(ssh, "_open", "connect: TCP + handshake + auth (per host)")
@@ -567,7 +567,7 @@ def breakdown_child(book: Path, inv: Path) -> str:
         spans = [e - s for s, e in xs]
         rows[label] = {"n": len(xs), "sum": sum(spans), "median": median(spans), "max": max(spans),
                        "first": min(s for s, _ in xs) - t0, "last": max(e for _, e in xs) - t0}
-    return json.dumps({"code": code, "imports": t_imported - t_start, "fabric_import": t_fabric - t_imported,
+    return json.dumps({"code": code, "imports": t_imported - t_start, "paramiko_import": t_paramiko - t_imported,
                        "main": t1 - t0, "cpu": c1 - c0, "rows": rows, "abs_start": abs_start, "abs_end": time.time(),
                        "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
@@ -598,7 +598,7 @@ def breakdown(bench: Bench, book: str, n: int, runs: int = 3) -> str:
              f"{med(lambda d: d['proc_cpu']):.3f} s, peak RSS {med(lambda d: d['rss']):.1f} MiB)",
              f"  {'interpreter start, site, the timer script':<48} {med(lambda d: d['startup']):7.3f} s",
              f"  {'import runbook.cli, audit, ui, ssh step':<48} {med(lambda d: d['imports']):7.3f} s",
-             f"  {'import fabric + paramiko (the step does it lazily)':<48} {med(lambda d: d['fabric_import']):7.3f} s",
+             f"  {'import paramiko (the step does it lazily)':<48} {med(lambda d: d['paramiko_import']):7.3f} s",
              f"  {'runbook.cli.main(run …) in all':<48} {main_s:7.3f} s   (CPU of main {med(lambda d: d['cpu']):.3f} s)",
              f"  {'after main: interpreter exit':<48} {med(lambda d: d['teardown']):7.3f} s",
              f"  {'timer':<48} {'calls':>6} {'Σ wall':>8} {'median':>8} {'max':>8} {'first@':>8} {'last@':>8}  (s; @: since main)"]
@@ -748,8 +748,8 @@ def main() -> int:
     reaper = _become_subreaper()
     ansible_bin, ansible_version = ensure_ansible() if a.with_ansible else (None, "ansible not run (--with-ansible)")
     print(f"ssh_fanout: {machine()}; {subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}; "
-          f"{ansible_version}; paramiko/fabric: "
-          + subprocess.run([sys.executable, "-c", "import paramiko, fabric; print(paramiko.__version__, fabric.__version__)"],
+          f"{ansible_version}; paramiko "
+          + subprocess.run([sys.executable, "-c", "import paramiko; print(paramiko.__version__)"],
                            capture_output=True, text=True).stdout.strip())
     if a.with_ansible and not reaper:
         print("warning: could not become a child subreaper; ControlPersist masters' CPU is not counted")

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT
 
-HEAVY = ("kubernetes", "fabric", "paramiko", "psycopg", "psycopg2", "celery", "kombu", "redis", "starlette", "uvicorn")
+HEAVY = ("kubernetes", "fabric", "invoke", "paramiko", "psycopg", "psycopg2", "celery", "kombu", "redis", "starlette", "uvicorn")
 
 
 def test_help_both_ways(cli):

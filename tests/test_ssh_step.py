@@ -6,6 +6,7 @@ import json
 import os
 import pwd
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -339,6 +340,46 @@ def test_proxyjump_from_ssh_config_and_host_wildcards(write, main, sshd, sshd_ba
     r = main("run", p, env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "through-config" in r.stdout and sshd_bastion.connections() - before == 1
+
+
+RELAY = """\
+import os, socket, sys, threading
+open(sys.argv[3], "a").write(f"{sys.argv[1]}:{sys.argv[2]}\\n")
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+def up():
+    while (b := os.read(0, 65536)):
+        s.sendall(b)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while (b := s.recv(65536)):
+    os.write(1, b)
+"""
+
+
+def test_proxycommand_from_ssh_config(write, main, sshd, tmp_path):
+    """~/.ssh/config's ProxyCommand carries the connection (%h and %p expanded); its HostName, Port,
+    User and IdentityFile apply; the host key is still checked against known_hosts."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    relay, used = tmp_path / "relay.py", tmp_path / "relay.log"
+    relay.write_text(RELAY)
+    (home / ".ssh" / "config").write_text(
+        f"Host piped\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"  IdentityFile {sshd.client_key_path}\n  ProxyCommand {sys.executable} {relay} %h %p {used}\n")
+    p = book(write, """
+  diagnose:
+    - id: who
+      ssh: {hosts: piped, command: "echo through-proxycommand"}
+      readonly: true
+""")
+    r = main("run", p, env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
+    assert r.returncode == 1 and "host key" in r.stdout + r.stderr, r.stdout + r.stderr  # not in known_hosts yet
+    (home / ".ssh" / "known_hosts").write_text(sshd.known_hosts_line())
+    before = sshd.connections()
+    r = main("run", p, env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "through-proxycommand" in r.stdout and sshd.connections() - before == 1
+    assert used.read_text().splitlines()[-1] == f"{sshd.host}:{sshd.port}"
 
 
 def test_accept_new_never_writes_past_lines_it_cannot_judge(write, main, sshd, tmp_path):
@@ -776,7 +817,38 @@ def test_fan_out_records_every_host_before_its_command_and_the_log_stays_sealed(
         assert sorted(h for x in procs for h in x["hosts"]) == list(names)
         assert all((x["deadline"] is not None) == (step == "first") for x in procs)
         assert sorted(recs[result]["data"]["hosts"]) == list(names)
+        if step == "second":  # the connections are open: one record for all, before any is dispatched
+            assert len(procs) == 1
     assert audit.verify(audit_dir / "audit.jsonl").ok
+
+
+def test_a_host_sent_later_than_its_early_record_covers_is_recorded_again(write, main, sshd, ssh_known_hosts,
+                                                                           audit_dir, monkeypatch):
+    """The record written before a later step's dispatch bounds only the sends that follow it
+    closely; a late host gets a record of its own at its send (here every host is "late")."""
+    from runbook.steps import ssh
+
+    monkeypatch.setattr(ssh, "_PRE_ANNOUNCED", -1.0)
+    names = ("a", "b", "c")
+    inv = inventory(write, sshd, ssh_known_hosts, names=names)
+    p = book(write, """
+  diagnose:
+    - id: first
+      ssh: {hosts: [a, b, c], command: "true", forks: 3}
+      readonly: true
+    - id: second
+      ssh: {hosts: [a, b, c], command: "true", forks: 3}
+      readonly: true
+      timeout: 20s
+""")
+    r = main("run", p, "--inventory", inv)
+    assert r.returncode == 0, r.stdout + r.stderr
+    recs = list(audit.read_records(audit_dir / "audit.jsonl"))
+    intent = next(i for i, x in enumerate(recs) if x["type"] == "step_intent" and x["step"] == "second")
+    procs = [x for x in recs[intent:] if x["type"] == "step_process"]
+    assert sorted(procs[0]["hosts"]) == list(names)  # the early record
+    assert sorted(h for x in procs[1:] for h in x["hosts"]) == list(names)  # and each host again at its send
+    assert all(x["deadline"] is not None for x in procs)
 
 
 def test_group_commit_writes_waiting_hosts_together_and_fails_them_together():

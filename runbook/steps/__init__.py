@@ -8,7 +8,7 @@ hook and its default is documented in :mod:`runbook.steps.base`, and
 kind's name: it asks the kind's hooks.
 
 Kind modules are imported when a runbook uses them; a module that needs a
-heavy client library (fabric, kubernetes, psycopg, boto3) imports it inside ``run``
+heavy client library (paramiko, kubernetes, psycopg, boto3) imports it inside ``run``
 only.
 """
 
