@@ -916,3 +916,26 @@ def test_output_after_the_exit_status_is_kept_and_a_background_holder_is_not_wai
     results = {x["step"]: x for x in audit.read_records(audit_dir / "audit.jsonl") if x["type"] == "step_result"}
     assert results["late"]["data"]["hosts"]["h1"]["stdout"] == "late-output\n"
     assert results["holder"]["data"]["hosts"]["h1"]["stdout"] == "done\n"
+
+
+def test_connections_prefer_aes_gcm(sshd, ssh_known_hosts, tmp_path, monkeypatch):
+    """An AEAD cipher first: paramiko's default (aes128-ctr + hmac-sha2-256) checks every packet's MAC in Python."""
+    import paramiko
+
+    from runbook.steps.ssh_conn import Connection
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/config of this machine's
+    conn = Connection(sshd.host, user=sshd.user, port=sshd.port, connect_timeout=5,
+                      connect_kwargs={"key_filename": [str(sshd.client_key_path)], "allow_agent": False,
+                                      "look_for_keys": False})
+    conn.client.load_host_keys(str(ssh_known_hosts))
+    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        conn.open()
+        assert conn.is_connected
+        assert conn.transport.local_cipher == conn.transport.remote_cipher == "aes128-gcm@openssh.com"
+        _, out, _ = conn.client.exec_command("echo gcm-ok")
+        assert out.read() == b"gcm-ok\n"
+    finally:
+        conn.close()
+    assert not conn.is_connected
