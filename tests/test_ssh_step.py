@@ -939,3 +939,21 @@ def test_connections_prefer_aes_gcm(sshd, ssh_known_hosts, tmp_path, monkeypatch
     finally:
         conn.close()
     assert not conn.is_connected
+
+
+def test_invoke_is_imported_only_for_match_exec(tmp_path):
+    """paramiko imports invoke for ~/.ssh/config's `Match exec` alone (~50 ms of every run): the ssh
+    step's connections import it only when a config has one, and `Match exec` still works then."""
+    import subprocess
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    probe = ("import sys; from runbook.steps import ssh_conn; before = 'invoke' in sys.modules; "
+             "found = ssh_conn.ssh_config().lookup('matched'); "
+             "print(before, 'invoke' in sys.modules, found.get('port'))")
+    env = {**os.environ, "HOME": str(home)}
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == ["False", "False", "None"], r.stdout + r.stderr
+    (home / ".ssh" / "config").write_text(f"Match host matched exec \"test -d {home}\"\n  Port 2222\n")
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == ["False", "True", "2222"], r.stdout + r.stderr

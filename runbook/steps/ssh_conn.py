@@ -17,11 +17,30 @@ Imported only when an ``ssh`` step runs (paramiko is heavy).
 from __future__ import annotations
 
 import getpass
+import io
+import re
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-import paramiko
+
+def _import_paramiko():
+    """paramiko, without the invoke library that its config module imports for ``Match exec`` alone
+    (~50 ms of every run's start; :func:`ssh_config` hands it invoke when a config has ``Match exec``)."""
+    if "paramiko" in sys.modules or "invoke" in sys.modules:
+        import paramiko
+        return paramiko
+    sys.modules["invoke"] = None  # type: ignore[assignment]  # `import invoke` fails: paramiko.config records it
+    try:
+        import paramiko
+    finally:
+        del sys.modules["invoke"]
+    return paramiko
+
+
+paramiko = _import_paramiko()
+_MATCH_EXEC = re.compile(r"^[ \t]*match\b.*\bexec\b", re.IGNORECASE | re.MULTILINE)
 
 USER_CONFIG = Path("~/.ssh/config")
 SYSTEM_CONFIG = Path("/etc/ssh/ssh_config")
@@ -52,10 +71,14 @@ def ssh_config() -> paramiko.SSHConfig:
             if st is None:
                 continue
             try:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    config.parse(f)
+                text = path.read_text(encoding="utf-8", errors="replace")
             except OSError:
                 continue
+            if _MATCH_EXEC.search(text) and getattr(paramiko.config, "invoke", None) is None:
+                import invoke  # paramiko runs `Match exec` commands with it (see _import_paramiko)
+
+                paramiko.config.invoke = invoke
+            config.parse(io.StringIO(text))
         _parsed = (stamp, config)
         return config
 
