@@ -89,3 +89,28 @@ def test_guided_mode_shows_a_progress_bar_of_the_hosts_then_removes_it():
     assert console._hosts is None
     text = buf.getvalue()
     assert "hosts" in text and "3/3" in text and "1 failed" in text and "last web-3 ok" in text
+
+
+def test_host_lines_are_printed_together_and_a_late_one_soon():
+    """Plain output prints the hosts that end close together in one write (a line per host, as
+    before); a line left waiting is printed by a timer, not held until the next host or the step's end."""
+    import io
+    import time
+
+    from rich.console import Console
+
+    from runbook.ui import ConsoleUI
+
+    ui = ConsoleUI()
+    buf = io.StringIO()
+    ui.c, ui.fancy = Console(file=buf, width=200, no_color=True), False
+    ok = {"status": "ok", "exit_code": 0, "duration": 0.1}
+    ui.host_finished(None, "web-1", ok, 1, 3)  # the first: at once
+    assert "host 1/3 web-1 ok · exit 0 0.10s" in buf.getvalue()
+    ui.host_finished(None, "web-2\x1b[31m", {**ok, "status": "failed", "error": "exit code 3"}, 2, 3)
+    ui.host_finished(None, "web-3", ok, 3, 3)
+    assert "web-2" not in buf.getvalue()  # waiting for the next write, at most 0.1 s away
+    time.sleep(0.4)
+    lines = [line.strip() for line in buf.getvalue().splitlines()]
+    assert lines == ["host 1/3 web-1 ok · exit 0 0.10s", "host 2/3 web-2\\x1b[31m failed · exit 0 · exit code 3 0.10s",
+                     "host 3/3 web-3 ok · exit 0 0.10s"]
