@@ -729,8 +729,6 @@ def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channel
             announce=lambda: None):
     """exit code (None if it died of a signal), stdout, stderr, timed out — over a plain session channel.
     ``announce()`` is called just before the command is sent."""
-    import select
-
     try:
         chan = conn.transport.open_session(timeout=10)
     except Exception as exc:  # noqa: BLE001 - nothing was sent: safe to try again on a new connection
@@ -738,6 +736,7 @@ def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channel
     channels.add(chan)
     try:
         chan.settimeout(0.2)
+        ready = _Either(chan)
         announce()
         chan.exec_command(line)
         if secrets:
@@ -771,11 +770,11 @@ def _run_on(conn, line: str, secrets: list[str], deadline: float | None, channel
             if not got:
                 if chan.eof_received:
                     # Both streams are at their end and only the exit status is missing: wait for it. (The
-                    # channel's pipe stays readable after EOF, so select would return at once: with 50 hosts,
-                    # 50 threads spun on the GIL until sshd sent each exit status.)
+                    # channel's buffers stay "ready" after EOF, so waiting on them would return at once: with
+                    # 50 hosts, 50 threads spun on the GIL until sshd sent each exit status.)
                     chan.status_event.wait(0.05)  # set by the exit status and by the channel's close
                 else:
-                    select.select([chan], [], [], 0.05)
+                    ready.wait(0.05)
         code = chan.recv_exit_status()
         return (None if code == -1 else code), out.text(), err.text(), False
     finally:
@@ -947,6 +946,45 @@ def _pool(ctx, forks: int) -> _Pool:
     if pool is None:
         pool = ctx.connections[key] = _Pool(max_workers=forks, thread_name_prefix="ssh")
     return pool
+
+
+class _Either:
+    """Wakes one waiter when either of a channel's two output buffers has data or is closed:
+    paramiko's buffers set and clear an event of ours (``BufferedPipe.set_event``, what
+    ``Channel.fileno`` does with an OS pipe for ``select``).  Without the pipe, the transport
+    thread makes no system call per packet and the waiter none per wake-up."""
+
+    def __init__(self, chan):
+        self._cond = threading.Condition(threading.Lock())
+        self._on = [False, False]
+        chan.in_buffer.set_event(_Side(self, 0))
+        chan.in_stderr_buffer.set_event(_Side(self, 1))
+
+    def wait(self, timeout: float) -> None:
+        with self._cond:
+            if not (self._on[0] or self._on[1]):
+                self._cond.wait(timeout)
+
+
+class _Side:
+    """One buffer's event (``set``/``clear`` are all paramiko calls) within an :class:`_Either`."""
+
+    def __init__(self, either: _Either, i: int):
+        self._either, self._i = either, i
+
+    def set(self) -> None:
+        e = self._either
+        with e._cond:
+            e._on[self._i] = True
+            e._cond.notify_all()
+
+    def clear(self) -> None:
+        e = self._either
+        with e._cond:
+            e._on[self._i] = False
+
+    def is_set(self) -> bool:
+        return self._either._on[self._i]
 
 
 class _NotSent(Exception):
