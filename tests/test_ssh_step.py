@@ -380,6 +380,11 @@ def test_proxycommand_from_ssh_config(write, main, sshd, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "through-proxycommand" in r.stdout and sshd.connections() - before == 1
     assert used.read_text().splitlines()[-1] == f"{sshd.host}:{sshd.port}"
+    # a ProxyCommand that dies: the host fails in one line, no traceback
+    (home / ".ssh" / "config").write_text(f"Host piped\n  ProxyCommand {sys.executable} -c 'raise SystemExit(3)'\n")
+    r = main("run", p, env={"HOME": str(home), "SSH_AUTH_SOCK": ""})
+    assert r.returncode == 1 and "cannot connect to 'piped'" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
 
 
 def test_accept_new_never_writes_past_lines_it_cannot_judge(write, main, sshd, tmp_path):

@@ -127,15 +127,21 @@ class Connection:
 
     def open(self) -> None:
         kwargs = dict(self.connect_kwargs, username=self.user, hostname=self.host, port=self.port)
+        made = None  # a channel or a ProxyCommand made here, closed here if the connection fails
         if "sock" not in kwargs and isinstance(self.gateway, Connection):
             # the jump host is open (runbook.steps.ssh opens the chain from its first hop)
-            kwargs["sock"] = self.gateway.transport.open_channel(  # type: ignore[union-attr]
+            made = kwargs["sock"] = self.gateway.transport.open_channel(  # type: ignore[union-attr]
                 "direct-tcpip", (self.host, self.port), ("", 0), timeout=self.connect_timeout)
         elif "sock" not in kwargs and isinstance(self.gateway, str):
-            kwargs["sock"] = paramiko.ProxyCommand(self.gateway)
+            made = kwargs["sock"] = paramiko.ProxyCommand(self.gateway)
         if self.connect_timeout:
             kwargs["timeout"] = self.connect_timeout
-        self.client.connect(transport_factory=_Transport, **kwargs)
+        try:
+            self.client.connect(transport_factory=_Transport, **kwargs)
+        except BaseException:
+            if made is not None:
+                made.close()
+            raise
         self.transport = self.client.get_transport()
 
     def close(self) -> None:
