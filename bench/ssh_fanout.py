@@ -283,8 +283,7 @@ class Bench:
     def env(self, audit_dir: Path | None = None) -> dict:
         """The children's environment (runbook and the floor alike): .pyc files allowed (as on a user's
         machine) but written under the temporary folder; the audit log and its keys in AUDIT_DIR."""
-        env = child_env(PYTHONPYCACHEPREFIX=str(self.tmp / "pycache"))
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env = child_env(PYTHONPYCACHEPREFIX=str(self.tmp / "pycache"))  # child_env allows .pyc files
         for k in ("RUNBOOK_PATH", "RUNBOOK_INVENTORY", "RUNBOOK_ENV", "RUNBOOK_KEY_DIR"):
             env.pop(k, None)
         if audit_dir is not None:

@@ -340,26 +340,24 @@ except ImportError:  # the command line needs no pytest
 
 if pytest is not None:
 
-    @pytest.fixture
-    def lab_redis(tmp_path):
+    def _redis_in(folder):
+        """A started RedisLab in ``folder``, stopped when the fixture ends."""
         if not os.access(REDIS_SERVER, os.X_OK) or not os.access(REDIS_CLI, os.X_OK):
             pytest.fail(f"{REDIS_SERVER} / {REDIS_CLI} missing: install Debian's redis-server and redis-tools (.ci/run does)")
-        redis = RedisLab(tmp_path / "lab-redis")
+        redis = RedisLab(folder)
         try:
             yield redis.start()
         finally:
             redis.stop()
 
+    @pytest.fixture
+    def lab_redis(tmp_path):
+        yield from _redis_in(tmp_path / "lab-redis")
+
     @pytest.fixture(scope="module")
     def redis_broker(tmp_path_factory):
         """A redis-server of a test module's own on a free 127.0.0.1 port: team mode's broker."""
-        if not os.access(REDIS_SERVER, os.X_OK) or not os.access(REDIS_CLI, os.X_OK):
-            pytest.fail(f"{REDIS_SERVER} / {REDIS_CLI} missing: install Debian's redis-server and redis-tools (.ci/run does)")
-        redis = RedisLab(tmp_path_factory.mktemp("broker"))
-        try:
-            yield redis.start()
-        finally:
-            redis.stop()
+        yield from _redis_in(tmp_path_factory.mktemp("broker"))
 
     @pytest.fixture(scope="session")
     def rabbitmq_url(tmp_path_factory):

@@ -209,13 +209,14 @@ def _with_ssh_config(t: Target) -> Target:
 
 
 def _ssh_config_lookup(host: str) -> dict:
-    path = Path.home() / ".ssh" / "config"
-    if not path.is_file():
+    """What the connection will take from the ssh config (ssh_conn's parse, read once), when the
+    user has a ~/.ssh/config (else nothing, and paramiko is not imported for a plan)."""
+    if not (Path.home() / ".ssh" / "config").is_file():
         return {}
-    from paramiko.config import SSHConfig
-
     try:
-        found = SSHConfig.from_path(str(path)).lookup(host)
+        from runbook.steps.ssh_conn import ssh_config
+
+        found = ssh_config().lookup(host)
     except Exception:  # noqa: BLE001 - a broken config is reported when connecting
         return {}
     return {k: v for k, v in found.items() if k in ("hostname", "port", "user", "proxyjump")}
